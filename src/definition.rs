@@ -1,0 +1,535 @@
+//! What a saga is: a named, versioned list of steps, each an async action
+//! and its compensation, plus the policies recorded with every instance.
+//!
+//! Build a [`SagaDefinition`] with [`SagaDefinition::builder`]; `build`
+//! checks everything at once and reports every problem in one
+//! [`DefinitionError`]. Register it in a [`Registry`] to get a typed
+//! [`SagaRef`], which is what `Engine::start` takes.
+
+use crate::ids::{Attempt, SagaId, SagaType, StepIndex, StepName};
+use crate::log::codec::{self, DecodeError};
+use crate::log::record::{ErrorClass, SagaPlan, StepFailure};
+use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Longest saga type or step name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Which call of a step is being made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The forward action.
+    Action,
+    /// The compensation that undoes the action.
+    Compensation,
+}
+
+impl Phase {
+    /// `"action"` or `"compensation"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Action => "action",
+            Phase::Compensation => "compensation",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error a participant returns. Its class tells the engine what the
+/// failed call did: see [`ErrorClass`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{class:?}: {message}")]
+pub struct StepError {
+    class: ErrorClass,
+    message: String,
+}
+
+impl StepError {
+    /// The call certainly had no effect and never will succeed (e.g. card
+    /// declined). Not retried; the step is not compensated.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// The call had no effect but may succeed if tried again (e.g. service
+    /// unavailable). Retried under the saga's retry policy.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// The call may have taken effect (e.g. timeout). Retried like a
+    /// retryable error, and compensated if the saga compensates.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Unknown,
+            message: message.into(),
+        }
+    }
+
+    /// What the failure says about the call's effect.
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// The participant's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn into_failure(self) -> StepFailure {
+        StepFailure {
+            class: self.class,
+            message: self.message,
+        }
+    }
+}
+
+/// Everything a participant call receives: the saga's input, earlier steps'
+/// outputs, and the identity of this call.
+///
+/// [`StepContext::idempotency_key`] is the same for every attempt of one
+/// step's action (and, separately, its compensation), and differs between
+/// sagas and steps: participants key their effects by it so that a repeated
+/// call (retry, or re-run after a crash) changes nothing twice.
+pub struct StepContext<I> {
+    saga_id: SagaId,
+    step: StepIndex,
+    phase: Phase,
+    attempt: Attempt,
+    key: String,
+    input: Arc<I>,
+    names: Arc<[StepName]>,
+    outputs: Arc<[Option<Vec<u8>>]>,
+}
+
+impl<I> StepContext<I> {
+    /// The saga's id.
+    pub fn saga_id(&self) -> SagaId {
+        self.saga_id
+    }
+
+    /// This step's name.
+    pub fn step(&self) -> &StepName {
+        &self.names[self.step as usize]
+    }
+
+    /// Action or compensation.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Attempt number of this call, from 1. Attempts after a crash count too.
+    pub fn attempt(&self) -> Attempt {
+        self.attempt
+    }
+
+    /// `"{saga id}/{step}/{phase}"`: stable across attempts and restarts.
+    pub fn idempotency_key(&self) -> &str {
+        &self.key
+    }
+
+    /// The saga's input.
+    pub fn input(&self) -> &I {
+        &self.input
+    }
+
+    /// The output of step `step`, which must have succeeded.
+    ///
+    /// In an action, every earlier step has succeeded. In a compensation,
+    /// the step's own output is absent if its action was left in doubt: use
+    /// [`StepContext::output_if_any`] there.
+    pub fn output<T: DeserializeOwned>(&self, step: &str) -> Result<T, StepError> {
+        self.output_if_any(step)?.ok_or_else(|| {
+            StepError::permanent(format!("step '{step}' has no output (it has not succeeded)"))
+        })
+    }
+
+    /// The output of step `step` if it succeeded, `None` if it has not.
+    /// Errors if no step has that name or its output does not decode as `T`.
+    pub fn output_if_any<T: DeserializeOwned>(&self, step: &str) -> Result<Option<T>, StepError> {
+        let index = self
+            .names
+            .iter()
+            .position(|n| n.as_str() == step)
+            .ok_or_else(|| StepError::permanent(format!("the saga has no step named '{step}'")))?;
+        match self.outputs.get(index).and_then(|o| o.as_deref()) {
+            None => Ok(None),
+            Some(bytes) => codec::decode_value(bytes).map(Some).map_err(|e| {
+                StepError::permanent(format!(
+                    "output of step '{step}' does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+}
+
+/// A boxed, sendable future: what erased participants return.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type ActionFn<I> = Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<Vec<u8>, StepError>> + Send + Sync>;
+type CompensationFn<I> = Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
+
+struct StepDef<I> {
+    name: StepName,
+    action: ActionFn<I>,
+    compensation: CompensationFn<I>,
+}
+
+/// A saga type: its steps and policies. `I` is the saga's input type.
+pub struct SagaDefinition<I> {
+    saga_type: SagaType,
+    version: u32,
+    steps: Vec<StepDef<I>>,
+    names: Arc<[StepName]>,
+    strategy: CompensationStrategy,
+    retry: RetryPolicy,
+    compensation_retry: RetryPolicy,
+    in_doubt: InDoubtPolicy,
+}
+
+impl<I> SagaDefinition<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts a definition of saga type `saga_type`, version 1, immediate
+    /// compensation, default retry policies, in-doubt steps re-run.
+    pub fn builder(saga_type: impl Into<SagaType>) -> SagaBuilder<I> {
+        SagaBuilder {
+            saga_type: saga_type.into(),
+            version: 1,
+            steps: Vec::new(),
+            strategy: CompensationStrategy::Immediate,
+            retry: RetryPolicy::forward_default(),
+            compensation_retry: RetryPolicy::compensation_default(),
+            in_doubt: InDoubtPolicy::Rerun,
+        }
+    }
+
+    /// The saga type.
+    pub fn saga_type(&self) -> &SagaType {
+        &self.saga_type
+    }
+
+    /// The plan recorded in each instance's start record.
+    pub fn plan(&self) -> SagaPlan {
+        SagaPlan {
+            steps: self.names.to_vec(),
+            strategy: self.strategy,
+            retry: self.retry,
+            compensation_retry: self.compensation_retry,
+            in_doubt: self.in_doubt,
+        }
+    }
+}
+
+/// Collects a definition; see [`SagaDefinition::builder`].
+pub struct SagaBuilder<I> {
+    saga_type: SagaType,
+    version: u32,
+    steps: Vec<StepDef<I>>,
+    strategy: CompensationStrategy,
+    retry: RetryPolicy,
+    compensation_retry: RetryPolicy,
+    in_doubt: InDoubtPolicy,
+}
+
+impl<I> SagaBuilder<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Sets the definition version (default 1). Bump it when steps change
+    /// incompatibly: recovery refuses to run an instance started under
+    /// another version, and parks it instead.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Appends a step: `action` runs forward, `compensation` undoes it.
+    ///
+    /// Both may be called more than once for one saga (retries, re-runs
+    /// after a crash) and must be idempotent by
+    /// [`StepContext::idempotency_key`]. The action's output is stored in
+    /// the log and readable by later steps through [`StepContext::output`].
+    /// A compensation may run although the action's effect never happened
+    /// (the action was in doubt); it must then succeed without effect.
+    pub fn step<A, AF, O, C, CF>(mut self, name: impl Into<StepName>, action: A, compensation: C) -> Self
+    where
+        A: Fn(StepContext<I>) -> AF + Send + Sync + 'static,
+        AF: Future<Output = Result<O, StepError>> + Send + 'static,
+        O: Serialize,
+        C: Fn(StepContext<I>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        let action: ActionFn<I> = Arc::new(move |ctx| {
+            let call = action(ctx);
+            Box::pin(async move {
+                let output = call.await?;
+                // The action ran; if its output cannot be logged the effect
+                // is unknown, so it is retried and, failing that, compensated.
+                codec::encode_value(&output)
+                    .map_err(|e| StepError::unknown(format!("the step's output could not be stored: {e}")))
+            })
+        });
+        let compensation: CompensationFn<I> = Arc::new(move |ctx| Box::pin(compensation(ctx)));
+        self.steps.push(StepDef {
+            name: name.into(),
+            action,
+            compensation,
+        });
+        self
+    }
+
+    /// Sets the compensation strategy (default immediate).
+    pub fn strategy(mut self, strategy: CompensationStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the retry policy of forward actions.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the retry policy of compensations; when it is used up the saga
+    /// is suspended for an operator.
+    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.compensation_retry = policy;
+        self
+    }
+
+    /// Sets what recovery does with an action left in doubt (default re-run).
+    pub fn in_doubt(mut self, policy: InDoubtPolicy) -> Self {
+        self.in_doubt = policy;
+        self
+    }
+
+    /// Checks the definition; reports every problem at once.
+    pub fn build(self) -> Result<SagaDefinition<I>, DefinitionError> {
+        let mut problems = Vec::new();
+        check_name(&mut problems, "saga type", self.saga_type.as_str());
+        if self.steps.is_empty() {
+            problems.push("it has no steps; add at least one with .step(...)".to_string());
+        }
+        let mut seen = HashSet::new();
+        for step in &self.steps {
+            check_name(&mut problems, "step name", step.name.as_str());
+            if !seen.insert(step.name.as_str()) {
+                problems.push(format!(
+                    "step name '{}' is used twice; step names must be unique",
+                    step.name
+                ));
+            }
+        }
+        problems.extend(self.retry.problems("retry policy"));
+        problems.extend(self.compensation_retry.problems("compensation retry policy"));
+        if !problems.is_empty() {
+            return Err(DefinitionError {
+                saga_type: self.saga_type.to_string(),
+                problems,
+            });
+        }
+        let names: Arc<[StepName]> = self.steps.iter().map(|s| s.name.clone()).collect();
+        Ok(SagaDefinition {
+            saga_type: self.saga_type,
+            version: self.version,
+            steps: self.steps,
+            names,
+            strategy: self.strategy,
+            retry: self.retry,
+            compensation_retry: self.compensation_retry,
+            in_doubt: self.in_doubt,
+        })
+    }
+}
+
+fn check_name(problems: &mut Vec<String>, what: &str, name: &str) {
+    if name.trim().is_empty() {
+        problems.push(format!("{what} is empty"));
+    } else if name.len() > MAX_NAME_LEN {
+        problems.push(format!(
+            "{what} '{}...' is {} bytes, over the {MAX_NAME_LEN}-byte limit",
+            &name[..name.char_indices().nth(16).map_or(name.len(), |(i, _)| i)],
+            name.len()
+        ));
+    }
+}
+
+/// A definition is unusable. Lists every problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("saga definition '{saga_type}' is invalid: {}", problems.join("; "))]
+pub struct DefinitionError {
+    saga_type: String,
+    problems: Vec<String>,
+}
+
+impl DefinitionError {
+    /// The saga type the definition was for.
+    pub fn saga_type(&self) -> &str {
+        &self.saga_type
+    }
+
+    /// Each problem, described for a person.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+/// A saga definition with its input type erased, as the engine runs it.
+pub(crate) trait ErasedSaga: Send + Sync {
+    fn version(&self) -> u32;
+    fn plan(&self) -> SagaPlan;
+    fn step_names(&self) -> &Arc<[StepName]>;
+    fn decode_input(&self, bytes: &[u8]) -> Result<ErasedInput, DecodeError>;
+    fn call(&self, call: CallSpec, input: &ErasedInput) -> BoxFuture<Result<Vec<u8>, StepError>>;
+}
+
+/// A decoded saga input, shared by every call of one saga run.
+pub(crate) type ErasedInput = Arc<dyn Any + Send + Sync>;
+
+/// One participant call, as the engine asks for it.
+pub(crate) struct CallSpec {
+    pub saga_id: SagaId,
+    pub step: StepIndex,
+    pub phase: Phase,
+    pub attempt: Attempt,
+    pub outputs: Arc<[Option<Vec<u8>>]>,
+}
+
+impl<I> ErasedSaga for SagaDefinition<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn plan(&self) -> SagaPlan {
+        SagaDefinition::plan(self)
+    }
+
+    fn step_names(&self) -> &Arc<[StepName]> {
+        &self.names
+    }
+
+    fn decode_input(&self, bytes: &[u8]) -> Result<ErasedInput, DecodeError> {
+        let input: I = codec::decode_value(bytes)?;
+        Ok(Arc::new(input))
+    }
+
+    fn call(&self, call: CallSpec, input: &ErasedInput) -> BoxFuture<Result<Vec<u8>, StepError>> {
+        let Ok(input) = input.clone().downcast::<I>() else {
+            return Box::pin(async {
+                Err(StepError::permanent("internal error: saga input has the wrong type"))
+            });
+        };
+        let Some(def) = self.steps.get(call.step as usize) else {
+            return Box::pin(async { Err(StepError::permanent("internal error: no such step")) });
+        };
+        let ctx = StepContext {
+            saga_id: call.saga_id,
+            step: call.step,
+            phase: call.phase,
+            attempt: call.attempt,
+            key: format!("{}/{}/{}", call.saga_id, def.name, call.phase),
+            input,
+            names: self.names.clone(),
+            outputs: call.outputs,
+        };
+        match call.phase {
+            Phase::Action => (def.action)(ctx),
+            Phase::Compensation => {
+                let run = (def.compensation)(ctx);
+                Box::pin(async move { run.await.map(|()| Vec::new()) })
+            }
+        }
+    }
+}
+
+/// A typed handle to a registered saga type: `Engine::start` takes it, so
+/// the compiler checks the input type.
+pub struct SagaRef<I> {
+    saga_type: SagaType,
+    _input: PhantomData<fn(I)>,
+}
+
+impl<I> SagaRef<I> {
+    /// The saga type it refers to.
+    pub fn saga_type(&self) -> &SagaType {
+        &self.saga_type
+    }
+}
+
+impl<I> Clone for SagaRef<I> {
+    fn clone(&self) -> Self {
+        SagaRef {
+            saga_type: self.saga_type.clone(),
+            _input: PhantomData,
+        }
+    }
+}
+
+impl<I> fmt::Debug for SagaRef<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SagaRef({})", self.saga_type)
+    }
+}
+
+/// Two definitions were registered under one saga type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("saga type '{0}' is already registered; each type may be registered once")]
+pub struct DuplicateSagaType(pub SagaType);
+
+/// The saga definitions an engine can run. Register every type before
+/// opening the engine: recovery needs the code of every saga in the log.
+#[derive(Default)]
+pub struct Registry {
+    sagas: HashMap<SagaType, Arc<dyn ErasedSaga>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a definition and returns the typed handle used to start it.
+    pub fn register<I>(&mut self, definition: SagaDefinition<I>) -> Result<SagaRef<I>, DuplicateSagaType>
+    where
+        I: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let saga_type = definition.saga_type.clone();
+        if self.sagas.contains_key(&saga_type) {
+            return Err(DuplicateSagaType(saga_type));
+        }
+        self.sagas.insert(saga_type.clone(), Arc::new(definition));
+        Ok(SagaRef {
+            saga_type,
+            _input: PhantomData,
+        })
+    }
+
+    pub(crate) fn get(&self, saga_type: &SagaType) -> Option<&Arc<dyn ErasedSaga>> {
+        self.sagas.get(saga_type)
+    }
+}

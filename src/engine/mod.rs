@@ -1,0 +1,559 @@
+//! The engine: opens a store, recovers every saga in flight, starts new
+//! ones, and answers questions about them. The loop itself is in `run`.
+//!
+//! Recovery is not a mode: opening the engine lists the active sagas and
+//! feeds each into the same loop a fresh saga runs. A saga that cannot run
+//! (unknown type, other definition version, unreadable or inconsistent
+//! log) is *parked*: it stays in the store and in the active index, its
+//! reason is visible through [`Engine::saga`] and [`Engine::list`], and
+//! every other saga proceeds.
+
+mod run;
+pub mod view;
+
+use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
+use crate::error::Error;
+use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::log::codec;
+use crate::log::record::{LogEntry, Record, SagaStarted};
+use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore};
+use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
+use crate::state::{fold, SagaState};
+use crate::status::SagaStatus;
+use run::Staged;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use view::{HistoryEntry, Outcome, SagaListing, SagaView};
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Most sagas whose loops run at once; the rest wait their turn (their
+    /// start records are already durable). Default 1024.
+    pub max_running_sagas: usize,
+    /// Settings for the sled store opened by [`Engine::open`].
+    pub sled: SledOptions,
+    /// Called after every durable append, before it is acknowledged; see
+    /// [`DurableHook`]. Meant for crash tests and metrics.
+    pub after_durable_append: Option<DurableHook>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_running_sagas: 1024,
+            sled: SledOptions::default(),
+            after_durable_append: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("max_running_sagas", &self.max_running_sagas)
+            .field("sled", &self.sled)
+            .field("after_durable_append", &self.after_durable_append.is_some())
+            .finish()
+    }
+}
+
+/// Options for [`Engine::start`].
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    idempotency_key: Option<IdempotencyKey>,
+}
+
+impl StartOptions {
+    /// No options: a new saga every time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the start idempotent: if a saga with this key exists, `start`
+    /// returns it instead of creating another.
+    pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// What [`Engine::start`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    /// The saga's id.
+    pub saga_id: SagaId,
+    /// True when the idempotency key already belonged to this saga, so
+    /// nothing new was started.
+    pub existing: bool,
+}
+
+/// Wall clock as seen through tokio's clock, so that tests with paused
+/// time control it too.
+struct Clock {
+    base_millis: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            base_millis,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> UnixMillis {
+        UnixMillis(self.base_millis + self.base.elapsed().as_millis() as u64)
+    }
+}
+
+type OutcomeSender = watch::Sender<Option<Result<Outcome, Error>>>;
+
+pub(crate) struct Inner {
+    store: Arc<dyn LogStore>,
+    writer: Writer,
+    registry: Registry,
+    clock: Clock,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    /// Set at shutdown: no new intent is written.
+    stopping: CancellationToken,
+    /// Set when the shutdown grace period ends: calls still running are
+    /// dropped and left in doubt for recovery.
+    aborting: CancellationToken,
+    running: Mutex<HashMap<SagaId, OutcomeSender>>,
+    parked: Mutex<HashMap<SagaId, String>>,
+}
+
+/// Everything a loop needs to drive one saga.
+pub(crate) struct SagaRun {
+    id: SagaId,
+    definition: Arc<dyn ErasedSaga>,
+    input: ErasedInput,
+    state: SagaState,
+}
+
+/// A running saga orchestrator over one store. Cheap to clone; all clones
+/// share the engine. Must be used inside a tokio runtime.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens (or creates) the sled database in `path` and recovers every
+    /// saga in flight. Fails with a [`crate::StoreError::Locked`] error if
+    /// another process has the database open.
+    pub async fn open(
+        path: impl AsRef<Path>,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> Result<Engine, Error> {
+        let store = SledStore::open(path, config.sled.clone())?;
+        Self::open_with_store(Arc::new(store), registry, config).await
+    }
+
+    /// Opens the engine over any [`LogStore`] and recovers every saga in
+    /// flight in it.
+    pub async fn open_with_store(
+        store: Arc<dyn LogStore>,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> Result<Engine, Error> {
+        let writer = Writer::start(store.clone(), config.after_durable_append.clone())?;
+        let inner = Arc::new(Inner {
+            store,
+            writer,
+            registry,
+            clock: Clock::new(),
+            permits: Arc::new(Semaphore::new(config.max_running_sagas.max(1))),
+            tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            aborting: CancellationToken::new(),
+            running: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+        });
+        let engine = Engine { inner };
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    fn recover(&self) -> Result<(), Error> {
+        let active = self.inner.store.scan_active()?;
+        let (mut resumed, mut parked) = (0usize, 0usize);
+        for (id, _entry) in active {
+            match self.prepare_recovered(id) {
+                Ok(run) => {
+                    resumed += 1;
+                    self.spawn(run);
+                }
+                Err(reason) => {
+                    parked += 1;
+                    tracing::error!(saga_id = %id, %reason, "saga parked at recovery");
+                    lock(&self.inner.parked).insert(id, reason);
+                }
+            }
+        }
+        tracing::info!(resumed, parked, "recovery scanned the active sagas");
+        Ok(())
+    }
+
+    /// Reads, decodes and folds one saga's log and finds its definition.
+    /// Any failure is the reason to park it.
+    fn prepare_recovered(&self, id: SagaId) -> Result<SagaRun, String> {
+        let state = self.load_state(id).map_err(|e| e.to_string())?;
+        let definition = self.inner.registry.get(state.saga_type()).cloned().ok_or_else(|| {
+            format!(
+                "saga type '{}' is not registered; register its definition before opening the engine, then restart",
+                state.saga_type()
+            )
+        })?;
+        if definition.version() != state.started.version {
+            return Err(format!(
+                "saga type '{}' is registered at version {}, but this saga started under version {}; register a definition of version {} (under its own name) to finish it",
+                state.saga_type(),
+                definition.version(),
+                state.started.version,
+                state.started.version
+            ));
+        }
+        if definition.step_names()[..] != state.plan().steps[..] {
+            return Err(format!(
+                "saga type '{}' version {} now has steps {:?}, but this saga's log has {:?}; bump the version when steps change",
+                state.saga_type(),
+                definition.version(),
+                definition.step_names(),
+                state.plan().steps
+            ));
+        }
+        let input = definition
+            .decode_input(&state.started.input)
+            .map_err(|e| format!("the saga's input does not decode as the registered input type: {e}"))?;
+        Ok(SagaRun {
+            id,
+            definition,
+            input,
+            state,
+        })
+    }
+
+    fn load_entries(&self, id: SagaId) -> Result<Vec<LogEntry>, Error> {
+        let raw = self.inner.store.read_log(id)?;
+        if raw.is_empty() {
+            return Err(Error::NotFound(id));
+        }
+        raw.into_iter()
+            .map(|(seq, bytes)| {
+                codec::decode_record(&bytes)
+                    .map(|(at, record)| LogEntry { seq, at, record })
+                    .map_err(|error| Error::Decode {
+                        saga: id,
+                        seq,
+                        error,
+                    })
+            })
+            .collect()
+    }
+
+    fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
+        let entries = self.load_entries(id)?;
+        fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
+    }
+
+    fn spawn(&self, run: SagaRun) {
+        let (tx, _rx) = watch::channel(None);
+        lock(&self.inner.running).insert(run.id, tx);
+        let inner = self.inner.clone();
+        let span = tracing::info_span!("saga", saga_id = %run.id, saga_type = %run.state.saga_type());
+        self.inner.tracker.spawn(
+            async move {
+                let id = run.id;
+                let result = match inner.permits.clone().acquire_owned().await {
+                    Ok(_permit) => inner.drive(run).await,
+                    Err(_) => Err(Error::ShuttingDown(id)),
+                };
+                if let Err(e) = &result {
+                    if !matches!(e, Error::ShuttingDown(_)) {
+                        tracing::error!(error = %e, "saga loop stopped; the saga resumes from its log at the next start");
+                    }
+                    if let Error::Illegal { .. } | Error::Encode { .. } = e {
+                        lock(&inner.parked).insert(id, e.to_string());
+                    }
+                }
+                if let Some(tx) = lock(&inner.running).remove(&id) {
+                    tx.send_replace(Some(result));
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Starts a saga of type `saga` with `input`.
+    ///
+    /// Returns once the start record is durable; the steps run in the
+    /// background (wait with [`Engine::outcome`]). With an idempotency key
+    /// that already belongs to a saga, starts nothing and returns that saga
+    /// with `existing: true`, whatever its input was.
+    pub async fn start<I: Serialize>(
+        &self,
+        saga: &SagaRef<I>,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<Started, Error> {
+        let definition = self
+            .inner
+            .registry
+            .get(saga.saga_type())
+            .cloned()
+            .ok_or_else(|| Error::UnknownSagaType(saga.saga_type().clone()))?;
+        if let Some(key) = &options.idempotency_key {
+            if let Some(owner) = self.inner.store.key_owner(key)? {
+                return Ok(Started {
+                    saga_id: owner,
+                    existing: true,
+                });
+            }
+        }
+        let input_bytes = codec::encode_value(input).map_err(|e| Error::encode("input", e))?;
+        let erased_input = definition
+            .decode_input(&input_bytes)
+            .map_err(|e| Error::Encode {
+                what: "input",
+                reason: format!("it does not decode back to itself: {e}"),
+            })?;
+        let id = SagaId::new();
+        let entry = LogEntry {
+            seq: 0,
+            at: self.inner.clock.now(),
+            record: Record::SagaStarted(SagaStarted {
+                saga_type: saga.saga_type().clone(),
+                version: definition.version(),
+                input: input_bytes,
+                plan: definition.plan(),
+                idempotency_key: options.idempotency_key.clone(),
+            }),
+        };
+        let state =
+            SagaState::from_start(&entry).map_err(|error| Error::Illegal { saga: id, error })?;
+        let mut staged = Staged::new(id, None);
+        let frame = codec::encode_record(entry.at, &entry.record).map_err(|e| Error::encode("record", e))?;
+        staged.stage_frame(frame);
+        let Some(mut append) = staged.take(&state)? else {
+            return Err(Error::Encode {
+                what: "start record",
+                reason: "nothing was staged".into(),
+            });
+        };
+        append.claim_key = options.idempotency_key.clone();
+        if self.inner.stopping.is_cancelled() {
+            return Err(Error::ShuttingDown(id));
+        }
+        match self.inner.writer.append(append).await {
+            Ok(()) => {}
+            Err(AppendError::KeyTaken(owner)) => {
+                return Ok(Started {
+                    saga_id: owner,
+                    existing: true,
+                })
+            }
+            Err(AppendError::Store(e)) => return Err(Error::Store(e)),
+        }
+        tracing::info!(saga_id = %id, saga_type = %saga.saga_type(), "saga started");
+        self.spawn(SagaRun {
+            id,
+            definition,
+            input: erased_input,
+            state,
+        });
+        Ok(Started {
+            saga_id: id,
+            existing: false,
+        })
+    }
+
+    /// Waits until saga `id` is terminal or stops for an operator, and
+    /// returns how it ended. Returns at once for a saga that already has.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown id, [`Error::Parked`] for a
+    /// parked saga, [`Error::ShuttingDown`] if the engine stops first, or the
+    /// store error that stopped the saga's loop.
+    pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
+        let receiver = lock(&self.inner.running).get(&id).map(|tx| tx.subscribe());
+        if let Some(mut receiver) = receiver {
+            match receiver.wait_for(|v| v.is_some()).await {
+                Ok(value) => {
+                    if let Some(result) = value.as_ref() {
+                        return result.clone();
+                    }
+                }
+                // The sender is gone without a value: fall through to the store.
+                Err(_) => {}
+            }
+        }
+        if let Some(reason) = lock(&self.inner.parked).get(&id) {
+            return Err(Error::Parked {
+                saga: id,
+                reason: reason.clone(),
+            });
+        }
+        let view = self.saga(id)?;
+        if view.status.is_terminal() || view.status == SagaStatus::Suspended {
+            Ok(view.outcome())
+        } else {
+            Err(Error::ShuttingDown(id))
+        }
+    }
+
+    /// The current state of saga `id`, read from the log.
+    ///
+    /// A parked saga whose log cannot be read is returned from its index
+    /// entry with status `Suspended` and the park reason.
+    pub fn saga(&self, id: SagaId) -> Result<SagaView, Error> {
+        let parked = lock(&self.inner.parked).get(&id).cloned();
+        match self.load_state(id) {
+            Ok(state) => {
+                let mut view = SagaView::from_state(id, &state);
+                if let Some(reason) = parked {
+                    view.status = SagaStatus::Suspended;
+                    view.reason = Some(reason);
+                }
+                Ok(view)
+            }
+            Err(e @ (Error::Decode { .. } | Error::Illegal { .. })) => {
+                let entry = self.index_entry(id)?;
+                Ok(SagaView {
+                    saga_id: id,
+                    saga_type: entry.as_ref().map(|e| e.saga_type.clone()).unwrap_or_else(|| "?".into()),
+                    version: 0,
+                    status: SagaStatus::Suspended,
+                    strategy: "?",
+                    idempotency_key: None,
+                    started_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
+                    updated_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
+                    steps: Vec::new(),
+                    failure: None,
+                    reason: Some(parked.unwrap_or_else(|| e.to_string())),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
+        let found = self
+            .inner
+            .store
+            .scan_active()?
+            .into_iter()
+            .chain(self.inner.store.scan_finished()?)
+            .find(|(saga, _)| *saga == id);
+        Ok(found.and_then(|(_, bytes)| codec::decode_index_entry(&bytes).ok()))
+    }
+
+    /// Every record of saga `id` in order, with timestamps. Unreadable
+    /// records appear with their decode error.
+    pub fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
+        let raw = self.inner.store.read_log(id)?;
+        if raw.is_empty() {
+            return Err(Error::NotFound(id));
+        }
+        Ok(raw
+            .into_iter()
+            .map(|(seq, bytes)| HistoryEntry {
+                seq,
+                record: codec::decode_record(&bytes),
+            })
+            .collect())
+    }
+
+    /// Every saga (active and finished), oldest first, optionally only
+    /// those with `status`. Parked sagas count as `Suspended`.
+    pub fn list(&self, status: Option<SagaStatus>) -> Result<Vec<SagaListing>, Error> {
+        let parked = lock(&self.inner.parked).clone();
+        let mut out = Vec::new();
+        let rows = self
+            .inner
+            .store
+            .scan_active()?
+            .into_iter()
+            .chain(self.inner.store.scan_finished()?);
+        for (id, bytes) in rows {
+            let reason = parked.get(&id).cloned();
+            let listing = match codec::decode_index_entry::<IndexEntry>(&bytes) {
+                Ok(entry) => SagaListing {
+                    saga_id: id,
+                    saga_type: entry.saga_type,
+                    status: if reason.is_some() {
+                        SagaStatus::Suspended
+                    } else {
+                        entry.status
+                    },
+                    started_at: entry.started_at,
+                    parked: reason,
+                },
+                Err(e) => SagaListing {
+                    saga_id: id,
+                    saga_type: "?".into(),
+                    status: SagaStatus::Suspended,
+                    started_at: UnixMillis(0),
+                    parked: Some(reason.unwrap_or_else(|| format!("index entry unreadable: {e}"))),
+                },
+            };
+            if status.is_none_or(|s| s == listing.status) {
+                out.push(listing);
+            }
+        }
+        out.sort_by_key(|l| l.saga_id);
+        Ok(out)
+    }
+
+    /// Sagas parked because they cannot run, with the reason.
+    pub fn parked(&self) -> Vec<(SagaId, String)> {
+        let mut out: Vec<_> = lock(&self.inner.parked).iter().map(|(k, v)| (*k, v.clone())).collect();
+        out.sort();
+        out
+    }
+
+    /// Counters of the log writer (appends, flushes, entries written).
+    pub fn log_stats(&self) -> Arc<WriterStats> {
+        self.inner.writer.stats().clone()
+    }
+
+    /// Stops the engine gracefully.
+    ///
+    /// No new intent is written from now on. Calls already running get
+    /// `grace` to finish, and their results are written; calls still running
+    /// after that are abandoned and stay in doubt in the log, to be re-run
+    /// (or compensated) by recovery. Every append that was acknowledged is
+    /// durable; none is half-written (appends are atomic). Waiting
+    /// [`Engine::outcome`] calls of unfinished sagas return
+    /// [`Error::ShuttingDown`].
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over; calls still running are left in doubt");
+            self.inner.aborting.cancel();
+            self.inner.tracker.wait().await;
+        }
+        self.inner.writer.stop().await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation; a panic cannot leave
+    // the map inconsistent, so a poisoned lock is still sound to use.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,140 @@
+//! Identifiers: every name that crosses a module boundary has its own type.
+//!
+//! A bare `String` or `u64` says nothing about what it holds; these newtypes
+//! say it, and keep a step name from being passed where a saga type belongs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Identity of one saga instance: a UUIDv7, so ids sort by creation time and
+/// the log (keyed by id, then sequence) keeps one saga's records together.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SagaId(uuid::Uuid);
+
+impl SagaId {
+    /// A new, time-ordered id. Two ids made by one process are strictly increasing.
+    pub fn new() -> Self {
+        SagaId(uuid::Uuid::now_v7())
+    }
+
+    /// The id's 16 bytes in big-endian order, as used in store keys.
+    pub fn to_bytes(self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from the 16 bytes written by [`SagaId::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        SagaId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// Parses the hyphenated text form printed by `Display`.
+    ///
+    /// Returns `None` when `text` is not a UUID.
+    pub fn parse(text: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(text).ok().map(SagaId)
+    }
+}
+
+impl Default for SagaId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SagaId({})", self.0.hyphenated())
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a name. Validation (non-empty, length) happens where the
+            /// name is used, so that every problem is reported together.
+            pub fn new(name: impl Into<String>) -> Self {
+                $name(name.into())
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(name: &str) -> Self {
+                $name(name.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(name: String) -> Self {
+                $name(name)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name under which a saga definition is registered (e.g. `"order"`).
+    /// Recovery finds a saga's code by this name, so it must stay stable
+    /// across deployments.
+    SagaType
+);
+
+name_type!(
+    /// The name of one step inside a saga definition (e.g. `"charge"`).
+    StepName
+);
+
+name_type!(
+    /// A caller-chosen key that makes `start` idempotent: a second start with
+    /// the same key returns the saga the first one created.
+    IdempotencyKey
+);
+
+/// Milliseconds since the Unix epoch, as written in every log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// This instant plus `millis`, saturating instead of overflowing.
+    pub fn plus_millis(self, millis: u64) -> Self {
+        UnixMillis(self.0.saturating_add(millis))
+    }
+}
+
+impl fmt::Display for UnixMillis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// Index of a step in its saga's plan, counting from 0.
+pub type StepIndex = u32;
+
+/// Attempt number of one call, counting from 1.
+pub type Attempt = u32;

@@ -1,0 +1,291 @@
+//! Bytes <-> records. The only module that knows about crc32 and bincode, so
+//! that either can be swapped without touching the rest.
+//!
+//! Frame layout (all integers big-endian; see DESIGN.md, "On-disk format"):
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic            b"SG"
+//!      2    1 format version   1
+//!      3    1 kind             record kind (1..=9) or 0x80 (index entry)
+//!      4    4 payload length   <= MAX_PAYLOAD
+//!      8    4 crc32            IEEE, over bytes 0..8 then the payload
+//!     12    n payload          bincode 2 (standard config: varint, little-endian)
+//! ```
+//!
+//! The payload of a log record is the pair `(at_millis, body)`; the body's
+//! type is chosen by the kind byte. Decoding checks each field before it
+//! trusts the next, and every way bytes can be wrong is a [`DecodeError`]
+//! variant. Nothing here panics on any input; the fuzz target holds it to that.
+
+use crate::ids::UnixMillis;
+use crate::log::record::{
+    CallFailed, CallRef, CallSucceeded, Finished, Record, SagaStarted, Suspended,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"SG";
+/// The only frame format this build reads and writes.
+pub const FORMAT_VERSION: u8 = 1;
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 12;
+/// Largest payload accepted, checked before anything is decoded: 1 MiB.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Kind byte of an index entry (active / finished index values).
+pub const KIND_INDEX_ENTRY: u8 = 0x80;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_PAYLOAD>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
+}
+
+/// A value could not be turned into bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded value is larger than the frame allows.
+    #[error("encoded value is {len} bytes, over the {max}-byte limit; keep saga inputs and step outputs small and store large data elsewhere, passing a reference")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value's `Serialize` implementation failed.
+    #[error("could not encode value: {0}; check the type's Serialize implementation")]
+    Serialize(String),
+}
+
+/// Every way a frame or payload can be wrong. Each message says what was
+/// found and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer bytes than a header.
+    #[error("frame truncated: {len} bytes, a header needs {HEADER_LEN}")]
+    Truncated {
+        /// Bytes present.
+        len: usize,
+    },
+    /// The first two bytes are not the magic.
+    #[error("bad magic {found:02x?}, expected {MAGIC:02x?}: these bytes are not a sagalog record")]
+    BadMagic {
+        /// The bytes found.
+        found: [u8; 2],
+    },
+    /// A format version this build does not know.
+    #[error("unknown format version {found}, this build reads version {FORMAT_VERSION}; open the store with the sagalog release that wrote it")]
+    UnknownVersion {
+        /// The version found.
+        found: u8,
+    },
+    /// The declared payload length is over the limit (checked before use).
+    #[error("declared payload length {len} is over the {max}-byte limit")]
+    LengthOverLimit {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The declared payload length disagrees with the bytes present.
+    #[error("declared payload length {declared} but {actual} payload bytes are present (truncated or extended value)")]
+    LengthMismatch {
+        /// Declared length.
+        declared: usize,
+        /// Actual length.
+        actual: usize,
+    },
+    /// The checksum does not match: the bytes changed after they were written.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}; the record was damaged after it was written")]
+    ChecksumMismatch {
+        /// The crc32 in the header.
+        stored: u32,
+        /// The crc32 of the bytes.
+        computed: u32,
+    },
+    /// The kind byte names no known record (with a valid checksum: written
+    /// by a newer release).
+    #[error("unknown record kind {found}; this build knows kinds 1..=9 and {KIND_INDEX_ENTRY:#x}; open the store with the release that wrote it")]
+    UnknownKind {
+        /// The kind found.
+        found: u8,
+    },
+    /// The payload is not a valid encoding of its kind's body.
+    #[error("malformed payload: {reason}")]
+    Malformed {
+        /// What bincode reported.
+        reason: String,
+    },
+    /// The payload decoded but left bytes unread.
+    #[error("payload has {count} trailing bytes after a complete value")]
+    TrailingBytes {
+        /// Unread bytes.
+        count: usize,
+    },
+}
+
+/// Encodes a user value (saga input, step output) for storage inside a record.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    // Encoding is unlimited so the error can report the real size; the limit
+    // is enforced on the result here and again, before any allocation, when
+    // decoding.
+    let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a value written by [`encode_value`], rejecting trailing bytes.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(DecodeError::LengthOverLimit {
+            len: bytes.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| {
+        DecodeError::Malformed {
+            reason: e.to_string(),
+        }
+    })?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes {
+            count: bytes.len() - used,
+        });
+    }
+    Ok(value)
+}
+
+fn frame(kind: u8, payload: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge {
+            len: payload.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(kind);
+    // Cannot truncate: checked against MAX_PAYLOAD (1 MiB) above.
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..8]);
+    crc.update(&payload);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Checks a frame's header and checksum; returns its kind and payload.
+fn unframe(bytes: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated { len: bytes.len() });
+    }
+    let found = [bytes[0], bytes[1]];
+    if found != MAGIC {
+        return Err(DecodeError::BadMagic { found });
+    }
+    if bytes[2] != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion { found: bytes[2] });
+    }
+    let kind = bytes[3];
+    let declared = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    if declared > MAX_PAYLOAD {
+        return Err(DecodeError::LengthOverLimit {
+            len: declared,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != declared {
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: payload.len(),
+        });
+    }
+    let stored = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[..8]);
+    crc.update(payload);
+    let computed = crc.finalize();
+    if stored != computed {
+        return Err(DecodeError::ChecksumMismatch { stored, computed });
+    }
+    Ok((kind, payload))
+}
+
+fn kind_of(record: &Record) -> u8 {
+    match record {
+        Record::SagaStarted(_) => 1,
+        Record::StepStarted(_) => 2,
+        Record::StepSucceeded(_) => 3,
+        Record::StepFailed(_) => 4,
+        Record::CompensationStarted(_) => 5,
+        Record::CompensationSucceeded(_) => 6,
+        Record::CompensationFailed(_) => 7,
+        Record::SagaSuspended(_) => 8,
+        Record::SagaFinished(_) => 9,
+    }
+}
+
+/// Encodes one log record with its timestamp into a checksummed frame.
+pub fn encode_record(at: UnixMillis, record: &Record) -> Result<Vec<u8>, EncodeError> {
+    let payload = match record {
+        Record::SagaStarted(body) => encode_value(&(at.0, body)),
+        Record::StepStarted(body)
+        | Record::CompensationStarted(body)
+        | Record::CompensationSucceeded(body) => encode_value(&(at.0, body)),
+        Record::StepSucceeded(body) => encode_value(&(at.0, body)),
+        Record::StepFailed(body) | Record::CompensationFailed(body) => encode_value(&(at.0, body)),
+        Record::SagaSuspended(body) => encode_value(&(at.0, body)),
+        Record::SagaFinished(body) => encode_value(&(at.0, body)),
+    }?;
+    frame(kind_of(record), payload)
+}
+
+fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<(UnixMillis, T), DecodeError> {
+    let (at, body) = decode_value::<(u64, T)>(payload)?;
+    Ok((UnixMillis(at), body))
+}
+
+/// Decodes a frame written by [`encode_record`].
+pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> {
+    let (kind, payload) = unframe(bytes)?;
+    match kind {
+        1 => body::<SagaStarted>(payload).map(|(at, b)| (at, Record::SagaStarted(b))),
+        2 => body::<CallRef>(payload).map(|(at, b)| (at, Record::StepStarted(b))),
+        3 => body::<CallSucceeded>(payload).map(|(at, b)| (at, Record::StepSucceeded(b))),
+        4 => body::<CallFailed>(payload).map(|(at, b)| (at, Record::StepFailed(b))),
+        5 => body::<CallRef>(payload).map(|(at, b)| (at, Record::CompensationStarted(b))),
+        6 => body::<CallRef>(payload).map(|(at, b)| (at, Record::CompensationSucceeded(b))),
+        7 => body::<CallFailed>(payload).map(|(at, b)| (at, Record::CompensationFailed(b))),
+        8 => body::<Suspended>(payload).map(|(at, b)| (at, Record::SagaSuspended(b))),
+        9 => body::<Finished>(payload).map(|(at, b)| (at, Record::SagaFinished(b))),
+        found => Err(DecodeError::UnknownKind { found }),
+    }
+}
+
+/// Encodes an index entry (the value of an active or finished index key).
+pub fn encode_index_entry<T: Serialize>(entry: &T) -> Result<Vec<u8>, EncodeError> {
+    frame(KIND_INDEX_ENTRY, encode_value(entry)?)
+}
+
+/// Decodes a value written by [`encode_index_entry`].
+pub fn decode_index_entry<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (kind, payload) = unframe(bytes)?;
+    if kind != KIND_INDEX_ENTRY {
+        return Err(DecodeError::UnknownKind { found: kind });
+    }
+    decode_value(payload)
+}

@@ -1,0 +1,507 @@
+//! The log store: a small trait the engine writes through, and one generic
+//! implementation over an ordered key-value map that serves both sled
+//! ([`SledStore`]) and memory ([`MemStore`]).
+//!
+//! The trait deals in encoded bytes, never in records: decoding happens in
+//! the engine, per saga, so one damaged value parks one saga instead of
+//! failing a scan. It does not assume sled: a SQL store implements `append`
+//! as one transaction and `read_log` as an ordered select.
+//!
+//! # Keyspace (one ordered map; see DESIGN.md)
+//!
+//! | key                                   | value                      |
+//! |---------------------------------------|----------------------------|
+//! | `b'L'` ++ saga id (16) ++ seq (u64 BE) | record frame               |
+//! | `b'A'` ++ saga id (16)                 | index entry frame (active) |
+//! | `b'F'` ++ saga id (16)                 | index entry frame (finished) |
+//! | `b'K'` ++ idempotency key (UTF-8)      | saga id (16)               |
+//! | `b"Mformat"`                           | format version (1 byte)    |
+
+use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
+use crate::log::codec::FORMAT_VERSION;
+use crate::status::SagaStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A store operation failed. The message says what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error("the database at {path} is locked by another process; only one process may open it at a time: stop that process, or act through its admin API")]
+    Locked {
+        /// Database directory.
+        path: PathBuf,
+    },
+    /// The database was written in a format this build does not read.
+    #[error("the database at {path} has format version {found}, this build reads version {expected}; open it with the release that wrote it")]
+    FormatMismatch {
+        /// Database directory.
+        path: PathBuf,
+        /// Version found on disk.
+        found: u8,
+        /// Version this build reads.
+        expected: u8,
+    },
+    /// A value in an index has an impossible shape.
+    #[error("corrupt store value under key {key:02x?}: {reason}")]
+    Corrupt {
+        /// The raw key.
+        key: Vec<u8>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend failed (I/O error, disk full, ...). Nothing after the
+    /// failed operation can be assumed durable; restart to recover from the log.
+    #[error("log store failed: {0}; check the disk and restart the service, recovery resumes from the last durable record")]
+    Backend(String),
+    /// A fault injected by a test ([`MemStore::fail_append`]).
+    #[error("injected store fault: {0}")]
+    Injected(String),
+    /// The engine is shutting down and no longer accepts appends.
+    #[error("the log writer has stopped (engine shut down); open the engine again to continue")]
+    Closed,
+}
+
+/// The summary kept for each saga in the active or finished index, written
+/// in the same atomic batch as the record that changed it. It exists only so
+/// that listing does not read every log; the log stays the truth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The saga's registered type.
+    pub saga_type: SagaType,
+    /// Status after the batch that wrote this entry.
+    pub status: SagaStatus,
+    /// Time of the start record.
+    pub started_at: UnixMillis,
+}
+
+/// How one append changes the saga's index entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexUpdate {
+    /// Keep the saga active with this encoded entry.
+    Active(Vec<u8>),
+    /// Move the saga from the active to the finished index.
+    Finished(Vec<u8>),
+}
+
+/// Records to append to one saga's log, with the index changes that go in
+/// the same atomic write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaAppend {
+    /// The saga.
+    pub saga: SagaId,
+    /// Sequence number of the first record; the rest follow without gaps.
+    pub first_seq: u64,
+    /// Encoded record frames.
+    pub records: Vec<Vec<u8>>,
+    /// Index change, if the status changed.
+    pub index: Option<IndexUpdate>,
+    /// Idempotency key to map to this saga (only with the start record).
+    pub claim_key: Option<IdempotencyKey>,
+}
+
+impl SagaAppend {
+    /// How many key-value entries this append writes.
+    pub fn entry_count(&self) -> usize {
+        self.records.len() + usize::from(self.index.is_some()) + usize::from(self.claim_key.is_some())
+    }
+}
+
+/// Where sagas' records live. Implementations must make `append` atomic
+/// (all of the batch or none of it survives a crash) and durable (on `Ok`,
+/// it survives `kill -9`).
+pub trait LogStore: Send + Sync + 'static {
+    /// Applies every append in `batch` as one atomic write and makes it
+    /// durable before returning `Ok`. On `Err` the caller must assume
+    /// nothing, and must not act as if any of it were written.
+    fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError>;
+
+    /// One saga's records in sequence order, as `(seq, frame)`.
+    fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Every saga in the active index, with its encoded index entry.
+    fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
+
+    /// Every saga in the finished index, with its encoded index entry.
+    fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
+
+    /// The saga an idempotency key belongs to, if any.
+    fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError>;
+}
+
+mod keys {
+    use crate::ids::{IdempotencyKey, SagaId};
+
+    pub const LOG: u8 = b'L';
+    pub const ACTIVE: u8 = b'A';
+    pub const FINISHED: u8 = b'F';
+    pub const IDEMPOTENCY: u8 = b'K';
+    pub const FORMAT: &[u8] = b"Mformat";
+
+    pub fn log(saga: SagaId, seq: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(25);
+        key.push(LOG);
+        key.extend_from_slice(&saga.to_bytes());
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    pub fn log_prefix(saga: SagaId) -> Vec<u8> {
+        let mut key = Vec::with_capacity(17);
+        key.push(LOG);
+        key.extend_from_slice(&saga.to_bytes());
+        key
+    }
+
+    pub fn index(prefix: u8, saga: SagaId) -> Vec<u8> {
+        let mut key = Vec::with_capacity(17);
+        key.push(prefix);
+        key.extend_from_slice(&saga.to_bytes());
+        key
+    }
+
+    pub fn idempotency(key: &IdempotencyKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + key.as_str().len());
+        out.push(IDEMPOTENCY);
+        out.extend_from_slice(key.as_str().as_bytes());
+        out
+    }
+
+    pub fn saga_id(key: &[u8], at: usize) -> Option<SagaId> {
+        let bytes: [u8; 16] = key.get(at..at + 16)?.try_into().ok()?;
+        Some(SagaId::from_bytes(bytes))
+    }
+}
+
+/// Public names of the keyspace, for tests and tools that must address raw
+/// values (fault injection, the `verify` command).
+pub mod raw_keys {
+    use crate::ids::SagaId;
+
+    /// The key of record `seq` of `saga`'s log.
+    pub fn log_key(saga: SagaId, seq: u64) -> Vec<u8> {
+        super::keys::log(saga, seq)
+    }
+}
+
+/// One write in an atomic batch.
+enum KvOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The ordered key-value operations the generic store needs.
+trait Kv: Send + Sync + 'static {
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
+    let mut ops = Vec::with_capacity(batch.iter().map(|a| a.entry_count() + 1).sum());
+    for append in batch {
+        for (offset, frame) in append.records.iter().enumerate() {
+            let seq = append.first_seq + offset as u64;
+            ops.push(KvOp::Put(keys::log(append.saga, seq), frame.clone()));
+        }
+        match &append.index {
+            Some(IndexUpdate::Active(entry)) => {
+                ops.push(KvOp::Put(keys::index(keys::ACTIVE, append.saga), entry.clone()))
+            }
+            Some(IndexUpdate::Finished(entry)) => {
+                ops.push(KvOp::Delete(keys::index(keys::ACTIVE, append.saga)));
+                ops.push(KvOp::Put(keys::index(keys::FINISHED, append.saga), entry.clone()));
+            }
+            None => {}
+        }
+        if let Some(key) = &append.claim_key {
+            ops.push(KvOp::Put(keys::idempotency(key), append.saga.to_bytes().to_vec()));
+        }
+    }
+    ops
+}
+
+fn scan_index<K: Kv>(kv: &K, prefix: u8) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    kv.scan_prefix(&[prefix])?
+        .into_iter()
+        .map(|(key, value)| match keys::saga_id(&key, 1) {
+            Some(id) if key.len() == 17 => Ok((id, value)),
+            _ => Err(StoreError::Corrupt {
+                key,
+                reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
+            }),
+        })
+        .collect()
+}
+
+fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    kv.scan_prefix(&keys::log_prefix(saga))?
+        .into_iter()
+        .map(|(key, value)| match key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(seq) if key.len() == 25 => Ok((u64::from_be_bytes(seq), value)),
+            _ => Err(StoreError::Corrupt {
+                key,
+                reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
+            }),
+        })
+        .collect()
+}
+
+fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
+    let raw_key = keys::idempotency(key);
+    match kv.get(&raw_key)? {
+        None => Ok(None),
+        Some(value) => match <[u8; 16]>::try_from(value.as_slice()) {
+            Ok(bytes) => Ok(Some(SagaId::from_bytes(bytes))),
+            Err(_) => Err(StoreError::Corrupt {
+                key: raw_key,
+                reason: format!("idempotency index value is {} bytes, expected a 16-byte saga id", value.len()),
+            }),
+        },
+    }
+}
+
+macro_rules! impl_log_store {
+    ($store:ty) => {
+        impl LogStore for $store {
+            fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
+                self.kv.apply_durably(batch_ops(batch))
+            }
+            fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+                read_log(&self.kv, saga)
+            }
+            fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+                scan_index(&self.kv, keys::ACTIVE)
+            }
+            fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+                scan_index(&self.kv, keys::FINISHED)
+            }
+            fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
+                key_owner(&self.kv, key)
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------- sled
+
+struct SledKv {
+    db: sled::Db,
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl Kv for SledKv {
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                KvOp::Put(k, v) => batch.insert(k, v),
+                KvOp::Delete(k) => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+}
+
+/// The durable store: one sled database, opened with `flush_every_ms(None)`
+/// so that the only durability point is the explicit flush at the end of
+/// each group commit.
+pub struct SledStore {
+    kv: SledKv,
+    path: PathBuf,
+}
+
+/// Settings for opening a [`SledStore`].
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    /// sled's page cache size in bytes. Default 64 MiB: the log is written
+    /// sequentially and read back only at recovery, so a large cache buys little.
+    pub cache_capacity: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_capacity: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the database in directory `path`.
+    ///
+    /// Fails with [`StoreError::Locked`] if another process (or another
+    /// store in this process) has it open, and with
+    /// [`StoreError::FormatMismatch`] if it was written in another format.
+    pub fn open(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .cache_capacity(options.cache_capacity)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                other => StoreError::Backend(format!("opening {}: {other}", path.display())),
+            })?;
+        let kv = SledKv { db };
+        check_format(&kv, &path)?;
+        Ok(SledStore { kv, path })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes the database occupies on disk, as sled reports it.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.kv.db.size_on_disk().map_err(backend)
+    }
+
+    /// Overwrites one raw value, bypassing the codec. For fault-injection
+    /// tests and repair tools only: it can make a saga unreadable.
+    pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.kv.apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
+    }
+}
+
+fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
+    match kv.get(keys::FORMAT)? {
+        None => kv.apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![FORMAT_VERSION])]),
+        Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
+        Some(v) => Err(StoreError::FormatMismatch {
+            path: path.to_path_buf(),
+            found: v.first().copied().unwrap_or(0),
+            expected: FORMAT_VERSION,
+        }),
+    }
+}
+
+impl_log_store!(SledStore);
+
+// ---------------------------------------------------------------- memory
+
+/// When an injected append fault strikes relative to the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultTiming {
+    /// The append fails and nothing is written.
+    BeforeApply,
+    /// The batch is written, then the append reports failure (as a flush
+    /// that failed after the data reached the disk).
+    AfterApply,
+}
+
+#[derive(Default)]
+struct MemKv {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    appends: AtomicU64,
+    fault: Mutex<Option<(u64, FaultTiming)>>,
+}
+
+impl MemKv {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        // A panic while holding this lock cannot leave the map half-written
+        // (each op is one insert/remove), so poisoning carries no meaning.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Kv for MemKv {
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
+        let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        let fault = *self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        let timing = match fault {
+            Some((at, timing)) if at == number => Some(timing),
+            _ => None,
+        };
+        if timing == Some(FaultTiming::BeforeApply) {
+            return Err(StoreError::Injected(format!("append #{number} failed before applying")));
+        }
+        let mut map = self.lock();
+        for op in ops {
+            match op {
+                KvOp::Put(k, v) => {
+                    map.insert(k, v);
+                }
+                KvOp::Delete(k) => {
+                    map.remove(&k);
+                }
+            }
+        }
+        drop(map);
+        if timing == Some(FaultTiming::AfterApply) {
+            return Err(StoreError::Injected(format!("append #{number} failed after applying")));
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// An in-memory store with the same keyspace and atomicity as [`SledStore`],
+/// for tests: share one `Arc<MemStore>` between two engines to simulate a
+/// restart, and inject append failures with [`MemStore::fail_append`].
+/// Nothing survives the process.
+#[derive(Default)]
+pub struct MemStore {
+    kv: MemKv,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the `number`-th call to `append` from now on (counting from 1
+    /// over the store's life) fail, at the given timing. Replaces any
+    /// earlier injected fault.
+    pub fn fail_append(&self, number: u64, timing: FaultTiming) {
+        *self.kv.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, timing));
+    }
+
+    /// How many times `append` has been called.
+    pub fn append_count(&self) -> u64 {
+        self.kv.appends.load(Ordering::SeqCst)
+    }
+
+    /// Overwrites one raw value, bypassing the codec (fault injection).
+    pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) {
+        self.kv.lock().insert(key.to_vec(), value.to_vec());
+    }
+}
+
+impl_log_store!(MemStore);
