@@ -405,8 +405,8 @@ impl SagaState {
                 {
                     return Err(format!("step {step} started and is not compensated"));
                 }
-                if !self.compensating && self.steps.iter().all(|s| s.forward.is_succeeded()) {
-                    return Err("every step succeeded; nothing failed to compensate for".into());
+                if !self.compensating && self.failure.is_none() {
+                    return Err("no step failed for good and no compensation ran".into());
                 }
                 Ok(())
             }

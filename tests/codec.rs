@@ -1,0 +1,225 @@
+//! The record codec: every kind round-trips, every kind of bad bytes is a
+//! typed error, nothing panics.
+
+use sagalog::log::codec::{
+    decode_index_entry, decode_record, decode_value, encode_index_entry, encode_record,
+    encode_value, DecodeError, EncodeError, HEADER_LEN, MAX_PAYLOAD,
+};
+use sagalog::log::record::{
+    CallFailed, CallRef, CallSucceeded, ErrorClass, Finished, Record, SagaPlan, SagaStarted,
+    StepFailure, Suspended,
+};
+use sagalog::log::store::IndexEntry;
+use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
+
+fn every_kind() -> Vec<Record> {
+    let call = CallRef { step: 2, attempt: 3 };
+    let failure = StepFailure {
+        class: ErrorClass::Unknown,
+        message: "timed out".into(),
+    };
+    vec![
+        Record::SagaStarted(SagaStarted {
+            saga_type: "order".into(),
+            version: 7,
+            input: vec![1, 2, 3],
+            plan: SagaPlan {
+                steps: vec!["a".into(), "b".into(), "c".into()],
+                strategy: CompensationStrategy::Immediate,
+                retry: RetryPolicy::forward_default(),
+                compensation_retry: RetryPolicy::compensation_default(),
+                in_doubt: InDoubtPolicy::Compensate,
+            },
+            idempotency_key: Some("order-1".into()),
+        }),
+        Record::StepStarted(call),
+        Record::StepSucceeded(CallSucceeded {
+            call,
+            output: vec![9; 40],
+        }),
+        Record::StepFailed(CallFailed {
+            call,
+            failure: failure.clone(),
+        }),
+        Record::CompensationStarted(call),
+        Record::CompensationSucceeded(call),
+        Record::CompensationFailed(CallFailed { call, failure }),
+        Record::SagaSuspended(Suspended {
+            reason: "operator".into(),
+        }),
+        Record::SagaFinished(Finished {
+            status: SagaStatus::Compensated,
+        }),
+    ]
+}
+
+fn sample_frame() -> Vec<u8> {
+    encode_record(UnixMillis(42), &Record::StepStarted(CallRef { step: 1, attempt: 1 })).unwrap()
+}
+
+fn with_fixed_crc(mut frame: Vec<u8>) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[..8]);
+    crc.update(&frame[HEADER_LEN..]);
+    let sum = crc.finalize().to_be_bytes();
+    frame[8..12].copy_from_slice(&sum);
+    frame
+}
+
+#[test]
+fn every_record_kind_round_trips_with_its_timestamp() {
+    for (i, record) in every_kind().into_iter().enumerate() {
+        let at = UnixMillis(1_700_000_000_000 + i as u64);
+        let frame = encode_record(at, &record).unwrap();
+        assert_eq!(decode_record(&frame), Ok((at, record)));
+    }
+}
+
+#[test]
+fn index_entry_round_trips() {
+    let entry = IndexEntry {
+        saga_type: "order".into(),
+        status: SagaStatus::Running,
+        started_at: UnixMillis(5),
+    };
+    let bytes = encode_index_entry(&entry).unwrap();
+    assert_eq!(decode_index_entry::<IndexEntry>(&bytes), Ok(entry));
+}
+
+#[test]
+fn fewer_bytes_than_a_header_are_truncated() {
+    let frame = sample_frame();
+    assert_eq!(
+        decode_record(&frame[..5]),
+        Err(DecodeError::Truncated { len: 5 })
+    );
+    assert_eq!(decode_record(&[]), Err(DecodeError::Truncated { len: 0 }));
+}
+
+#[test]
+fn wrong_magic_is_rejected() {
+    let mut frame = sample_frame();
+    frame[0] = b'X';
+    assert_eq!(
+        decode_record(&frame),
+        Err(DecodeError::BadMagic { found: [b'X', b'G'] })
+    );
+}
+
+#[test]
+fn unknown_format_version_is_rejected() {
+    let mut frame = sample_frame();
+    frame[2] = 9;
+    assert_eq!(decode_record(&frame), Err(DecodeError::UnknownVersion { found: 9 }));
+}
+
+#[test]
+fn declared_length_over_the_limit_is_rejected_before_use() {
+    let mut frame = sample_frame();
+    frame[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        decode_record(&frame),
+        Err(DecodeError::LengthOverLimit {
+            len: u32::MAX as usize,
+            max: MAX_PAYLOAD
+        })
+    );
+}
+
+#[test]
+fn truncated_payload_is_a_length_mismatch() {
+    let frame = sample_frame();
+    let short = &frame[..frame.len() - 1];
+    assert!(matches!(
+        decode_record(short),
+        Err(DecodeError::LengthMismatch { .. })
+    ));
+}
+
+#[test]
+fn flipped_payload_bit_fails_the_checksum() {
+    let mut frame = sample_frame();
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    assert!(matches!(
+        decode_record(&frame),
+        Err(DecodeError::ChecksumMismatch { .. })
+    ));
+}
+
+#[test]
+fn flipped_header_bit_fails_the_checksum() {
+    let mut frame = sample_frame();
+    frame[3] ^= 0x04; // the kind byte is covered by the crc
+    assert!(matches!(
+        decode_record(&frame),
+        Err(DecodeError::ChecksumMismatch { .. })
+    ));
+}
+
+#[test]
+fn unknown_kind_with_valid_checksum_is_rejected() {
+    let mut frame = sample_frame();
+    frame[3] = 200;
+    let frame = with_fixed_crc(frame);
+    assert_eq!(decode_record(&frame), Err(DecodeError::UnknownKind { found: 200 }));
+}
+
+#[test]
+fn payload_of_the_wrong_shape_is_malformed() {
+    // A step_started payload relabelled as saga_started, checksum fixed.
+    let mut frame = sample_frame();
+    frame[3] = 1;
+    let frame = with_fixed_crc(frame);
+    assert!(matches!(decode_record(&frame), Err(DecodeError::Malformed { .. })));
+}
+
+#[test]
+fn trailing_bytes_after_the_payload_are_rejected() {
+    let mut frame = sample_frame();
+    frame.push(0);
+    let len = (frame.len() - HEADER_LEN) as u32;
+    frame[4..8].copy_from_slice(&len.to_be_bytes());
+    let frame = with_fixed_crc(frame);
+    assert_eq!(decode_record(&frame), Err(DecodeError::TrailingBytes { count: 1 }));
+}
+
+#[test]
+fn oversized_value_is_refused_at_encoding() {
+    let big = vec![0u8; MAX_PAYLOAD + 1];
+    assert!(matches!(encode_value(&big), Err(EncodeError::TooLarge { .. })));
+}
+
+#[test]
+fn value_with_trailing_bytes_is_rejected() {
+    let mut bytes = encode_value(&7u32).unwrap();
+    bytes.push(1);
+    assert_eq!(
+        decode_value::<u32>(&bytes),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    );
+}
+
+#[test]
+fn huge_declared_collection_length_does_not_allocate_or_panic() {
+    // A varint length prefix claiming u64::MAX elements.
+    let bytes = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    assert!(decode_value::<Vec<u8>>(&bytes).is_err());
+}
+
+#[test]
+fn every_prefix_and_every_single_byte_flip_is_an_error_not_a_panic() {
+    for record in every_kind() {
+        let frame = encode_record(UnixMillis(1), &record).unwrap();
+        for len in 0..frame.len() {
+            assert!(decode_record(&frame[..len]).is_err());
+        }
+        for i in 0..frame.len() {
+            for bit in 0..8 {
+                let mut damaged = frame.clone();
+                damaged[i] ^= 1 << bit;
+                assert!(decode_record(&damaged).is_err(), "flip at {i}.{bit} went unnoticed");
+            }
+        }
+    }
+}
