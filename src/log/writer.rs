@@ -122,8 +122,12 @@ fn run(
         }
         if let Some(reply) = stop {
             rx.close();
-            // Requests queued after the stop are answered `Closed` when the
-            // receiver (and their reply senders) are dropped.
+            // Release the store before acknowledging, so that once `stop`
+            // returns (and the engine is dropped) the database can be
+            // opened again. Requests queued after the stop are answered
+            // `Closed` when the receiver and their reply senders drop.
+            drop(store);
+            drop(rx);
             let _ = reply.send(());
             return;
         }

@@ -1,0 +1,159 @@
+//! Shared helpers for the engine tests: a scripted three-step saga whose
+//! participants record every call.
+
+#![allow(dead_code)]
+
+use sagalog::{
+    InDoubtPolicy, Phase, Registry, RetryPolicy, SagaDefinition, SagaRef, StepContext, StepError,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What a scripted participant does when called.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Succeed.
+    Succeed,
+    /// Fail with this error every time.
+    Fail(StepError),
+    /// Fail with this error for the first `n` attempts, then succeed.
+    FailTimes(u32, StepError),
+    /// Never return (to leave the call in doubt).
+    Hang,
+    /// Wait until `Script::open_gate` is called, then succeed.
+    Gate,
+}
+
+/// Every call the participants saw, as `"step:phase:attempt"`, plus the
+/// behaviour each (step, phase) should have.
+#[derive(Clone, Default)]
+pub struct Script {
+    pub calls: Arc<Mutex<Vec<String>>>,
+    behaviours: Arc<Mutex<HashMap<(String, Phase), Behaviour>>>,
+    pub entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl Script {
+    pub fn set(&self, step: &str, phase: Phase, behaviour: Behaviour) {
+        self.behaviours
+            .lock()
+            .unwrap()
+            .insert((step.to_string(), phase), behaviour);
+    }
+
+    /// Releases every call waiting at a `Gate`.
+    pub fn open_gate(&self) {
+        self.gate.notify_waiters();
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
+        let name = ctx.step().to_string();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{}:{}:{}", name, ctx.phase(), ctx.attempt()));
+        self.entered.notify_one();
+        let behaviour = self
+            .behaviours
+            .lock()
+            .unwrap()
+            .get(&(name, ctx.phase()))
+            .cloned()
+            .unwrap_or(Behaviour::Succeed);
+        match behaviour {
+            Behaviour::Succeed => Ok(()),
+            Behaviour::Fail(e) => Err(e),
+            Behaviour::FailTimes(n, e) if ctx.attempt() <= n => Err(e),
+            Behaviour::FailTimes(..) => Ok(()),
+            Behaviour::Hang => std::future::pending().await,
+            Behaviour::Gate => {
+                self.gate.notified().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A trip: book a flight (output: a booking number), a hotel (reads the
+/// flight's booking number), and a car.
+pub fn trip_definition(
+    saga_type: &str,
+    script: &Script,
+    in_doubt: InDoubtPolicy,
+) -> SagaDefinition<String> {
+    let s = script.clone();
+    let builder = SagaDefinition::<String>::builder(saga_type)
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 100,
+            backoff_coefficient: 2.0,
+            max_interval_ms: 1_000,
+        })
+        .compensation_retry(RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 100,
+            backoff_coefficient: 2.0,
+            max_interval_ms: 1_000,
+        })
+        .in_doubt(in_doubt);
+    let (a, b, c, d, e, f) = (s.clone(), s.clone(), s.clone(), s.clone(), s.clone(), s);
+    builder
+        .step(
+            "flight",
+            move |ctx| {
+                let s = a.clone();
+                async move {
+                    s.perform(&ctx).await?;
+                    Ok(format!("FL-{}", ctx.input()))
+                }
+            },
+            move |ctx| {
+                let s = b.clone();
+                async move { s.perform(&ctx).await }
+            },
+        )
+        .step(
+            "hotel",
+            move |ctx| {
+                let s = c.clone();
+                async move {
+                    let flight: String = ctx.output("flight")?;
+                    s.perform(&ctx).await?;
+                    Ok(format!("HO-for-{flight}"))
+                }
+            },
+            move |ctx| {
+                let s = d.clone();
+                async move { s.perform(&ctx).await }
+            },
+        )
+        .step(
+            "car",
+            move |ctx| {
+                let s = e.clone();
+                async move {
+                    s.perform(&ctx).await?;
+                    Ok(())
+                }
+            },
+            move |ctx| {
+                let s = f.clone();
+                async move { s.perform(&ctx).await }
+            },
+        )
+        .build()
+        .expect("the trip definition is valid")
+}
+
+pub fn trip_registry(script: &Script, in_doubt: InDoubtPolicy) -> (Registry, SagaRef<String>) {
+    let mut registry = Registry::new();
+    let trip = registry
+        .register(trip_definition("trip", script, in_doubt))
+        .expect("registered once");
+    (registry, trip)
+}
