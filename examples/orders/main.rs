@@ -1,0 +1,373 @@
+//! The sagalog orders example: an order flow over inventory, payment and
+//! shipping, each participant keeping its books durably in its own sled
+//! database and applying every effect once by its idempotency key.
+//!
+//! ```text
+//! cargo run --release --example orders                      # readable table
+//! cargo run --release --example orders -- --json            # one JSON object per line
+//! cargo run --release --example orders -- --crash-after 5   # abort after the 5th durable append
+//! cargo run --release --example orders                      # ...then rerun: recovery finishes it
+//! ```
+//!
+//! Each scenario starts with a fixed idempotency key (its order id), so a
+//! rerun attaches to the sagas that already exist instead of starting new
+//! ones.
+
+mod ledger;
+
+use clap::Parser;
+use ledger::{CallRecord, Ledger, Refusal};
+use sagalog::{
+    Engine, EngineConfig, Registry, SagaDefinition, SagaRef, SagaView, StartOptions, StepContext,
+    StepError,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Run the sagalog order scenarios against a durable log")]
+struct Args {
+    /// Directory for the saga log and the participants' ledger.
+    #[arg(long, default_value = "./sagalog-data")]
+    data_dir: PathBuf,
+    /// Abort the process right after the N-th durable append of this run.
+    #[arg(long)]
+    crash_after: Option<u64>,
+    /// Print one JSON object per saga, then the ledger, instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A customer's order: the saga's input.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Order {
+    order_id: String,
+    customer: String,
+    product: String,
+    quantity: i64,
+    unit_price: i64,
+    address: String,
+}
+
+impl Order {
+    fn amount(&self) -> i64 {
+        self.quantity * self.unit_price
+    }
+}
+
+fn refusal(r: Refusal) -> StepError {
+    match r {
+        Refusal::Rule(why) => StepError::permanent(why),
+        // The transaction may or may not have reached the disk.
+        Refusal::Storage(why) => StepError::unknown(why),
+    }
+}
+
+/// Records the call, then applies `effect` once per idempotency key.
+fn participate<F>(ledger: &Ledger, ctx: &StepContext<Order>, effect: F) -> Result<String, StepError>
+where
+    F: Fn(&sled::transaction::TransactionalTree) -> sled::transaction::ConflictableTransactionResult<Result<String, String>, String>,
+{
+    ledger
+        .record_call(&CallRecord {
+            saga_id: ctx.saga_id().to_string(),
+            step: ctx.step().to_string(),
+            phase: ctx.phase().to_string(),
+            attempt: ctx.attempt(),
+        })
+        .map_err(refusal)?;
+    ledger.apply_once(ctx.idempotency_key(), effect).map_err(refusal)
+}
+
+/// The key of the forward action of the same step, for compensations that
+/// must know whether the action's effect happened.
+fn action_key(ctx: &StepContext<Order>) -> String {
+    format!("{}/{}/action", ctx.saga_id(), ctx.step())
+}
+
+fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::DefinitionError> {
+    let l = ledger.clone();
+    let (l1, l2, l3, l4, l5, l6, l7, l8) =
+        (l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l);
+    SagaDefinition::<Order>::builder("order")
+        .step(
+            "reserve_stock",
+            move |ctx| {
+                let l = l1.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    participate(&l, &ctx, |tx| {
+                        let mut p = Ledger::product(tx, &o.product)?;
+                        if p.available < o.quantity {
+                            return Ok(Err(format!("only {} {} in stock", p.available, o.product)));
+                        }
+                        p.available -= o.quantity;
+                        p.reserved += o.quantity;
+                        Ledger::set_product(tx, &o.product, &p)?;
+                        Ok(Ok(format!("res-{}", o.order_id)))
+                    })
+                }
+            },
+            move |ctx| {
+                let l = l2.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    let reserved = action_key(&ctx);
+                    participate(&l, &ctx, |tx| {
+                        if Ledger::applied(tx, &reserved)? {
+                            let mut p = Ledger::product(tx, &o.product)?;
+                            p.reserved -= o.quantity;
+                            p.available += o.quantity;
+                            Ledger::set_product(tx, &o.product, &p)?;
+                            Ok(Ok("released".into()))
+                        } else {
+                            Ok(Ok("nothing was reserved".into()))
+                        }
+                    })
+                    .map(|_| ())
+                }
+            },
+        )
+        .step(
+            "charge_payment",
+            move |ctx| {
+                let l = l3.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    let reservation: String = ctx.output("reserve_stock")?;
+                    participate(&l, &ctx, |tx| {
+                        let mut a = Ledger::account(tx, &o.customer)?;
+                        if a.balance < o.amount() {
+                            return Ok(Err(format!(
+                                "payment declined: balance {} < {} for {reservation}",
+                                a.balance,
+                                o.amount()
+                            )));
+                        }
+                        a.balance -= o.amount();
+                        a.held += o.amount();
+                        Ledger::set_account(tx, &o.customer, &a)?;
+                        Ok(Ok(format!("pay-{}", o.order_id)))
+                    })
+                }
+            },
+            move |ctx| {
+                let l = l4.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    let charged = action_key(&ctx);
+                    participate(&l, &ctx, |tx| {
+                        if Ledger::applied(tx, &charged)? {
+                            let mut a = Ledger::account(tx, &o.customer)?;
+                            a.held -= o.amount();
+                            a.balance += o.amount();
+                            Ledger::set_account(tx, &o.customer, &a)?;
+                        }
+                        Ok(Ok("refunded".into()))
+                    })
+                    .map(|_| ())
+                }
+            },
+        )
+        .step(
+            "create_shipment",
+            move |ctx| {
+                let l = l5.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    participate(&l, &ctx, |tx| {
+                        if o.address.is_empty() || o.address == "nowhere" {
+                            return Ok(Err(format!("cannot ship to '{}'", o.address)));
+                        }
+                        let mut s = Ledger::shipments(tx)?;
+                        s.created += 1;
+                        Ledger::set_shipments(tx, &s)?;
+                        Ok(Ok(format!("ship-{}", o.order_id)))
+                    })
+                }
+            },
+            move |ctx| {
+                let l = l6.clone();
+                async move {
+                    let created = action_key(&ctx);
+                    participate(&l, &ctx, |tx| {
+                        if Ledger::applied(tx, &created)? {
+                            let mut s = Ledger::shipments(tx)?;
+                            s.cancelled += 1;
+                            Ledger::set_shipments(tx, &s)?;
+                        }
+                        Ok(Ok("cancelled".into()))
+                    })
+                    .map(|_| ())
+                }
+            },
+        )
+        .step(
+            "confirm_order",
+            move |ctx| {
+                let l = l7.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    participate(&l, &ctx, |tx| {
+                        let mut p = Ledger::product(tx, &o.product)?;
+                        let mut a = Ledger::account(tx, &o.customer)?;
+                        p.reserved -= o.quantity;
+                        p.sold += o.quantity;
+                        a.held -= o.amount();
+                        a.paid += o.amount();
+                        Ledger::set_product(tx, &o.product, &p)?;
+                        Ledger::set_account(tx, &o.customer, &a)?;
+                        Ok(Ok("confirmed".into()))
+                    })
+                    .map(|_| ())
+                }
+            },
+            move |ctx| {
+                let l = l8.clone();
+                async move {
+                    let o = ctx.input().clone();
+                    let confirmed = action_key(&ctx);
+                    participate(&l, &ctx, |tx| {
+                        if Ledger::applied(tx, &confirmed)? {
+                            let mut p = Ledger::product(tx, &o.product)?;
+                            let mut a = Ledger::account(tx, &o.customer)?;
+                            p.sold -= o.quantity;
+                            p.reserved += o.quantity;
+                            a.paid -= o.amount();
+                            a.held += o.amount();
+                            Ledger::set_product(tx, &o.product, &p)?;
+                            Ledger::set_account(tx, &o.customer, &a)?;
+                        }
+                        Ok(Ok("unconfirmed".into()))
+                    })
+                    .map(|_| ())
+                }
+            },
+        )
+        .build()
+}
+
+fn scenarios() -> Vec<(&'static str, Order)> {
+    let order = |id: &str, customer: &str, product: &str, quantity, unit_price, address: &str| Order {
+        order_id: id.into(),
+        customer: customer.into(),
+        product: product.into(),
+        quantity,
+        unit_price,
+        address: address.into(),
+    };
+    vec![
+        ("success", order("order-1001", "ada", "widget", 2, 25, "1 Main St")),
+        ("payment-declined", order("order-1002", "bob", "widget", 1, 25, "2 Side St")),
+        ("undeliverable", order("order-1003", "cyd", "gadget", 1, 40, "nowhere")),
+    ]
+}
+
+#[derive(Serialize)]
+struct StepLine {
+    name: String,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct SagaLine {
+    saga_id: String,
+    scenario: String,
+    #[serde(rename = "type")]
+    saga_type: String,
+    strategy: String,
+    status: String,
+    steps: Vec<StepLine>,
+}
+
+impl SagaLine {
+    fn new(scenario: &str, view: &SagaView) -> Self {
+        SagaLine {
+            saga_id: view.saga_id.to_string(),
+            scenario: scenario.into(),
+            saga_type: view.saga_type.to_string(),
+            strategy: view.strategy.into(),
+            status: view.status.to_string(),
+            steps: view
+                .steps
+                .iter()
+                .map(|s| StepLine {
+                    name: s.name.to_string(),
+                    status: s.summary(),
+                })
+                .collect(),
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let ledger = Ledger::open(&args.data_dir.join("ledger"))?;
+    ledger.initialize(&[("widget", 100), ("gadget", 10)], &[("ada", 1000), ("bob", 10), ("cyd", 500)])?;
+
+    let mut registry = Registry::new();
+    let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
+    let mut config = EngineConfig::default();
+    if let Some(n) = args.crash_after {
+        config.after_durable_append = Some(Arc::new(move |count| {
+            if count == n {
+                eprintln!("--crash-after {n}: aborting right after durable append #{count}");
+                std::process::abort();
+            }
+        }));
+    }
+    let engine = Engine::open(args.data_dir.join("log"), registry, config).await?;
+
+    let mut lines = Vec::new();
+    for (scenario, order) in scenarios() {
+        let options = StartOptions::new().idempotency_key(order.order_id.clone());
+        let started = engine.start(&orders, &order, options).await?;
+        engine.outcome(started.saga_id).await?;
+        lines.push(SagaLine::new(scenario, &engine.saga(started.saga_id)?));
+    }
+    engine.shutdown(Duration::from_secs(10)).await;
+    let books = ledger.books()?;
+
+    if args.json {
+        for line in &lines {
+            println!("{}", serde_json::to_string(line)?);
+        }
+        println!("{}", serde_json::json!({ "ledger": books }));
+        return Ok(());
+    }
+    println!("sagalog orders example (data in {})\n", args.data_dir.display());
+    println!("{:<18} {:<13} {:<38} STEPS", "SCENARIO", "STATUS", "SAGA");
+    for line in &lines {
+        let steps: Vec<String> = line.steps.iter().map(|s| format!("{}={}", s.name, s.status)).collect();
+        println!("{:<18} {:<13} {:<38} {}", line.scenario, line.status, line.saga_id, steps.join(" "));
+    }
+    println!("\nLEDGER");
+    for (name, p) in &books.products {
+        println!(
+            "  product {name:<8} initial {:>5} = available {:>5} + reserved {:>3} + sold {:>3}",
+            p.initial, p.available, p.reserved, p.sold
+        );
+    }
+    for (name, a) in &books.accounts {
+        println!(
+            "  account {name:<8} initial {:>5} = balance   {:>5} + held     {:>3} + paid {:>3}",
+            a.initial, a.balance, a.held, a.paid
+        );
+    }
+    println!(
+        "  shipments created {}, cancelled {}",
+        books.shipments.created, books.shipments.cancelled
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,181 @@
+//! Crash test: run the orders example in a child process, abort it right
+//! after each durable append in turn (1, 2, 3, ... until a run completes),
+//! rerun it on the same data directory, and check that
+//! (a) every saga is terminal with the outcome its scenario implies,
+//! (b) the ledger is conserved and nothing is left reserved or held, and
+//! (c) every participant call has a durable intent record in the saga log.
+
+use sagalog::log::codec::decode_record;
+use sagalog::log::record::Record;
+use sagalog::log::store::LogStore;
+use sagalog::{SagaId, SledStore};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The example binary cargo built beside this test, built on demand if the
+/// test runner did not build examples.
+fn orders_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("examples").join("orders");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--example", "orders"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the orders example failed");
+    }
+    binary
+}
+
+fn run_orders(dir: &Path, crash_after: Option<u64>) -> Output {
+    let mut command = Command::new(orders_binary());
+    command.arg("--data-dir").arg(dir).arg("--json");
+    if let Some(n) = crash_after {
+        command.arg("--crash-after").arg(n.to_string());
+    }
+    command.output().expect("the orders example starts")
+}
+
+struct CallRecord {
+    saga_id: String,
+    step: String,
+    phase: String,
+    attempt: u64,
+}
+
+fn ledger_calls(dir: &Path) -> Vec<CallRecord> {
+    let db = sled::open(dir.join("ledger")).expect("ledger opens");
+    db.scan_prefix("call/")
+        .map(|item| {
+            let (_, v) = item.expect("ledger reads");
+            let v: Value = serde_json::from_slice(&v).expect("call record is JSON");
+            CallRecord {
+                saga_id: v["saga_id"].as_str().unwrap_or_default().to_string(),
+                step: v["step"].as_str().unwrap_or_default().to_string(),
+                phase: v["phase"].as_str().unwrap_or_default().to_string(),
+                attempt: v["attempt"].as_u64().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// Checks the three properties on a data directory after a completed run.
+fn check(dir: &Path, stdout: &str, label: &str) {
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}")))
+        .collect();
+    let (ledger, sagas) = lines.split_last().expect("output has lines");
+
+    // (a) every saga terminal, with its scenario's outcome.
+    let expected = [
+        ("success", "COMMITTED"),
+        ("payment-declined", "COMPENSATED"),
+        ("undeliverable", "COMPENSATED"),
+    ];
+    assert_eq!(sagas.len(), expected.len(), "{label}: one line per scenario");
+    for (line, (scenario, status)) in sagas.iter().zip(expected) {
+        assert_eq!(line["scenario"], scenario, "{label}");
+        assert_eq!(line["status"], status, "{label}: {scenario}");
+    }
+    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
+    assert!(store.scan_active().unwrap().is_empty(), "{label}: no saga left active");
+
+    // (b) conservation, and nothing left reserved or held.
+    let books = &ledger["ledger"];
+    for (name, p) in books["products"].as_object().expect("products") {
+        let [initial, available, reserved, sold] =
+            ["initial", "available", "reserved", "sold"].map(|f| p[f].as_i64().unwrap());
+        assert_eq!(initial, available + reserved + sold, "{label}: product {name} conserved");
+        assert_eq!(reserved, 0, "{label}: product {name} has nothing reserved");
+    }
+    for (name, a) in books["accounts"].as_object().expect("accounts") {
+        let [initial, balance, held, paid] =
+            ["initial", "balance", "held", "paid"].map(|f| a[f].as_i64().unwrap());
+        assert_eq!(initial, balance + held + paid, "{label}: account {name} conserved");
+        assert_eq!(held, 0, "{label}: account {name} has nothing held");
+    }
+    assert_eq!(books["products"]["widget"]["sold"], 2, "{label}: the committed order sold once");
+    assert_eq!(books["accounts"]["ada"]["paid"], 50, "{label}: ada paid once");
+    let shipments = &books["shipments"];
+    assert_eq!(
+        shipments["created"].as_i64().unwrap() - shipments["cancelled"].as_i64().unwrap(),
+        1,
+        "{label}: one shipment stands"
+    );
+
+    // (c) no participant call without a durable intent record.
+    let mut intents: HashMap<String, Vec<(String, String, u64)>> = HashMap::new();
+    for call in ledger_calls(dir) {
+        let log = intents.entry(call.saga_id.clone()).or_insert_with(|| {
+            let id = SagaId::parse(&call.saga_id).expect("call names a saga id");
+            let records: Vec<Record> = store
+                .read_log(id)
+                .unwrap()
+                .into_iter()
+                .map(|(_, bytes)| decode_record(&bytes).expect("log record decodes").1)
+                .collect();
+            let Some(Record::SagaStarted(start)) = records.first() else {
+                panic!("{label}: participant called for saga {id} with no start record");
+            };
+            let names = start.plan.steps.clone();
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::StepStarted(c) => Some((names[c.step as usize].to_string(), "action".to_string(), c.attempt as u64)),
+                    Record::CompensationStarted(c) => {
+                        Some((names[c.step as usize].to_string(), "compensation".to_string(), c.attempt as u64))
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
+        assert!(
+            log.contains(&(call.step.clone(), call.phase.clone(), call.attempt)),
+            "{label}: {}:{}:{} of saga {} was called without an intent record",
+            call.step,
+            call.phase,
+            call.attempt,
+            call.saga_id
+        );
+    }
+}
+
+#[test]
+fn orders_survive_an_abort_at_every_durable_append() {
+    let mut crash_points = 0;
+    for n in 1..=200u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = run_orders(dir.path(), Some(n));
+        if crashed.status.success() {
+            // N is past the last append: the run completed without a crash.
+            check(dir.path(), &String::from_utf8_lossy(&crashed.stdout), &format!("uncrashed run {n}"));
+            println!("crash points covered: {crash_points} (a run has {} durable appends)", n - 1);
+            assert!(crash_points >= 10, "the workload should have many append points");
+            return;
+        }
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains(&format!("append #{n}")),
+            "run {n} failed without the planned abort: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        crash_points += 1;
+        let rerun = run_orders(dir.path(), None);
+        assert!(
+            rerun.status.success(),
+            "rerun after abort at append {n} failed: {}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &format!("abort at append {n}"));
+    }
+    panic!("the workload never completed within 200 appends");
+}
