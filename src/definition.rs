@@ -159,7 +159,9 @@ impl<I> StepContext<I> {
     /// [`StepContext::output_if_any`] there.
     pub fn output<T: DeserializeOwned>(&self, step: &str) -> Result<T, StepError> {
         self.output_if_any(step)?.ok_or_else(|| {
-            StepError::permanent(format!("step '{step}' has no output (it has not succeeded)"))
+            StepError::permanent(format!(
+                "step '{step}' has no output (it has not succeeded)"
+            ))
         })
     }
 
@@ -185,8 +187,10 @@ impl<I> StepContext<I> {
 
 /// A boxed, sendable future: what erased participants return.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type ActionFn<I> = Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<Vec<u8>, StepError>> + Send + Sync>;
-type CompensationFn<I> = Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
+type ActionFn<I> =
+    Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<Vec<u8>, StepError>> + Send + Sync>;
+type CompensationFn<I> =
+    Arc<dyn Fn(StepContext<I>) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
 
 struct StepDef<I> {
     name: StepName,
@@ -272,7 +276,12 @@ where
     /// the log and readable by later steps through [`StepContext::output`].
     /// A compensation may run although the action's effect never happened
     /// (the action was in doubt); it must then succeed without effect.
-    pub fn step<A, AF, O, C, CF>(mut self, name: impl Into<StepName>, action: A, compensation: C) -> Self
+    pub fn step<A, AF, O, C, CF>(
+        mut self,
+        name: impl Into<StepName>,
+        action: A,
+        compensation: C,
+    ) -> Self
     where
         A: Fn(StepContext<I>) -> AF + Send + Sync + 'static,
         AF: Future<Output = Result<O, StepError>> + Send + 'static,
@@ -286,8 +295,9 @@ where
                 let output = call.await?;
                 // The action ran; if its output cannot be logged the effect
                 // is unknown, so it is retried and, failing that, compensated.
-                codec::encode_value(&output)
-                    .map_err(|e| StepError::unknown(format!("the step's output could not be stored: {e}")))
+                codec::encode_value(&output).map_err(|e| {
+                    StepError::unknown(format!("the step's output could not be stored: {e}"))
+                })
             })
         });
         let compensation: CompensationFn<I> = Arc::new(move |ctx| Box::pin(compensation(ctx)));
@@ -342,7 +352,10 @@ where
             }
         }
         problems.extend(self.retry.problems("retry policy"));
-        problems.extend(self.compensation_retry.problems("compensation retry policy"));
+        problems.extend(
+            self.compensation_retry
+                .problems("compensation retry policy"),
+        );
         if !problems.is_empty() {
             return Err(DefinitionError {
                 saga_type: self.saga_type.to_string(),
@@ -440,7 +453,9 @@ where
     fn call(&self, call: CallSpec, input: &ErasedInput) -> BoxFuture<Result<Vec<u8>, StepError>> {
         let Ok(input) = input.clone().downcast::<I>() else {
             return Box::pin(async {
-                Err(StepError::permanent("internal error: saga input has the wrong type"))
+                Err(StepError::permanent(
+                    "internal error: saga input has the wrong type",
+                ))
             });
         };
         let Some(def) = self.steps.get(call.step as usize) else {
@@ -514,7 +529,10 @@ impl Registry {
     }
 
     /// Adds a definition and returns the typed handle used to start it.
-    pub fn register<I>(&mut self, definition: SagaDefinition<I>) -> Result<SagaRef<I>, DuplicateSagaType>
+    pub fn register<I>(
+        &mut self,
+        definition: SagaDefinition<I>,
+    ) -> Result<SagaRef<I>, DuplicateSagaType>
     where
         I: Serialize + DeserializeOwned + Send + Sync + 'static,
     {

@@ -55,7 +55,9 @@ pub enum Error {
     },
     /// The engine is shutting down; the saga stays in the log and resumes
     /// when the engine is opened again.
-    #[error("the engine shut down before saga {0} finished; it resumes when the engine is opened again")]
+    #[error(
+        "the engine shut down before saga {0} finished; it resumes when the engine is opened again"
+    )]
     ShuttingDown(SagaId),
     /// Two definitions were registered under one type.
     #[error(transparent)]

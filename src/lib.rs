@@ -46,7 +46,9 @@ pub mod policy;
 pub mod state;
 mod status;
 
-pub use definition::{DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError};
+pub use definition::{
+    DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError,
+};
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{Engine, EngineConfig, StartOptions, Started};
 pub use error::Error;
@@ -56,3 +58,8 @@ pub use log::record::ErrorClass;
 pub use log::store::{MemStore, SledStore, StoreError};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;
+
+/// The README's quickstart, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

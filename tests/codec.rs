@@ -13,7 +13,10 @@ use sagalog::log::store::IndexEntry;
 use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
 
 fn every_kind() -> Vec<Record> {
-    let call = CallRef { step: 2, attempt: 3 };
+    let call = CallRef {
+        step: 2,
+        attempt: 3,
+    };
     let failure = StepFailure {
         class: ErrorClass::Unknown,
         message: "timed out".into(),
@@ -54,7 +57,14 @@ fn every_kind() -> Vec<Record> {
 }
 
 fn sample_frame() -> Vec<u8> {
-    encode_record(UnixMillis(42), &Record::StepStarted(CallRef { step: 1, attempt: 1 })).unwrap()
+    encode_record(
+        UnixMillis(42),
+        &Record::StepStarted(CallRef {
+            step: 1,
+            attempt: 1,
+        }),
+    )
+    .unwrap()
 }
 
 fn with_fixed_crc(mut frame: Vec<u8>) -> Vec<u8> {
@@ -102,7 +112,9 @@ fn wrong_magic_is_rejected() {
     frame[0] = b'X';
     assert_eq!(
         decode_record(&frame),
-        Err(DecodeError::BadMagic { found: [b'X', b'G'] })
+        Err(DecodeError::BadMagic {
+            found: [b'X', b'G']
+        })
     );
 }
 
@@ -110,7 +122,10 @@ fn wrong_magic_is_rejected() {
 fn unknown_format_version_is_rejected() {
     let mut frame = sample_frame();
     frame[2] = 9;
-    assert_eq!(decode_record(&frame), Err(DecodeError::UnknownVersion { found: 9 }));
+    assert_eq!(
+        decode_record(&frame),
+        Err(DecodeError::UnknownVersion { found: 9 })
+    );
 }
 
 #[test]
@@ -162,7 +177,10 @@ fn unknown_kind_with_valid_checksum_is_rejected() {
     let mut frame = sample_frame();
     frame[3] = 200;
     let frame = with_fixed_crc(frame);
-    assert_eq!(decode_record(&frame), Err(DecodeError::UnknownKind { found: 200 }));
+    assert_eq!(
+        decode_record(&frame),
+        Err(DecodeError::UnknownKind { found: 200 })
+    );
 }
 
 #[test]
@@ -171,7 +189,10 @@ fn payload_of_the_wrong_shape_is_malformed() {
     let mut frame = sample_frame();
     frame[3] = 1;
     let frame = with_fixed_crc(frame);
-    assert!(matches!(decode_record(&frame), Err(DecodeError::Malformed { .. })));
+    assert!(matches!(
+        decode_record(&frame),
+        Err(DecodeError::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -181,13 +202,19 @@ fn trailing_bytes_after_the_payload_are_rejected() {
     let len = (frame.len() - HEADER_LEN) as u32;
     frame[4..8].copy_from_slice(&len.to_be_bytes());
     let frame = with_fixed_crc(frame);
-    assert_eq!(decode_record(&frame), Err(DecodeError::TrailingBytes { count: 1 }));
+    assert_eq!(
+        decode_record(&frame),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    );
 }
 
 #[test]
 fn oversized_value_is_refused_at_encoding() {
     let big = vec![0u8; MAX_PAYLOAD + 1];
-    assert!(matches!(encode_value(&big), Err(EncodeError::TooLarge { .. })));
+    assert!(matches!(
+        encode_value(&big),
+        Err(EncodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -218,7 +245,10 @@ fn every_prefix_and_every_single_byte_flip_is_an_error_not_a_panic() {
             for bit in 0..8 {
                 let mut damaged = frame.clone();
                 damaged[i] ^= 1 << bit;
-                assert!(decode_record(&damaged).is_err(), "flip at {i}.{bit} went unnoticed");
+                assert!(
+                    decode_record(&damaged).is_err(),
+                    "flip at {i}.{bit} went unnoticed"
+                );
             }
         }
     }

@@ -72,7 +72,9 @@ fn ledger_calls(dir: &Path) -> Vec<CallRecord> {
 fn check(dir: &Path, stdout: &str, label: &str) {
     let lines: Vec<Value> = stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}"))
+        })
         .collect();
     let (ledger, sagas) = lines.split_last().expect("output has lines");
 
@@ -82,30 +84,51 @@ fn check(dir: &Path, stdout: &str, label: &str) {
         ("payment-declined", "COMPENSATED"),
         ("undeliverable", "COMPENSATED"),
     ];
-    assert_eq!(sagas.len(), expected.len(), "{label}: one line per scenario");
+    assert_eq!(
+        sagas.len(),
+        expected.len(),
+        "{label}: one line per scenario"
+    );
     for (line, (scenario, status)) in sagas.iter().zip(expected) {
         assert_eq!(line["scenario"], scenario, "{label}");
         assert_eq!(line["status"], status, "{label}: {scenario}");
     }
     let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
-    assert!(store.scan_active().unwrap().is_empty(), "{label}: no saga left active");
+    assert!(
+        store.scan_active().unwrap().is_empty(),
+        "{label}: no saga left active"
+    );
 
     // (b) conservation, and nothing left reserved or held.
     let books = &ledger["ledger"];
     for (name, p) in books["products"].as_object().expect("products") {
         let [initial, available, reserved, sold] =
             ["initial", "available", "reserved", "sold"].map(|f| p[f].as_i64().unwrap());
-        assert_eq!(initial, available + reserved + sold, "{label}: product {name} conserved");
+        assert_eq!(
+            initial,
+            available + reserved + sold,
+            "{label}: product {name} conserved"
+        );
         assert_eq!(reserved, 0, "{label}: product {name} has nothing reserved");
     }
     for (name, a) in books["accounts"].as_object().expect("accounts") {
         let [initial, balance, held, paid] =
             ["initial", "balance", "held", "paid"].map(|f| a[f].as_i64().unwrap());
-        assert_eq!(initial, balance + held + paid, "{label}: account {name} conserved");
+        assert_eq!(
+            initial,
+            balance + held + paid,
+            "{label}: account {name} conserved"
+        );
         assert_eq!(held, 0, "{label}: account {name} has nothing held");
     }
-    assert_eq!(books["products"]["widget"]["sold"], 2, "{label}: the committed order sold once");
-    assert_eq!(books["accounts"]["ada"]["paid"], 50, "{label}: ada paid once");
+    assert_eq!(
+        books["products"]["widget"]["sold"], 2,
+        "{label}: the committed order sold once"
+    );
+    assert_eq!(
+        books["accounts"]["ada"]["paid"], 50,
+        "{label}: ada paid once"
+    );
     let shipments = &books["shipments"];
     assert_eq!(
         shipments["created"].as_i64().unwrap() - shipments["cancelled"].as_i64().unwrap(),
@@ -131,10 +154,16 @@ fn check(dir: &Path, stdout: &str, label: &str) {
             records
                 .iter()
                 .filter_map(|r| match r {
-                    Record::StepStarted(c) => Some((names[c.step as usize].to_string(), "action".to_string(), c.attempt as u64)),
-                    Record::CompensationStarted(c) => {
-                        Some((names[c.step as usize].to_string(), "compensation".to_string(), c.attempt as u64))
-                    }
+                    Record::StepStarted(c) => Some((
+                        names[c.step as usize].to_string(),
+                        "action".to_string(),
+                        c.attempt as u64,
+                    )),
+                    Record::CompensationStarted(c) => Some((
+                        names[c.step as usize].to_string(),
+                        "compensation".to_string(),
+                        c.attempt as u64,
+                    )),
                     _ => None,
                 })
                 .collect()
@@ -152,15 +181,26 @@ fn check(dir: &Path, stdout: &str, label: &str) {
 
 #[test]
 fn orders_survive_an_abort_at_every_durable_append() {
-    let mut crash_points = 0;
     for n in 1..=200u64 {
+        // Every append before this one was a crash point that recovered.
+        let crash_points = n - 1;
         let dir = tempfile::tempdir().unwrap();
         let crashed = run_orders(dir.path(), Some(n));
         if crashed.status.success() {
             // N is past the last append: the run completed without a crash.
-            check(dir.path(), &String::from_utf8_lossy(&crashed.stdout), &format!("uncrashed run {n}"));
-            println!("crash points covered: {crash_points} (a run has {} durable appends)", n - 1);
-            assert!(crash_points >= 10, "the workload should have many append points");
+            check(
+                dir.path(),
+                &String::from_utf8_lossy(&crashed.stdout),
+                &format!("uncrashed run {n}"),
+            );
+            println!(
+                "crash points covered: {crash_points} (a run has {} durable appends)",
+                n - 1
+            );
+            assert!(
+                crash_points >= 10,
+                "the workload should have many append points"
+            );
             return;
         }
         assert!(
@@ -168,14 +208,17 @@ fn orders_survive_an_abort_at_every_durable_append() {
             "run {n} failed without the planned abort: {}",
             String::from_utf8_lossy(&crashed.stderr)
         );
-        crash_points += 1;
         let rerun = run_orders(dir.path(), None);
         assert!(
             rerun.status.success(),
             "rerun after abort at append {n} failed: {}",
             String::from_utf8_lossy(&rerun.stderr)
         );
-        check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &format!("abort at append {n}"));
+        check(
+            dir.path(),
+            &String::from_utf8_lossy(&rerun.stdout),
+            &format!("abort at append {n}"),
+        );
     }
     panic!("the workload never completed within 200 appends");
 }

@@ -24,11 +24,17 @@ async fn successful_saga_runs_every_step_once_and_commits() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
 
-    let started = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap();
+    let started = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap();
     let outcome = engine.outcome(started.saga_id).await.unwrap();
 
     assert_eq!(outcome.status, SagaStatus::Committed);
-    assert_eq!(script.calls(), ["flight:action:1", "hotel:action:1", "car:action:1"]);
+    assert_eq!(
+        script.calls(),
+        ["flight:action:1", "hotel:action:1", "car:action:1"]
+    );
 }
 
 #[tokio::test]
@@ -38,7 +44,11 @@ async fn later_step_reads_an_earlier_steps_output() {
     let store = Arc::new(MemStore::new());
     let engine = mem_engine(&store, registry).await;
 
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.outcome(id).await.unwrap();
 
     let hotel_output = engine
@@ -46,7 +56,9 @@ async fn later_step_reads_an_earlier_steps_output() {
         .unwrap()
         .into_iter()
         .find_map(|e| match e.record {
-            Ok((_, sagalog::log::record::Record::StepSucceeded(s))) if s.call.step == 1 => Some(s.output),
+            Ok((_, sagalog::log::record::Record::StepSucceeded(s))) if s.call.step == 1 => {
+                Some(s.output)
+            }
             _ => None,
         })
         .unwrap();
@@ -57,11 +69,19 @@ async fn later_step_reads_an_earlier_steps_output() {
 #[tokio::test]
 async fn permanent_failure_compensates_completed_steps_in_reverse_order() {
     let script = Script::default();
-    script.set("car", Phase::Action, Behaviour::Fail(StepError::permanent("no cars left")));
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("no cars left")),
+    );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     let outcome = engine.outcome(id).await.unwrap();
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
@@ -87,9 +107,15 @@ async fn second_start_with_the_same_key_returns_the_existing_saga() {
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
 
     let options = StartOptions::new().idempotency_key("order-42");
-    let first = engine.start(&trip, &"ada".to_string(), options.clone()).await.unwrap();
+    let first = engine
+        .start(&trip, &"ada".to_string(), options.clone())
+        .await
+        .unwrap();
     engine.outcome(first.saga_id).await.unwrap();
-    let second = engine.start(&trip, &"bob".to_string(), options).await.unwrap();
+    let second = engine
+        .start(&trip, &"bob".to_string(), options)
+        .await
+        .unwrap();
 
     assert!(!first.existing);
     assert!(second.existing);
@@ -108,7 +134,11 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
         let (engine, trip) = (engine.clone(), trip.clone());
         handles.push(tokio::spawn(async move {
             engine
-                .start(&trip, &"ada".to_string(), StartOptions::new().idempotency_key("same"))
+                .start(
+                    &trip,
+                    &"ada".to_string(),
+                    StartOptions::new().idempotency_key("same"),
+                )
                 .await
                 .unwrap()
                 .saga_id
@@ -126,12 +156,19 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
 
 /// Runs the trip until `hotel`'s action hangs, then stops the engine so the
 /// call is left in doubt. Returns the saga id.
-async fn leave_hotel_in_doubt(store: &Arc<MemStore>, in_doubt: InDoubtPolicy) -> (sagalog::SagaId, Script) {
+async fn leave_hotel_in_doubt(
+    store: &Arc<MemStore>,
+    in_doubt: InDoubtPolicy,
+) -> (sagalog::SagaId, Script) {
     let script = Script::default();
     script.set("hotel", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, in_doubt);
     let engine = mem_engine(store, registry).await;
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     while !script.calls().contains(&"hotel:action:1".to_string()) {
         script.entered.notified().await;
     }
@@ -164,7 +201,10 @@ async fn in_doubt_step_is_compensated_under_the_compensate_policy() {
     let outcome = engine.outcome(id).await.unwrap();
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
-    assert_eq!(script.calls(), ["hotel:compensation:1", "flight:compensation:1"]);
+    assert_eq!(
+        script.calls(),
+        ["hotel:compensation:1", "flight:compensation:1"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,7 +214,11 @@ async fn shutdown_lets_a_running_call_finish_and_records_its_result() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
     let engine = mem_engine(&store, registry).await;
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     script.entered.notified().await; // flight's action is running
     let releaser = script.clone();
     tokio::spawn(async move {
@@ -187,7 +231,11 @@ async fn shutdown_lets_a_running_call_finish_and_records_its_result() {
 
     let view = engine.saga(id).unwrap();
     assert_eq!(view.steps[0].summary(), "done");
-    assert_eq!(view.steps[1].summary(), "pending", "no new step starts during shutdown");
+    assert_eq!(
+        view.steps[1].summary(),
+        "pending",
+        "no new step starts during shutdown"
+    );
 }
 
 #[tokio::test]
@@ -197,21 +245,40 @@ async fn unknown_saga_type_is_parked_and_other_sagas_proceed() {
     script.set("flight", Phase::Action, Behaviour::Hang);
     let mut registry = Registry::new();
     let gone = registry
-        .register(common::trip_definition("retired", &script, InDoubtPolicy::Rerun))
+        .register(common::trip_definition(
+            "retired",
+            &script,
+            InDoubtPolicy::Rerun,
+        ))
         .unwrap();
     let trip = registry
-        .register(common::trip_definition("trip", &script, InDoubtPolicy::Rerun))
+        .register(common::trip_definition(
+            "trip",
+            &script,
+            InDoubtPolicy::Rerun,
+        ))
         .unwrap();
     let engine = mem_engine(&store, registry).await;
-    let orphan = engine.start(&gone, &"x".to_string(), StartOptions::new()).await.unwrap().saga_id;
-    let other = engine.start(&trip, &"y".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let orphan = engine
+        .start(&gone, &"x".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let other = engine
+        .start(&trip, &"y".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun); // "retired" not registered
     let engine = mem_engine(&store, registry).await;
 
-    assert_eq!(engine.outcome(other).await.unwrap().status, SagaStatus::Committed);
+    assert_eq!(
+        engine.outcome(other).await.unwrap().status,
+        SagaStatus::Committed
+    );
     let Err(Error::Parked { reason, .. }) = engine.outcome(orphan).await else {
         panic!("the orphan saga must be parked");
     };
@@ -230,9 +297,19 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
     let script = Script::default();
     script.set("flight", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open(dir.path(), registry, EngineConfig::default()).await.unwrap();
-    let damaged = engine.start(&trip, &"x".to_string(), StartOptions::new()).await.unwrap().saga_id;
-    let healthy = engine.start(&trip, &"y".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let engine = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let damaged = engine
+        .start(&trip, &"x".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let healthy = engine
+        .start(&trip, &"y".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.shutdown(Duration::ZERO).await;
     drop(engine);
 
@@ -243,15 +320,23 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open(dir.path(), registry, EngineConfig::default()).await.unwrap();
+    let engine = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .unwrap();
 
-    assert_eq!(engine.outcome(healthy).await.unwrap().status, SagaStatus::Committed);
+    assert_eq!(
+        engine.outcome(healthy).await.unwrap().status,
+        SagaStatus::Committed
+    );
     let Err(Error::Parked { reason, .. }) = engine.outcome(damaged).await else {
         panic!("the damaged saga must be parked");
     };
     assert!(reason.contains("record 0"), "{reason}");
     let history = engine.history(damaged).unwrap();
-    assert!(history[0].record.is_err(), "the damaged record shows its decode error");
+    assert!(
+        history[0].record.is_err(),
+        "the damaged record shows its decode error"
+    );
     assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
 }
 
@@ -264,11 +349,19 @@ async fn failed_intent_append_stops_the_call() {
     // Appends: 1 = start, 2 = flight intent, 3 = flight result + hotel intent.
     store.fail_append(store.append_count() + 3, FaultTiming::BeforeApply);
 
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     let result = engine.outcome(id).await;
 
     assert!(matches!(result, Err(Error::Store(_))), "{result:?}");
-    assert_eq!(script.calls(), ["flight:action:1"], "hotel was never called");
+    assert_eq!(
+        script.calls(),
+        ["flight:action:1"],
+        "hotel was never called"
+    );
 }
 
 #[tokio::test]
@@ -278,34 +371,59 @@ async fn append_that_failed_after_writing_is_recovered_on_reopen() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&store, registry).await;
     store.fail_append(store.append_count() + 3, FaultTiming::AfterApply);
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     assert!(engine.outcome(id).await.is_err());
-    assert_eq!(script.calls(), ["flight:action:1"], "hotel was not called after the failed append");
+    assert_eq!(
+        script.calls(),
+        ["flight:action:1"],
+        "hotel was not called after the failed append"
+    );
     engine.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&store, registry).await;
 
-    assert_eq!(engine.outcome(id).await.unwrap().status, SagaStatus::Committed);
+    assert_eq!(
+        engine.outcome(id).await.unwrap().status,
+        SagaStatus::Committed
+    );
     assert_eq!(script.calls(), ["hotel:action:2", "car:action:1"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retryable_failure_is_retried_after_its_backoff() {
     let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::FailTimes(2, StepError::retryable("busy")));
+    script.set(
+        "hotel",
+        Phase::Action,
+        Behaviour::FailTimes(2, StepError::retryable("busy")),
+    );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
     let before = tokio::time::Instant::now();
 
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     let outcome = engine.outcome(id).await.unwrap();
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
         script.calls(),
-        ["flight:action:1", "hotel:action:1", "hotel:action:2", "hotel:action:3", "car:action:1"]
+        [
+            "flight:action:1",
+            "hotel:action:1",
+            "hotel:action:2",
+            "hotel:action:3",
+            "car:action:1"
+        ]
     );
     // Backoff 100 ms then 200 ms, on tokio's paused clock.
     assert!(before.elapsed() >= Duration::from_millis(300));
@@ -314,17 +432,34 @@ async fn retryable_failure_is_retried_after_its_backoff() {
 #[tokio::test(start_paused = true)]
 async fn compensation_that_keeps_failing_suspends_the_saga() {
     let script = Script::default();
-    script.set("car", Phase::Action, Behaviour::Fail(StepError::permanent("sold out")));
-    script.set("hotel", Phase::Compensation, Behaviour::Fail(StepError::retryable("hotel api down")));
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    script.set(
+        "hotel",
+        Phase::Compensation,
+        Behaviour::Fail(StepError::retryable("hotel api down")),
+    );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     let outcome = engine.outcome(id).await.unwrap();
 
     assert_eq!(outcome.status, SagaStatus::Suspended);
     assert!(outcome.reason.unwrap().contains("failed 3 times"));
-    assert!(!script.calls().contains(&"flight:compensation:1".to_string()), "reverse order holds");
+    assert!(
+        !script
+            .calls()
+            .contains(&"flight:compensation:1".to_string()),
+        "reverse order holds"
+    );
     assert_eq!(engine.list(Some(SagaStatus::Suspended)).unwrap().len(), 1);
 }
 
@@ -333,7 +468,11 @@ async fn history_lists_every_record_in_order_with_timestamps() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
-    let id = engine.start(&trip, &"ada".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.outcome(id).await.unwrap();
 
     let kinds: Vec<&str> = engine
@@ -356,7 +495,10 @@ async fn history_lists_every_record_in_order_with_timestamps() {
         ]
     );
     let history = engine.history(id).unwrap();
-    let times: Vec<u64> = history.iter().map(|e| e.record.as_ref().unwrap().0 .0).collect();
+    let times: Vec<u64> = history
+        .iter()
+        .map(|e| e.record.as_ref().unwrap().0 .0)
+        .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
 }
 
@@ -365,16 +507,34 @@ async fn list_filters_sagas_by_status() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
-    let ok = engine.start(&trip, &"ok".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let ok = engine
+        .start(&trip, &"ok".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.outcome(ok).await.unwrap();
-    script.set("car", Phase::Action, Behaviour::Fail(StepError::permanent("no")));
-    let bad = engine.start(&trip, &"bad".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("no")),
+    );
+    let bad = engine
+        .start(&trip, &"bad".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.outcome(bad).await.unwrap();
 
     let committed = engine.list(Some(SagaStatus::Committed)).unwrap();
     let compensated = engine.list(Some(SagaStatus::Compensated)).unwrap();
-    assert_eq!(committed.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [ok]);
-    assert_eq!(compensated.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [bad]);
+    assert_eq!(
+        committed.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
+        [ok]
+    );
+    assert_eq!(
+        compensated.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
+        [bad]
+    );
     assert_eq!(engine.list(None).unwrap().len(), 2);
 }
 
@@ -411,13 +571,24 @@ async fn running_sagas_never_exceed_the_concurrency_bound() {
         max_running_sagas: 2,
         ..EngineConfig::default()
     };
-    let engine = Engine::open_with_store(Arc::new(MemStore::new()), registry, config).await.unwrap();
+    let engine = Engine::open_with_store(Arc::new(MemStore::new()), registry, config)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(engine.start(&slow, &i, StartOptions::new()).await.unwrap().saga_id);
+        ids.push(
+            engine
+                .start(&slow, &i, StartOptions::new())
+                .await
+                .unwrap()
+                .saga_id,
+        );
     }
     for id in ids {
-        assert_eq!(engine.outcome(id).await.unwrap().status, SagaStatus::Committed);
+        assert_eq!(
+            engine.outcome(id).await.unwrap().status,
+            SagaStatus::Committed
+        );
     }
     assert!(peak.load(Ordering::SeqCst) <= 2);
 }
@@ -429,7 +600,11 @@ async fn saga_started_under_another_definition_version_is_parked() {
     script.set("flight", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&store, registry).await;
-    let id = engine.start(&trip, &"x".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let id = engine
+        .start(&trip, &"x".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
     engine.shutdown(Duration::ZERO).await;
 
     let mut registry = Registry::new();
@@ -483,16 +658,26 @@ async fn registering_one_type_twice_is_an_error() {
     let script = Script::default();
     let mut registry = Registry::new();
     registry
-        .register(common::trip_definition("trip", &script, InDoubtPolicy::Rerun))
+        .register(common::trip_definition(
+            "trip",
+            &script,
+            InDoubtPolicy::Rerun,
+        ))
         .unwrap();
-    let again = registry.register(common::trip_definition("trip", &script, InDoubtPolicy::Rerun));
+    let again = registry.register(common::trip_definition(
+        "trip",
+        &script,
+        InDoubtPolicy::Rerun,
+    ));
     assert!(again.is_err());
 }
 
 #[tokio::test]
 async fn second_open_of_a_database_is_a_locked_error() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = Engine::open(dir.path(), Registry::new(), EngineConfig::default()).await.unwrap();
+    let _first = Engine::open(dir.path(), Registry::new(), EngineConfig::default())
+        .await
+        .unwrap();
 
     let second = Engine::open(dir.path(), Registry::new(), EngineConfig::default()).await;
 
@@ -508,7 +693,9 @@ async fn starting_a_type_from_another_registry_is_an_error() {
     let (_, foreign) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = mem_engine(&Arc::new(MemStore::new()), Registry::new()).await;
 
-    let result = engine.start(&foreign, &"x".to_string(), StartOptions::new()).await;
+    let result = engine
+        .start(&foreign, &"x".to_string(), StartOptions::new())
+        .await;
 
     assert!(matches!(result, Err(Error::UnknownSagaType(_))));
 }

@@ -70,8 +70,11 @@ type TxResult<T> = sled::transaction::ConflictableTransactionResult<T, String>;
 fn get<T: for<'de> Deserialize<'de> + Default>(tx: Tx<'_>, key: &str) -> TxResult<T> {
     match tx.get(key)? {
         None => Ok(T::default()),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| sled::transaction::ConflictableTransactionError::Abort(format!("corrupt ledger value {key}: {e}"))),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            sled::transaction::ConflictableTransactionError::Abort(format!(
+                "corrupt ledger value {key}: {e}"
+            ))
+        }),
     }
 }
 
@@ -94,22 +97,37 @@ impl Ledger {
     }
 
     fn flush(&self) -> Result<(), Refusal> {
-        self.db.flush().map(|_| ()).map_err(|e| Refusal::Storage(e.to_string()))
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| Refusal::Storage(e.to_string()))
     }
 
     /// Stocks the shop once; later calls change nothing.
-    pub fn initialize(&self, products: &[(&str, i64)], accounts: &[(&str, i64)]) -> Result<(), String> {
+    pub fn initialize(
+        &self,
+        products: &[(&str, i64)],
+        accounts: &[(&str, i64)],
+    ) -> Result<(), String> {
         self.db
             .transaction(|tx| {
                 if tx.get("init")?.is_some() {
                     return Ok(());
                 }
                 for (name, stock) in products {
-                    let p = Product { initial: *stock, available: *stock, ..Default::default() };
+                    let p = Product {
+                        initial: *stock,
+                        available: *stock,
+                        ..Default::default()
+                    };
                     put(tx, &format!("product/{name}"), &p)?;
                 }
                 for (name, money) in accounts {
-                    let a = Account { initial: *money, balance: *money, ..Default::default() };
+                    let a = Account {
+                        initial: *money,
+                        balance: *money,
+                        ..Default::default()
+                    };
                     put(tx, &format!("account/{name}"), &a)?;
                 }
                 tx.insert("init", &b"1"[..])?;
@@ -122,11 +140,16 @@ impl Ledger {
 
     /// Appends a call to the call log, durably, before any effect.
     pub fn record_call(&self, call: &CallRecord) -> Result<(), Refusal> {
-        let id = self.db.generate_id().map_err(|e| Refusal::Storage(e.to_string()))?;
+        let id = self
+            .db
+            .generate_id()
+            .map_err(|e| Refusal::Storage(e.to_string()))?;
         let mut key = b"call/".to_vec();
         key.extend_from_slice(&id.to_be_bytes());
         let value = serde_json::to_vec(call).map_err(|e| Refusal::Storage(e.to_string()))?;
-        self.db.insert(key, value).map_err(|e| Refusal::Storage(e.to_string()))?;
+        self.db
+            .insert(key, value)
+            .map_err(|e| Refusal::Storage(e.to_string()))?;
         self.flush()
     }
 
@@ -154,7 +177,9 @@ impl Ledger {
                     Err(why) => Ok(Err(why)),
                 }
             })
-            .map_err(|e: sled::transaction::TransactionError<String>| Refusal::Storage(e.to_string()))?;
+            .map_err(|e: sled::transaction::TransactionError<String>| {
+                Refusal::Storage(e.to_string())
+            })?;
         self.flush()?;
         outcome.map_err(Refusal::Rule)
     }
@@ -189,12 +214,16 @@ impl Ledger {
         for item in self.db.scan_prefix("product/") {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let name = String::from_utf8_lossy(&k["product/".len()..]).into_owned();
-            books.products.insert(name, serde_json::from_slice(&v).map_err(|e| e.to_string())?);
+            books
+                .products
+                .insert(name, serde_json::from_slice(&v).map_err(|e| e.to_string())?);
         }
         for item in self.db.scan_prefix("account/") {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let name = String::from_utf8_lossy(&k["account/".len()..]).into_owned();
-            books.accounts.insert(name, serde_json::from_slice(&v).map_err(|e| e.to_string())?);
+            books
+                .accounts
+                .insert(name, serde_json::from_slice(&v).map_err(|e| e.to_string())?);
         }
         if let Some(v) = self.db.get("shipments").map_err(|e| e.to_string())? {
             books.shipments = serde_json::from_slice(&v).map_err(|e| e.to_string())?;

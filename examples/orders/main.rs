@@ -68,7 +68,9 @@ fn refusal(r: Refusal) -> StepError {
 /// Records the call, then applies `effect` once per idempotency key.
 fn participate<F>(ledger: &Ledger, ctx: &StepContext<Order>, effect: F) -> Result<String, StepError>
 where
-    F: Fn(&sled::transaction::TransactionalTree) -> sled::transaction::ConflictableTransactionResult<Result<String, String>, String>,
+    F: Fn(
+        &sled::transaction::TransactionalTree,
+    ) -> sled::transaction::ConflictableTransactionResult<Result<String, String>, String>,
 {
     ledger
         .record_call(&CallRecord {
@@ -78,7 +80,9 @@ where
             attempt: ctx.attempt(),
         })
         .map_err(refusal)?;
-    ledger.apply_once(ctx.idempotency_key(), effect).map_err(refusal)
+    ledger
+        .apply_once(ctx.idempotency_key(), effect)
+        .map_err(refusal)
 }
 
 /// The key of the forward action of the same step, for compensations that
@@ -89,8 +93,16 @@ fn action_key(ctx: &StepContext<Order>) -> String {
 
 fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::DefinitionError> {
     let l = ledger.clone();
-    let (l1, l2, l3, l4, l5, l6, l7, l8) =
-        (l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l.clone(), l);
+    let (l1, l2, l3, l4, l5, l6, l7, l8) = (
+        l.clone(),
+        l.clone(),
+        l.clone(),
+        l.clone(),
+        l.clone(),
+        l.clone(),
+        l.clone(),
+        l,
+    );
     SagaDefinition::<Order>::builder("order")
         .step(
             "reserve_stock",
@@ -250,18 +262,28 @@ fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::Definit
 }
 
 fn scenarios() -> Vec<(&'static str, Order)> {
-    let order = |id: &str, customer: &str, product: &str, quantity, unit_price, address: &str| Order {
-        order_id: id.into(),
-        customer: customer.into(),
-        product: product.into(),
-        quantity,
-        unit_price,
-        address: address.into(),
-    };
+    let order =
+        |id: &str, customer: &str, product: &str, quantity, unit_price, address: &str| Order {
+            order_id: id.into(),
+            customer: customer.into(),
+            product: product.into(),
+            quantity,
+            unit_price,
+            address: address.into(),
+        };
     vec![
-        ("success", order("order-1001", "ada", "widget", 2, 25, "1 Main St")),
-        ("payment-declined", order("order-1002", "bob", "widget", 1, 25, "2 Side St")),
-        ("undeliverable", order("order-1003", "cyd", "gadget", 1, 40, "nowhere")),
+        (
+            "success",
+            order("order-1001", "ada", "widget", 2, 25, "1 Main St"),
+        ),
+        (
+            "payment-declined",
+            order("order-1002", "bob", "widget", 1, 25, "2 Side St"),
+        ),
+        (
+            "undeliverable",
+            order("order-1003", "cyd", "gadget", 1, 40, "nowhere"),
+        ),
     ]
 }
 
@@ -305,7 +327,10 @@ impl SagaLine {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)?;
     let ledger = Ledger::open(&args.data_dir.join("ledger"))?;
-    ledger.initialize(&[("widget", 100), ("gadget", 10)], &[("ada", 1000), ("bob", 10), ("cyd", 500)])?;
+    ledger.initialize(
+        &[("widget", 100), ("gadget", 10)],
+        &[("ada", 1000), ("bob", 10), ("cyd", 500)],
+    )?;
 
     let mut registry = Registry::new();
     let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
@@ -337,11 +362,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::json!({ "ledger": books }));
         return Ok(());
     }
-    println!("sagalog orders example (data in {})\n", args.data_dir.display());
+    println!(
+        "sagalog orders example (data in {})\n",
+        args.data_dir.display()
+    );
     println!("{:<18} {:<13} {:<38} STEPS", "SCENARIO", "STATUS", "SAGA");
     for line in &lines {
-        let steps: Vec<String> = line.steps.iter().map(|s| format!("{}={}", s.name, s.status)).collect();
-        println!("{:<18} {:<13} {:<38} {}", line.scenario, line.status, line.saga_id, steps.join(" "));
+        let steps: Vec<String> = line
+            .steps
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.status))
+            .collect();
+        println!(
+            "{:<18} {:<13} {:<38} {}",
+            line.scenario,
+            line.status,
+            line.saga_id,
+            steps.join(" ")
+        );
     }
     println!("\nLEDGER");
     for (name, p) in &books.products {

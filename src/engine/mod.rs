@@ -238,9 +238,9 @@ impl Engine {
                 state.plan().steps
             ));
         }
-        let input = definition
-            .decode_input(&state.started.input)
-            .map_err(|e| format!("the saga's input does not decode as the registered input type: {e}"))?;
+        let input = definition.decode_input(&state.started.input).map_err(|e| {
+            format!("the saga's input does not decode as the registered input type: {e}")
+        })?;
         Ok(SagaRun {
             id,
             definition,
@@ -276,7 +276,8 @@ impl Engine {
         let (tx, _rx) = watch::channel(None);
         lock(&self.inner.running).insert(run.id, tx);
         let inner = self.inner.clone();
-        let span = tracing::info_span!("saga", saga_id = %run.id, saga_type = %run.state.saga_type());
+        let span =
+            tracing::info_span!("saga", saga_id = %run.id, saga_type = %run.state.saga_type());
         self.inner.tracker.spawn(
             async move {
                 let id = run.id;
@@ -348,7 +349,8 @@ impl Engine {
         let state =
             SagaState::from_start(&entry).map_err(|error| Error::Illegal { saga: id, error })?;
         let mut staged = Staged::new(id, None);
-        let frame = codec::encode_record(entry.at, &entry.record).map_err(|e| Error::encode("record", e))?;
+        let frame = codec::encode_record(entry.at, &entry.record)
+            .map_err(|e| Error::encode("record", e))?;
         staged.stage_frame(frame);
         let Some(mut append) = staged.take(&state)? else {
             return Err(Error::Encode {
@@ -392,14 +394,11 @@ impl Engine {
     pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
         let receiver = lock(&self.inner.running).get(&id).map(|tx| tx.subscribe());
         if let Some(mut receiver) = receiver {
-            match receiver.wait_for(|v| v.is_some()).await {
-                Ok(value) => {
-                    if let Some(result) = value.as_ref() {
-                        return result.clone();
-                    }
+            // If the sender vanished without a value, fall through to the store.
+            if let Ok(value) = receiver.wait_for(|v| v.is_some()).await {
+                if let Some(result) = value.as_ref() {
+                    return result.clone();
                 }
-                // The sender is gone without a value: fall through to the store.
-                Err(_) => {}
             }
         }
         if let Some(reason) = lock(&self.inner.parked).get(&id) {
@@ -435,7 +434,10 @@ impl Engine {
                 let entry = self.index_entry(id)?;
                 Ok(SagaView {
                     saga_id: id,
-                    saga_type: entry.as_ref().map(|e| e.saga_type.clone()).unwrap_or_else(|| "?".into()),
+                    saga_type: entry
+                        .as_ref()
+                        .map(|e| e.saga_type.clone())
+                        .unwrap_or_else(|| "?".into()),
                     version: 0,
                     status: SagaStatus::Suspended,
                     strategy: "?",
@@ -521,7 +523,10 @@ impl Engine {
 
     /// Sagas parked because they cannot run, with the reason.
     pub fn parked(&self) -> Vec<(SagaId, String)> {
-        let mut out: Vec<_> = lock(&self.inner.parked).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out: Vec<_> = lock(&self.inner.parked)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         out.sort();
         out
     }
@@ -543,7 +548,10 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.cancel();
         self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period over; calls still running are left in doubt");
             self.inner.aborting.cancel();
             self.inner.tracker.wait().await;

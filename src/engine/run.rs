@@ -14,12 +14,14 @@
 //! call without a durable intent before it (invariant I1).
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
-use crate::engine::{Inner, SagaRun};
 use crate::engine::view::{failure_of, Outcome};
+use crate::engine::{Inner, SagaRun};
 use crate::error::Error;
 use crate::ids::{SagaId, StepIndex, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended};
+use crate::log::record::{
+    CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended,
+};
 use crate::log::store::{IndexEntry, IndexUpdate, SagaAppend};
 use crate::log::writer::AppendError;
 use crate::state::{decide, NextAction, SagaState};
@@ -59,9 +61,10 @@ impl Staged {
             at,
             record,
         };
-        state
-            .apply(&entry)
-            .map_err(|error| Error::Illegal { saga: self.saga, error })?;
+        state.apply(&entry).map_err(|error| Error::Illegal {
+            saga: self.saga,
+            error,
+        })?;
         self.frames
             .push(codec::encode_record(at, &entry.record).map_err(|e| Error::encode("record", e))?);
         Ok(())
@@ -85,7 +88,8 @@ impl Staged {
                 status,
                 started_at: state.started_at,
             };
-            let bytes = codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
+            let bytes =
+                codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
             Some(if status.is_terminal() {
                 IndexUpdate::Finished(bytes)
             } else {
@@ -135,12 +139,30 @@ impl Inner {
             let now = self.clock.now();
             match decide(&state, now) {
                 NextAction::RunStep { step, attempt } => {
-                    self.call_step(id, &definition, &input, &mut state, &mut staged, step, attempt, Phase::Action)
-                        .await?
+                    self.call_step(
+                        id,
+                        &definition,
+                        &input,
+                        &mut state,
+                        &mut staged,
+                        step,
+                        attempt,
+                        Phase::Action,
+                    )
+                    .await?
                 }
                 NextAction::Compensate { step, attempt } => {
-                    self.call_step(id, &definition, &input, &mut state, &mut staged, step, attempt, Phase::Compensation)
-                        .await?
+                    self.call_step(
+                        id,
+                        &definition,
+                        &input,
+                        &mut state,
+                        &mut staged,
+                        step,
+                        attempt,
+                        Phase::Compensation,
+                    )
+                    .await?
                 }
                 NextAction::WaitUntil { due } => {
                     self.commit(&mut staged, &state).await?;
@@ -200,7 +222,8 @@ impl Inner {
         // I1: the participant is called only after this returns Ok.
         self.commit(staged, state).await?;
 
-        let outputs: Arc<[Option<Vec<u8>>]> = state.steps.iter().map(|s| s.output.clone()).collect();
+        let outputs: Arc<[Option<Vec<u8>>]> =
+            state.steps.iter().map(|s| s.output.clone()).collect();
         let spec = CallSpec {
             saga_id: id,
             step,
@@ -224,7 +247,9 @@ impl Inner {
         };
         let result = match joined {
             Ok(result) => result,
-            Err(e) => Err(StepError::unknown(format!("the participant panicked or was cancelled: {e}"))),
+            Err(e) => Err(StepError::unknown(format!(
+                "the participant panicked or was cancelled: {e}"
+            ))),
         };
         let now = self.clock.now();
         let record = match (phase, result) {

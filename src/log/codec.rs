@@ -153,11 +153,12 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError>
             max: MAX_PAYLOAD,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| {
-        DecodeError::Malformed {
-            reason: e.to_string(),
-        }
-    })?;
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| {
+            DecodeError::Malformed {
+                reason: e.to_string(),
+            }
+        })?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
             count: bytes.len() - used,

@@ -106,7 +106,9 @@ pub struct SagaAppend {
 impl SagaAppend {
     /// How many key-value entries this append writes.
     pub fn entry_count(&self) -> usize {
-        self.records.len() + usize::from(self.index.is_some()) + usize::from(self.claim_key.is_some())
+        self.records.len()
+            + usize::from(self.index.is_some())
+            + usize::from(self.claim_key.is_some())
     }
 }
 
@@ -193,11 +195,14 @@ enum KvOp {
     Delete(Vec<u8>),
 }
 
+/// Key-value pairs in key order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The ordered key-value operations the generic store needs.
 trait Kv: Send + Sync + 'static {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
 }
 
 fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
@@ -208,17 +213,24 @@ fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
             ops.push(KvOp::Put(keys::log(append.saga, seq), frame.clone()));
         }
         match &append.index {
-            Some(IndexUpdate::Active(entry)) => {
-                ops.push(KvOp::Put(keys::index(keys::ACTIVE, append.saga), entry.clone()))
-            }
+            Some(IndexUpdate::Active(entry)) => ops.push(KvOp::Put(
+                keys::index(keys::ACTIVE, append.saga),
+                entry.clone(),
+            )),
             Some(IndexUpdate::Finished(entry)) => {
                 ops.push(KvOp::Delete(keys::index(keys::ACTIVE, append.saga)));
-                ops.push(KvOp::Put(keys::index(keys::FINISHED, append.saga), entry.clone()));
+                ops.push(KvOp::Put(
+                    keys::index(keys::FINISHED, append.saga),
+                    entry.clone(),
+                ));
             }
             None => {}
         }
         if let Some(key) = &append.claim_key {
-            ops.push(KvOp::Put(keys::idempotency(key), append.saga.to_bytes().to_vec()));
+            ops.push(KvOp::Put(
+                keys::idempotency(key),
+                append.saga.to_bytes().to_vec(),
+            ));
         }
     }
     ops
@@ -240,13 +252,15 @@ fn scan_index<K: Kv>(kv: &K, prefix: u8) -> Result<Vec<(SagaId, Vec<u8>)>, Store
 fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     kv.scan_prefix(&keys::log_prefix(saga))?
         .into_iter()
-        .map(|(key, value)| match key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(seq) if key.len() == 25 => Ok((u64::from_be_bytes(seq), value)),
-            _ => Err(StoreError::Corrupt {
-                key,
-                reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
-            }),
-        })
+        .map(
+            |(key, value)| match key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(seq) if key.len() == 25 => Ok((u64::from_be_bytes(seq), value)),
+                _ => Err(StoreError::Corrupt {
+                    key,
+                    reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
+                }),
+            },
+        )
         .collect()
 }
 
@@ -258,7 +272,10 @@ fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, Stor
             Ok(bytes) => Ok(Some(SagaId::from_bytes(bytes))),
             Err(_) => Err(StoreError::Corrupt {
                 key: raw_key,
-                reason: format!("idempotency index value is {} bytes, expected a 16-byte saga id", value.len()),
+                reason: format!(
+                    "idempotency index value is {} bytes, expected a 16-byte saga id",
+                    value.len()
+                ),
             }),
         },
     }
@@ -314,7 +331,7 @@ impl Kv for SledKv {
         Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         self.db
             .scan_prefix(prefix)
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
@@ -383,7 +400,8 @@ impl SledStore {
     /// Overwrites one raw value, bypassing the codec. For fault-injection
     /// tests and repair tools only: it can make a saga unreadable.
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.kv.apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
+        self.kv
+            .apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
     }
 }
 
@@ -437,7 +455,9 @@ impl Kv for MemKv {
             _ => None,
         };
         if timing == Some(FaultTiming::BeforeApply) {
-            return Err(StoreError::Injected(format!("append #{number} failed before applying")));
+            return Err(StoreError::Injected(format!(
+                "append #{number} failed before applying"
+            )));
         }
         let mut map = self.lock();
         for op in ops {
@@ -452,7 +472,9 @@ impl Kv for MemKv {
         }
         drop(map);
         if timing == Some(FaultTiming::AfterApply) {
-            return Err(StoreError::Injected(format!("append #{number} failed after applying")));
+            return Err(StoreError::Injected(format!(
+                "append #{number} failed after applying"
+            )));
         }
         Ok(())
     }
@@ -461,7 +483,7 @@ impl Kv for MemKv {
         Ok(self.lock().get(key).cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         Ok(self
             .lock()
             .range(prefix.to_vec()..)

@@ -118,7 +118,13 @@ fn run(
             }
         }
         if !group.is_empty() {
-            commit_group(&*store, std::mem::take(&mut group), &hook, &stats, &mut durable);
+            commit_group(
+                &*store,
+                std::mem::take(&mut group),
+                &hook,
+                &stats,
+                &mut durable,
+            );
         }
         if let Some(reply) = stop {
             rx.close();

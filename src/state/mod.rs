@@ -251,9 +251,9 @@ impl SagaState {
                     self.failure = Some((result.call.step, result.failure.clone()));
                 }
             }
-            Record::CompensationStarted(call) => {
-                self.compensation_started(*call, entry.at).map_err(illegal)?
-            }
+            Record::CompensationStarted(call) => self
+                .compensation_started(*call, entry.at)
+                .map_err(illegal)?,
             Record::CompensationSucceeded(call) => {
                 let step = self.compensation_in_flight(*call).map_err(illegal)?;
                 step.compensation = CallState::Succeeded {
@@ -323,7 +323,10 @@ impl SagaState {
             CallState::Succeeded { .. } => return Err("the step already succeeded".into()),
         };
         if call.attempt != expected {
-            return Err(format!("expected attempt {expected}, found {}", call.attempt));
+            return Err(format!(
+                "expected attempt {expected}, found {}",
+                call.attempt
+            ));
         }
         step.forward = CallState::InFlight {
             attempt: call.attempt,
@@ -368,7 +371,10 @@ impl SagaState {
             CallState::Succeeded { .. } => return Err("the step is already compensated".into()),
         };
         if call.attempt != expected {
-            return Err(format!("expected attempt {expected}, found {}", call.attempt));
+            return Err(format!(
+                "expected attempt {expected}, found {}",
+                call.attempt
+            ));
         }
         step.compensation = CallState::InFlight {
             attempt: call.attempt,
@@ -401,7 +407,10 @@ impl SagaState {
                 }
             }
             SagaStatus::Compensated => {
-                if let Some(step) = self.steps.iter().position(|s| !s.is_compensated_or_untouched())
+                if let Some(step) = self
+                    .steps
+                    .iter()
+                    .position(|s| !s.is_compensated_or_untouched())
                 {
                     return Err(format!("step {step} started and is not compensated"));
                 }
@@ -449,7 +458,11 @@ impl SagaState {
         if self.compensating || self.failure.is_some() {
             return SagaStatus::Compensating;
         }
-        if self.steps.iter().all(|s| s.forward == CallState::NotStarted) {
+        if self
+            .steps
+            .iter()
+            .all(|s| s.forward == CallState::NotStarted)
+        {
             return SagaStatus::Created;
         }
         SagaStatus::Running

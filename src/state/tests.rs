@@ -118,7 +118,13 @@ fn states() -> Vec<(&'static str, Vec<Record>)> {
     let suspended_ = with(compensating.clone(), &[cfail(0, 1, Permanent), suspended()]);
     let committed = with(
         step0_done.clone(),
-        &[ss(1, 1), ok(1, 1), ss(2, 1), ok(2, 1), finished(SagaStatus::Committed)],
+        &[
+            ss(1, 1),
+            ok(1, 1),
+            ss(2, 1),
+            ok(2, 1),
+            finished(SagaStatus::Committed),
+        ],
     );
     let ended_compensated = with(compensated.clone(), &[finished(SagaStatus::Compensated)]);
     vec![
@@ -170,10 +176,19 @@ fn probes(state: &SagaState) -> Vec<(&'static str, Record)> {
         ("saga_started", start(InDoubtPolicy::Rerun)),
         ("step_started", ss(next_forward, fwd_attempt + 1)),
         ("step_succeeded", ok(fwd_open.step, fwd_open.attempt)),
-        ("step_failed", fail(fwd_open.step, fwd_open.attempt, Retryable)),
+        (
+            "step_failed",
+            fail(fwd_open.step, fwd_open.attempt, Retryable),
+        ),
         ("compensation_started", cs(next_comp, comp_attempt + 1)),
-        ("compensation_succeeded", cok(comp_open.step, comp_open.attempt)),
-        ("compensation_failed", cfail(comp_open.step, comp_open.attempt, Retryable)),
+        (
+            "compensation_succeeded",
+            cok(comp_open.step, comp_open.attempt),
+        ),
+        (
+            "compensation_failed",
+            cfail(comp_open.step, comp_open.attempt, Retryable),
+        ),
         ("saga_suspended", suspended()),
         ("finished_committed", finished(SagaStatus::Committed)),
         ("finished_compensated", finished(SagaStatus::Compensated)),
@@ -211,7 +226,9 @@ fn every_record_kind_in_every_state_is_accepted_or_rejected_as_the_table_says() 
             };
             let accepted = state.clone().apply(&entry).is_ok();
             if accepted != (expected == '+') {
-                mismatches.push(format!("{name} + {probe}: accepted={accepted}, table says {expected}"));
+                mismatches.push(format!(
+                    "{name} + {probe}: accepted={accepted}, table says {expected}"
+                ));
             }
         }
     }
@@ -257,7 +274,12 @@ fn compensation_must_go_in_reverse_order() {
 
 #[test]
 fn attempt_numbers_must_increase_by_one() {
-    let log = entries(vec![start(InDoubtPolicy::Rerun), ss(0, 1), fail(0, 1, Retryable), ss(0, 3)]);
+    let log = entries(vec![
+        start(InDoubtPolicy::Rerun),
+        ss(0, 1),
+        fail(0, 1, Retryable),
+        ss(0, 3),
+    ]);
     assert!(fold(&log).is_err());
 }
 
@@ -289,12 +311,48 @@ fn decided(records: Vec<Record>, now: u64) -> NextAction {
 fn decide_in_every_table_state() {
     let later = T0 + 1_000_000;
     let expected = [
-        ("created", NextAction::RunStep { step: 0, attempt: 1 }),
-        ("step0_in_flight", NextAction::RunStep { step: 0, attempt: 2 }),
-        ("step0_done", NextAction::RunStep { step: 1, attempt: 1 }),
-        ("step1_failed_retryable", NextAction::RunStep { step: 1, attempt: 2 }),
-        ("step1_failed_permanent", NextAction::Compensate { step: 0, attempt: 1 }),
-        ("compensating", NextAction::Compensate { step: 0, attempt: 2 }),
+        (
+            "created",
+            NextAction::RunStep {
+                step: 0,
+                attempt: 1,
+            },
+        ),
+        (
+            "step0_in_flight",
+            NextAction::RunStep {
+                step: 0,
+                attempt: 2,
+            },
+        ),
+        (
+            "step0_done",
+            NextAction::RunStep {
+                step: 1,
+                attempt: 1,
+            },
+        ),
+        (
+            "step1_failed_retryable",
+            NextAction::RunStep {
+                step: 1,
+                attempt: 2,
+            },
+        ),
+        (
+            "step1_failed_permanent",
+            NextAction::Compensate {
+                step: 0,
+                attempt: 1,
+            },
+        ),
+        (
+            "compensating",
+            NextAction::Compensate {
+                step: 0,
+                attempt: 2,
+            },
+        ),
         (
             "compensated_not_finished",
             NextAction::Finish {
@@ -333,7 +391,10 @@ fn retryable_failure_waits_for_its_backoff_before_the_next_attempt() {
     );
     assert_eq!(
         decided(log, failed_at + 100),
-        NextAction::RunStep { step: 0, attempt: 2 }
+        NextAction::RunStep {
+            step: 0,
+            attempt: 2
+        }
     );
 }
 
@@ -350,7 +411,13 @@ fn exhausted_retries_lead_to_compensation() {
         ss(1, 3),
         fail(1, 3, Retryable),
     ];
-    assert_eq!(decided(log, u64::MAX), NextAction::Compensate { step: 0, attempt: 1 });
+    assert_eq!(
+        decided(log, u64::MAX),
+        NextAction::Compensate {
+            step: 0,
+            attempt: 1
+        }
+    );
 }
 
 #[test]
@@ -373,19 +440,42 @@ fn step_with_unknown_outcome_is_compensated_when_retries_run_out() {
         ss(0, 2),
         fail(0, 2, Permanent),
     ];
-    assert_eq!(decided(log, T0), NextAction::Compensate { step: 0, attempt: 1 });
+    assert_eq!(
+        decided(log, T0),
+        NextAction::Compensate {
+            step: 0,
+            attempt: 1
+        }
+    );
 }
 
 #[test]
 fn in_doubt_step_is_rerun_until_attempts_run_out() {
     let log = vec![start(InDoubtPolicy::Rerun), ss(0, 1), ss(0, 2), ss(0, 3)];
-    assert_eq!(decided(log, T0), NextAction::Compensate { step: 0, attempt: 1 });
+    assert_eq!(
+        decided(log, T0),
+        NextAction::Compensate {
+            step: 0,
+            attempt: 1
+        }
+    );
 }
 
 #[test]
 fn in_doubt_step_is_compensated_under_the_compensate_policy() {
-    let log = vec![start(InDoubtPolicy::Compensate), ss(0, 1), ok(0, 1), ss(1, 1)];
-    assert_eq!(decided(log, T0), NextAction::Compensate { step: 1, attempt: 1 });
+    let log = vec![
+        start(InDoubtPolicy::Compensate),
+        ss(0, 1),
+        ok(0, 1),
+        ss(1, 1),
+    ];
+    assert_eq!(
+        decided(log, T0),
+        NextAction::Compensate {
+            step: 1,
+            attempt: 1
+        }
+    );
 }
 
 #[test]
@@ -399,7 +489,10 @@ fn failing_compensation_backs_off_then_suspends() {
         }
     );
     let exhausted = with(base, &[cs(0, 2), cfail(0, 2, Retryable)]);
-    assert!(matches!(decided(exhausted, u64::MAX), NextAction::Suspend { .. }));
+    assert!(matches!(
+        decided(exhausted, u64::MAX),
+        NextAction::Suspend { .. }
+    ));
 }
 
 #[test]
@@ -432,7 +525,10 @@ fn decide_is_deterministic_for_the_same_state_and_clock() {
     for (_, log) in states() {
         let state = state_of(log);
         for now in [0, T0, T0 + 55, u64::MAX] {
-            assert_eq!(decide(&state, UnixMillis(now)), decide(&state.clone(), UnixMillis(now)));
+            assert_eq!(
+                decide(&state, UnixMillis(now)),
+                decide(&state.clone(), UnixMillis(now))
+            );
         }
     }
 }
