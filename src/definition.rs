@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// Longest saga type or step name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// Most steps one saga may have.
+pub const MAX_STEPS: usize = 1024;
+
 /// Which call of a step is being made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
@@ -112,7 +115,7 @@ impl StepError {
 /// call (retry, or re-run after a crash) changes nothing twice.
 pub struct StepContext<I> {
     saga_id: SagaId,
-    step: StepIndex,
+    step: StepName,
     phase: Phase,
     attempt: Attempt,
     key: String,
@@ -129,7 +132,7 @@ impl<I> StepContext<I> {
 
     /// This step's name.
     pub fn step(&self) -> &StepName {
-        &self.names[self.step as usize]
+        &self.step
     }
 
     /// Action or compensation.
@@ -341,6 +344,12 @@ where
         if self.steps.is_empty() {
             problems.push("it has no steps; add at least one with .step(...)".to_string());
         }
+        if self.steps.len() > MAX_STEPS {
+            problems.push(format!(
+                "it has {} steps, over the limit of {MAX_STEPS}; split it into smaller sagas",
+                self.steps.len()
+            ));
+        }
         let mut seen = HashSet::new();
         for step in &self.steps {
             check_name(&mut problems, "step name", step.name.as_str());
@@ -463,7 +472,7 @@ where
         };
         let ctx = StepContext {
             saga_id: call.saga_id,
-            step: call.step,
+            step: def.name.clone(),
             phase: call.phase,
             attempt: call.attempt,
             key: format!("{}/{}/{}", call.saga_id, def.name, call.phase),

@@ -706,3 +706,35 @@ async fn outcome_of_an_unknown_id_is_not_found() {
     let result = engine.outcome(sagalog::SagaId::new()).await;
     assert!(matches!(result, Err(Error::NotFound(_))));
 }
+
+#[tokio::test]
+async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
+    let store = Arc::new(MemStore::new());
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = mem_engine(&store, registry).await;
+    // Appends: 1 = start, 2 = flight intent.
+    store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
+
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let first = engine.outcome(id).await;
+    let later = engine.outcome(id).await;
+
+    assert!(matches!(first, Err(Error::Store(_))), "{first:?}");
+    assert!(matches!(later, Err(Error::Parked { .. })), "{later:?}");
+    let parked = engine.list(Some(SagaStatus::Suspended)).unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0]
+        .parked
+        .as_deref()
+        .unwrap_or("")
+        .contains("injected store fault"));
+    assert!(
+        script.calls().is_empty(),
+        "no call after the failed intent append"
+    );
+}

@@ -287,10 +287,11 @@ impl Engine {
                 };
                 if let Err(e) = &result {
                     if !matches!(e, Error::ShuttingDown(_)) {
-                        tracing::error!(error = %e, "saga loop stopped; the saga resumes from its log at the next start");
-                    }
-                    if let Error::Illegal { .. } | Error::Encode { .. } = e {
-                        lock(&inner.parked).insert(id, e.to_string());
+                        // Visible as parked until the engine is reopened,
+                        // which resumes the saga from its durable log.
+                        tracing::error!(error = %e, "saga loop stopped; the saga resumes from its log at the next open");
+                        let reason = format!("{e}; reopen the engine to resume this saga from its log");
+                        lock(&inner.parked).insert(id, reason);
                     }
                 }
                 if let Some(tx) = lock(&inner.running).remove(&id) {

@@ -236,7 +236,8 @@ impl Inner {
             .get(step as usize)
             .map(|n| n.as_str().to_owned())
             .unwrap_or_default();
-        let span = tracing::info_span!("call", step = %step_name, phase = %phase, attempt);
+        let span =
+            tracing::info_span!("call", saga_id = %id, step = %step_name, phase = %phase, attempt);
         let future = definition.call(spec, input).instrument(span);
         // Spawned so that a panicking participant is an error, not a dead
         // saga task; aborted if dropped (hard shutdown leaves it in doubt).

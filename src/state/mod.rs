@@ -177,8 +177,10 @@ impl SagaState {
         if started.plan.steps.is_empty() {
             return Err(illegal("the plan has no steps"));
         }
-        if started.plan.steps.len() > StepIndex::MAX as usize {
-            return Err(illegal("the plan has too many steps"));
+        if started.plan.steps.len() > crate::definition::MAX_STEPS {
+            return Err(illegal(
+                "the plan has more steps than a definition may have",
+            ));
         }
         Ok(SagaState {
             steps: vec![StepState::new(); started.plan.steps.len()],
@@ -312,11 +314,11 @@ impl SagaState {
             CallState::InFlight { attempt, .. } => {
                 // The previous attempt never reported: it stays in doubt.
                 step.earlier_attempt_in_doubt = true;
-                attempt + 1
+                attempt.saturating_add(1)
             }
             CallState::Failed {
                 attempt, failure, ..
-            } if failure.class != ErrorClass::Permanent => attempt + 1,
+            } if failure.class != ErrorClass::Permanent => attempt.saturating_add(1),
             CallState::Failed { .. } => {
                 return Err("the step failed permanently and may not be retried".into())
             }
@@ -367,7 +369,9 @@ impl SagaState {
         }
         let expected = match &step.compensation {
             CallState::NotStarted => 1,
-            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => attempt + 1,
+            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
+                attempt.saturating_add(1)
+            }
             CallState::Succeeded { .. } => return Err("the step is already compensated".into()),
         };
         if call.attempt != expected {
