@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{LogEntry, Record, SagaStarted};
-use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore};
+use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError};
 use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
 use crate::state::{fold, SagaState};
 use crate::status::SagaStatus;
@@ -161,7 +161,13 @@ impl Engine {
         registry: Registry,
         config: EngineConfig,
     ) -> Result<Engine, Error> {
-        let store = SledStore::open(path, config.sled.clone())?;
+        let path = path.as_ref().to_path_buf();
+        let options = config.sled.clone();
+        // Opening reads and may wait for the file lock: keep it off the
+        // async workers.
+        let store = tokio::task::spawn_blocking(move || SledStore::open(path, options))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the open task failed: {e}")))??;
         Self::open_with_store(Arc::new(store), registry, config).await
     }
 

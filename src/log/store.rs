@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -353,12 +354,20 @@ pub struct SledOptions {
     /// sled's page cache size in bytes. Default 64 MiB: the log is written
     /// sequentially and read back only at recovery, so a large cache buys little.
     pub cache_capacity: u64,
+    /// How long `open` keeps retrying a database that is locked before it
+    /// reports [`StoreError::Locked`]. Default 1 s. sled 0.34 finishes
+    /// writes on background threads that hold its lock file for a moment
+    /// after the database is dropped, so a reopen in the same process can
+    /// briefly see its own previous handle; another process holding the
+    /// database still gets `Locked`, after this wait.
+    pub lock_wait: Duration,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
             cache_capacity: 64 * 1024 * 1024,
+            lock_wait: Duration::from_secs(1),
         }
     }
 }
@@ -371,17 +380,31 @@ impl SledStore {
     /// [`StoreError::FormatMismatch`] if it was written in another format.
     pub fn open(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(None)
-            .cache_capacity(options.cache_capacity)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked { path: path.clone() }
+        let deadline = Instant::now() + options.lock_wait;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&path)
+                .flush_every_ms(None)
+                .cache_capacity(options.cache_capacity)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io))
+                    if io.to_string().contains("could not acquire lock") =>
+                {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::Locked { path });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                other => StoreError::Backend(format!("opening {}: {other}", path.display())),
-            })?;
+                Err(other) => {
+                    return Err(StoreError::Backend(format!(
+                        "opening {}: {other}",
+                        path.display()
+                    )))
+                }
+            }
+        };
         let kv = SledKv { db };
         check_format(&kv, &path)?;
         Ok(SledStore { kv, path })
