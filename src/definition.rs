@@ -8,7 +8,7 @@
 
 use crate::ids::{Attempt, SagaId, SagaType, StepIndex, StepName};
 use crate::log::codec::{self, DecodeError};
-use crate::log::record::{ErrorClass, SagaPlan, StepFailure};
+use crate::log::record::{ErrorClass, SagaPlan, StepFailure, StepPlan};
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -19,6 +19,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Longest saga type or step name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -197,8 +198,43 @@ type CompensationFn<I> =
 
 struct StepDef<I> {
     name: StepName,
+    options: StepOptions,
     action: ActionFn<I>,
     compensation: CompensationFn<I>,
+}
+
+/// Per-step overrides of the saga's settings; see [`SagaBuilder::step_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepOptions {
+    strategy: Option<CompensationStrategy>,
+    retry: Option<RetryPolicy>,
+    timeout: Option<Duration>,
+}
+
+impl StepOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The strategy that applies when this step fails for good.
+    pub fn strategy(mut self, strategy: CompensationStrategy) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// The retry policy of this step's action.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Per-attempt timeout of this step's action and compensation. A call
+    /// that times out may have taken effect: it is an `Unknown` failure.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
 }
 
 /// A saga type: its steps and policies. `I` is the saga's input type.
@@ -211,6 +247,7 @@ pub struct SagaDefinition<I> {
     retry: RetryPolicy,
     compensation_retry: RetryPolicy,
     in_doubt: InDoubtPolicy,
+    timeout: Option<Duration>,
 }
 
 impl<I> SagaDefinition<I>
@@ -228,6 +265,7 @@ where
             retry: RetryPolicy::forward_default(),
             compensation_retry: RetryPolicy::compensation_default(),
             in_doubt: InDoubtPolicy::Rerun,
+            timeout: None,
         }
     }
 
@@ -239,13 +277,27 @@ where
     /// The plan recorded in each instance's start record.
     pub fn plan(&self) -> SagaPlan {
         SagaPlan {
-            steps: self.names.to_vec(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepPlan {
+                    name: s.name.clone(),
+                    strategy: s.options.strategy,
+                    retry: s.options.retry,
+                    timeout_ms: s.options.timeout.map(millis),
+                })
+                .collect(),
             strategy: self.strategy,
             retry: self.retry,
             compensation_retry: self.compensation_retry,
             in_doubt: self.in_doubt,
+            timeout_ms: self.timeout.map(millis),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Collects a definition; see [`SagaDefinition::builder`].
@@ -257,6 +309,7 @@ pub struct SagaBuilder<I> {
     retry: RetryPolicy,
     compensation_retry: RetryPolicy,
     in_doubt: InDoubtPolicy,
+    timeout: Option<Duration>,
 }
 
 impl<I> SagaBuilder<I>
@@ -280,8 +333,27 @@ where
     /// A compensation may run although the action's effect never happened
     /// (the action was in doubt); it must then succeed without effect.
     pub fn step<A, AF, O, C, CF>(
+        self,
+        name: impl Into<StepName>,
+        action: A,
+        compensation: C,
+    ) -> Self
+    where
+        A: Fn(StepContext<I>) -> AF + Send + Sync + 'static,
+        AF: Future<Output = Result<O, StepError>> + Send + 'static,
+        O: Serialize,
+        C: Fn(StepContext<I>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        self.step_with(name, StepOptions::new(), action, compensation)
+    }
+
+    /// Appends a step with its own strategy, retry policy or timeout; see
+    /// [`SagaBuilder::step`] for the contract of `action` and `compensation`.
+    pub fn step_with<A, AF, O, C, CF>(
         mut self,
         name: impl Into<StepName>,
+        options: StepOptions,
         action: A,
         compensation: C,
     ) -> Self
@@ -306,9 +378,18 @@ where
         let compensation: CompensationFn<I> = Arc::new(move |ctx| Box::pin(compensation(ctx)));
         self.steps.push(StepDef {
             name: name.into(),
+            options,
             action,
             compensation,
         });
+        self
+    }
+
+    /// Sets a per-attempt timeout for every participant call of this saga
+    /// (steps may override it). A call that times out may have taken
+    /// effect: it is an `Unknown` failure, retried and compensated as such.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -381,6 +462,7 @@ where
             retry: self.retry,
             compensation_retry: self.compensation_retry,
             in_doubt: self.in_doubt,
+            timeout: self.timeout,
         })
     }
 }

@@ -42,6 +42,9 @@ pub enum Error {
     /// `start` was given a saga type this engine's registry does not hold.
     #[error("saga type '{0}' is not registered with this engine; register its definition in the Registry passed to Engine::open")]
     UnknownSagaType(SagaType),
+    /// An option passed to the engine is unusable.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
     /// No saga has this id.
     #[error("no saga with id {0} exists in this store")]
     NotFound(SagaId),

@@ -45,16 +45,19 @@ pub mod log;
 pub mod policy;
 pub mod state;
 mod status;
+mod timers;
 
 pub use definition::{
     DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError,
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
-pub use engine::{Engine, EngineConfig, StartOptions, Started};
+pub use engine::{
+    DelayedItem, Engine, EngineConfig, ManualItem, StartOptions, Started, SuspendHook,
+};
 pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};
 pub use log::codec::DecodeError;
-pub use log::record::ErrorClass;
+pub use log::record::{ErrorClass, OperatorCommand, WaitPurpose};
 pub use log::store::{MemStore, SledStore, StoreError};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;

@@ -4,24 +4,53 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a saga's failures are compensated. Chosen per saga definition and
-/// recorded in the saga's start record.
+/// What happens once a forward step has failed for good (a permanent error,
+/// or its retries are used up). Chosen per saga definition, overridable per
+/// step and per start; recorded in the saga's start record.
 ///
-/// Only `Immediate` exists so far; `Scheduled`, `Manual` and
-/// `RetryThenCompensate` are added by the strategies issue as new variants
-/// (appended, so the existing encoding stays valid).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Every strategy first retries retryable and unknown errors under the
+/// step's retry policy; the strategy decides what happens after that.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CompensationStrategy {
-    /// Compensate completed and in-doubt steps in reverse order as soon as a
-    /// forward step has failed for good.
+    /// Compensate started steps in reverse order at once.
     Immediate,
+    /// Compensate at `failure time + delay_ms`, never before. The wait is a
+    /// durable timer: it survives restarts, and an item that fell due while
+    /// the process was down runs right after recovery.
+    Scheduled {
+        /// Delay after the failure, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Compensate nothing automatically: suspend the saga into the manual
+    /// queue, where an operator runs the compensation, marks steps
+    /// compensated by hand, retries the failed step, or abandons the saga.
+    Manual,
+    /// Retry the failed step under `policy` (instead of the saga's retry
+    /// policy), then compensate at once.
+    RetryThenCompensate {
+        /// The retry policy of the failed step.
+        policy: RetryPolicy,
+    },
 }
 
 impl CompensationStrategy {
-    /// The stable name used in output (`immediate`, ...).
+    /// The stable name used in output (`immediate`, `scheduled`, `manual`,
+    /// `retry_then_compensate`).
     pub fn name(self) -> &'static str {
         match self {
             CompensationStrategy::Immediate => "immediate",
+            CompensationStrategy::Scheduled { .. } => "scheduled",
+            CompensationStrategy::Manual => "manual",
+            CompensationStrategy::RetryThenCompensate { .. } => "retry_then_compensate",
+        }
+    }
+
+    pub(crate) fn problems(&self, what: &str) -> Vec<String> {
+        match self {
+            CompensationStrategy::RetryThenCompensate { policy } => policy.problems(what),
+            CompensationStrategy::Immediate
+            | CompensationStrategy::Scheduled { .. }
+            | CompensationStrategy::Manual => Vec::new(),
         }
     }
 }
@@ -41,9 +70,11 @@ pub enum InDoubtPolicy {
 /// When and how often a failed call is tried again.
 ///
 /// The wait before attempt `n + 1` is `initial_interval_ms * coefficient^(n-1)`,
-/// capped at `max_interval_ms`. It is computed from the failure record's
-/// timestamp, so a crash during the wait resumes the same wait and never
-/// resets the attempt count.
+/// capped at `max_interval_ms`, then shortened by up to `jitter` of itself
+/// (a deterministic fraction derived from the saga and attempt, so that
+/// `decide` stays pure). It is counted from the failure record's timestamp
+/// and written into the log as a timer, so a crash during the wait resumes
+/// the same wait and never resets the attempt count.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Total attempts allowed, first call included. At least 1.
@@ -54,6 +85,12 @@ pub struct RetryPolicy {
     pub backoff_coefficient: f64,
     /// Upper bound of any single wait, in milliseconds.
     pub max_interval_ms: u64,
+    /// Fraction (0.0 to 1.0) by which each wait may be shortened, to spread
+    /// retries of many sagas. 0.0 by default.
+    pub jitter: f64,
+    /// Give up once the next attempt would start later than this many
+    /// milliseconds after the first attempt started. `None`: no deadline.
+    pub deadline_ms: Option<u64>,
 }
 
 impl RetryPolicy {
@@ -64,6 +101,8 @@ impl RetryPolicy {
             initial_interval_ms: 100,
             backoff_coefficient: 2.0,
             max_interval_ms: 10_000,
+            jitter: 0.0,
+            deadline_ms: None,
         }
     }
 
@@ -75,6 +114,8 @@ impl RetryPolicy {
             initial_interval_ms: 100,
             backoff_coefficient: 2.0,
             max_interval_ms: 30_000,
+            jitter: 0.0,
+            deadline_ms: None,
         }
     }
 
@@ -85,11 +126,13 @@ impl RetryPolicy {
             initial_interval_ms: 0,
             backoff_coefficient: 1.0,
             max_interval_ms: 0,
+            jitter: 0.0,
+            deadline_ms: None,
         }
     }
 
     /// Milliseconds to wait after failed attempt `attempt` (1-based) before
-    /// the next one. Total and saturating: never panics, never overflows.
+    /// the next one, without jitter. Total and saturating: never panics.
     pub fn delay_after(&self, attempt: u32) -> u64 {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
         let coefficient = if self.backoff_coefficient.is_finite() && self.backoff_coefficient >= 1.0
@@ -105,6 +148,28 @@ impl RetryPolicy {
         } else {
             0
         }
+    }
+
+    /// The wait after failed attempt `attempt`, shortened by the jitter
+    /// fraction chosen by `seed` (any number; equal seeds, equal waits).
+    pub fn jittered_delay_after(&self, attempt: u32, seed: u64) -> u64 {
+        let delay = self.delay_after(attempt);
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        if jitter == 0.0 || delay == 0 {
+            return delay;
+        }
+        // splitmix64: a well-spread fraction in [0, 1) from the seed.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let fraction = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let shortened = delay as f64 * (1.0 - jitter * fraction);
+        shortened.max(0.0) as u64
     }
 
     /// Problems that make this policy unusable, described for a person.
@@ -125,6 +190,12 @@ impl RetryPolicy {
                 self.max_interval_ms, self.initial_interval_ms
             ));
         }
+        if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {
+            problems.push(format!(
+                "{what}: jitter is {}; it must be between 0.0 and 1.0",
+                self.jitter
+            ));
+        }
         problems
     }
 }
@@ -143,15 +214,27 @@ mod tests {
     fn delay_doubles_and_is_capped() {
         let policy = RetryPolicy {
             max_attempts: 10,
-            initial_interval_ms: 100,
-            backoff_coefficient: 2.0,
             max_interval_ms: 500,
+            ..RetryPolicy::forward_default()
         };
         assert_eq!(policy.delay_after(1), 100);
         assert_eq!(policy.delay_after(2), 200);
         assert_eq!(policy.delay_after(3), 400);
         assert_eq!(policy.delay_after(4), 500);
         assert_eq!(policy.delay_after(u32::MAX), 500);
+    }
+
+    #[test]
+    fn jitter_only_shortens_and_is_repeatable() {
+        let policy = RetryPolicy {
+            jitter: 0.5,
+            ..RetryPolicy::forward_default()
+        };
+        for seed in 0..1000 {
+            let wait = policy.jittered_delay_after(2, seed);
+            assert!((100..=200).contains(&wait), "{wait}");
+            assert_eq!(wait, policy.jittered_delay_after(2, seed));
+        }
     }
 
     #[test]

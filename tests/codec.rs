@@ -6,8 +6,8 @@ use sagalog::log::codec::{
     encode_value, DecodeError, EncodeError, HEADER_LEN, MAX_PAYLOAD,
 };
 use sagalog::log::record::{
-    CallFailed, CallRef, CallSucceeded, ErrorClass, Finished, Record, SagaPlan, SagaStarted,
-    StepFailure, Suspended,
+    CallFailed, CallRef, CallSucceeded, ErrorClass, Finished, OperatorAction, OperatorCommand,
+    Record, SagaPlan, SagaStarted, StepFailure, StepPlan, Suspended, TimerSet, WaitPurpose,
 };
 use sagalog::log::store::IndexEntry;
 use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
@@ -22,19 +22,35 @@ fn every_kind() -> Vec<Record> {
         message: "timed out".into(),
     };
     vec![
-        Record::SagaStarted(SagaStarted {
+        Record::SagaStarted(Box::new(SagaStarted {
             saga_type: "order".into(),
             version: 7,
             input: vec![1, 2, 3],
             plan: SagaPlan {
-                steps: vec!["a".into(), "b".into(), "c".into()],
-                strategy: CompensationStrategy::Immediate,
+                steps: vec![
+                    StepPlan::named("a"),
+                    StepPlan {
+                        name: "b".into(),
+                        strategy: Some(CompensationStrategy::Scheduled { delay_ms: 5 }),
+                        retry: Some(RetryPolicy::no_retry()),
+                        timeout_ms: Some(250),
+                    },
+                    StepPlan::named("c"),
+                ],
+                strategy: CompensationStrategy::RetryThenCompensate {
+                    policy: RetryPolicy {
+                        jitter: 0.25,
+                        deadline_ms: Some(60_000),
+                        ..RetryPolicy::forward_default()
+                    },
+                },
                 retry: RetryPolicy::forward_default(),
                 compensation_retry: RetryPolicy::compensation_default(),
                 in_doubt: InDoubtPolicy::Compensate,
+                timeout_ms: None,
             },
             idempotency_key: Some("order-1".into()),
-        }),
+        })),
         Record::StepStarted(call),
         Record::StepSucceeded(CallSucceeded {
             call,
@@ -52,6 +68,18 @@ fn every_kind() -> Vec<Record> {
         }),
         Record::SagaFinished(Finished {
             status: SagaStatus::Compensated,
+        }),
+        Record::TimerSet(TimerSet {
+            due: UnixMillis(1_700_000_060_000),
+            purpose: WaitPurpose::CompensationBackoff {
+                step: 1,
+                attempt: 4,
+            },
+        }),
+        Record::OperatorAction(OperatorAction {
+            actor: "ops@example".into(),
+            reason: "customer called".into(),
+            command: OperatorCommand::MarkCompensated { step: 2 },
         }),
     ]
 }
@@ -91,6 +119,7 @@ fn index_entry_round_trips() {
         saga_type: "order".into(),
         status: SagaStatus::Running,
         started_at: UnixMillis(5),
+        next_wake: Some(UnixMillis(9)),
     };
     let bytes = encode_index_entry(&entry).unwrap();
     assert_eq!(decode_index_entry::<IndexEntry>(&bytes), Ok(entry));

@@ -150,7 +150,7 @@ fn check(dir: &Path, stdout: &str, label: &str) {
             let Some(Record::SagaStarted(start)) = records.first() else {
                 panic!("{label}: participant called for saga {id} with no start record");
             };
-            let names = start.plan.steps.clone();
+            let names = start.plan.step_names();
             records
                 .iter()
                 .filter_map(|r| match r {

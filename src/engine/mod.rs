@@ -1,36 +1,53 @@
 //! The engine: opens a store, recovers every saga in flight, starts new
-//! ones, and answers questions about them. The loop itself is in `run`.
+//! ones, wakes sleeping ones, and answers questions about them. The loop
+//! itself is in `run`, operator actions in `admin`.
 //!
 //! Recovery is not a mode: opening the engine lists the active sagas and
-//! feeds each into the same loop a fresh saga runs. A saga that cannot run
-//! (unknown type, other definition version, unreadable or inconsistent
-//! log) is *parked*: it stays in the store and in the active index, its
-//! reason is visible through [`Engine::saga`] and [`Engine::list`], and
-//! every other saga proceeds.
+//! feeds each into the same loop a fresh saga runs (sagas asleep on a timer
+//! are left to the delay queue). A saga that cannot run (unknown type,
+//! other definition version, unreadable or inconsistent log) is *parked*:
+//! it stays in the store and in the active index, its reason is visible
+//! through [`Engine::saga`] and [`Engine::list`], and every other saga
+//! proceeds.
+//!
+//! **Ownership.** At most one task writes a saga's log at a time: the
+//! `running` map holds a mailbox for every saga some task owns. The loop
+//! drains its mailbox at each step boundary; an operator action on a saga
+//! nobody owns claims it, appends, and starts its loop.
 
+mod admin;
 mod run;
 pub mod view;
+
+pub use admin::{DelayedItem, ManualItem};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
 use crate::error::Error;
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{LogEntry, Record, SagaStarted};
-use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError};
+use crate::log::record::{LogEntry, OperatorAction, Record, SagaStarted};
+use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError, TimerKey};
 use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
+use crate::policy::CompensationStrategy;
 use crate::state::{fold, SagaState};
 use crate::status::SagaStatus;
-use run::Staged;
+use crate::timers::{DelayQueue, WINDOW};
+use run::{LoopEnd, Staged};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use view::{HistoryEntry, Outcome, SagaListing, SagaView};
+
+/// Called when a saga is suspended for an operator, with its id and the
+/// reason, after the suspension is durable. Runs on the saga's task: keep
+/// it short (send an alert, bump a metric).
+pub type SuspendHook = Arc<dyn Fn(SagaId, &str) + Send + Sync>;
 
 /// Engine settings.
 #[derive(Clone)]
@@ -43,6 +60,13 @@ pub struct EngineConfig {
     /// Called after every durable append, before it is acknowledged; see
     /// [`DurableHook`]. Meant for crash tests and metrics.
     pub after_durable_append: Option<DurableHook>,
+    /// Called whenever a saga is suspended for an operator; see [`SuspendHook`].
+    pub on_suspend: Option<SuspendHook>,
+    /// The wall-clock time the engine assumes when it opens; `None` (the
+    /// default) reads the system clock. From there the engine's clock
+    /// advances with tokio's clock, so tests can pause time, and can
+    /// simulate downtime by opening a second engine at a later start time.
+    pub start_time: Option<UnixMillis>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +75,8 @@ impl Default for EngineConfig {
             max_running_sagas: 1024,
             sled: SledOptions::default(),
             after_durable_append: None,
+            on_suspend: None,
+            start_time: None,
         }
     }
 }
@@ -61,6 +87,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_running_sagas", &self.max_running_sagas)
             .field("sled", &self.sled)
             .field("after_durable_append", &self.after_durable_append.is_some())
+            .field("on_suspend", &self.on_suspend.is_some())
+            .field("start_time", &self.start_time)
             .finish()
     }
 }
@@ -69,6 +97,7 @@ impl std::fmt::Debug for EngineConfig {
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     idempotency_key: Option<IdempotencyKey>,
+    strategy: Option<CompensationStrategy>,
 }
 
 impl StartOptions {
@@ -81,6 +110,13 @@ impl StartOptions {
     /// returns it instead of creating another.
     pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Uses `strategy` for this saga instead of the definition's default
+    /// (steps with their own strategy keep it).
+    pub fn strategy(mut self, strategy: CompensationStrategy) -> Self {
+        self.strategy = Some(strategy);
         self
     }
 }
@@ -103,11 +139,13 @@ struct Clock {
 }
 
 impl Clock {
-    fn new() -> Self {
-        let base_millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+    fn new(start: Option<UnixMillis>) -> Self {
+        let base_millis = start.map(|t| t.0).unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        });
         Clock {
             base_millis,
             base: tokio::time::Instant::now(),
@@ -121,6 +159,9 @@ impl Clock {
 
 type OutcomeSender = watch::Sender<Option<Result<Outcome, Error>>>;
 
+/// An operator action waiting for a saga's loop, with where to reply.
+pub(crate) type Command = (OperatorAction, oneshot::Sender<Result<(), Error>>);
+
 pub(crate) struct Inner {
     store: Arc<dyn LogStore>,
     writer: Writer,
@@ -133,8 +174,13 @@ pub(crate) struct Inner {
     /// Set when the shutdown grace period ends: calls still running are
     /// dropped and left in doubt for recovery.
     aborting: CancellationToken,
-    running: Mutex<HashMap<SagaId, OutcomeSender>>,
+    /// Sagas some task owns, each with its mailbox of operator commands.
+    running: Mutex<HashMap<SagaId, Vec<Command>>>,
+    /// Callers of `outcome` waiting for a saga to stop.
+    waiters: Mutex<HashMap<SagaId, OutcomeSender>>,
     parked: Mutex<HashMap<SagaId, String>>,
+    delay_queue: DelayQueue,
+    on_suspend: Option<SuspendHook>,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -183,43 +229,97 @@ impl Engine {
             store,
             writer,
             registry,
-            clock: Clock::new(),
+            clock: Clock::new(config.start_time),
             permits: Arc::new(Semaphore::new(config.max_running_sagas.max(1))),
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             aborting: CancellationToken::new(),
             running: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            delay_queue: DelayQueue::new(),
+            on_suspend: config.on_suspend.clone(),
         });
         let engine = Engine { inner };
         engine.recover()?;
+        let queue = engine.clone();
+        engine.inner.tracker.spawn(
+            async move { queue.run_delay_queue().await }
+                .instrument(tracing::info_span!("delay_queue")),
+        );
         Ok(engine)
     }
 
     fn recover(&self) -> Result<(), Error> {
         let active = self.inner.store.scan_active()?;
-        let (mut resumed, mut parked) = (0usize, 0usize);
-        for (id, _entry) in active {
-            match self.prepare_recovered(id) {
+        let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
+        for (id, entry) in active {
+            let asleep = codec::decode_index_entry::<IndexEntry>(&entry)
+                .map(|e| e.next_wake.is_some())
+                .unwrap_or(false);
+            if asleep {
+                // The delay queue wakes it; loading it now would hold every
+                // sleeping saga in memory.
+                sleeping += 1;
+                continue;
+            }
+            if !self.claim(id) {
+                continue;
+            }
+            match self.prepare(id) {
                 Ok(run) => {
                     resumed += 1;
-                    self.spawn(run);
+                    self.spawn_owned(run);
                 }
                 Err(reason) => {
                     parked += 1;
-                    tracing::error!(saga_id = %id, %reason, "saga parked at recovery");
-                    lock(&self.inner.parked).insert(id, reason);
+                    self.park(id, reason);
                 }
             }
         }
-        tracing::info!(resumed, parked, "recovery scanned the active sagas");
+        tracing::info!(
+            resumed,
+            sleeping,
+            parked,
+            "recovery scanned the active sagas"
+        );
         Ok(())
     }
 
-    /// Reads, decodes and folds one saga's log and finds its definition.
-    /// Any failure is the reason to park it.
-    fn prepare_recovered(&self, id: SagaId) -> Result<SagaRun, String> {
+    /// Takes ownership of saga `id`; false if some task owns it already.
+    fn claim(&self, id: SagaId) -> bool {
+        let mut running = lock(&self.inner.running);
+        if running.contains_key(&id) {
+            return false;
+        }
+        running.insert(id, Vec::new());
+        true
+    }
+
+    /// Parks an owned saga and gives up ownership; anyone waiting for its
+    /// outcome learns why.
+    fn park(&self, id: SagaId, reason: String) {
+        tracing::error!(saga_id = %id, %reason, "saga parked");
+        lock(&self.inner.parked).insert(id, reason.clone());
+        let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
+        for (_, reply) in pending {
+            let _ = reply.send(Err(Error::Parked {
+                saga: id,
+                reason: reason.clone(),
+            }));
+        }
+        self.inner
+            .notify_waiters(id, Err(Error::Parked { saga: id, reason }));
+    }
+
+    /// Loads an owned saga and finds its definition. Any failure is the
+    /// reason to park it.
+    fn prepare(&self, id: SagaId) -> Result<SagaRun, String> {
         let state = self.load_state(id).map_err(|e| e.to_string())?;
+        self.prepare_state(id, state)
+    }
+
+    fn prepare_state(&self, id: SagaId, state: SagaState) -> Result<SagaRun, String> {
         let definition = self.inner.registry.get(state.saga_type()).cloned().ok_or_else(|| {
             format!(
                 "saga type '{}' is not registered; register its definition before opening the engine, then restart",
@@ -235,13 +335,13 @@ impl Engine {
                 state.started.version
             ));
         }
-        if definition.step_names()[..] != state.plan().steps[..] {
+        if definition.step_names()[..] != state.plan().step_names()[..] {
             return Err(format!(
                 "saga type '{}' version {} now has steps {:?}, but this saga's log has {:?}; bump the version when steps change",
                 state.saga_type(),
                 definition.version(),
                 definition.step_names(),
-                state.plan().steps
+                state.plan().step_names()
             ));
         }
         let input = definition.decode_input(&state.started.input).map_err(|e| {
@@ -278,10 +378,10 @@ impl Engine {
         fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
     }
 
-    fn spawn(&self, run: SagaRun) {
-        let (tx, _rx) = watch::channel(None);
-        lock(&self.inner.running).insert(run.id, tx);
+    /// Runs the loop of a saga this task owns.
+    fn spawn_owned(&self, run: SagaRun) {
         let inner = self.inner.clone();
+        let engine = self.clone();
         let span =
             tracing::info_span!("saga", saga_id = %run.id, saga_type = %run.state.saga_type());
         self.inner.tracker.spawn(
@@ -291,21 +391,91 @@ impl Engine {
                     Ok(_permit) => inner.drive(run).await,
                     Err(_) => Err(Error::ShuttingDown(id)),
                 };
-                if let Err(e) = &result {
-                    if !matches!(e, Error::ShuttingDown(_)) {
+                match result {
+                    Ok(LoopEnd::Outcome(outcome)) => inner.notify_waiters(id, Ok(outcome)),
+                    Ok(LoopEnd::Sleeping) => {}
+                    Err(Error::ShuttingDown(_)) => {
+                        lock(&inner.running).remove(&id);
+                        inner.notify_waiters(id, Err(Error::ShuttingDown(id)));
+                    }
+                    Err(e) => {
                         // Visible as parked until the engine is reopened,
                         // which resumes the saga from its durable log.
                         tracing::error!(error = %e, "saga loop stopped; the saga resumes from its log at the next open");
                         let reason = format!("{e}; reopen the engine to resume this saga from its log");
-                        lock(&inner.parked).insert(id, reason);
+                        inner.notify_waiters(id, Err(e));
+                        engine.park(id, reason);
                     }
-                }
-                if let Some(tx) = lock(&inner.running).remove(&id) {
-                    tx.send_replace(Some(result));
                 }
             }
             .instrument(span),
         );
+    }
+
+    async fn run_delay_queue(&self) {
+        let inner = &self.inner;
+        loop {
+            if inner.stopping.is_cancelled() {
+                return;
+            }
+            if inner.delay_queue.needs_refill() {
+                let running = lock(&inner.running)
+                    .keys()
+                    .copied()
+                    .collect::<std::collections::HashSet<_>>();
+                match inner
+                    .store
+                    .scan_timers(WINDOW, &mut |saga| running.contains(&saga))
+                {
+                    Ok((timers, complete)) => inner
+                        .delay_queue
+                        .refill(timers.into_iter().map(|(key, _)| key).collect(), complete),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not read the delay queue; retrying in 1 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = inner.stopping.cancelled() => return,
+                        }
+                        continue;
+                    }
+                }
+            }
+            for key in inner.delay_queue.pop_due(inner.clock.now()) {
+                self.wake(key);
+            }
+            if inner.delay_queue.needs_refill() {
+                continue;
+            }
+            let sleep = match inner.delay_queue.next_due() {
+                Some(due) => Duration::from_millis(due.0.saturating_sub(inner.clock.now().0)),
+                None => Duration::MAX,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep.min(Duration::from_secs(3600))) => {}
+                _ = inner.delay_queue.changed() => {}
+                _ = inner.stopping.cancelled() => return,
+            }
+        }
+    }
+
+    /// A timer fell due: run the saga's loop, unless some task owns the saga
+    /// or the timer is stale (the saga moved on since it was set).
+    fn wake(&self, key: TimerKey) {
+        if !self.claim(key.saga) {
+            return;
+        }
+        let state = match self.load_state(key.saga) {
+            Ok(state) => state,
+            Err(e) => return self.park(key.saga, e.to_string()),
+        };
+        let stale = state.timer.as_ref().map(|t| t.seq) != Some(key.seq);
+        if stale && self.inner.release_if_idle(key.saga) {
+            return;
+        }
+        match self.prepare_state(key.saga, state) {
+            Ok(run) => self.spawn_owned(run),
+            Err(reason) => self.park(key.saga, reason),
+        }
     }
 
     /// Starts a saga of type `saga` with `input`.
@@ -334,6 +504,14 @@ impl Engine {
                 });
             }
         }
+        let mut plan = definition.plan();
+        if let Some(strategy) = options.strategy {
+            let problems = strategy.problems("strategy");
+            if !problems.is_empty() {
+                return Err(Error::InvalidOptions(problems.join("; ")));
+            }
+            plan.strategy = strategy;
+        }
         let input_bytes = codec::encode_value(input).map_err(|e| Error::encode("input", e))?;
         let erased_input = definition
             .decode_input(&input_bytes)
@@ -345,13 +523,13 @@ impl Engine {
         let entry = LogEntry {
             seq: 0,
             at: self.inner.clock.now(),
-            record: Record::SagaStarted(SagaStarted {
+            record: Record::SagaStarted(Box::new(SagaStarted {
                 saga_type: saga.saga_type().clone(),
                 version: definition.version(),
                 input: input_bytes,
-                plan: definition.plan(),
+                plan,
                 idempotency_key: options.idempotency_key.clone(),
-            }),
+            })),
         };
         let state =
             SagaState::from_start(&entry).map_err(|error| Error::Illegal { saga: id, error })?;
@@ -380,7 +558,9 @@ impl Engine {
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
         }
         tracing::info!(saga_id = %id, saga_type = %saga.saga_type(), "saga started");
-        self.spawn(SagaRun {
+        // A fresh id: nobody else can own it.
+        self.claim(id);
+        self.spawn_owned(SagaRun {
             id,
             definition,
             input: erased_input,
@@ -394,32 +574,45 @@ impl Engine {
 
     /// Waits until saga `id` is terminal or stops for an operator, and
     /// returns how it ended. Returns at once for a saga that already has.
+    /// A saga asleep on a timer (a backoff, a scheduled compensation) is
+    /// waited for through its sleep.
     ///
     /// Errors: [`Error::NotFound`] for an unknown id, [`Error::Parked`] for a
     /// parked saga, [`Error::ShuttingDown`] if the engine stops first, or the
     /// store error that stopped the saga's loop.
     pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
-        let receiver = lock(&self.inner.running).get(&id).map(|tx| tx.subscribe());
-        if let Some(mut receiver) = receiver {
-            // If the sender vanished without a value, fall through to the store.
-            if let Ok(value) = receiver.wait_for(|v| v.is_some()).await {
-                if let Some(result) = value.as_ref() {
-                    return result.clone();
-                }
-            }
-        }
+        // Subscribe before looking, so that a loop ending in between is not missed.
+        let mut receiver = lock(&self.inner.waiters)
+            .entry(id)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
         if let Some(reason) = lock(&self.inner.parked).get(&id) {
             return Err(Error::Parked {
                 saga: id,
                 reason: reason.clone(),
             });
         }
-        let view = self.saga(id)?;
-        if view.status.is_terminal() || view.status == SagaStatus::Suspended {
-            Ok(view.outcome())
-        } else {
-            Err(Error::ShuttingDown(id))
+        let owned = lock(&self.inner.running).contains_key(&id);
+        if !owned {
+            let view = match self.saga(id) {
+                Ok(view) => view,
+                Err(e) => {
+                    lock(&self.inner.waiters).remove(&id);
+                    return Err(e);
+                }
+            };
+            if view.status.is_terminal() || view.status == SagaStatus::Suspended {
+                return Ok(view.outcome());
+            }
+            if self.inner.stopping.is_cancelled() {
+                return Err(Error::ShuttingDown(id));
+            }
         }
+        let result = match receiver.wait_for(|v| v.is_some()).await {
+            Ok(value) => value.clone().unwrap_or(Err(Error::ShuttingDown(id))),
+            Err(_) => Err(Error::ShuttingDown(id)),
+        };
+        result
     }
 
     /// The current state of saga `id`, read from the log.
@@ -461,14 +654,11 @@ impl Engine {
     }
 
     fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
-        let found = self
+        Ok(self
             .inner
             .store
-            .scan_active()?
-            .into_iter()
-            .chain(self.inner.store.scan_finished()?)
-            .find(|(saga, _)| *saga == id);
-        Ok(found.and_then(|(_, bytes)| codec::decode_index_entry(&bytes).ok()))
+            .read_index(id)?
+            .and_then(|bytes| codec::decode_index_entry(&bytes).ok()))
     }
 
     /// Every record of saga `id` in order, with timestamps. Unreadable
@@ -538,6 +728,11 @@ impl Engine {
         out
     }
 
+    /// The engine's current time, as written into records.
+    pub fn now(&self) -> UnixMillis {
+        self.inner.clock.now()
+    }
+
     /// Counters of the log writer (appends, flushes, entries written).
     pub fn log_stats(&self) -> Arc<WriterStats> {
         self.inner.writer.stats().clone()
@@ -564,10 +759,23 @@ impl Engine {
             self.inner.tracker.wait().await;
         }
         self.inner.writer.stop().await;
+        let waiters: Vec<_> = lock(&self.inner.waiters).drain().collect();
+        for (id, tx) in waiters {
+            tx.send_replace(Some(Err(Error::ShuttingDown(id))));
+        }
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+impl Inner {
+    /// Tells everyone waiting for saga `id` how it stopped.
+    fn notify_waiters(&self, id: SagaId, result: Result<Outcome, Error>) {
+        if let Some(tx) = lock(&self.waiters).remove(&id) {
+            tx.send_replace(Some(result));
+        }
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map operation; a panic cannot leave
     // the map inconsistent, so a poisoned lock is still sound to use.
     mutex.lock().unwrap_or_else(|p| p.into_inner())

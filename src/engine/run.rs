@@ -1,51 +1,64 @@
-//! The loop every saga runs, fresh or recovered:
+//! The loop every saga runs, fresh, recovered, or woken by a timer:
 //!
 //! ```text
-//! state  = fold(records)              (in memory, kept up to date by apply)
-//! action = decide(state, now)
-//! RunStep / Compensate -> append intent (durable) -> call -> stage result
-//! WaitUntil            -> append staged -> sleep (cancelled by shutdown)
-//! Suspend / Finish     -> append staged + record (durable)
-//! AwaitOperator / Done -> leave memory
+//! state  = fold(records)              (in memory, kept current by apply)
+//! loop:
+//!   apply operator commands from the mailbox (durable before replying)
+//!   action = decide(state, now)
+//!   RunStep / Compensate -> append intent (durable) -> call -> stage result
+//!   WaitUntil            -> append staged + timer (durable) -> leave memory
+//!   Suspend / Finish     -> append staged + record (durable)
+//!   AwaitOperator / Done -> leave memory
 //! ```
 //!
-//! A call's result is staged and written together with the next intent or
-//! the terminal record: one flush per call instead of two, and still no
-//! call without a durable intent before it (invariant I1).
+//! A call's result is staged and written together with the next intent, the
+//! timer, or the terminal record: one flush per call instead of two, and
+//! still no call without a durable intent before it (invariant I1).
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
 use crate::engine::view::{failure_of, Outcome};
-use crate::engine::{Inner, SagaRun};
+use crate::engine::{lock, Command, Inner, SagaRun};
 use crate::error::Error;
 use crate::ids::{SagaId, StepIndex, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{
-    CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended,
+    CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended, TimerSet,
 };
-use crate::log::store::{IndexEntry, IndexUpdate, SagaAppend};
+use crate::log::store::{IndexEntry, IndexUpdate, SagaAppend, TimerKey};
 use crate::log::writer::AppendError;
-use crate::state::{decide, NextAction, SagaState};
+use crate::state::{decide, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// Records applied to the in-memory state but not yet durable.
+/// How a loop ended without error.
+pub(crate) enum LoopEnd {
+    /// Terminal, or waiting for an operator.
+    Outcome(Outcome),
+    /// Asleep on a durable timer; the delay queue wakes it.
+    Sleeping,
+}
+
+/// Records applied to the in-memory state but not yet durable, and what
+/// the last durable write left in the indexes.
 pub(crate) struct Staged {
     saga: SagaId,
     first_seq: u64,
     frames: Vec<Vec<u8>>,
-    /// Status as of the last durable write (None before the first).
     durable_status: Option<SagaStatus>,
+    durable_timer: Option<PendingTimer>,
 }
 
 impl Staged {
+    /// `state` is what is durable now (`None` before the start record).
     pub(crate) fn new(saga: SagaId, state: Option<&SagaState>) -> Self {
         Staged {
             saga,
             first_seq: state.map_or(0, |s| s.next_seq),
             frames: Vec::new(),
             durable_status: state.map(|s| s.status()),
+            durable_timer: state.and_then(|s| s.timer.clone()),
         }
     }
 
@@ -75,39 +88,55 @@ impl Staged {
         self.frames.push(frame);
     }
 
-    /// Turns the staged frames into one append, with the index update the
-    /// status change (if any) requires.
+    /// Turns the staged frames into one append, with the index and timer
+    /// changes that the new state requires.
     pub(crate) fn take(&mut self, state: &SagaState) -> Result<Option<SagaAppend>, Error> {
         if self.frames.is_empty() {
             return Ok(None);
         }
         let status = state.status();
-        let index = if self.durable_status != Some(status) {
+        let timer_changed = self.durable_timer != state.timer;
+        let index = if self.durable_status != Some(status) || timer_changed {
             let entry = IndexEntry {
                 saga_type: state.saga_type().clone(),
                 status,
                 started_at: state.started_at,
+                next_wake: state.timer.as_ref().map(|t| t.due),
             };
             let bytes =
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
-            Some(if status.is_terminal() {
-                IndexUpdate::Finished(bytes)
-            } else {
-                IndexUpdate::Active(bytes)
+            let was_terminal = self.durable_status.is_some_and(|s| s.is_terminal());
+            Some(match (was_terminal, status.is_terminal()) {
+                (_, true) => IndexUpdate::Finished(bytes),
+                (true, false) => IndexUpdate::Reopened(bytes),
+                (false, false) => IndexUpdate::Active(bytes),
             })
         } else {
             None
         };
-        let append = SagaAppend {
-            saga: self.saga,
-            first_seq: self.first_seq,
-            records: std::mem::take(&mut self.frames),
-            index,
-            claim_key: None,
-        };
+        let mut append =
+            SagaAppend::records(self.saga, self.first_seq, std::mem::take(&mut self.frames));
+        append.index = index;
+        if timer_changed {
+            append.timer_delete = self.durable_timer.as_ref().map(|t| self.key_of(t));
+            if let Some(timer) = &state.timer {
+                let purpose = codec::encode_index_entry(&timer.purpose)
+                    .map_err(|e| Error::encode("timer", e))?;
+                append.timer_put = Some((self.key_of(timer), purpose));
+            }
+        }
         self.first_seq = state.next_seq;
         self.durable_status = Some(status);
+        self.durable_timer = state.timer.clone();
         Ok(Some(append))
+    }
+
+    fn key_of(&self, timer: &PendingTimer) -> TimerKey {
+        TimerKey {
+            due: timer.due,
+            saga: self.saga,
+            seq: timer.seq,
+        }
     }
 }
 
@@ -126,8 +155,64 @@ impl Inner {
         }
     }
 
-    /// Drives one saga until it is terminal, suspended, or the engine stops.
-    pub(crate) async fn drive(self: &Arc<Self>, run: SagaRun) -> Result<Outcome, Error> {
+    /// Applies queued operator commands: each is checked against a copy of
+    /// the state first, so a refused command changes nothing. Replies once
+    /// the accepted ones are durable.
+    async fn apply_commands(
+        &self,
+        id: SagaId,
+        state: &mut SagaState,
+        staged: &mut Staged,
+    ) -> Result<(), Error> {
+        let commands: Vec<Command> = match lock(&self.running).get_mut(&id) {
+            Some(mailbox) => std::mem::take(mailbox),
+            None => Vec::new(),
+        };
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let mut accepted = Vec::new();
+        for (action, reply) in commands {
+            let now = self.clock.now();
+            let record = Record::OperatorAction(action);
+            let mut trial = state.clone();
+            let entry = LogEntry {
+                seq: trial.next_seq,
+                at: now,
+                record: record.clone(),
+            };
+            match trial.apply(&entry) {
+                Ok(()) => {
+                    staged.push(state, now, record)?;
+                    accepted.push(reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(Error::Illegal { saga: id, error }));
+                }
+            }
+        }
+        let result = self.commit(staged, state).await;
+        for reply in accepted {
+            let _ = reply.send(result.clone());
+        }
+        result
+    }
+
+    /// Gives up ownership of the saga unless commands arrived meanwhile.
+    pub(crate) fn release_if_idle(&self, id: SagaId) -> bool {
+        let mut running = lock(&self.running);
+        match running.get(&id) {
+            Some(mailbox) if !mailbox.is_empty() => false,
+            _ => {
+                running.remove(&id);
+                true
+            }
+        }
+    }
+
+    /// Drives one saga until it is terminal, waits for an operator, sleeps
+    /// on a timer, or the engine stops. The caller owns the saga.
+    pub(crate) async fn drive(self: &Arc<Self>, run: SagaRun) -> Result<LoopEnd, Error> {
         let SagaRun {
             id,
             definition,
@@ -136,6 +221,7 @@ impl Inner {
         } = run;
         let mut staged = Staged::new(id, Some(&state));
         loop {
+            self.apply_commands(id, &mut state, &mut staged).await?;
             let now = self.clock.now();
             match decide(&state, now) {
                 NextAction::RunStep { step, attempt } => {
@@ -164,19 +250,34 @@ impl Inner {
                     )
                     .await?
                 }
-                NextAction::WaitUntil { due } => {
+                NextAction::WaitUntil { due, purpose } => {
+                    tracing::debug!(due = due.0, ?purpose, "sleeping on a durable timer");
+                    staged.push(&mut state, now, Record::TimerSet(TimerSet { due, purpose }))?;
                     self.commit(&mut staged, &state).await?;
-                    let wait = Duration::from_millis(due.0.saturating_sub(now.0));
-                    tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting before retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stopping.cancelled() => return Err(Error::ShuttingDown(id)),
+                    if let Some(timer) = &state.timer {
+                        self.delay_queue.insert(TimerKey {
+                            due: timer.due,
+                            saga: id,
+                            seq: timer.seq,
+                        });
+                    }
+                    if self.release_if_idle(id) {
+                        return Ok(LoopEnd::Sleeping);
                     }
                 }
                 NextAction::Suspend { reason } => {
                     tracing::warn!(%reason, "saga suspended; an operator must act");
-                    staged.push(&mut state, now, Record::SagaSuspended(Suspended { reason }))?;
+                    staged.push(
+                        &mut state,
+                        now,
+                        Record::SagaSuspended(Suspended {
+                            reason: reason.clone(),
+                        }),
+                    )?;
                     self.commit(&mut staged, &state).await?;
+                    if let Some(alert) = &self.on_suspend {
+                        alert(id, &reason);
+                    }
                 }
                 NextAction::Finish { status } => {
                     staged.push(&mut state, now, Record::SagaFinished(Finished { status }))?;
@@ -185,12 +286,14 @@ impl Inner {
                 }
                 NextAction::AwaitOperator | NextAction::Done { .. } => {
                     self.commit(&mut staged, &state).await?;
-                    return Ok(Outcome {
-                        saga_id: id,
-                        status: state.status(),
-                        failure: failure_of(&state),
-                        reason: state.suspended.clone(),
-                    });
+                    if self.release_if_idle(id) {
+                        return Ok(LoopEnd::Outcome(Outcome {
+                            saga_id: id,
+                            status: state.status(),
+                            failure: failure_of(&state),
+                            reason: state.suspended.clone(),
+                        }));
+                    }
                 }
             }
         }
@@ -224,6 +327,7 @@ impl Inner {
 
         let outputs: Arc<[Option<Vec<u8>>]> =
             state.steps.iter().map(|s| s.output.clone()).collect();
+        let timeout = state.plan().timeout_of(step);
         let spec = CallSpec {
             saga_id: id,
             step,
@@ -231,26 +335,33 @@ impl Inner {
             attempt,
             outputs,
         };
-        let step_name = definition
-            .step_names()
-            .get(step as usize)
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default();
-        let span =
-            tracing::info_span!("call", saga_id = %id, step = %step_name, phase = %phase, attempt);
+        let span = tracing::info_span!(
+            "call",
+            saga_id = %id,
+            step = %state.plan().step_name(step),
+            phase = %phase,
+            attempt
+        );
         let future = definition.call(spec, input).instrument(span);
         // Spawned so that a panicking participant is an error, not a dead
-        // saga task; aborted if dropped (hard shutdown leaves it in doubt).
+        // saga task; aborted when dropped (timeout, hard shutdown).
         let task = AbortOnDrop(tokio::spawn(future));
-        let joined = tokio::select! {
-            joined = task.join() => joined,
-            _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
+        let deadline = async {
+            match timeout {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
         };
-        let result = match joined {
-            Ok(result) => result,
-            Err(e) => Err(StepError::unknown(format!(
-                "the participant panicked or was cancelled: {e}"
+        let result = tokio::select! {
+            joined = task.join() => match joined {
+                Ok(result) => result,
+                Err(e) => Err(StepError::unknown(format!("the participant panicked or was cancelled: {e}"))),
+            },
+            _ = deadline => Err(StepError::unknown(format!(
+                "no reply within {} ms; the call may have taken effect",
+                timeout.unwrap_or(0)
             ))),
+            _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
         };
         let now = self.clock.now();
         let record = match (phase, result) {

@@ -119,7 +119,7 @@ impl SagaView {
                     _ => None,
                 };
                 StepView {
-                    name: name.clone(),
+                    name: name.name.clone(),
                     action: CallStatus::of(&s.forward),
                     action_attempts: s.forward.attempts(),
                     compensation: CallStatus::of(&s.compensation),
@@ -160,7 +160,7 @@ pub(crate) fn failure_of(state: &SagaState) -> Option<(StepName, StepFailure)> {
             .plan()
             .steps
             .get(*step as usize)
-            .map(|name| (name.clone(), failure.clone()))
+            .map(|plan| (plan.name.clone(), failure.clone()))
     })
 }
 

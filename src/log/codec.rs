@@ -7,7 +7,7 @@
 //! offset size field
 //!      0    2 magic            b"SG"
 //!      2    1 format version   1
-//!      3    1 kind             record kind (1..=9) or 0x80 (index entry)
+//!      3    1 kind             record kind (1..=10, 32) or 0x80 (index entry)
 //!      4    4 payload length   <= MAX_PAYLOAD
 //!      8    4 crc32            IEEE, over bytes 0..8 then the payload
 //!     12    n payload          bincode 2 (standard config: varint, little-endian)
@@ -20,7 +20,8 @@
 
 use crate::ids::UnixMillis;
 use crate::log::record::{
-    CallFailed, CallRef, CallSucceeded, Finished, Record, SagaStarted, Suspended,
+    CallFailed, CallRef, CallSucceeded, Finished, OperatorAction, Record, SagaStarted, Suspended,
+    TimerSet,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -110,7 +111,7 @@ pub enum DecodeError {
     },
     /// The kind byte names no known record (with a valid checksum: written
     /// by a newer release).
-    #[error("unknown record kind {found}; this build knows kinds 1..=9 and {KIND_INDEX_ENTRY:#x}; open the store with the release that wrote it")]
+    #[error("unknown record kind {found}; this build knows kinds 1..=10, 32 and {KIND_INDEX_ENTRY:#x}; open the store with the release that wrote it")]
     UnknownKind {
         /// The kind found.
         found: u8,
@@ -237,6 +238,8 @@ fn kind_of(record: &Record) -> u8 {
         Record::CompensationFailed(_) => 7,
         Record::SagaSuspended(_) => 8,
         Record::SagaFinished(_) => 9,
+        Record::TimerSet(_) => 10,
+        Record::OperatorAction(_) => 32,
     }
 }
 
@@ -251,6 +254,8 @@ pub fn encode_record(at: UnixMillis, record: &Record) -> Result<Vec<u8>, EncodeE
         Record::StepFailed(body) | Record::CompensationFailed(body) => encode_value(&(at.0, body)),
         Record::SagaSuspended(body) => encode_value(&(at.0, body)),
         Record::SagaFinished(body) => encode_value(&(at.0, body)),
+        Record::TimerSet(body) => encode_value(&(at.0, body)),
+        Record::OperatorAction(body) => encode_value(&(at.0, body)),
     }?;
     frame(kind_of(record), payload)
 }
@@ -264,7 +269,7 @@ fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<(UnixMillis, T), DecodeEr
 pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> {
     let (kind, payload) = unframe(bytes)?;
     match kind {
-        1 => body::<SagaStarted>(payload).map(|(at, b)| (at, Record::SagaStarted(b))),
+        1 => body::<SagaStarted>(payload).map(|(at, b)| (at, Record::SagaStarted(Box::new(b)))),
         2 => body::<CallRef>(payload).map(|(at, b)| (at, Record::StepStarted(b))),
         3 => body::<CallSucceeded>(payload).map(|(at, b)| (at, Record::StepSucceeded(b))),
         4 => body::<CallFailed>(payload).map(|(at, b)| (at, Record::StepFailed(b))),
@@ -273,6 +278,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> 
         7 => body::<CallFailed>(payload).map(|(at, b)| (at, Record::CompensationFailed(b))),
         8 => body::<Suspended>(payload).map(|(at, b)| (at, Record::SagaSuspended(b))),
         9 => body::<Finished>(payload).map(|(at, b)| (at, Record::SagaFinished(b))),
+        10 => body::<TimerSet>(payload).map(|(at, b)| (at, Record::TimerSet(b))),
+        32 => body::<OperatorAction>(payload).map(|(at, b)| (at, Record::OperatorAction(b))),
         found => Err(DecodeError::UnknownKind { found }),
     }
 }

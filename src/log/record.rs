@@ -27,8 +27,9 @@ pub struct LogEntry {
 /// What happened to a saga. See DESIGN.md, "Records", for the table of kinds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    /// The saga exists: always the first record, and only there.
-    SagaStarted(SagaStarted),
+    /// The saga exists: always the first record, and only there. Boxed: it
+    /// is written once per saga and is much larger than the rest.
+    SagaStarted(Box<SagaStarted>),
     /// Intent: the forward action of `step` is about to be called.
     StepStarted(CallRef),
     /// The forward action returned success with this output.
@@ -43,8 +44,14 @@ pub enum Record {
     CompensationFailed(CallFailed),
     /// The saga waits for an operator, for the reason given.
     SagaSuspended(Suspended),
-    /// The saga reached a terminal status. Always the last record.
+    /// The saga reached a terminal status. The last record, unless an
+    /// operator reopens a committed saga to compensate it.
     SagaFinished(Finished),
+    /// The saga sleeps until `due` (a retry backoff or a scheduled
+    /// compensation). It leaves memory; the delay queue wakes it.
+    TimerSet(TimerSet),
+    /// An operator acted on the saga.
+    OperatorAction(OperatorAction),
 }
 
 impl Record {
@@ -60,6 +67,8 @@ impl Record {
             Record::CompensationFailed(_) => "compensation_failed",
             Record::SagaSuspended(_) => "saga_suspended",
             Record::SagaFinished(_) => "saga_finished",
+            Record::TimerSet(_) => "timer_set",
+            Record::OperatorAction(_) => "operator_action",
         }
     }
 }
@@ -85,9 +94,9 @@ pub struct SagaStarted {
 /// The part of a definition that decisions depend on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SagaPlan {
-    /// Step names, in forward order.
-    pub steps: Vec<StepName>,
-    /// How failures are compensated.
+    /// Steps, in forward order.
+    pub steps: Vec<StepPlan>,
+    /// What happens once a step has failed for good (unless the step overrides it).
     pub strategy: CompensationStrategy,
     /// Retries of a forward action that failed with a retryable or unknown error.
     pub retry: RetryPolicy,
@@ -95,6 +104,78 @@ pub struct SagaPlan {
     pub compensation_retry: RetryPolicy,
     /// What recovery does with a forward call left in doubt.
     pub in_doubt: InDoubtPolicy,
+    /// Per-attempt timeout of participant calls, in milliseconds. A call
+    /// that times out is in doubt: an `Unknown` failure.
+    pub timeout_ms: Option<u64>,
+}
+
+/// One step of a plan, with its overrides of the saga's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepPlan {
+    /// The step's name.
+    pub name: StepName,
+    /// Strategy used when this step fails for good.
+    pub strategy: Option<CompensationStrategy>,
+    /// Retry policy of this step's action.
+    pub retry: Option<RetryPolicy>,
+    /// Per-attempt timeout of this step's calls, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+impl StepPlan {
+    /// A step with no overrides.
+    pub fn named(name: impl Into<StepName>) -> Self {
+        StepPlan {
+            name: name.into(),
+            strategy: None,
+            retry: None,
+            timeout_ms: None,
+        }
+    }
+}
+
+impl SagaPlan {
+    /// The step names, in order.
+    pub fn step_names(&self) -> Vec<StepName> {
+        self.steps.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The name of step `step`, or `"?"` if there is none.
+    pub fn step_name(&self, step: StepIndex) -> &str {
+        self.steps
+            .get(step as usize)
+            .map_or("?", |s| s.name.as_str())
+    }
+
+    /// The strategy that applies when step `step` fails for good.
+    pub fn strategy_of(&self, step: StepIndex) -> CompensationStrategy {
+        self.steps
+            .get(step as usize)
+            .and_then(|s| s.strategy)
+            .unwrap_or(self.strategy)
+    }
+
+    /// The retry policy of step `step`'s action: the step's own, else the
+    /// policy of a retry-then-compensate strategy, else the saga's.
+    pub fn retry_of(&self, step: StepIndex) -> RetryPolicy {
+        if let Some(policy) = self.steps.get(step as usize).and_then(|s| s.retry) {
+            return policy;
+        }
+        match self.strategy_of(step) {
+            CompensationStrategy::RetryThenCompensate { policy } => policy,
+            CompensationStrategy::Immediate
+            | CompensationStrategy::Scheduled { .. }
+            | CompensationStrategy::Manual => self.retry,
+        }
+    }
+
+    /// The per-attempt timeout of step `step`'s calls.
+    pub fn timeout_of(&self, step: StepIndex) -> Option<u64> {
+        self.steps
+            .get(step as usize)
+            .and_then(|s| s.timeout_ms)
+            .or(self.timeout_ms)
+    }
 }
 
 /// Names one participant call: which step, which attempt.
@@ -159,4 +240,83 @@ pub struct Suspended {
 pub struct Finished {
     /// A terminal status.
     pub status: SagaStatus,
+}
+
+/// A durable timer: the saga sleeps until `due`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerSet {
+    /// When the saga should be decided again.
+    pub due: UnixMillis,
+    /// Why it waits, for the delay-queue listing.
+    pub purpose: WaitPurpose,
+}
+
+/// Why a saga waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitPurpose {
+    /// Backoff before the next attempt of a forward action.
+    RetryBackoff {
+        /// The step.
+        step: StepIndex,
+        /// The attempt that will run.
+        attempt: Attempt,
+    },
+    /// A scheduled compensation, after `step` failed for good.
+    ScheduledCompensation {
+        /// The step that failed.
+        step: StepIndex,
+    },
+    /// Backoff before the next attempt of a compensation.
+    CompensationBackoff {
+        /// The step being compensated.
+        step: StepIndex,
+        /// The attempt that will run.
+        attempt: Attempt,
+    },
+}
+
+/// What an operator did, who, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAction {
+    /// Who acted (a user name, a service account).
+    pub actor: String,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// The action.
+    pub command: OperatorCommand,
+}
+
+/// The actions an operator can take on a saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorCommand {
+    /// Compensate now: starts (or resumes, with a fresh retry budget) the
+    /// compensation of a suspended, waiting or running saga, and reopens a
+    /// committed saga to compensate every step.
+    CompensateNow,
+    /// The operator compensated `step` by hand; the engine will not call its
+    /// compensation.
+    MarkCompensated {
+        /// The step.
+        step: StepIndex,
+    },
+    /// Retry the failed forward step, with a fresh retry budget, even after
+    /// a permanent error.
+    RetryStep,
+    /// Give up: the saga ends `Failed` without further compensation.
+    Abandon,
+    /// Stop going forward at the next step boundary and compensate.
+    Cancel,
+}
+
+impl OperatorCommand {
+    /// The stable name used in output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OperatorCommand::CompensateNow => "compensate_now",
+            OperatorCommand::MarkCompensated { .. } => "mark_compensated",
+            OperatorCommand::RetryStep => "retry_step",
+            OperatorCommand::Abandon => "abandon",
+            OperatorCommand::Cancel => "cancel",
+        }
+    }
 }

@@ -15,6 +15,7 @@
 //! | `b'A'` ++ saga id (16)                 | index entry frame (active) |
 //! | `b'F'` ++ saga id (16)                 | index entry frame (finished) |
 //! | `b'K'` ++ idempotency key (UTF-8)      | saga id (16)               |
+//! | `b'T'` ++ due (u64 BE) ++ saga id (16) ++ seq (u64 BE) | wait purpose frame |
 //! | `b"Mformat"`                           | format version (1 byte)    |
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
@@ -77,6 +78,9 @@ pub struct IndexEntry {
     pub status: SagaStatus,
     /// Time of the start record.
     pub started_at: UnixMillis,
+    /// When the saga's durable timer falls due, if it sleeps on one.
+    /// Recovery leaves such sagas to the delay queue instead of loading them.
+    pub next_wake: Option<UnixMillis>,
 }
 
 /// How one append changes the saga's index entry.
@@ -86,6 +90,24 @@ pub enum IndexUpdate {
     Active(Vec<u8>),
     /// Move the saga from the active to the finished index.
     Finished(Vec<u8>),
+    /// Move a finished saga back to the active index (an operator reopened
+    /// a committed saga to compensate it).
+    Reopened(Vec<u8>),
+}
+
+/// Timers with their encoded purposes, and whether the scan reached the end.
+pub type TimerScan = (Vec<(TimerKey, Vec<u8>)>, bool);
+
+/// Address of one durable timer: ordered by due time, then saga, then the
+/// sequence number of its `TimerSet` record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerKey {
+    /// When it falls due.
+    pub due: UnixMillis,
+    /// The sleeping saga.
+    pub saga: SagaId,
+    /// Sequence number of the `TimerSet` record.
+    pub seq: u64,
 }
 
 /// Records to append to one saga's log, with the index changes that go in
@@ -102,14 +124,33 @@ pub struct SagaAppend {
     pub index: Option<IndexUpdate>,
     /// Idempotency key to map to this saga (only with the start record).
     pub claim_key: Option<IdempotencyKey>,
+    /// Timer to add, with its encoded purpose.
+    pub timer_put: Option<(TimerKey, Vec<u8>)>,
+    /// Timer to remove (the saga woke up).
+    pub timer_delete: Option<TimerKey>,
 }
 
 impl SagaAppend {
+    /// An append of `records` with no index, key or timer change.
+    pub fn records(saga: SagaId, first_seq: u64, records: Vec<Vec<u8>>) -> Self {
+        SagaAppend {
+            saga,
+            first_seq,
+            records,
+            index: None,
+            claim_key: None,
+            timer_put: None,
+            timer_delete: None,
+        }
+    }
+
     /// How many key-value entries this append writes.
     pub fn entry_count(&self) -> usize {
         self.records.len()
             + usize::from(self.index.is_some())
             + usize::from(self.claim_key.is_some())
+            + usize::from(self.timer_put.is_some())
+            + usize::from(self.timer_delete.is_some())
     }
 }
 
@@ -133,6 +174,18 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The saga an idempotency key belongs to, if any.
     fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError>;
+
+    /// The saga's encoded index entry (active or finished), if any.
+    fn read_index(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` timers in due order, with their encoded purposes,
+    /// leaving out those of sagas for which `skip` returns true. The flag is
+    /// true when the scan reached the end (no timer was left out for the limit).
+    fn scan_timers(
+        &self,
+        limit: usize,
+        skip: &mut dyn FnMut(SagaId) -> bool,
+    ) -> Result<TimerScan, StoreError>;
 }
 
 mod keys {
@@ -142,6 +195,7 @@ mod keys {
     pub const ACTIVE: u8 = b'A';
     pub const FINISHED: u8 = b'F';
     pub const IDEMPOTENCY: u8 = b'K';
+    pub const TIMER: u8 = b'T';
     pub const FORMAT: &[u8] = b"Mformat";
 
     pub fn log(saga: SagaId, seq: u64) -> Vec<u8> {
@@ -164,6 +218,29 @@ mod keys {
         key.push(prefix);
         key.extend_from_slice(&saga.to_bytes());
         key
+    }
+
+    pub fn timer(key: &super::TimerKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33);
+        out.push(TIMER);
+        out.extend_from_slice(&key.due.0.to_be_bytes());
+        out.extend_from_slice(&key.saga.to_bytes());
+        out.extend_from_slice(&key.seq.to_be_bytes());
+        out
+    }
+
+    pub fn parse_timer(key: &[u8]) -> Option<super::TimerKey> {
+        if key.len() != 33 || key[0] != TIMER {
+            return None;
+        }
+        let due = u64::from_be_bytes(key[1..9].try_into().ok()?);
+        let saga = SagaId::from_bytes(key[9..25].try_into().ok()?);
+        let seq = u64::from_be_bytes(key[25..33].try_into().ok()?);
+        Some(super::TimerKey {
+            due: crate::ids::UnixMillis(due),
+            saga,
+            seq,
+        })
     }
 
     pub fn idempotency(key: &IdempotencyKey) -> Vec<u8> {
@@ -190,6 +267,40 @@ pub mod raw_keys {
     }
 }
 
+fn read_index<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
+    match kv.get(&keys::index(keys::ACTIVE, saga))? {
+        Some(entry) => Ok(Some(entry)),
+        None => kv.get(&keys::index(keys::FINISHED, saga)),
+    }
+}
+
+fn scan_timers<K: Kv>(
+    kv: &K,
+    limit: usize,
+    skip: &mut dyn FnMut(SagaId) -> bool,
+) -> Result<TimerScan, StoreError> {
+    let mut out = Vec::new();
+    let mut complete = true;
+    kv.for_each_prefix(&[keys::TIMER], &mut |key, value| {
+        let Some(timer) = keys::parse_timer(key) else {
+            return Err(StoreError::Corrupt {
+                key: key.to_vec(),
+                reason: "timer key is not 'T' + due + saga id + seq".into(),
+            });
+        };
+        if skip(timer.saga) {
+            return Ok(true);
+        }
+        if out.len() >= limit {
+            complete = false;
+            return Ok(false);
+        }
+        out.push((timer, value.to_vec()));
+        Ok(true)
+    })?;
+    Ok((out, complete))
+}
+
 /// One write in an atomic batch.
 enum KvOp {
     Put(Vec<u8>, Vec<u8>),
@@ -199,11 +310,16 @@ enum KvOp {
 /// Key-value pairs in key order.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A visitor of key-value pairs; returning `Ok(false)` stops the visit.
+type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
+
 /// The ordered key-value operations the generic store needs.
 trait Kv: Send + Sync + 'static {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// Visits keys with `prefix` in order until `visit` returns false.
+    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError>;
 }
 
 fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
@@ -225,7 +341,20 @@ fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
                     entry.clone(),
                 ));
             }
+            Some(IndexUpdate::Reopened(entry)) => {
+                ops.push(KvOp::Delete(keys::index(keys::FINISHED, append.saga)));
+                ops.push(KvOp::Put(
+                    keys::index(keys::ACTIVE, append.saga),
+                    entry.clone(),
+                ));
+            }
             None => {}
+        }
+        if let Some(key) = &append.timer_delete {
+            ops.push(KvOp::Delete(keys::timer(key)));
+        }
+        if let Some((key, purpose)) = &append.timer_put {
+            ops.push(KvOp::Put(keys::timer(key), purpose.clone()));
         }
         if let Some(key) = &append.claim_key {
             ops.push(KvOp::Put(
@@ -300,6 +429,16 @@ macro_rules! impl_log_store {
             fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
                 key_owner(&self.kv, key)
             }
+            fn read_index(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
+                read_index(&self.kv, saga)
+            }
+            fn scan_timers(
+                &self,
+                limit: usize,
+                skip: &mut dyn FnMut(SagaId) -> bool,
+            ) -> Result<TimerScan, StoreError> {
+                scan_timers(&self.kv, limit, skip)
+            }
         }
     };
 }
@@ -337,6 +476,16 @@ impl Kv for SledKv {
             .scan_prefix(prefix)
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
             .collect()
+    }
+
+    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(backend)?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -513,6 +662,16 @@ impl Kv for MemKv {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
+        // Copy out first: `visit` must not run under the map's lock.
+        for (k, v) in self.scan_prefix(prefix)? {
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

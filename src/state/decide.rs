@@ -3,9 +3,9 @@
 //! clock value always give the same answer (invariant I6).
 
 use crate::ids::{Attempt, StepIndex, UnixMillis};
-use crate::log::record::ErrorClass;
-use crate::policy::InDoubtPolicy;
-use crate::state::{CallState, SagaState};
+use crate::log::record::{ErrorClass, WaitPurpose};
+use crate::policy::{CompensationStrategy, InDoubtPolicy};
+use crate::state::{CallState, Retry, SagaState};
 use crate::status::SagaStatus;
 
 /// What the engine does next for one saga.
@@ -25,10 +25,13 @@ pub enum NextAction {
         /// The attempt number to use.
         attempt: Attempt,
     },
-    /// Nothing to do before `due` (a retry backoff). Decide again then.
+    /// Nothing to do before `due`: write a timer and leave memory; the
+    /// delay queue decides again then.
     WaitUntil {
         /// When to decide again.
         due: UnixMillis,
+        /// Why, for the delay-queue listing.
+        purpose: WaitPurpose,
     },
     /// Write a suspension record: an operator must act.
     Suspend {
@@ -51,8 +54,8 @@ pub enum NextAction {
 
 enum Forward {
     Run(StepIndex, Attempt),
-    Wait(UnixMillis),
-    Compensate,
+    Wait(UnixMillis, StepIndex, Attempt),
+    GaveUp(StepIndex, UnixMillis),
     AllSucceeded,
 }
 
@@ -61,16 +64,24 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
     if let Some(status) = state.finished {
         return NextAction::Done { status };
     }
+    if state.abandoned.is_some() {
+        return NextAction::Finish {
+            status: SagaStatus::Failed,
+        };
+    }
     if state.suspended.is_some() {
         return NextAction::AwaitOperator;
     }
-    if state.compensating {
+    if state.compensating || state.compensation_ordered {
         return next_compensation(state, now);
     }
     match next_forward(state, now) {
         Forward::Run(step, attempt) => NextAction::RunStep { step, attempt },
-        Forward::Wait(due) => NextAction::WaitUntil { due },
-        Forward::Compensate => next_compensation(state, now),
+        Forward::Wait(due, step, attempt) => NextAction::WaitUntil {
+            due,
+            purpose: WaitPurpose::RetryBackoff { step, attempt },
+        },
+        Forward::GaveUp(step, at) => after_giving_up(state, step, at, now),
         Forward::AllSucceeded => NextAction::Finish {
             status: SagaStatus::Committed,
         },
@@ -78,40 +89,32 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
 }
 
 fn next_forward(state: &SagaState, now: UnixMillis) -> Forward {
-    let policy = &state.plan().retry;
     for (index, step) in state.steps.iter().enumerate() {
         let index = index as StepIndex;
         match &step.forward {
             CallState::Succeeded { .. } => continue,
             CallState::NotStarted => return Forward::Run(index, 1),
-            CallState::InFlight { attempt, .. } => {
-                // Only reachable after a restart: the engine never decides
-                // while its own call is running.
+            CallState::InFlight { attempt, since } => {
+                // Only seen after a restart: the engine never decides while
+                // its own call runs. Re-runs count toward the budget, so a
+                // participant that kills the process every time cannot loop.
+                let policy = state.plan().retry_of(index);
+                let used = attempt.saturating_sub(step.forward_base);
                 return match state.plan().in_doubt {
-                    InDoubtPolicy::Rerun if *attempt < policy.max_attempts => {
+                    InDoubtPolicy::Rerun if used < policy.max_attempts => {
                         Forward::Run(index, attempt + 1)
                     }
-                    InDoubtPolicy::Rerun | InDoubtPolicy::Compensate => Forward::Compensate,
+                    InDoubtPolicy::Rerun | InDoubtPolicy::Compensate => {
+                        Forward::GaveUp(index, *since)
+                    }
                 };
             }
-            CallState::Failed {
-                attempt,
-                failure,
-                at,
-            } => {
-                return match failure.class {
-                    ErrorClass::Permanent => Forward::Compensate,
-                    ErrorClass::Retryable | ErrorClass::Unknown
-                        if *attempt < policy.max_attempts =>
-                    {
-                        let due = at.plus_millis(policy.delay_after(*attempt));
-                        if now < due {
-                            Forward::Wait(due)
-                        } else {
-                            Forward::Run(index, attempt + 1)
-                        }
-                    }
-                    ErrorClass::Retryable | ErrorClass::Unknown => Forward::Compensate,
+            CallState::Failed { attempt, at, .. } => {
+                return match state.forward_retry(index) {
+                    Retry::Now => Forward::Run(index, attempt + 1),
+                    Retry::At(due) if now < due => Forward::Wait(due, index, attempt + 1),
+                    Retry::At(_) => Forward::Run(index, attempt + 1),
+                    Retry::No => Forward::GaveUp(index, state.failure_at.unwrap_or(*at)),
                 };
             }
         }
@@ -119,70 +122,136 @@ fn next_forward(state: &SagaState, now: UnixMillis) -> Forward {
     Forward::AllSucceeded
 }
 
+/// The step failed for good at `at`: its strategy decides what follows.
+fn after_giving_up(
+    state: &SagaState,
+    step: StepIndex,
+    at: UnixMillis,
+    now: UnixMillis,
+) -> NextAction {
+    match state.plan().strategy_of(step) {
+        CompensationStrategy::Immediate | CompensationStrategy::RetryThenCompensate { .. } => {
+            next_compensation(state, now)
+        }
+        CompensationStrategy::Scheduled { delay_ms } => {
+            let due = at.plus_millis(delay_ms);
+            if now < due {
+                NextAction::WaitUntil {
+                    due,
+                    purpose: WaitPurpose::ScheduledCompensation { step },
+                }
+            } else {
+                next_compensation(state, now)
+            }
+        }
+        CompensationStrategy::Manual => {
+            let error = match &state.failure {
+                Some((_, failure)) => failure.message.clone(),
+                None => "its call was left in doubt".to_string(),
+            };
+            NextAction::Suspend {
+                reason: format!(
+                    "manual strategy: step '{}' failed ({error}); would compensate [{}]; an operator must compensate now, mark steps compensated, retry the step, or abandon",
+                    state.plan().step_name(step),
+                    to_compensate(state).join(", ")
+                ),
+            }
+        }
+    }
+}
+
+/// Names of the steps that compensation would undo, in the order it would.
+pub fn to_compensate(state: &SagaState) -> Vec<String> {
+    state
+        .steps
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, s)| !s.is_compensated_or_untouched())
+        .map(|(i, _)| state.plan().step_name(i as StepIndex).to_owned())
+        .collect()
+}
+
 fn next_compensation(state: &SagaState, now: UnixMillis) -> NextAction {
     let policy = &state.plan().compensation_retry;
-    for (index, step) in state.steps.iter().enumerate().rev() {
-        if step.is_compensated_or_untouched() {
-            continue;
-        }
-        let index = index as StepIndex;
-        let name = state
-            .plan()
-            .steps
-            .get(index as usize)
-            .map(|n| n.as_str())
-            .unwrap_or("?");
-        return match &step.compensation {
-            CallState::Succeeded { .. } => continue,
-            CallState::NotStarted => NextAction::Compensate {
-                step: index,
-                attempt: 1,
-            },
-            CallState::InFlight { attempt, .. } if *attempt < policy.max_attempts => {
-                NextAction::Compensate {
-                    step: index,
-                    attempt: attempt + 1,
+    let Some((index, step)) = state
+        .steps
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, s)| !s.is_compensated_or_untouched())
+    else {
+        return NextAction::Finish {
+            status: SagaStatus::Compensated,
+        };
+    };
+    let index = index as StepIndex;
+    let name = state.plan().step_name(index);
+    let used = step
+        .compensation
+        .attempts()
+        .saturating_sub(step.compensation_base);
+    match &step.compensation {
+        CallState::NotStarted => NextAction::Compensate {
+            step: index,
+            attempt: 1,
+        },
+        // Unreachable through the filter above; total all the same.
+        CallState::Succeeded { .. } => NextAction::Finish {
+            status: SagaStatus::Compensated,
+        },
+        CallState::InFlight { attempt, .. } if used < policy.max_attempts => NextAction::Compensate {
+            step: index,
+            attempt: attempt + 1,
+        },
+        CallState::InFlight { attempt, .. } => NextAction::Suspend {
+            reason: format!(
+                "compensation of step '{name}' was left in doubt {attempt} times (the process died during the call each time); an operator must check it"
+            ),
+        },
+        // An operator's "compensate now" grants one attempt whatever the
+        // last error was.
+        CallState::Failed { attempt, .. } if used == 0 => NextAction::Compensate {
+            step: index,
+            attempt: attempt + 1,
+        },
+        CallState::Failed {
+            attempt,
+            failure,
+            at,
+        } => {
+            if failure.class == ErrorClass::Permanent {
+                NextAction::Suspend {
+                    reason: format!(
+                        "compensation of step '{name}' failed permanently on attempt {attempt}: {}; an operator must compensate it by hand and mark it compensated",
+                        failure.message
+                    ),
                 }
-            }
-            CallState::InFlight { attempt, .. } => NextAction::Suspend {
-                reason: format!(
-                    "compensation of step '{name}' was left in doubt {attempt} times (the process died during the call each time); an operator must check it"
-                ),
-            },
-            CallState::Failed {
-                attempt,
-                failure,
-                at,
-            } => {
-                if failure.class == ErrorClass::Permanent {
-                    NextAction::Suspend {
-                        reason: format!(
-                            "compensation of step '{name}' failed permanently on attempt {attempt}: {}; an operator must compensate it by hand",
-                            failure.message
-                        ),
-                    }
-                } else if *attempt >= policy.max_attempts {
-                    NextAction::Suspend {
-                        reason: format!(
-                            "compensation of step '{name}' failed {attempt} times, last: {}; an operator must fix the cause and resolve it",
-                            failure.message
-                        ),
-                    }
-                } else {
-                    let due = at.plus_millis(policy.delay_after(*attempt));
-                    if now < due {
-                        NextAction::WaitUntil { due }
-                    } else {
-                        NextAction::Compensate {
+            } else if used >= policy.max_attempts {
+                NextAction::Suspend {
+                    reason: format!(
+                        "compensation of step '{name}' failed {used} times, last: {}; an operator must fix the cause and order compensate-now, or compensate by hand",
+                        failure.message
+                    ),
+                }
+            } else {
+                let delay = policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 1);
+                let due = at.plus_millis(delay);
+                if now < due {
+                    NextAction::WaitUntil {
+                        due,
+                        purpose: WaitPurpose::CompensationBackoff {
                             step: index,
                             attempt: attempt + 1,
-                        }
+                        },
+                    }
+                } else {
+                    NextAction::Compensate {
+                        step: index,
+                        attempt: attempt + 1,
                     }
                 }
             }
-        };
-    }
-    NextAction::Finish {
-        status: SagaStatus::Compensated,
+        }
     }
 }

@@ -11,11 +11,12 @@ mod decide;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{decide, NextAction};
+pub use decide::{decide, to_compensate, NextAction};
 
 use crate::ids::{Attempt, IdempotencyKey, SagaType, StepIndex, UnixMillis};
 use crate::log::record::{
-    CallRef, ErrorClass, LogEntry, Record, SagaPlan, SagaStarted, StepFailure,
+    CallRef, ErrorClass, LogEntry, OperatorAction, OperatorCommand, Record, SagaPlan, SagaStarted,
+    StepFailure, WaitPurpose,
 };
 use crate::status::SagaStatus;
 
@@ -90,6 +91,18 @@ pub struct StepState {
     /// Some earlier attempt of the action may have taken effect (it was left
     /// in doubt, or failed with [`ErrorClass::Unknown`]).
     pub earlier_attempt_in_doubt: bool,
+    /// Action attempts made before the last operator retry; the retry
+    /// budget counts attempts after it.
+    pub forward_base: Attempt,
+    /// An operator granted one more attempt, even after a permanent error.
+    pub retry_granted: bool,
+    /// When the first attempt (since the last operator retry) started; the
+    /// retry deadline counts from here.
+    pub first_attempt_at: Option<UnixMillis>,
+    /// Compensation attempts made before the last operator "compensate now".
+    pub compensation_base: Attempt,
+    /// An operator marked this step compensated by hand.
+    pub compensated_by_operator: bool,
 }
 
 impl StepState {
@@ -99,6 +112,11 @@ impl StepState {
             compensation: CallState::NotStarted,
             output: None,
             earlier_attempt_in_doubt: false,
+            forward_base: 0,
+            retry_granted: false,
+            first_attempt_at: None,
+            compensation_base: 0,
+            compensated_by_operator: false,
         }
     }
 
@@ -120,6 +138,28 @@ impl StepState {
     }
 }
 
+/// A pending durable timer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTimer {
+    /// When it falls due.
+    pub due: UnixMillis,
+    /// Sequence number of its `TimerSet` record.
+    pub seq: u64,
+    /// Why the saga waits.
+    pub purpose: WaitPurpose,
+}
+
+/// What the retry policy says about a failed forward action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Run the next attempt at once (an operator granted it).
+    Now,
+    /// Run the next attempt once this time has come.
+    At(UnixMillis),
+    /// No more attempts: the step failed for good.
+    No,
+}
+
 /// A saga as its log describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SagaState {
@@ -129,14 +169,24 @@ pub struct SagaState {
     pub started_at: UnixMillis,
     /// One entry per step of the plan.
     pub steps: Vec<StepState>,
-    /// A compensation has started: no forward step may start again.
+    /// A compensation has started (or an operator marked a step
+    /// compensated): no forward step may start again.
     pub compensating: bool,
+    /// An operator ordered compensation (compensate now, or cancel).
+    pub compensation_ordered: bool,
     /// Why the saga waits for an operator, if it does.
     pub suspended: Option<String>,
+    /// An operator abandoned the saga, for this reason.
+    pub abandoned: Option<String>,
     /// The terminal status, once written.
     pub finished: Option<SagaStatus>,
-    /// The forward failure that made the saga compensate, if any.
+    /// The forward failure that made the saga give up going forward.
     pub failure: Option<(StepIndex, StepFailure)>,
+    /// When the forward step failed for good (scheduled compensation counts
+    /// its delay from here).
+    pub failure_at: Option<UnixMillis>,
+    /// The durable timer the saga sleeps on, if any. Cleared by the next record.
+    pub timer: Option<PendingTimer>,
     /// Sequence number the next record must have.
     pub next_seq: u64,
     /// Time of the last record.
@@ -184,12 +234,16 @@ impl SagaState {
         }
         Ok(SagaState {
             steps: vec![StepState::new(); started.plan.steps.len()],
-            started: started.clone(),
+            started: started.as_ref().clone(),
             started_at: entry.at,
             compensating: false,
+            compensation_ordered: false,
             suspended: None,
+            abandoned: None,
             finished: None,
             failure: None,
+            failure_at: None,
+            timer: None,
             next_seq: 1,
             last_at: entry.at,
         })
@@ -210,7 +264,9 @@ impl SagaState {
         self.started.idempotency_key.as_ref()
     }
 
-    /// Applies the next record, or explains why it cannot follow.
+    /// Applies the next record, or explains why it cannot follow. On error
+    /// the state may be partly changed: apply to a clone when the record
+    /// comes from outside (an operator), and discard the state otherwise.
     pub fn apply(&mut self, entry: &LogEntry) -> Result<(), IllegalTransition> {
         let illegal = |reason: String| IllegalTransition {
             seq: entry.seq,
@@ -223,9 +279,21 @@ impl SagaState {
                 self.next_seq, entry.seq
             )));
         }
-        if let Some(status) = self.finished {
+        let reopening = matches!(
+            (&entry.record, self.finished),
+            (
+                Record::OperatorAction(OperatorAction {
+                    command: OperatorCommand::CompensateNow,
+                    ..
+                }),
+                Some(SagaStatus::Committed)
+            )
+        );
+        if let (Some(status), false) = (self.finished, reopening) {
             return Err(illegal(format!("the saga already finished as {status}")));
         }
+        // Any record ends the sleep a timer stood for.
+        self.timer = None;
         match &entry.record {
             Record::SagaStarted(_) => {
                 return Err(illegal("saga_started may only be the first record".into()))
@@ -249,8 +317,9 @@ impl SagaState {
                     failure: result.failure.clone(),
                     at: entry.at,
                 };
-                if self.failure.is_none() && self.forward_failed_for_good(result.call.step) {
+                if self.failure.is_none() && self.forward_retry(result.call.step) == Retry::No {
                     self.failure = Some((result.call.step, result.failure.clone()));
+                    self.failure_at = Some(entry.at);
                 }
             }
             Record::CompensationStarted(call) => self
@@ -279,6 +348,22 @@ impl SagaState {
                 self.finished = Some(finished.status);
                 self.suspended = None;
             }
+            Record::TimerSet(timer) => {
+                if self.suspended.is_some() {
+                    return Err(illegal(
+                        "a suspended saga waits for an operator, not a timer".into(),
+                    ));
+                }
+                self.timer = Some(PendingTimer {
+                    due: timer.due,
+                    seq: entry.seq,
+                    purpose: timer.purpose.clone(),
+                });
+            }
+            Record::OperatorAction(action) => {
+                self.operator_action(action, entry.at).map_err(illegal)?;
+                self.suspended = None;
+            }
         }
         self.next_seq += 1;
         self.last_at = entry.at;
@@ -293,11 +378,11 @@ impl SagaState {
     }
 
     fn step_started(&mut self, call: CallRef, at: UnixMillis) -> Result<(), String> {
-        if self.compensating {
+        if self.compensating || self.compensation_ordered {
             return Err("a forward step may not start once compensation has started".into());
         }
-        if self.suspended.is_some() {
-            return Err("a forward step may not start while the saga is suspended".into());
+        if self.suspended.is_some() || self.abandoned.is_some() {
+            return Err("a forward step may not start while the saga waits for an operator".into());
         }
         if let Some(earlier) = self.steps[..self.steps.len().min(call.step as usize)]
             .iter()
@@ -311,14 +396,12 @@ impl SagaState {
         let step = self.step_mut(call.step)?;
         let expected = match &step.forward {
             CallState::NotStarted => 1,
-            CallState::InFlight { attempt, .. } => {
-                // The previous attempt never reported: it stays in doubt.
-                step.earlier_attempt_in_doubt = true;
-                attempt.saturating_add(1)
-            }
+            CallState::InFlight { attempt, .. } => attempt.saturating_add(1),
             CallState::Failed {
                 attempt, failure, ..
-            } if failure.class != ErrorClass::Permanent => attempt.saturating_add(1),
+            } if failure.class != ErrorClass::Permanent || step.retry_granted => {
+                attempt.saturating_add(1)
+            }
             CallState::Failed { .. } => {
                 return Err("the step failed permanently and may not be retried".into())
             }
@@ -330,6 +413,12 @@ impl SagaState {
                 call.attempt
             ));
         }
+        if matches!(step.forward, CallState::InFlight { .. }) {
+            // The previous attempt never reported: it stays in doubt.
+            step.earlier_attempt_in_doubt = true;
+        }
+        step.retry_granted = false;
+        step.first_attempt_at.get_or_insert(at);
         step.forward = CallState::InFlight {
             attempt: call.attempt,
             since: at,
@@ -349,8 +438,8 @@ impl SagaState {
     }
 
     fn compensation_started(&mut self, call: CallRef, at: UnixMillis) -> Result<(), String> {
-        if self.suspended.is_some() {
-            return Err("a compensation may not start while the saga is suspended".into());
+        if self.suspended.is_some() || self.abandoned.is_some() {
+            return Err("a compensation may not start while the saga waits for an operator".into());
         }
         let later = (call.step as usize + 1).min(self.steps.len());
         if let Some(offset) = self.steps[later..]
@@ -399,10 +488,72 @@ impl SagaState {
         }
     }
 
+    fn operator_action(&mut self, action: &OperatorAction, at: UnixMillis) -> Result<(), String> {
+        match action.command {
+            OperatorCommand::CompensateNow => {
+                // On a committed saga this reopens it: every step is compensated.
+                self.finished = None;
+                self.compensation_ordered = true;
+                for step in &mut self.steps {
+                    step.compensation_base = step.compensation.attempts();
+                }
+            }
+            OperatorCommand::MarkCompensated { step } => {
+                let state = self.step_mut(step)?;
+                if !state.maybe_applied() {
+                    return Err(format!(
+                        "step {step} never took effect; there is nothing to compensate"
+                    ));
+                }
+                if state.compensation.is_succeeded() {
+                    return Err(format!("step {step} is already compensated"));
+                }
+                state.compensation = CallState::Succeeded {
+                    attempt: state.compensation.attempts(),
+                    at,
+                };
+                state.compensated_by_operator = true;
+                self.compensating = true;
+            }
+            OperatorCommand::RetryStep => {
+                if self.compensating || self.compensation_ordered {
+                    return Err(
+                        "compensation has started; the forward step can no longer be retried"
+                            .into(),
+                    );
+                }
+                let step = self
+                    .steps
+                    .iter_mut()
+                    .find(|s| !s.forward.is_succeeded())
+                    .ok_or("every step succeeded; there is nothing to retry")?;
+                match step.forward {
+                    CallState::Failed { .. } | CallState::InFlight { .. } => {}
+                    CallState::NotStarted | CallState::Succeeded { .. } => {
+                        return Err("the next step has not failed; there is nothing to retry".into())
+                    }
+                }
+                step.retry_granted = true;
+                step.forward_base = step.forward.attempts();
+                step.first_attempt_at = None;
+                self.failure = None;
+                self.failure_at = None;
+            }
+            OperatorCommand::Abandon => self.abandoned = Some(action.reason.clone()),
+            OperatorCommand::Cancel => {
+                self.compensation_ordered = true;
+                for step in &mut self.steps {
+                    step.compensation_base = step.compensation.attempts();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_finish(&self, status: SagaStatus) -> Result<(), String> {
         match status {
             SagaStatus::Committed => {
-                if self.compensating {
+                if self.compensating || self.compensation_ordered {
                     return Err("a compensating saga cannot commit".into());
                 }
                 match self.steps.iter().position(|s| !s.forward.is_succeeded()) {
@@ -418,16 +569,17 @@ impl SagaState {
                 {
                     return Err(format!("step {step} started and is not compensated"));
                 }
-                if !self.compensating && self.failure.is_none() {
+                if !self.compensating && !self.compensation_ordered && self.failure.is_none() {
                     return Err("no step failed for good and no compensation ran".into());
                 }
                 Ok(())
             }
-            SagaStatus::Failed | SagaStatus::RolledBack => {
-                if status == SagaStatus::RolledBack {
-                    return Err("rolled_back is a TCC outcome; step sagas end compensated".into());
-                }
-                Ok(())
+            SagaStatus::Failed => match self.abandoned {
+                Some(_) => Ok(()),
+                None => Err("only an operator's abandon ends a saga failed".into()),
+            },
+            SagaStatus::RolledBack => {
+                Err("rolled_back is a TCC outcome; step sagas end compensated".into())
             }
             SagaStatus::Created
             | SagaStatus::Running
@@ -438,17 +590,44 @@ impl SagaState {
         }
     }
 
-    /// True when step `step`'s forward action will not be tried again: it
-    /// failed permanently, or its retries are used up.
-    fn forward_failed_for_good(&self, step: StepIndex) -> bool {
-        match self.steps.get(step as usize).map(|s| &s.forward) {
-            Some(CallState::Failed {
-                attempt, failure, ..
-            }) => {
-                failure.class == ErrorClass::Permanent || *attempt >= self.plan().retry.max_attempts
-            }
-            _ => false,
+    /// What the retry policy allows after step `step`'s action failed.
+    /// Only meaningful when its forward state is `Failed`.
+    pub(crate) fn forward_retry(&self, step: StepIndex) -> Retry {
+        let Some(state) = self.steps.get(step as usize) else {
+            return Retry::No;
+        };
+        let CallState::Failed {
+            attempt,
+            failure,
+            at,
+        } = &state.forward
+        else {
+            return Retry::No;
+        };
+        if state.retry_granted {
+            return Retry::Now;
         }
+        if failure.class == ErrorClass::Permanent {
+            return Retry::No;
+        }
+        let policy = self.plan().retry_of(step);
+        let used = attempt.saturating_sub(state.forward_base);
+        if used >= policy.max_attempts {
+            return Retry::No;
+        }
+        let due =
+            at.plus_millis(policy.jittered_delay_after(used, self.jitter_seed(step, *attempt)));
+        if let (Some(deadline), Some(first)) = (policy.deadline_ms, state.first_attempt_at) {
+            if due > first.plus_millis(deadline) {
+                return Retry::No;
+            }
+        }
+        Retry::At(due)
+    }
+
+    /// A number that differs per saga, step and attempt, for jitter.
+    pub(crate) fn jitter_seed(&self, step: StepIndex, attempt: Attempt) -> u64 {
+        self.started_at.0 ^ (u64::from(step) << 40) ^ u64::from(attempt)
     }
 
     /// The saga's status, derived from the records alone.
@@ -456,10 +635,10 @@ impl SagaState {
         if let Some(status) = self.finished {
             return status;
         }
-        if self.suspended.is_some() {
+        if self.suspended.is_some() || self.abandoned.is_some() {
             return SagaStatus::Suspended;
         }
-        if self.compensating || self.failure.is_some() {
+        if self.compensating || self.compensation_ordered || self.failure.is_some() {
             return SagaStatus::Compensating;
         }
         if self

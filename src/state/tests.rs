@@ -2,39 +2,43 @@
 //! the action decided in each state.
 
 use super::*;
-use crate::log::record::{CallFailed, CallSucceeded, Finished, Suspended};
+use crate::log::record::{
+    CallFailed, CallSucceeded, Finished, OperatorAction, OperatorCommand, StepPlan, Suspended,
+    TimerSet, WaitPurpose,
+};
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 
 const T0: u64 = 1_000_000;
 
 fn plan(in_doubt: InDoubtPolicy) -> SagaPlan {
     SagaPlan {
-        steps: vec!["reserve".into(), "charge".into(), "ship".into()],
+        steps: ["reserve", "charge", "ship"].map(StepPlan::named).to_vec(),
         strategy: CompensationStrategy::Immediate,
         retry: RetryPolicy {
             max_attempts: 3,
             initial_interval_ms: 100,
-            backoff_coefficient: 2.0,
             max_interval_ms: 1_000,
+            ..RetryPolicy::forward_default()
         },
         compensation_retry: RetryPolicy {
             max_attempts: 2,
             initial_interval_ms: 50,
-            backoff_coefficient: 2.0,
             max_interval_ms: 1_000,
+            ..RetryPolicy::forward_default()
         },
         in_doubt,
+        timeout_ms: None,
     }
 }
 
 fn start(in_doubt: InDoubtPolicy) -> Record {
-    Record::SagaStarted(SagaStarted {
+    Record::SagaStarted(Box::new(SagaStarted {
         saga_type: "order".into(),
         version: 1,
         input: vec![],
         plan: plan(in_doubt),
         idempotency_key: None,
-    })
+    }))
 }
 
 fn call(step: StepIndex, attempt: Attempt) -> CallRef {
@@ -193,31 +197,64 @@ fn probes(state: &SagaState) -> Vec<(&'static str, Record)> {
         ("finished_committed", finished(SagaStatus::Committed)),
         ("finished_compensated", finished(SagaStatus::Compensated)),
         ("finished_failed", finished(SagaStatus::Failed)),
+        (
+            "timer_set",
+            Record::TimerSet(TimerSet {
+                due: UnixMillis(T0 + 1_000_000),
+                purpose: WaitPurpose::RetryBackoff {
+                    step: 0,
+                    attempt: 2,
+                },
+            }),
+        ),
+        ("compensate_now", operator(OperatorCommand::CompensateNow)),
+        (
+            "mark_compensated",
+            operator(OperatorCommand::MarkCompensated { step: next_comp }),
+        ),
+        ("retry_step", operator(OperatorCommand::RetryStep)),
+        ("abandon", operator(OperatorCommand::Abandon)),
+        ("cancel", operator(OperatorCommand::Cancel)),
     ]
+}
+
+fn operator(command: OperatorCommand) -> Record {
+    Record::OperatorAction(OperatorAction {
+        actor: "ops".into(),
+        reason: "test".into(),
+        command,
+    })
 }
 
 #[test]
 fn every_record_kind_in_every_state_is_accepted_or_rejected_as_the_table_says() {
     // Columns: start, step_started, step_succeeded, step_failed,
     // compensation_started, compensation_succeeded, compensation_failed,
-    // suspended, finished(committed), finished(compensated), finished(failed).
+    // suspended, finished(committed), finished(compensated), finished(failed),
+    // timer_set, and the operator's compensate_now, mark_compensated,
+    // retry_step, abandon, cancel.
     let table: [(&str, &str); 10] = [
-        ("created", "-+-----+--+"),
-        ("step0_in_flight", "-++++--+--+"),
-        ("step0_done", "-+--+--+--+"),
-        ("step1_failed_retryable", "-+--+--+--+"),
-        ("step1_failed_permanent", "----+--+--+"),
-        ("compensating", "----++++--+"),
-        ("compensated_not_finished", "-------+-++"),
-        ("suspended", "-------+--+"),
-        ("committed", "-----------"),
-        ("finished_compensated", "-----------"),
+        ("created", "-+-----+---++--++"),
+        ("step0_in_flight", "-++++--+---++++++"),
+        ("step0_done", "-+--+--+---+++-++"),
+        ("step1_failed_retryable", "-+--+--+---++++++"),
+        ("step1_failed_permanent", "----+--+---++++++"),
+        ("compensating", "----++++---+++-++"),
+        ("compensated_not_finished", "-------+-+-++--++"),
+        ("suspended", "-------+----++-++"),
+        ("committed", "------------+----"),
+        ("finished_compensated", "-----------------"),
     ];
     let states = states();
     let mut mismatches = Vec::new();
     for ((name, log), (table_name, row)) in states.iter().zip(table.iter()) {
         assert_eq!(name, table_name);
         let state = state_of(log.clone());
+        assert_eq!(
+            probes(&state).len(),
+            row.len(),
+            "row {name} has one mark per probe"
+        );
         for ((probe, record), expected) in probes(&state).into_iter().zip(row.chars()) {
             let entry = LogEntry {
                 seq: state.next_seq,
@@ -386,7 +423,11 @@ fn retryable_failure_waits_for_its_backoff_before_the_next_attempt() {
     assert_eq!(
         decided(log.clone(), failed_at + 99),
         NextAction::WaitUntil {
-            due: UnixMillis(failed_at + 100)
+            due: UnixMillis(failed_at + 100),
+            purpose: WaitPurpose::RetryBackoff {
+                step: 0,
+                attempt: 2
+            },
         }
     );
     assert_eq!(
@@ -485,7 +526,11 @@ fn failing_compensation_backs_off_then_suspends() {
     assert_eq!(
         decided(base.clone(), failed_at),
         NextAction::WaitUntil {
-            due: UnixMillis(failed_at + 50)
+            due: UnixMillis(failed_at + 50),
+            purpose: WaitPurpose::CompensationBackoff {
+                step: 0,
+                attempt: 2
+            },
         }
     );
     let exhausted = with(base, &[cs(0, 2), cfail(0, 2, Retryable)]);

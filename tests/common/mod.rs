@@ -91,14 +91,14 @@ pub fn trip_definition(
         .retry(RetryPolicy {
             max_attempts: 3,
             initial_interval_ms: 100,
-            backoff_coefficient: 2.0,
             max_interval_ms: 1_000,
+            ..RetryPolicy::forward_default()
         })
         .compensation_retry(RetryPolicy {
             max_attempts: 3,
             initial_interval_ms: 100,
-            backoff_coefficient: 2.0,
             max_interval_ms: 1_000,
+            ..RetryPolicy::forward_default()
         })
         .in_doubt(in_doubt);
     let (a, b, c, d, e, f) = (s.clone(), s.clone(), s.clone(), s.clone(), s.clone(), s);

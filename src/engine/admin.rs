@@ -1,0 +1,243 @@
+//! Operator actions and the queues operators look at.
+//!
+//! Every action is a log record (actor, reason, time), so history shows it
+//! and recovery replays it. An action on a saga whose loop is running is
+//! queued in its mailbox and applied at the next step boundary; an action
+//! on a saga nobody runs (suspended, asleep on a timer, finished) claims
+//! the saga, appends the record, and starts its loop.
+
+use crate::engine::run::Staged;
+use crate::engine::{lock, Engine};
+use crate::error::Error;
+use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};
+use crate::log::codec;
+use crate::log::record::{
+    LogEntry, OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose,
+};
+use crate::log::store::IndexEntry;
+use crate::state::{to_compensate, SagaState};
+use crate::status::SagaStatus;
+use tokio::sync::oneshot;
+
+/// A saga waiting for an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManualItem {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// Its type.
+    pub saga_type: SagaType,
+    /// Why it waits.
+    pub reason: String,
+    /// The forward step that failed, and its error.
+    pub failed_step: Option<(StepName, StepFailure)>,
+    /// Steps compensation would undo, in the order it would.
+    pub to_compensate: Vec<String>,
+    /// When it started waiting (its last record).
+    pub since: UnixMillis,
+    /// True when the saga cannot run at all (unreadable log, unknown type):
+    /// operator actions are refused until the cause is fixed and the engine
+    /// reopened.
+    pub parked: bool,
+}
+
+/// A saga asleep on a durable timer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelayedItem {
+    /// When it wakes.
+    pub due: UnixMillis,
+    /// The saga.
+    pub saga_id: SagaId,
+    /// Why it sleeps (`None` if the stored purpose is unreadable).
+    pub purpose: Option<WaitPurpose>,
+}
+
+impl Engine {
+    /// Applies an operator action to saga `id`, recorded with `actor` and
+    /// `reason`. Returns once the action is durable (for a running saga: at
+    /// its next step boundary).
+    ///
+    /// Refused with [`Error::Illegal`] when the action makes no sense in the
+    /// saga's state (e.g. retrying a step of a compensating saga), and with
+    /// [`Error::Parked`] for a parked saga.
+    pub async fn operate(
+        &self,
+        id: SagaId,
+        command: OperatorCommand,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        if let Some(why) = lock(&self.inner.parked).get(&id) {
+            return Err(Error::Parked {
+                saga: id,
+                reason: why.clone(),
+            });
+        }
+        let action = OperatorAction {
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            command,
+        };
+        tracing::info!(saga_id = %id, command = command.name(), actor, reason, "operator action");
+        let queued = {
+            let mut running = lock(&self.inner.running);
+            match running.get_mut(&id) {
+                Some(mailbox) => {
+                    let (tx, rx) = oneshot::channel();
+                    mailbox.push((action.clone(), tx));
+                    Some(rx)
+                }
+                None => {
+                    running.insert(id, Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(reply) = queued {
+            return reply.await.unwrap_or(Err(Error::ShuttingDown(id)));
+        }
+        // This task owns the saga now.
+        match self.append_action(id, action).await {
+            Ok(state) => {
+                match self.prepare_state(id, state) {
+                    Ok(run) => self.spawn_owned(run),
+                    Err(why) => self.park(id, why),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
+                for (_, reply) in pending {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn append_action(&self, id: SagaId, action: OperatorAction) -> Result<SagaState, Error> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(Error::ShuttingDown(id));
+        }
+        let mut state = self.load_state(id)?;
+        let now = self.inner.clock.now();
+        let record = Record::OperatorAction(action);
+        let mut trial = state.clone();
+        trial
+            .apply(&LogEntry {
+                seq: state.next_seq,
+                at: now,
+                record: record.clone(),
+            })
+            .map_err(|error| Error::Illegal { saga: id, error })?;
+        let mut staged = Staged::new(id, Some(&state));
+        staged.push(&mut state, now, record)?;
+        self.inner.commit(&mut staged, &state).await?;
+        Ok(state)
+    }
+
+    /// Compensate now: for a suspended saga (manual strategy, escalated
+    /// compensation), a saga waiting for a scheduled compensation, or a
+    /// committed saga (reopened; every step is compensated in reverse).
+    /// Failed compensations get a fresh retry budget.
+    pub async fn compensate_now(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
+        self.operate(id, OperatorCommand::CompensateNow, actor, reason)
+            .await
+    }
+
+    /// Records that the operator compensated step `step` by hand; its
+    /// compensation will not be called.
+    pub async fn mark_compensated(
+        &self,
+        id: SagaId,
+        step: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let state = self.load_state(id)?;
+        let index = state
+            .plan()
+            .steps
+            .iter()
+            .position(|s| s.name.as_str() == step)
+            .ok_or_else(|| {
+                Error::InvalidOptions(format!("saga {id} has no step named '{step}'"))
+            })?;
+        let step = StepIndex::try_from(index)
+            .map_err(|_| Error::InvalidOptions("step index out of range".into()))?;
+        self.operate(id, OperatorCommand::MarkCompensated { step }, actor, reason)
+            .await
+    }
+
+    /// Retries the failed forward step with a fresh retry budget, even
+    /// after a permanent error.
+    pub async fn retry_step(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
+        self.operate(id, OperatorCommand::RetryStep, actor, reason)
+            .await
+    }
+
+    /// Gives up on the saga: it ends `Failed`, and nothing more is compensated.
+    pub async fn abandon(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
+        self.operate(id, OperatorCommand::Abandon, actor, reason)
+            .await
+    }
+
+    /// Cancels a running saga: forward progress stops at the next step
+    /// boundary and compensation follows.
+    pub async fn cancel(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
+        self.operate(id, OperatorCommand::Cancel, actor, reason)
+            .await
+    }
+
+    /// Every saga waiting for an operator, oldest first, including parked ones.
+    pub fn manual_queue(&self) -> Result<Vec<ManualItem>, Error> {
+        let parked = lock(&self.inner.parked).clone();
+        let mut items = Vec::new();
+        for (id, bytes) in self.inner.store.scan_active()? {
+            let entry = codec::decode_index_entry::<IndexEntry>(&bytes).ok();
+            if let Some(reason) = parked.get(&id) {
+                items.push(ManualItem {
+                    saga_id: id,
+                    saga_type: entry.map_or_else(|| "?".into(), |e| e.saga_type),
+                    reason: reason.clone(),
+                    failed_step: None,
+                    to_compensate: Vec::new(),
+                    since: UnixMillis(0),
+                    parked: true,
+                });
+                continue;
+            }
+            if entry.as_ref().map(|e| e.status) != Some(SagaStatus::Suspended) {
+                continue;
+            }
+            let Ok(state) = self.load_state(id) else {
+                continue;
+            };
+            let Some(reason) = state.suspended.clone() else {
+                continue;
+            };
+            items.push(ManualItem {
+                saga_id: id,
+                saga_type: state.saga_type().clone(),
+                reason,
+                failed_step: crate::engine::view::failure_of(&state),
+                to_compensate: to_compensate(&state),
+                since: state.last_at,
+                parked: false,
+            });
+        }
+        Ok(items)
+    }
+
+    /// The first `limit` sagas asleep on a durable timer, earliest first.
+    pub fn delay_queue(&self, limit: usize) -> Result<Vec<DelayedItem>, Error> {
+        let (timers, _) = self.inner.store.scan_timers(limit, &mut |_| false)?;
+        Ok(timers
+            .into_iter()
+            .map(|(key, purpose)| DelayedItem {
+                due: key.due,
+                saga_id: key.saga,
+                purpose: codec::decode_index_entry(&purpose).ok(),
+            })
+            .collect())
+    }
+}
