@@ -48,7 +48,7 @@ mod status;
 mod timers;
 
 pub use definition::{
-    DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError,
+    DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError, StepOptions,
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{

@@ -446,12 +446,20 @@ impl Engine {
             if inner.delay_queue.needs_refill() {
                 continue;
             }
-            let sleep = match inner.delay_queue.next_due() {
-                Some(due) => Duration::from_millis(due.0.saturating_sub(inner.clock.now().0)),
-                None => Duration::MAX,
+            // No timer when nothing is due: an idle queue must not hold a
+            // pending sleep (it would also make tokio's paused clock jump).
+            let next = inner.delay_queue.next_due();
+            let sleep = async {
+                match next {
+                    Some(due) => {
+                        let wait = due.0.saturating_sub(inner.clock.now().0);
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
-                _ = tokio::time::sleep(sleep.min(Duration::from_secs(3600))) => {}
+                _ = sleep => {}
                 _ = inner.delay_queue.changed() => {}
                 _ = inner.stopping.cancelled() => return,
             }

@@ -73,6 +73,14 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
         return NextAction::AwaitOperator;
     }
     if state.compensating || state.compensation_ordered {
+        if manual_hold(state) && !to_compensate(state).is_empty() {
+            return NextAction::Suspend {
+                reason: format!(
+                    "manual strategy: steps [{}] still to compensate; an operator must compensate now or mark them compensated",
+                    to_compensate(state).join(", ")
+                ),
+            };
+        }
         return next_compensation(state, now);
     }
     match next_forward(state, now) {
@@ -158,6 +166,23 @@ fn after_giving_up(
             }
         }
     }
+}
+
+/// True when the manual strategy governs the saga's failure and no
+/// operator has ordered compensation: nothing may be compensated
+/// automatically (steps can still be marked compensated by hand).
+fn manual_hold(state: &SagaState) -> bool {
+    if state.compensation_ordered {
+        return false;
+    }
+    let governing = state.failure.as_ref().map(|(step, _)| *step).or_else(|| {
+        state
+            .steps
+            .iter()
+            .position(|s| !matches!(s.forward, CallState::Succeeded { .. }))
+            .map(|i| i as StepIndex)
+    });
+    governing.is_some_and(|step| state.plan().strategy_of(step) == CompensationStrategy::Manual)
 }
 
 /// Names of the steps that compensation would undo, in the order it would.

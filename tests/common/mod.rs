@@ -31,6 +31,7 @@ pub struct Script {
     pub calls: Arc<Mutex<Vec<String>>>,
     behaviours: Arc<Mutex<HashMap<(String, Phase), Behaviour>>>,
     pub entered: Arc<tokio::sync::Notify>,
+    times: Arc<Mutex<Vec<(String, tokio::time::Instant)>>>,
     gate: Arc<tokio::sync::Notify>,
 }
 
@@ -47,16 +48,33 @@ impl Script {
         self.gate.notify_waiters();
     }
 
+    /// When (on tokio's clock) call `call` (`"step:phase:attempt"`) began.
+    pub fn time_of(&self, call: &str) -> Option<tokio::time::Instant> {
+        self.times
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(c, _)| c == call)
+            .map(|(_, t)| *t)
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
 
+    /// Records the call and behaves as scripted (for sagas built in a test).
+    pub async fn perform_public<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
+        self.perform(ctx).await
+    }
+
     async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
         let name = ctx.step().to_string();
-        self.calls
+        let call = format!("{}:{}:{}", name, ctx.phase(), ctx.attempt());
+        self.calls.lock().unwrap().push(call.clone());
+        self.times
             .lock()
             .unwrap()
-            .push(format!("{}:{}:{}", name, ctx.phase(), ctx.attempt()));
+            .push((call, tokio::time::Instant::now()));
         self.entered.notify_one();
         let behaviour = self
             .behaviours
