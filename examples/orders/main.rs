@@ -9,17 +9,22 @@
 //! cargo run --release --example orders                      # ...then rerun: recovery finishes it
 //! ```
 //!
-//! Each scenario starts with a fixed idempotency key (its order id), so a
-//! rerun attaches to the sagas that already exist instead of starting new
-//! ones.
+//! One scenario per compensation strategy: a successful order; a declined
+//! payment compensated at once; a flaky courier retried, then compensated;
+//! a declined payment under the manual strategy, resolved by an operator
+//! action in this example; an undeliverable address compensated after a
+//! scheduled delay. Each scenario starts with a fixed idempotency key (its
+//! order id), so a rerun attaches to the sagas that already exist instead
+//! of starting new ones.
 
 mod ledger;
 
 use clap::Parser;
 use ledger::{CallRecord, Ledger, Refusal};
 use sagalog::{
-    Engine, EngineConfig, Registry, SagaDefinition, SagaRef, SagaView, StartOptions, StepContext,
-    StepError,
+    CompensationStrategy, DelayedItem, Engine, EngineConfig, ManualItem, Registry, RetryPolicy,
+    SagaDefinition, SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext, StepError,
+    UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -38,6 +43,9 @@ struct Args {
     /// Print one JSON object per saga, then the ledger, instead of a table.
     #[arg(long)]
     json: bool,
+    /// Delay of the scheduled-compensation scenario, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    scheduled_delay_ms: u64,
 }
 
 /// A customer's order: the saga's input.
@@ -72,17 +80,19 @@ where
         &sled::transaction::TransactionalTree,
     ) -> sled::transaction::ConflictableTransactionResult<Result<String, String>, String>,
 {
-    ledger
-        .record_call(&CallRecord {
-            saga_id: ctx.saga_id().to_string(),
-            step: ctx.step().to_string(),
-            phase: ctx.phase().to_string(),
-            attempt: ctx.attempt(),
-        })
-        .map_err(refusal)?;
+    ledger.record_call(&call_record(ctx)).map_err(refusal)?;
     ledger
         .apply_once(ctx.idempotency_key(), effect)
         .map_err(refusal)
+}
+
+fn call_record(ctx: &StepContext<Order>) -> CallRecord {
+    CallRecord {
+        saga_id: ctx.saga_id().to_string(),
+        step: ctx.step().to_string(),
+        phase: ctx.phase().to_string(),
+        attempt: ctx.attempt(),
+    }
 }
 
 /// The key of the forward action of the same step, for compensations that
@@ -189,6 +199,12 @@ fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::Definit
                 let l = l5.clone();
                 async move {
                     let o = ctx.input().clone();
+                    if o.address == "flaky-courier" {
+                        // The courier's API is down: the call is recorded,
+                        // nothing takes effect, try again later.
+                        l.record_call(&call_record(&ctx)).map_err(refusal)?;
+                        return Err(StepError::retryable("courier API unavailable"));
+                    }
                     participate(&l, &ctx, |tx| {
                         if o.address.is_empty() || o.address == "nowhere" {
                             return Ok(Err(format!("cannot ship to '{}'", o.address)));
@@ -261,7 +277,7 @@ fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::Definit
         .build()
 }
 
-fn scenarios() -> Vec<(&'static str, Order)> {
+fn scenarios(scheduled_delay_ms: u64) -> Vec<(&'static str, CompensationStrategy, Order)> {
     let order =
         |id: &str, customer: &str, product: &str, quantity, unit_price, address: &str| Order {
             order_id: id.into(),
@@ -271,18 +287,39 @@ fn scenarios() -> Vec<(&'static str, Order)> {
             unit_price,
             address: address.into(),
         };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_interval_ms: 100,
+        max_interval_ms: 1_000,
+        ..RetryPolicy::forward_default()
+    };
     vec![
         (
             "success",
+            CompensationStrategy::Immediate,
             order("order-1001", "ada", "widget", 2, 25, "1 Main St"),
         ),
         (
             "payment-declined",
+            CompensationStrategy::Immediate,
             order("order-1002", "bob", "widget", 1, 25, "2 Side St"),
         ),
         (
-            "undeliverable",
-            order("order-1003", "cyd", "gadget", 1, 40, "nowhere"),
+            "retry-then-compensate",
+            CompensationStrategy::RetryThenCompensate { policy: retry },
+            order("order-1003", "cyd", "gadget", 1, 40, "flaky-courier"),
+        ),
+        (
+            "manual",
+            CompensationStrategy::Manual,
+            order("order-1004", "dan", "widget", 1, 25, "4 Hill Rd"),
+        ),
+        (
+            "scheduled",
+            CompensationStrategy::Scheduled {
+                delay_ms: scheduled_delay_ms,
+            },
+            order("order-1005", "eve", "gadget", 1, 40, "nowhere"),
         ),
     ]
 }
@@ -329,7 +366,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ledger = Ledger::open(&args.data_dir.join("ledger"))?;
     ledger.initialize(
         &[("widget", 100), ("gadget", 10)],
-        &[("ada", 1000), ("bob", 10), ("cyd", 500)],
+        &[
+            ("ada", 1000),
+            ("bob", 10),
+            ("cyd", 500),
+            ("dan", 5),
+            ("eve", 300),
+        ],
     )?;
 
     let mut registry = Registry::new();
@@ -345,12 +388,45 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let engine = Engine::open(args.data_dir.join("log"), registry, config).await?;
 
+    // Start every scenario (sequentially, so that a run's appends come in a
+    // fixed order for --crash-after) and wait until each has stopped:
+    // terminal, waiting for an operator, or asleep on a scheduled compensation.
+    let mut started = Vec::new();
+    for (scenario, strategy, order) in scenarios(args.scheduled_delay_ms) {
+        let options = StartOptions::new()
+            .idempotency_key(order.order_id.clone())
+            .strategy(strategy);
+        let id = engine.start(&orders, &order, options).await?.saga_id;
+        if let CompensationStrategy::Scheduled { .. } = strategy {
+            wait_until_asleep_or_done(&engine, id).await?;
+        } else {
+            engine.outcome(id).await?;
+        }
+        started.push((scenario, id));
+    }
+
+    // The queues as they stand: the scheduled saga sleeps, the manual one waits.
+    let delay_queue = engine.delay_queue(100)?;
+    let manual_queue = engine.manual_queue()?;
+    print_queues(args.json, engine.now(), &delay_queue, &manual_queue)?;
+
+    // The operator resolves the manual queue: compensate now.
+    for item in &manual_queue {
+        if !item.parked {
+            engine
+                .compensate_now(
+                    item.saga_id,
+                    "example-operator",
+                    "customer agreed to cancel",
+                )
+                .await?;
+        }
+    }
+
     let mut lines = Vec::new();
-    for (scenario, order) in scenarios() {
-        let options = StartOptions::new().idempotency_key(order.order_id.clone());
-        let started = engine.start(&orders, &order, options).await?;
-        engine.outcome(started.saga_id).await?;
-        lines.push(SagaLine::new(scenario, &engine.saga(started.saga_id)?));
+    for (scenario, id) in started {
+        engine.outcome(id).await?;
+        lines.push(SagaLine::new(scenario, &engine.saga(id)?));
     }
     engine.shutdown(Duration::from_secs(10)).await;
     let books = ledger.books()?;
@@ -366,7 +442,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "sagalog orders example (data in {})\n",
         args.data_dir.display()
     );
-    println!("{:<18} {:<13} {:<38} STEPS", "SCENARIO", "STATUS", "SAGA");
+    println!(
+        "{:<22} {:<22} {:<12} {:<37} STEPS",
+        "SCENARIO", "STRATEGY", "STATUS", "SAGA"
+    );
     for line in &lines {
         let steps: Vec<String> = line
             .steps
@@ -374,8 +453,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|s| format!("{}={}", s.name, s.status))
             .collect();
         println!(
-            "{:<18} {:<13} {:<38} {}",
+            "{:<22} {:<22} {:<12} {:<37} {}",
             line.scenario,
+            line.strategy,
             line.status,
             line.saga_id,
             steps.join(" ")
@@ -398,6 +478,72 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "  shipments created {}, cancelled {}",
         books.shipments.created, books.shipments.cancelled
     );
+    Ok(())
+}
+
+/// Polls until the saga sleeps on a timer or has stopped.
+async fn wait_until_asleep_or_done(engine: &Engine, id: SagaId) -> Result<(), sagalog::Error> {
+    loop {
+        if engine
+            .delay_queue(100)?
+            .iter()
+            .any(|item| item.saga_id == id)
+        {
+            return Ok(());
+        }
+        let status = engine.saga(id)?.status;
+        if status.is_terminal() || status == SagaStatus::Suspended {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn print_queues(
+    json: bool,
+    now: UnixMillis,
+    delayed: &[DelayedItem],
+    manual: &[ManualItem],
+) -> Result<(), serde_json::Error> {
+    if json {
+        let delayed: Vec<_> = delayed
+            .iter()
+            .map(|d| serde_json::json!({"saga_id": d.saga_id.to_string(), "due_ms": d.due.0, "purpose": format!("{:?}", d.purpose)}))
+            .collect();
+        let manual: Vec<_> = manual
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "saga_id": m.saga_id.to_string(),
+                    "reason": m.reason,
+                    "failed_step": m.failed_step.as_ref().map(|(s, _)| s.to_string()),
+                    "to_compensate": m.to_compensate,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "delay_queue": delayed }));
+        println!("{}", serde_json::json!({ "manual_queue": manual }));
+        return Ok(());
+    }
+    println!("DELAY QUEUE ({} sleeping)", delayed.len());
+    for d in delayed {
+        let in_secs = d.due.0.saturating_sub(now.0) as f64 / 1000.0;
+        println!("  {}  due in {in_secs:.1} s  {:?}", d.saga_id, d.purpose);
+    }
+    println!("MANUAL QUEUE ({} waiting)", manual.len());
+    for m in manual {
+        let step = m
+            .failed_step
+            .as_ref()
+            .map_or("-".to_string(), |(s, f)| format!("{s}: {}", f.message));
+        println!(
+            "  {}  failed {}  would compensate [{}]",
+            m.saga_id,
+            step,
+            m.to_compensate.join(", ")
+        );
+    }
+    println!("  -> example-operator runs \"compensate now\" on each manual item\n");
     Ok(())
 }
 
