@@ -19,7 +19,7 @@ use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
 use crate::engine::view::{failure_of, Outcome};
 use crate::engine::{lock, Command, Inner, SagaRun};
 use crate::error::Error;
-use crate::ids::{SagaId, StepIndex, UnixMillis};
+use crate::ids::{SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{
     CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended, TimerSet,
@@ -219,36 +219,25 @@ impl Inner {
             input,
             mut state,
         } = run;
+        let code = SagaCode {
+            id,
+            definition,
+            input,
+        };
         let mut staged = Staged::new(id, Some(&state));
         loop {
             self.apply_commands(id, &mut state, &mut staged).await?;
             let now = self.clock.now();
             match decide(&state, now) {
                 NextAction::RunStep { step, attempt } => {
-                    self.call_step(
-                        id,
-                        &definition,
-                        &input,
-                        &mut state,
-                        &mut staged,
-                        step,
-                        attempt,
-                        Phase::Action,
-                    )
-                    .await?
+                    let call = CallRef { step, attempt };
+                    self.call_step(&code, &mut state, &mut staged, call, Phase::Action)
+                        .await?
                 }
                 NextAction::Compensate { step, attempt } => {
-                    self.call_step(
-                        id,
-                        &definition,
-                        &input,
-                        &mut state,
-                        &mut staged,
-                        step,
-                        attempt,
-                        Phase::Compensation,
-                    )
-                    .await?
+                    let call = CallRef { step, attempt };
+                    self.call_step(&code, &mut state, &mut staged, call, Phase::Compensation)
+                        .await?
                 }
                 NextAction::WaitUntil { due, purpose } => {
                     tracing::debug!(due = due.0, ?purpose, "sleeping on a durable timer");
@@ -299,19 +288,20 @@ impl Inner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn call_step(
         &self,
-        id: SagaId,
-        definition: &Arc<dyn ErasedSaga>,
-        input: &ErasedInput,
+        code: &SagaCode,
         state: &mut SagaState,
         staged: &mut Staged,
-        step: StepIndex,
-        attempt: u32,
+        call: CallRef,
         phase: Phase,
     ) -> Result<(), Error> {
-        let call = CallRef { step, attempt };
+        let SagaCode {
+            id,
+            definition,
+            input,
+        } = code;
+        let (id, step, attempt) = (*id, call.step, call.attempt);
         if self.stopping.is_cancelled() {
             // Write what is staged (results of finished calls), start nothing new.
             self.commit(staged, state).await?;
@@ -384,6 +374,13 @@ impl Inner {
         };
         staged.push(state, now, record)
     }
+}
+
+/// What a loop calls participants with: the saga's id, its code, its input.
+struct SagaCode {
+    id: SagaId,
+    definition: Arc<dyn ErasedSaga>,
+    input: ErasedInput,
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
