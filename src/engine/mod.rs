@@ -470,6 +470,14 @@ impl Engine {
     /// or the timer is stale (the saga moved on since it was set).
     fn wake(&self, key: TimerKey) {
         if !self.claim(key.saga) {
+            // Some task owns the saga (a loop, an operator action). If that
+            // task leaves the timer in place (a refused action), nothing else
+            // would look at it again: try once more in a second. A stale
+            // retry is recognised by its sequence number and ignored.
+            self.inner.delay_queue.insert(TimerKey {
+                due: self.inner.clock.now().plus_millis(1_000),
+                ..key
+            });
             return;
         }
         let state = match self.load_state(key.saga) {

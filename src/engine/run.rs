@@ -265,7 +265,13 @@ impl Inner {
                     )?;
                     self.commit(&mut staged, &state).await?;
                     if let Some(alert) = &self.on_suspend {
-                        alert(id, &reason);
+                        // A panicking hook must not leave the saga owned by a dead task.
+                        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            alert(id, &reason)
+                        }));
+                        if called.is_err() {
+                            tracing::error!("the on_suspend hook panicked");
+                        }
                     }
                 }
                 NextAction::Finish { status } => {
