@@ -5,7 +5,7 @@
 //! (b) the ledger is conserved and nothing is left reserved or held, and
 //! (c) every participant call has a durable intent record in the saga log.
 
-use sagalog::log::codec::decode_record;
+use sagalog::log::codec::decode_records;
 use sagalog::log::record::Record;
 use sagalog::log::store::LogStore;
 use sagalog::{SagaId, SledStore};
@@ -157,7 +157,8 @@ fn check(dir: &Path, stdout: &str, label: &str) {
                 .read_log(id)
                 .unwrap()
                 .into_iter()
-                .map(|(_, bytes)| decode_record(&bytes).expect("log record decodes").1)
+                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
+                .map(|(_, record)| record)
                 .collect();
             let Some(Record::SagaStarted(start)) = records.first() else {
                 panic!("{label}: participant called for saga {id} with no start record");

@@ -25,11 +25,11 @@ use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
 use crate::error::Error;
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{LogEntry, OperatorAction, Record, SagaStarted};
+use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted};
 use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError, TimerKey};
 use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
-use crate::state::{fold, SagaState};
+use crate::state::{decide, fold, NextAction, SagaState};
 use crate::status::SagaStatus;
 use crate::timers::{DelayQueue, WINDOW};
 use run::{LoopEnd, Staged};
@@ -189,6 +189,9 @@ pub(crate) struct SagaRun {
     definition: Arc<dyn ErasedSaga>,
     input: ErasedInput,
     state: SagaState,
+    /// A call whose intent is already durable (a fresh saga's first step,
+    /// written with its start record): make it before deciding anything.
+    pending_call: Option<CallRef>,
 }
 
 /// A running saga orchestrator over one store. Cheap to clone; all clones
@@ -352,6 +355,7 @@ impl Engine {
             definition,
             input,
             state,
+            pending_call: None,
         })
     }
 
@@ -360,17 +364,22 @@ impl Engine {
         if raw.is_empty() {
             return Err(Error::NotFound(id));
         }
-        raw.into_iter()
-            .map(|(seq, bytes)| {
-                codec::decode_record(&bytes)
-                    .map(|(at, record)| LogEntry { seq, at, record })
-                    .map_err(|error| Error::Decode {
-                        saga: id,
-                        seq,
-                        error,
-                    })
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(raw.len() * 2);
+        for (first_seq, value) in raw {
+            let records = codec::decode_records(&value).map_err(|error| Error::Decode {
+                saga: id,
+                seq: first_seq,
+                error,
+            })?;
+            for (offset, (at, record)) in records.into_iter().enumerate() {
+                entries.push(LogEntry {
+                    seq: first_seq + offset as u64,
+                    at,
+                    record,
+                });
+            }
+        }
+        Ok(entries)
     }
 
     fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
@@ -547,12 +556,22 @@ impl Engine {
                 idempotency_key: options.idempotency_key.clone(),
             })),
         };
-        let state =
+        let mut state =
             SagaState::from_start(&entry).map_err(|error| Error::Illegal { saga: id, error })?;
         let mut staged = Staged::new(id, None);
         let frame = codec::encode_record(entry.at, &entry.record)
             .map_err(|e| Error::encode("record", e))?;
         staged.stage_frame(frame);
+        // A fresh saga's first decision is always its first step: write that
+        // intent with the start record, one flush instead of two.
+        let pending_call = match decide(&state, entry.at) {
+            NextAction::RunStep { step, attempt } => {
+                let call = CallRef { step, attempt };
+                staged.push(&mut state, entry.at, Record::StepStarted(call))?;
+                Some(call)
+            }
+            _ => None,
+        };
         let Some(mut append) = staged.take(&state)? else {
             return Err(Error::Encode {
                 what: "start record",
@@ -581,6 +600,7 @@ impl Engine {
             definition,
             input: erased_input,
             state,
+            pending_call,
         });
         Ok(Started {
             saga_id: id,
@@ -684,13 +704,24 @@ impl Engine {
         if raw.is_empty() {
             return Err(Error::NotFound(id));
         }
-        Ok(raw
-            .into_iter()
-            .map(|(seq, bytes)| HistoryEntry {
-                seq,
-                record: codec::decode_record(&bytes),
-            })
-            .collect())
+        let mut history = Vec::with_capacity(raw.len() * 2);
+        for (first_seq, value) in raw {
+            match codec::decode_records(&value) {
+                Ok(records) => {
+                    for (offset, record) in records.into_iter().enumerate() {
+                        history.push(HistoryEntry {
+                            seq: first_seq + offset as u64,
+                            record: Ok(record),
+                        });
+                    }
+                }
+                Err(error) => history.push(HistoryEntry {
+                    seq: first_seq,
+                    record: Err(error),
+                }),
+            }
+        }
+        Ok(history)
     }
 
     /// Every saga (active and finished), oldest first, optionally only

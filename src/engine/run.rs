@@ -218,6 +218,7 @@ impl Inner {
             definition,
             input,
             mut state,
+            pending_call,
         } = run;
         let code = SagaCode {
             id,
@@ -225,6 +226,14 @@ impl Inner {
             input,
         };
         let mut staged = Staged::new(id, Some(&state));
+        if let Some(call) = pending_call {
+            if self.stopping.is_cancelled() {
+                // Left in doubt: recovery re-runs it.
+                return Err(Error::ShuttingDown(id));
+            }
+            self.invoke(&code, &mut state, &mut staged, call, Phase::Action)
+                .await?;
+        }
         loop {
             self.apply_commands(id, &mut state, &mut staged).await?;
             let now = self.clock.now();
@@ -294,7 +303,34 @@ impl Inner {
         }
     }
 
+    /// Writes the intent for `call` durably, then calls the participant.
     async fn call_step(
+        &self,
+        code: &SagaCode,
+        state: &mut SagaState,
+        staged: &mut Staged,
+        call: CallRef,
+        phase: Phase,
+    ) -> Result<(), Error> {
+        let id = code.id;
+        if self.stopping.is_cancelled() {
+            // Write what is staged (results of finished calls), start nothing new.
+            self.commit(staged, state).await?;
+            return Err(Error::ShuttingDown(id));
+        }
+        let intent = match phase {
+            Phase::Action => Record::StepStarted(call),
+            Phase::Compensation => Record::CompensationStarted(call),
+        };
+        staged.push(state, self.clock.now(), intent)?;
+        // I1: the participant is called only after this returns Ok.
+        self.commit(staged, state).await?;
+        self.invoke(code, state, staged, call, phase).await
+    }
+
+    /// Calls the participant for `call`, whose intent is durable, and stages
+    /// the result record.
+    async fn invoke(
         &self,
         code: &SagaCode,
         state: &mut SagaState,
@@ -308,18 +344,6 @@ impl Inner {
             input,
         } = code;
         let (id, step, attempt) = (*id, call.step, call.attempt);
-        if self.stopping.is_cancelled() {
-            // Write what is staged (results of finished calls), start nothing new.
-            self.commit(staged, state).await?;
-            return Err(Error::ShuttingDown(id));
-        }
-        let intent = match phase {
-            Phase::Action => Record::StepStarted(call),
-            Phase::Compensation => Record::CompensationStarted(call),
-        };
-        staged.push(state, self.clock.now(), intent)?;
-        // I1: the participant is called only after this returns Ok.
-        self.commit(staged, state).await?;
 
         let outputs: Arc<[Option<Vec<u8>>]> =
             state.steps.iter().map(|s| s.output.clone()).collect();

@@ -179,8 +179,9 @@ pub struct SagaListing {
     pub parked: Option<String>,
 }
 
-/// One record of a saga's history. A record that cannot be decoded is
-/// listed with its error instead of hiding the rest.
+/// One record of a saga's history. A log value that cannot be decoded is
+/// listed once, at the sequence number of its first record, with its error,
+/// instead of hiding the rest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistoryEntry {
     /// Sequence number in the saga's log.

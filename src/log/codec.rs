@@ -284,6 +284,39 @@ pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> 
     }
 }
 
+/// Splits a log value into its frames and decodes each: one append writes
+/// its records as one value, frames back to back (each frame carries its
+/// own length and checksum). An error anywhere fails the whole value: past a
+/// damaged length nothing can be trusted to be a frame boundary.
+pub fn decode_records(value: &[u8]) -> Result<Vec<(UnixMillis, Record)>, DecodeError> {
+    let mut records = Vec::new();
+    let mut rest = value;
+    loop {
+        if rest.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated { len: rest.len() });
+        }
+        let declared = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        if declared > MAX_PAYLOAD {
+            return Err(DecodeError::LengthOverLimit {
+                len: declared,
+                max: MAX_PAYLOAD,
+            });
+        }
+        let end = HEADER_LEN + declared;
+        if rest.len() < end {
+            return Err(DecodeError::LengthMismatch {
+                declared,
+                actual: rest.len() - HEADER_LEN,
+            });
+        }
+        records.push(decode_record(&rest[..end])?);
+        rest = &rest[end..];
+        if rest.is_empty() {
+            return Ok(records);
+        }
+    }
+}
+
 /// Encodes an index entry (the value of an active or finished index key).
 pub fn encode_index_entry<T: Serialize>(entry: &T) -> Result<Vec<u8>, EncodeError> {
     frame(KIND_INDEX_ENTRY, encode_value(entry)?)

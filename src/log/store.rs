@@ -19,7 +19,6 @@
 //! | `b"Mformat"`                           | format version (1 byte)    |
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
-use crate::log::codec::FORMAT_VERSION;
 use crate::status::SagaStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Version of the keyspace layout, stored under `"Mformat"`. 2: one log
+/// value per append (several frames back to back). Frames have their own
+/// version byte (`codec::FORMAT_VERSION`).
+pub const LAYOUT_VERSION: u8 = 2;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +42,7 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The database was written in a format this build does not read.
-    #[error("the database at {path} has format version {found}, this build reads version {expected}; open it with the release that wrote it")]
+    #[error("the database at {path} has layout version {found}, this build reads version {expected}; open it with the release that wrote it")]
     FormatMismatch {
         /// Database directory.
         path: PathBuf,
@@ -146,7 +150,7 @@ impl SagaAppend {
 
     /// How many key-value entries this append writes.
     pub fn entry_count(&self) -> usize {
-        self.records.len()
+        usize::from(!self.records.is_empty())
             + usize::from(self.index.is_some())
             + usize::from(self.claim_key.is_some())
             + usize::from(self.timer_put.is_some())
@@ -163,7 +167,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// nothing, and must not act as if any of it were written.
     fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError>;
 
-    /// One saga's records in sequence order, as `(seq, frame)`.
+    /// One saga's log values in sequence order, as `(seq of the first
+    /// record in the value, value)`; a value holds one or more frames.
     fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Every saga in the active index, with its encoded index entry.
@@ -261,7 +266,7 @@ mod keys {
 pub mod raw_keys {
     use crate::ids::SagaId;
 
-    /// The key of record `seq` of `saga`'s log.
+    /// The key of the log value whose first record is `seq` of `saga`'s log.
     pub fn log_key(saga: SagaId, seq: u64) -> Vec<u8> {
         super::keys::log(saga, seq)
     }
@@ -325,9 +330,13 @@ trait Kv: Send + Sync + 'static {
 fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
     let mut ops = Vec::with_capacity(batch.iter().map(|a| a.entry_count() + 1).sum());
     for append in batch {
-        for (offset, frame) in append.records.iter().enumerate() {
-            let seq = append.first_seq + offset as u64;
-            ops.push(KvOp::Put(keys::log(append.saga, seq), frame.clone()));
+        if !append.records.is_empty() {
+            // One value per append: its frames back to back, keyed by the
+            // sequence number of the first.
+            ops.push(KvOp::Put(
+                keys::log(append.saga, append.first_seq),
+                append.records.concat(),
+            ));
         }
         match &append.index {
             Some(IndexUpdate::Active(entry)) => ops.push(KvOp::Put(
@@ -579,12 +588,12 @@ impl SledStore {
 
 fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
     match kv.get(keys::FORMAT)? {
-        None => kv.apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![FORMAT_VERSION])]),
-        Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
+        None => kv.apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![LAYOUT_VERSION])]),
+        Some(v) if v.as_slice() == [LAYOUT_VERSION] => Ok(()),
         Some(v) => Err(StoreError::FormatMismatch {
             path: path.to_path_buf(),
             found: v.first().copied().unwrap_or(0),
-            expected: FORMAT_VERSION,
+            expected: LAYOUT_VERSION,
         }),
     }
 }

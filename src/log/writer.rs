@@ -46,8 +46,12 @@ pub struct WriterStats {
     pub appends: AtomicU64,
     /// Group commits (one atomic write + one flush each).
     pub flushes: AtomicU64,
-    /// Key-value entries written.
+    /// Key-value entries written (records, index entries, keys, timers).
     pub entries: AtomicU64,
+    /// Bytes of log values written (one value per append: its record frames).
+    pub log_value_bytes: AtomicU64,
+    /// Log values written.
+    pub log_values: AtomicU64,
 }
 
 /// Handle to the writer thread. Cloning is cheap; all clones feed one writer.
@@ -178,12 +182,24 @@ fn commit_group(
     }
     let batch: Vec<&SagaAppend> = accepted.iter().map(|(a, _)| a).collect();
     let entries: usize = batch.iter().map(|a| a.entry_count()).sum();
+    let log_values = batch.iter().filter(|a| !a.records.is_empty()).count();
+    let log_value_bytes: usize = batch
+        .iter()
+        .flat_map(|a| a.records.iter())
+        .map(|r| r.len())
+        .sum();
     let result = store.append(&batch);
     drop(batch);
     match result {
         Ok(()) => {
             stats.flushes.fetch_add(1, Ordering::Relaxed);
             stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
+            stats
+                .log_values
+                .fetch_add(log_values as u64, Ordering::Relaxed);
+            stats
+                .log_value_bytes
+                .fetch_add(log_value_bytes as u64, Ordering::Relaxed);
             for (_, reply) in accepted {
                 *durable += 1;
                 stats.appends.fetch_add(1, Ordering::Relaxed);

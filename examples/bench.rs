@@ -1,0 +1,464 @@
+//! sagalog benchmark: throughput, latency, recovery time and memory, each
+//! against a raw-sled baseline measured in the same run on the same disk.
+//!
+//! ```text
+//! cargo run --release --example bench -- --sagas 100000 --steps 3 --concurrency 256
+//! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 1
+//! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 256 --guard-ratio 0.4
+//! cargo run --release --example bench -- --mode fixture --data-dir D --in-flight 10000 --finished 1000000
+//! cargo run --release --example bench -- --mode recovery --data-dir D
+//! cargo run --release --example bench -- --mode parked --sagas 1000000
+//! ```
+//!
+//! Every mode prints one JSON object. Every saga is fully durable: each
+//! record is flushed before the step that follows it runs.
+
+use clap::{Parser, ValueEnum};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, Registry, RetryPolicy, SagaDefinition, SagaId,
+    SagaRef, StartOptions, StepError,
+};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// N sagas of S no-op steps at concurrency C.
+    Throughput,
+    /// Build a recovery fixture: finished history plus sagas killed mid-step.
+    Fixture,
+    /// Open a fixture and drive every in-flight saga to a terminal state.
+    Recovery,
+    /// Park N sagas on a scheduled compensation; report memory and disk.
+    Parked,
+}
+
+#[derive(Parser)]
+#[command(about = "Benchmark sagalog against raw sled on this disk")]
+struct Args {
+    #[arg(long, value_enum, default_value = "throughput")]
+    mode: Mode,
+    /// Sagas to run (throughput, parked).
+    #[arg(long, default_value_t = 10_000)]
+    sagas: usize,
+    /// No-op steps per saga.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Sagas in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Database directory (default: a fresh temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Fixture: sagas left in flight (killed mid-step).
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: usize,
+    /// Fixture: finished sagas in history.
+    #[arg(long, default_value_t = 0)]
+    finished: usize,
+    /// Exit with status 1 if `ratio` falls below this (a CI guard).
+    #[arg(long)]
+    guard_ratio: Option<f64>,
+    /// tokio worker threads (the log writer has a thread of its own).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+fn rss_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// A saga of `steps` no-op steps. `hang_at`: a step index whose action never
+/// returns while `hanging` is set (to leave sagas in flight for a fixture).
+fn bench_saga(
+    registry: &mut Registry,
+    name: &str,
+    steps: usize,
+    hang: Option<(usize, Arc<AtomicUsize>)>,
+) -> SagaRef<u64> {
+    let mut builder = SagaDefinition::<u64>::builder(name);
+    for i in 0..steps {
+        let hang = hang.clone();
+        builder = builder.step(
+            format!("step{i}"),
+            move |_ctx| {
+                let hang = hang.clone();
+                async move {
+                    if let Some((at, reached)) = hang {
+                        if at == i {
+                            reached.fetch_add(1, Ordering::SeqCst);
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Ok(())
+                }
+            },
+            |_ctx| async { Ok(()) },
+        );
+    }
+    registry
+        .register(builder.build().expect("valid bench definition"))
+        .expect("registered once")
+}
+
+async fn open(dir: &Path, registry: Registry, concurrency: usize) -> Engine {
+    let config = EngineConfig {
+        max_running_sagas: concurrency.max(1),
+        ..EngineConfig::default()
+    };
+    match Engine::open(dir, registry, config).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs `n` sagas at `concurrency`; returns sorted latencies in ms and the wall time.
+async fn run_sagas(
+    engine: &Engine,
+    saga: &SagaRef<u64>,
+    n: usize,
+    concurrency: usize,
+) -> (Vec<f64>, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let began = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (engine, saga, next, latencies) = (
+            engine.clone(),
+            saga.clone(),
+            next.clone(),
+            latencies.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t0 = Instant::now();
+                let started = engine.start(&saga, &(i as u64), StartOptions::new()).await;
+                let Ok(started) = started else {
+                    eprintln!("start failed: {started:?}");
+                    std::process::exit(2);
+                };
+                if let Err(e) = engine.outcome(started.saga_id).await {
+                    eprintln!("saga failed: {e}");
+                    std::process::exit(2);
+                }
+                mine.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(mine);
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let wall = began.elapsed();
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    (latencies, wall)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Raw sled: atomic batches of `batch` values of `value_size` bytes, each
+/// flushed, for about `entries` values or 3 s. Returns entries per second.
+fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64) -> f64 {
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .expect("baseline database opens");
+    let value = vec![0xA5u8; value_size.max(1)];
+    let batch = batch.max(1);
+    let began = Instant::now();
+    let mut written: u64 = 0;
+    let mut key: u64 = 0;
+    while written < entries.max(1) && began.elapsed() < Duration::from_secs(3) {
+        let mut b = sled::Batch::default();
+        for _ in 0..batch {
+            let mut k = [0u8; 25];
+            k[0] = b'L';
+            k[17..25].copy_from_slice(&key.to_be_bytes());
+            b.insert(&k[..], &value[..]);
+            key += 1;
+        }
+        db.apply_batch(b).expect("baseline batch");
+        db.flush().expect("baseline flush");
+        written += batch as u64;
+    }
+    written as f64 / began.elapsed().as_secs_f64()
+}
+
+async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
+    let mut registry = Registry::new();
+    let saga = bench_saga(&mut registry, "bench", args.steps, None);
+    let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
+    let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
+    let stats = engine.log_stats();
+    engine.shutdown(Duration::from_secs(10)).await;
+    let secs = wall.as_secs_f64();
+    let entries = stats.entries.load(Ordering::Relaxed);
+    let flushes = stats.flushes.load(Ordering::Relaxed).max(1);
+    let values = stats.log_values.load(Ordering::Relaxed).max(1);
+    let value_bytes = stats.log_value_bytes.load(Ordering::Relaxed);
+    let entries_per_sec = entries as f64 / secs;
+    let entries_per_flush = entries as f64 / flushes as f64;
+    let mean_value = (value_bytes / values) as usize;
+    let baseline = sled_baseline(
+        &dir.join("baseline"),
+        mean_value,
+        entries_per_flush.round() as usize,
+        entries,
+    );
+    json!({
+        "sagas": args.sagas,
+        "steps": args.steps,
+        "concurrency": args.concurrency,
+        "sagas_per_sec": (args.sagas as f64 / secs).round(),
+        "entries_per_sec": entries_per_sec.round(),
+        "flushes_per_sec": (flushes as f64 / secs).round(),
+        "entries_per_flush": (entries_per_flush * 10.0).round() / 10.0,
+        "mean_value_bytes": mean_value,
+        "p50_ms": (percentile(&latencies, 0.50) * 1000.0).round() / 1000.0,
+        "p99_ms": (percentile(&latencies, 0.99) * 1000.0).round() / 1000.0,
+        "p999_ms": (percentile(&latencies, 0.999) * 1000.0).round() / 1000.0,
+        "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+        "baseline_entries_per_sec": baseline.round(),
+        "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn fixture(args: &Args, dir: &Path) -> serde_json::Value {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    let done = bench_saga(&mut registry, "bench", args.steps, None);
+    let hanging = bench_saga(
+        &mut registry,
+        "bench_in_flight",
+        args.steps.max(2),
+        Some((1, reached.clone())),
+    );
+    let engine = open(
+        &dir.join("log"),
+        registry,
+        args.in_flight.max(args.concurrency).max(1024),
+    )
+    .await;
+    let began = Instant::now();
+    run_sagas(&engine, &done, args.finished, args.concurrency).await;
+    let mut ids = Vec::with_capacity(args.in_flight);
+    for i in 0..args.in_flight {
+        match engine
+            .start(&hanging, &(i as u64), StartOptions::new())
+            .await
+        {
+            Ok(s) => ids.push(s.saga_id.to_string()),
+            Err(e) => {
+                eprintln!("start failed: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    while reached.load(Ordering::SeqCst) < args.in_flight {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(dir.join("in_flight_ids.txt"), ids.join("\n")).expect("write the id list");
+    let out = json!({
+        "mode": "fixture",
+        "finished": args.finished,
+        "in_flight": args.in_flight,
+        "build_secs": (began.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "disk_bytes": dir_size(&dir.join("log")),
+    });
+    println!("{out}");
+    // Killed mid-step: every in-flight saga has a durable intent and no result.
+    std::process::exit(0);
+}
+
+async fn recovery(args: &Args, dir: &Path) -> serde_json::Value {
+    let ids: Vec<SagaId> = std::fs::read_to_string(dir.join("in_flight_ids.txt"))
+        .expect("a fixture built by --mode fixture")
+        .lines()
+        .filter_map(SagaId::parse)
+        .collect();
+    let mut registry = Registry::new();
+    bench_saga(&mut registry, "bench", args.steps, None);
+    bench_saga(&mut registry, "bench_in_flight", args.steps.max(2), None);
+    let began = Instant::now();
+    let engine = open(&dir.join("log"), registry, ids.len().max(1024)).await;
+    let opened = began.elapsed();
+    for id in &ids {
+        if let Err(e) = engine.outcome(*id).await {
+            eprintln!("recovered saga {id} failed: {e}");
+            std::process::exit(2);
+        }
+    }
+    let driven = began.elapsed();
+    engine.shutdown(Duration::from_secs(10)).await;
+    json!({
+        "mode": "recovery",
+        "in_flight": ids.len(),
+        "open_ms": (opened.as_secs_f64() * 1000.0).round(),
+        "open_and_drive_ms": (driven.as_secs_f64() * 1000.0).round(),
+        "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+    })
+}
+
+async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
+    let mut registry = Registry::new();
+    let day = 86_400_000;
+    let saga = registry
+        .register(
+            SagaDefinition::<u64>::builder("parked")
+                .strategy(CompensationStrategy::Scheduled { delay_ms: day })
+                .retry(RetryPolicy::no_retry())
+                .step("reserve", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
+                .step(
+                    "charge",
+                    |_ctx| async { Err::<(), _>(StepError::permanent("declined")) },
+                    |_ctx| async { Ok(()) },
+                )
+                .build()
+                .expect("valid definition"),
+        )
+        .expect("registered once");
+    let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
+    let rss_before = rss_mb("VmRSS:");
+    let began = Instant::now();
+    // Each saga: start, reserve intent, reserve result + charge intent,
+    // charge failure + timer (parked) = 4 appends.
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (engine, saga, next) = (engine.clone(), saga.clone(), next.clone());
+        let n = args.sagas;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                if let Err(e) = engine.start(&saga, &(i as u64), StartOptions::new()).await {
+                    eprintln!("start failed: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let stats = engine.log_stats();
+    while stats.appends.load(Ordering::Relaxed) < 4 * args.sagas as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let park_secs = began.elapsed().as_secs_f64();
+    let rss_parked = rss_mb("VmRSS:");
+    let queued = engine.delay_queue(10).map(|q| q.len()).unwrap_or(0);
+    engine.shutdown(Duration::from_secs(10)).await;
+    drop(engine);
+    let disk = dir_size(&dir.join("log"));
+    // Reopen: sleeping sagas stay on disk until due.
+    let mut registry = Registry::new();
+    registry
+        .register(
+            SagaDefinition::<u64>::builder("parked")
+                .step("reserve", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
+                .step("charge", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
+                .build()
+                .expect("valid definition"),
+        )
+        .expect("registered once");
+    let reopen_began = Instant::now();
+    let engine = open(&dir.join("log"), registry, 1024).await;
+    let reopen_ms = reopen_began.elapsed().as_secs_f64() * 1000.0;
+    let rss_reopened = rss_mb("VmRSS:");
+    engine.shutdown(Duration::from_secs(10)).await;
+    json!({
+        "mode": "parked",
+        "sagas": args.sagas,
+        "park_secs": (park_secs * 10.0).round() / 10.0,
+        "delay_queue_nonempty": queued > 0,
+        "rss_before_mb": (rss_before * 10.0).round() / 10.0,
+        "rss_parked_mb": (rss_parked * 10.0).round() / 10.0,
+        "bytes_per_parked_saga_in_rss": (((rss_parked - rss_before) * 1024.0 * 1024.0) / args.sagas as f64).round(),
+        "disk_bytes_per_parked_saga": disk / args.sagas.max(1) as u64,
+        "reopen_ms": reopen_ms.round(),
+        "rss_after_reopen_mb": (rss_reopened * 10.0).round() / 10.0,
+        "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        std::process::exit(2);
+    }
+    let out = match args.mode {
+        Mode::Throughput => throughput(&args, &dir).await,
+        Mode::Fixture => fixture(&args, &dir).await,
+        Mode::Recovery => recovery(&args, &dir).await,
+        Mode::Parked => parked(&args, &dir).await,
+    };
+    println!("{out}");
+    if let (Some(min), Some(ratio)) = (args.guard_ratio, out["ratio"].as_f64()) {
+        if ratio < min {
+            eprintln!("guard: ratio {ratio} is below {min}");
+            std::process::exit(1);
+        }
+    }
+}
