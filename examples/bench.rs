@@ -364,8 +364,8 @@ async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
     let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
     let rss_before = rss_mb("VmRSS:");
     let began = Instant::now();
-    // Each saga: start, reserve intent, reserve result + charge intent,
-    // charge failure + timer (parked) = 4 appends.
+    // Each saga: start + reserve intent, reserve result + charge intent,
+    // charge failure + timer (parked) = 3 appends.
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
@@ -388,7 +388,7 @@ async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
         let _ = w.await;
     }
     let stats = engine.log_stats();
-    while stats.appends.load(Ordering::Relaxed) < 4 * args.sagas as u64 {
+    while stats.appends.load(Ordering::Relaxed) < 3 * args.sagas as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let park_secs = began.elapsed().as_secs_f64();

@@ -254,18 +254,11 @@ impl Engine {
     }
 
     fn recover(&self) -> Result<(), Error> {
-        let active = self.inner.store.scan_active()?;
-        let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
-        for (id, entry) in active {
-            let asleep = codec::decode_index_entry::<IndexEntry>(&entry)
-                .map(|e| e.next_wake.is_some())
-                .unwrap_or(false);
-            if asleep {
-                // The delay queue wakes it; loading it now would hold every
-                // sleeping saga in memory.
-                sleeping += 1;
-                continue;
-            }
+        // Sagas asleep on a timer are in another index: the delay queue
+        // wakes them, and opening costs nothing per sleeping saga.
+        let runnable = self.inner.store.scan_runnable()?;
+        let (mut resumed, mut parked) = (0usize, 0usize);
+        for (id, _entry) in runnable {
             if !self.claim(id) {
                 continue;
             }
@@ -280,12 +273,7 @@ impl Engine {
                 }
             }
         }
-        tracing::info!(
-            resumed,
-            sleeping,
-            parked,
-            "recovery scanned the active sagas"
-        );
+        tracing::info!(resumed, parked, "recovery scanned the runnable sagas");
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use crate::log::codec;
 use crate::log::record::{
     CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended, TimerSet,
 };
-use crate::log::store::{IndexEntry, IndexUpdate, SagaAppend, TimerKey};
+use crate::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend, TimerKey};
 use crate::log::writer::AppendError;
 use crate::state::{decide, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
@@ -105,11 +105,12 @@ impl Staged {
             };
             let bytes =
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
-            let was_terminal = self.durable_status.is_some_and(|s| s.is_terminal());
-            Some(match (was_terminal, status.is_terminal()) {
-                (_, true) => IndexUpdate::Finished(bytes),
-                (true, false) => IndexUpdate::Reopened(bytes),
-                (false, false) => IndexUpdate::Active(bytes),
+            Some(IndexUpdate {
+                entry: bytes,
+                from: self
+                    .durable_status
+                    .map(|s| index_set(s, self.durable_timer.is_some())),
+                to: index_set(status, state.timer.is_some()),
             })
         } else {
             None
@@ -403,6 +404,15 @@ impl Inner {
             }
         };
         staged.push(state, now, record)
+    }
+}
+
+/// The index a saga's entry belongs in.
+fn index_set(status: SagaStatus, asleep: bool) -> IndexSet {
+    match (status.is_terminal(), asleep) {
+        (true, _) => IndexSet::Finished,
+        (false, true) => IndexSet::Waiting,
+        (false, false) => IndexSet::Active,
     }
 }
 

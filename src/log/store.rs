@@ -12,7 +12,8 @@
 //! | key                                   | value                      |
 //! |---------------------------------------|----------------------------|
 //! | `b'L'` ++ saga id (16) ++ seq (u64 BE) | record frame               |
-//! | `b'A'` ++ saga id (16)                 | index entry frame (active) |
+//! | `b'A'` ++ saga id (16)                 | index entry frame (runnable) |
+//! | `b'W'` ++ saga id (16)                 | index entry frame (asleep on a timer) |
 //! | `b'F'` ++ saga id (16)                 | index entry frame (finished) |
 //! | `b'K'` ++ idempotency key (UTF-8)      | saga id (16)               |
 //! | `b'T'` ++ due (u64 BE) ++ saga id (16) ++ seq (u64 BE) | wait purpose frame |
@@ -87,16 +88,28 @@ pub struct IndexEntry {
     pub next_wake: Option<UnixMillis>,
 }
 
-/// How one append changes the saga's index entry.
+/// Which index a saga's entry lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexSet {
+    /// Not terminal and not asleep: recovery loads it (`'A'`).
+    Active,
+    /// Not terminal, asleep on a durable timer: the delay queue wakes it,
+    /// recovery does not load it (`'W'`).
+    Waiting,
+    /// Terminal (`'F'`).
+    Finished,
+}
+
+/// How one append changes the saga's index entry: the new encoded entry,
+/// the index it moves from (`None` for a new saga) and the one it goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IndexUpdate {
-    /// Keep the saga active with this encoded entry.
-    Active(Vec<u8>),
-    /// Move the saga from the active to the finished index.
-    Finished(Vec<u8>),
-    /// Move a finished saga back to the active index (an operator reopened
-    /// a committed saga to compensate it).
-    Reopened(Vec<u8>),
+pub struct IndexUpdate {
+    /// The encoded [`IndexEntry`].
+    pub entry: Vec<u8>,
+    /// Where the entry was (deleted there if different from `to`).
+    pub from: Option<IndexSet>,
+    /// Where it goes.
+    pub to: IndexSet,
 }
 
 /// Timers with their encoded purposes, and whether the scan reached the end.
@@ -171,8 +184,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// record in the value, value)`; a value holds one or more frames.
     fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Every saga in the active index, with its encoded index entry.
+    /// Every saga that is not terminal (runnable or asleep), with its
+    /// encoded index entry.
     fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
+
+    /// Every saga that is not terminal and not asleep on a timer: what
+    /// recovery loads. Its cost does not grow with sleeping sagas.
+    fn scan_runnable(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
     /// Every saga in the finished index, with its encoded index entry.
     fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
@@ -201,6 +219,15 @@ mod keys {
     pub const FINISHED: u8 = b'F';
     pub const IDEMPOTENCY: u8 = b'K';
     pub const TIMER: u8 = b'T';
+    pub const WAITING: u8 = b'W';
+
+    pub fn prefix_of(set: super::IndexSet) -> u8 {
+        match set {
+            super::IndexSet::Active => ACTIVE,
+            super::IndexSet::Waiting => WAITING,
+            super::IndexSet::Finished => FINISHED,
+        }
+    }
     pub const FORMAT: &[u8] = b"Mformat";
 
     pub fn log(saga: SagaId, seq: u64) -> Vec<u8> {
@@ -273,10 +300,12 @@ pub mod raw_keys {
 }
 
 fn read_index<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
-    match kv.get(&keys::index(keys::ACTIVE, saga))? {
-        Some(entry) => Ok(Some(entry)),
-        None => kv.get(&keys::index(keys::FINISHED, saga)),
+    for prefix in [keys::ACTIVE, keys::WAITING, keys::FINISHED] {
+        if let Some(entry) = kv.get(&keys::index(prefix, saga))? {
+            return Ok(Some(entry));
+        }
     }
+    Ok(None)
 }
 
 fn scan_timers<K: Kv>(
@@ -338,26 +367,17 @@ fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
                 append.records.concat(),
             ));
         }
-        match &append.index {
-            Some(IndexUpdate::Active(entry)) => ops.push(KvOp::Put(
-                keys::index(keys::ACTIVE, append.saga),
-                entry.clone(),
-            )),
-            Some(IndexUpdate::Finished(entry)) => {
-                ops.push(KvOp::Delete(keys::index(keys::ACTIVE, append.saga)));
-                ops.push(KvOp::Put(
-                    keys::index(keys::FINISHED, append.saga),
-                    entry.clone(),
-                ));
+        if let Some(update) = &append.index {
+            if let Some(from) = update.from.filter(|from| *from != update.to) {
+                ops.push(KvOp::Delete(keys::index(
+                    keys::prefix_of(from),
+                    append.saga,
+                )));
             }
-            Some(IndexUpdate::Reopened(entry)) => {
-                ops.push(KvOp::Delete(keys::index(keys::FINISHED, append.saga)));
-                ops.push(KvOp::Put(
-                    keys::index(keys::ACTIVE, append.saga),
-                    entry.clone(),
-                ));
-            }
-            None => {}
+            ops.push(KvOp::Put(
+                keys::index(keys::prefix_of(update.to), append.saga),
+                update.entry.clone(),
+            ));
         }
         if let Some(key) = &append.timer_delete {
             ops.push(KvOp::Delete(keys::timer(key)));
@@ -430,6 +450,11 @@ macro_rules! impl_log_store {
                 read_log(&self.kv, saga)
             }
             fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+                let mut all = scan_index(&self.kv, keys::ACTIVE)?;
+                all.extend(scan_index(&self.kv, keys::WAITING)?);
+                Ok(all)
+            }
+            fn scan_runnable(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
                 scan_index(&self.kv, keys::ACTIVE)
             }
             fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
