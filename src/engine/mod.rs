@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -52,8 +52,11 @@ pub type SuspendHook = Arc<dyn Fn(SagaId, &str) + Send + Sync>;
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// Most sagas whose loops run at once; the rest wait their turn (their
-    /// start records are already durable). Default 1024.
+    /// Most sagas whose loops run at once. `start` waits for a free slot
+    /// before writing a new saga (backpressure: memory stays bounded however
+    /// fast callers start sagas); recovered and woken sagas wait for one in
+    /// the background. Default 1024. A participant that starts another saga
+    /// and waits for it must leave slots for it.
     pub max_running_sagas: usize,
     /// Settings for the sled store opened by [`Engine::open`].
     pub sled: SledOptions,
@@ -254,11 +257,18 @@ impl Engine {
     }
 
     fn recover(&self) -> Result<(), Error> {
-        // Sagas asleep on a timer are in another index: the delay queue
-        // wakes them, and opening costs nothing per sleeping saga.
-        let runnable = self.inner.store.scan_runnable()?;
-        let (mut resumed, mut parked) = (0usize, 0usize);
-        for (id, _entry) in runnable {
+        let active = self.inner.store.scan_active()?;
+        let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
+        for (id, entry) in active {
+            let asleep = codec::decode_index_entry::<IndexEntry>(&entry)
+                .map(|e| e.next_wake.is_some())
+                .unwrap_or(false);
+            if asleep {
+                // The delay queue wakes it; loading it now would hold every
+                // sleeping saga in memory.
+                sleeping += 1;
+                continue;
+            }
             if !self.claim(id) {
                 continue;
             }
@@ -273,7 +283,12 @@ impl Engine {
                 }
             }
         }
-        tracing::info!(resumed, parked, "recovery scanned the runnable sagas");
+        tracing::info!(
+            resumed,
+            sleeping,
+            parked,
+            "recovery scanned the active sagas"
+        );
         Ok(())
     }
 
@@ -377,6 +392,12 @@ impl Engine {
 
     /// Runs the loop of a saga this task owns.
     fn spawn_owned(&self, run: SagaRun) {
+        self.spawn_owned_with(run, None)
+    }
+
+    /// Runs the loop of a saga this task owns, with a concurrency permit
+    /// already taken (by `start`) or to be taken by the loop.
+    fn spawn_owned_with(&self, run: SagaRun, permit: Option<OwnedSemaphorePermit>) {
         let inner = self.inner.clone();
         let engine = self.clone();
         let span =
@@ -384,7 +405,11 @@ impl Engine {
         self.inner.tracker.spawn(
             async move {
                 let id = run.id;
-                let result = match inner.permits.clone().acquire_owned().await {
+                let permit = match permit {
+                    Some(permit) => Ok(permit),
+                    None => inner.permits.clone().acquire_owned().await,
+                };
+                let result = match permit {
                     Ok(_permit) => inner.drive(run).await,
                     Err(_) => Err(Error::ShuttingDown(id)),
                 };
@@ -493,8 +518,9 @@ impl Engine {
 
     /// Starts a saga of type `saga` with `input`.
     ///
-    /// Returns once the start record is durable; the steps run in the
-    /// background (wait with [`Engine::outcome`]). With an idempotency key
+    /// Waits for a free slot among `max_running_sagas`, then returns once
+    /// the start record (with the first step's intent) is durable; the steps
+    /// run in the background (wait with [`Engine::outcome`]). With an idempotency key
     /// that already belongs to a saga, starts nothing and returns that saga
     /// with `existing: true`, whatever its input was.
     pub async fn start<I: Serialize>(
@@ -517,6 +543,14 @@ impl Engine {
                 });
             }
         }
+        // Backpressure: a new saga waits for a free slot before it is
+        // written, so a caller that starts faster than sagas finish waits
+        // here instead of piling up sagas in memory.
+        let permit = tokio::select! {
+            permit = self.inner.permits.clone().acquire_owned() => permit,
+            _ = self.inner.stopping.cancelled() => return Err(Error::ShuttingDown(SagaId::new())),
+        }
+        .map_err(|_| Error::ShuttingDown(SagaId::new()))?;
         let mut plan = definition.plan();
         if let Some(strategy) = options.strategy {
             let problems = strategy.problems("strategy");
@@ -583,13 +617,16 @@ impl Engine {
         tracing::info!(saga_id = %id, saga_type = %saga.saga_type(), "saga started");
         // A fresh id: nobody else can own it.
         self.claim(id);
-        self.spawn_owned(SagaRun {
-            id,
-            definition,
-            input: erased_input,
-            state,
-            pending_call,
-        });
+        self.spawn_owned_with(
+            SagaRun {
+                id,
+                definition,
+                input: erased_input,
+                state,
+                pending_call,
+            },
+            Some(permit),
+        );
         Ok(Started {
             saga_id: id,
             existing: false,

@@ -107,10 +107,8 @@ impl Staged {
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
             Some(IndexUpdate {
                 entry: bytes,
-                from: self
-                    .durable_status
-                    .map(|s| index_set(s, self.durable_timer.is_some())),
-                to: index_set(status, state.timer.is_some()),
+                from: self.durable_status.map(index_set),
+                to: index_set(status),
             })
         } else {
             None
@@ -407,12 +405,15 @@ impl Inner {
     }
 }
 
-/// The index a saga's entry belongs in.
-fn index_set(status: SagaStatus, asleep: bool) -> IndexSet {
-    match (status.is_terminal(), asleep) {
-        (true, _) => IndexSet::Finished,
-        (false, true) => IndexSet::Waiting,
-        (false, false) => IndexSet::Active,
+/// The index a saga's entry belongs in. A sleeping saga stays in the active
+/// index, its entry overwritten with `next_wake`: moving it to an index of
+/// its own would delete a key written moments before, and sled 0.34 holds
+/// memory for every such short-lived key (DESIGN.md §10).
+fn index_set(status: SagaStatus) -> IndexSet {
+    if status.is_terminal() {
+        IndexSet::Finished
+    } else {
+        IndexSet::Active
     }
 }
 

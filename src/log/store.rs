@@ -12,8 +12,7 @@
 //! | key                                   | value                      |
 //! |---------------------------------------|----------------------------|
 //! | `b'L'` ++ saga id (16) ++ seq (u64 BE) | record frame               |
-//! | `b'A'` ++ saga id (16)                 | index entry frame (runnable) |
-//! | `b'W'` ++ saga id (16)                 | index entry frame (asleep on a timer) |
+//! | `b'A'` ++ saga id (16)                 | index entry frame (not terminal) |
 //! | `b'F'` ++ saga id (16)                 | index entry frame (finished) |
 //! | `b'K'` ++ idempotency key (UTF-8)      | saga id (16)               |
 //! | `b'T'` ++ due (u64 BE) ++ saga id (16) ++ seq (u64 BE) | wait purpose frame |
@@ -91,11 +90,8 @@ pub struct IndexEntry {
 /// Which index a saga's entry lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexSet {
-    /// Not terminal and not asleep: recovery loads it (`'A'`).
+    /// Not terminal (`'A'`).
     Active,
-    /// Not terminal, asleep on a durable timer: the delay queue wakes it,
-    /// recovery does not load it (`'W'`).
-    Waiting,
     /// Terminal (`'F'`).
     Finished,
 }
@@ -188,10 +184,6 @@ pub trait LogStore: Send + Sync + 'static {
     /// encoded index entry.
     fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
-    /// Every saga that is not terminal and not asleep on a timer: what
-    /// recovery loads. Its cost does not grow with sleeping sagas.
-    fn scan_runnable(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
-
     /// Every saga in the finished index, with its encoded index entry.
     fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
@@ -219,12 +211,10 @@ mod keys {
     pub const FINISHED: u8 = b'F';
     pub const IDEMPOTENCY: u8 = b'K';
     pub const TIMER: u8 = b'T';
-    pub const WAITING: u8 = b'W';
 
     pub fn prefix_of(set: super::IndexSet) -> u8 {
         match set {
             super::IndexSet::Active => ACTIVE,
-            super::IndexSet::Waiting => WAITING,
             super::IndexSet::Finished => FINISHED,
         }
     }
@@ -300,7 +290,7 @@ pub mod raw_keys {
 }
 
 fn read_index<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
-    for prefix in [keys::ACTIVE, keys::WAITING, keys::FINISHED] {
+    for prefix in [keys::ACTIVE, keys::FINISHED] {
         if let Some(entry) = kv.get(&keys::index(prefix, saga))? {
             return Ok(Some(entry));
         }
@@ -450,11 +440,6 @@ macro_rules! impl_log_store {
                 read_log(&self.kv, saga)
             }
             fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
-                let mut all = scan_index(&self.kv, keys::ACTIVE)?;
-                all.extend(scan_index(&self.kv, keys::WAITING)?);
-                Ok(all)
-            }
-            fn scan_runnable(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
                 scan_index(&self.kv, keys::ACTIVE)
             }
             fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
