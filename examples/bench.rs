@@ -206,6 +206,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// The disk's raw rate of small synced writes: 64 bytes, then `fdatasync`.
+fn raw_fsync_per_sec(dir: &Path) -> f64 {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let Ok(mut file) = std::fs::File::create(&path) else {
+        return 0.0;
+    };
+    let n = 500;
+    let began = Instant::now();
+    for _ in 0..n {
+        if file
+            .write_all(&[0u8; 64])
+            .and_then(|_| file.sync_data())
+            .is_err()
+        {
+            return 0.0;
+        }
+    }
+    let rate = n as f64 / began.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    rate
+}
+
 /// Raw sled: atomic batches of `batch` values of `value_size` bytes, each
 /// flushed, for about `entries` values or 3 s. Returns entries per second.
 fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64) -> f64 {
@@ -272,6 +295,7 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
         "baseline_entries_per_sec": baseline.round(),
         "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
+        "raw_fsync_per_sec": raw_fsync_per_sec(dir).round(),
     })
 }
 
