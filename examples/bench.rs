@@ -347,11 +347,18 @@ async fn fixture(args: &Args, dir: &Path) -> serde_json::Value {
 }
 
 async fn recovery(args: &Args, dir: &Path) -> serde_json::Value {
-    let ids: Vec<SagaId> = std::fs::read_to_string(dir.join("in_flight_ids.txt"))
-        .expect("a fixture built by --mode fixture")
-        .lines()
-        .filter_map(SagaId::parse)
-        .collect();
+    let list = dir.join("in_flight_ids.txt");
+    let ids: Vec<SagaId> = match std::fs::read_to_string(&list) {
+        Ok(text) => text.lines().filter_map(SagaId::parse).collect(),
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}; build a fixture first with --mode fixture --data-dir {}",
+                list.display(),
+                dir.display()
+            );
+            std::process::exit(2);
+        }
+    };
     let mut registry = Registry::new();
     bench_saga(&mut registry, "bench", args.steps, None);
     bench_saga(&mut registry, "bench_in_flight", args.steps.max(2), None);

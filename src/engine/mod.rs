@@ -546,11 +546,12 @@ impl Engine {
         // Backpressure: a new saga waits for a free slot before it is
         // written, so a caller that starts faster than sagas finish waits
         // here instead of piling up sagas in memory.
+        let closed = || Error::Store(StoreError::Closed);
         let permit = tokio::select! {
             permit = self.inner.permits.clone().acquire_owned() => permit,
-            _ = self.inner.stopping.cancelled() => return Err(Error::ShuttingDown(SagaId::new())),
+            _ = self.inner.stopping.cancelled() => return Err(closed()),
         }
-        .map_err(|_| Error::ShuttingDown(SagaId::new()))?;
+        .map_err(|_| closed())?;
         let mut plan = definition.plan();
         if let Some(strategy) = options.strategy {
             let problems = strategy.problems("strategy");
