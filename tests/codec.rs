@@ -282,3 +282,30 @@ fn every_prefix_and_every_single_byte_flip_is_an_error_not_a_panic() {
         }
     }
 }
+
+/// Found by the `decode_record` fuzz target: a valid start record whose
+/// retry policies hold NaN and subnormal floats. It must decode, re-encode
+/// stably, and give finite, sane delays.
+#[test]
+fn start_record_with_nan_policy_fields_decodes_and_yields_sane_delays() {
+    let crash: &[u8] = &[
+        0xcd, 0xd3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0,
+        0, 0, 0xfd, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0, 0x01, 0, 0,
+    ];
+    let frame = sagalog::log::codec::frame_payload(1, &crash[1..]).unwrap();
+    let (at, record) = decode_record(&frame).expect("the fuzzer's frame decodes");
+    let once = encode_record(at, &record).unwrap();
+    let (at2, record2) = decode_record(&once).unwrap();
+    assert_eq!(encode_record(at2, &record2).unwrap(), once);
+    let Record::SagaStarted(start) = record else {
+        panic!("kind 1 is a start record");
+    };
+    for policy in [start.plan.retry, start.plan.compensation_retry] {
+        assert!(policy.jitter.is_nan() || policy.jitter.is_finite());
+        for attempt in 0..70 {
+            let wait = policy.jittered_delay_after(attempt, 7);
+            assert!(wait <= policy.max_interval_ms.max(policy.initial_interval_ms));
+        }
+    }
+}

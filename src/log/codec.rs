@@ -168,6 +168,13 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError>
     Ok(value)
 }
 
+/// Wraps raw payload bytes in a valid frame of `kind` (correct length and
+/// checksum), without checking that they decode. For tools and fuzzing:
+/// it lets a test reach the payload decoder past the checksum.
+pub fn frame_payload(kind: u8, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
+    frame(kind, payload.to_vec())
+}
+
 fn frame(kind: u8, payload: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(EncodeError::TooLarge {
