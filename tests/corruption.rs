@@ -1,0 +1,100 @@
+//! Damaged bytes in the log: a flipped byte, a truncated value, and garbage
+//! under a log key each park the affected saga with its decode error, let
+//! every other saga proceed, and never panic.
+
+mod common;
+
+use common::{trip_registry, Behaviour, Script};
+use sagalog::log::store::raw_keys::log_key;
+use sagalog::log::store::LogStore;
+use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore, StartOptions};
+use std::path::Path;
+use std::time::Duration;
+
+/// Leaves two sagas in flight (hotel's action hangs) and returns their ids.
+async fn two_sagas_in_flight(dir: &Path) -> (SagaId, SagaId) {
+    let script = Script::default();
+    script.set("hotel", Phase::Action, Behaviour::Hang);
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir, registry, EngineConfig::default()).await.unwrap();
+    let a = engine.start(&trip, &"a".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    let b = engine.start(&trip, &"b".to_string(), StartOptions::new()).await.unwrap().saga_id;
+    while script.calls().iter().filter(|c| c.starts_with("hotel:action")).count() < 2 {
+        script.entered.notified().await;
+    }
+    engine.shutdown(Duration::ZERO).await;
+    (a, b)
+}
+
+/// Rewrites the log value at `seq` of `saga` with `damage` applied.
+fn damage_value(dir: &Path, saga: SagaId, seq: u64, damage: impl Fn(Vec<u8>) -> Vec<u8>) {
+    let store = SledStore::open(dir, Default::default()).unwrap();
+    let values = store.read_log(saga).unwrap();
+    let (_, value) = values.into_iter().find(|(s, _)| *s == seq).expect("a value at that seq");
+    store.overwrite_raw(&log_key(saga, seq), &damage(value)).unwrap();
+}
+
+async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64) {
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir, registry, EngineConfig::default()).await.unwrap();
+
+    assert_eq!(engine.outcome(healthy).await.unwrap().status, SagaStatus::Committed);
+    let Err(Error::Parked { reason, .. }) = engine.outcome(damaged).await else {
+        panic!("the damaged saga must be parked");
+    };
+    assert!(reason.contains(&format!("record {seq} of saga {damaged} is unreadable")), "{reason}");
+    assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
+    let history = engine.history(damaged).unwrap();
+    assert!(history.iter().any(|e| e.seq == seq && e.record.is_err()));
+    assert!(history.iter().any(|e| e.record.is_ok()), "undamaged values stay readable");
+    let manual = engine.manual_queue().unwrap();
+    assert!(manual.iter().any(|m| m.saga_id == damaged && m.parked));
+    assert_eq!(
+        script.calls(),
+        ["hotel:action:2", "car:action:1"],
+        "only the healthy saga ran"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn flipped_byte_in_a_log_value_parks_only_that_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    // seq 2 holds flight's result and hotel's intent.
+    damage_value(dir.path(), damaged, 2, |mut v| {
+        let middle = v.len() / 2;
+        v[middle] ^= 0x40;
+        v
+    });
+    reopen_and_check(dir.path(), damaged, healthy, 2).await;
+}
+
+#[tokio::test]
+async fn truncated_log_value_parks_only_that_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    damage_value(dir.path(), damaged, 2, |mut v| {
+        v.truncate(v.len() - 3);
+        v
+    });
+    reopen_and_check(dir.path(), damaged, healthy, 2).await;
+}
+
+#[tokio::test]
+async fn garbage_under_a_log_key_parks_only_that_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    damage_value(dir.path(), damaged, 0, |_| b"not a sagalog value at all".to_vec());
+    reopen_and_check(dir.path(), damaged, healthy, 0).await;
+}
+
+#[tokio::test]
+async fn damaged_first_value_of_a_later_append_parks_with_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    // An empty value: the shortest possible damage.
+    damage_value(dir.path(), damaged, 2, |_| Vec::new());
+    reopen_and_check(dir.path(), damaged, healthy, 2).await;
+}
