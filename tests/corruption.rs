@@ -7,7 +7,9 @@ mod common;
 use common::{trip_registry, Behaviour, Script};
 use sagalog::log::store::raw_keys::log_key;
 use sagalog::log::store::LogStore;
-use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore, StartOptions};
+use sagalog::{
+    Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore, StartOptions,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,10 +18,26 @@ async fn two_sagas_in_flight(dir: &Path) -> (SagaId, SagaId) {
     let script = Script::default();
     script.set("hotel", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open(dir, registry, EngineConfig::default()).await.unwrap();
-    let a = engine.start(&trip, &"a".to_string(), StartOptions::new()).await.unwrap().saga_id;
-    let b = engine.start(&trip, &"b".to_string(), StartOptions::new()).await.unwrap().saga_id;
-    while script.calls().iter().filter(|c| c.starts_with("hotel:action")).count() < 2 {
+    let engine = Engine::open(dir, registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let a = engine
+        .start(&trip, &"a".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let b = engine
+        .start(&trip, &"b".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    while script
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("hotel:action"))
+        .count()
+        < 2
+    {
         script.entered.notified().await;
     }
     engine.shutdown(Duration::ZERO).await;
@@ -30,24 +48,40 @@ async fn two_sagas_in_flight(dir: &Path) -> (SagaId, SagaId) {
 fn damage_value(dir: &Path, saga: SagaId, seq: u64, damage: impl Fn(Vec<u8>) -> Vec<u8>) {
     let store = SledStore::open(dir, Default::default()).unwrap();
     let values = store.read_log(saga).unwrap();
-    let (_, value) = values.into_iter().find(|(s, _)| *s == seq).expect("a value at that seq");
-    store.overwrite_raw(&log_key(saga, seq), &damage(value)).unwrap();
+    let (_, value) = values
+        .into_iter()
+        .find(|(s, _)| *s == seq)
+        .expect("a value at that seq");
+    store
+        .overwrite_raw(&log_key(saga, seq), &damage(value))
+        .unwrap();
 }
 
 async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64) {
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open(dir, registry, EngineConfig::default()).await.unwrap();
+    let engine = Engine::open(dir, registry, EngineConfig::default())
+        .await
+        .unwrap();
 
-    assert_eq!(engine.outcome(healthy).await.unwrap().status, SagaStatus::Committed);
+    assert_eq!(
+        engine.outcome(healthy).await.unwrap().status,
+        SagaStatus::Committed
+    );
     let Err(Error::Parked { reason, .. }) = engine.outcome(damaged).await else {
         panic!("the damaged saga must be parked");
     };
-    assert!(reason.contains(&format!("record {seq} of saga {damaged} is unreadable")), "{reason}");
+    assert!(
+        reason.contains(&format!("record {seq} of saga {damaged} is unreadable")),
+        "{reason}"
+    );
     assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
     let history = engine.history(damaged).unwrap();
     assert!(history.iter().any(|e| e.seq == seq && e.record.is_err()));
-    assert!(history.iter().any(|e| e.record.is_ok()), "undamaged values stay readable");
+    assert!(
+        history.iter().any(|e| e.record.is_ok()),
+        "undamaged values stay readable"
+    );
     let manual = engine.manual_queue().unwrap();
     assert!(manual.iter().any(|m| m.saga_id == damaged && m.parked));
     assert_eq!(
@@ -86,7 +120,9 @@ async fn truncated_log_value_parks_only_that_saga() {
 async fn garbage_under_a_log_key_parks_only_that_saga() {
     let dir = tempfile::tempdir().unwrap();
     let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
-    damage_value(dir.path(), damaged, 0, |_| b"not a sagalog value at all".to_vec());
+    damage_value(dir.path(), damaged, 0, |_| {
+        b"not a sagalog value at all".to_vec()
+    });
     reopen_and_check(dir.path(), damaged, healthy, 0).await;
 }
 

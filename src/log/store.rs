@@ -434,7 +434,7 @@ macro_rules! impl_log_store {
     ($store:ty) => {
         impl LogStore for $store {
             fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
-                self.kv.apply_durably(batch_ops(batch))
+                self.append_batch(batch)
             }
             fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
                 read_log(&self.kv, saga)
@@ -611,6 +611,12 @@ fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+impl SledStore {
+    fn append_batch(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
+        self.kv.apply_durably(batch_ops(batch))
+    }
+}
+
 impl_log_store!(SledStore);
 
 // ---------------------------------------------------------------- memory
@@ -628,8 +634,6 @@ pub enum FaultTiming {
 #[derive(Default)]
 struct MemKv {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
-    appends: AtomicU64,
-    fault: Mutex<Option<(u64, FaultTiming)>>,
 }
 
 impl MemKv {
@@ -642,17 +646,6 @@ impl MemKv {
 
 impl Kv for MemKv {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
-        let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        let fault = *self.fault.lock().unwrap_or_else(|p| p.into_inner());
-        let timing = match fault {
-            Some((at, timing)) if at == number => Some(timing),
-            _ => None,
-        };
-        if timing == Some(FaultTiming::BeforeApply) {
-            return Err(StoreError::Injected(format!(
-                "append #{number} failed before applying"
-            )));
-        }
         let mut map = self.lock();
         for op in ops {
             match op {
@@ -663,12 +656,6 @@ impl Kv for MemKv {
                     map.remove(&k);
                 }
             }
-        }
-        drop(map);
-        if timing == Some(FaultTiming::AfterApply) {
-            return Err(StoreError::Injected(format!(
-                "append #{number} failed after applying"
-            )));
         }
         Ok(())
     }
@@ -697,13 +684,38 @@ impl Kv for MemKv {
     }
 }
 
+/// An append that an injected fault made fail: which saga, which records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedAppend {
+    /// The saga the append was for.
+    pub saga: SagaId,
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+    /// The record frames it held (decode with `codec::decode_record`).
+    pub records: Vec<Vec<u8>>,
+    /// Whether the records were written before the failure was reported.
+    pub timing: FaultTiming,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// Fail this append (counted from 1 over the store's life).
+    at: Option<(u64, FaultTiming)>,
+    /// Fail each append with this chance (per mille), drawn from this state.
+    random: Option<(u64, u32)>,
+    failed: Vec<FailedAppend>,
+}
+
 /// An in-memory store with the same keyspace and atomicity as [`SledStore`],
 /// for tests: share one `Arc<MemStore>` between two engines to simulate a
-/// restart, and inject append failures with [`MemStore::fail_append`].
-/// Nothing survives the process.
+/// restart, and inject append failures at a chosen append
+/// ([`MemStore::fail_append`]) or at random with a seed
+/// ([`MemStore::fail_randomly`]). Nothing survives the process.
 #[derive(Default)]
 pub struct MemStore {
     kv: MemKv,
+    appends: AtomicU64,
+    faults: Mutex<Faults>,
 }
 
 impl MemStore {
@@ -712,21 +724,99 @@ impl MemStore {
         Self::default()
     }
 
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        // One field assignment per critical section: never half-updated.
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Makes the `number`-th call to `append` from now on (counting from 1
     /// over the store's life) fail, at the given timing. Replaces any
-    /// earlier injected fault.
+    /// earlier fixed fault.
     pub fn fail_append(&self, number: u64, timing: FaultTiming) {
-        *self.kv.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, timing));
+        self.faults().at = Some((number, timing));
+    }
+
+    /// Makes each append fail with a chance of `per_mille` / 1000, before or
+    /// after applying (chosen at random too), from a generator seeded with
+    /// `seed`: the same seed and the same appends give the same faults.
+    pub fn fail_randomly(&self, seed: u64, per_mille: u32) {
+        self.faults().random = Some((seed | 1, per_mille.min(1000)));
+    }
+
+    /// Stops injecting faults.
+    pub fn clear_faults(&self) {
+        let mut faults = self.faults();
+        faults.at = None;
+        faults.random = None;
+    }
+
+    /// Every append an injected fault made fail, in order.
+    pub fn failed_appends(&self) -> Vec<FailedAppend> {
+        self.faults().failed.clone()
     }
 
     /// How many times `append` has been called.
     pub fn append_count(&self) -> u64 {
-        self.kv.appends.load(Ordering::SeqCst)
+        self.appends.load(Ordering::SeqCst)
     }
 
     /// Overwrites one raw value, bypassing the codec (fault injection).
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) {
         self.kv.lock().insert(key.to_vec(), value.to_vec());
+    }
+
+    fn next_fault(&self, number: u64) -> Option<FaultTiming> {
+        let mut faults = self.faults();
+        if let Some((at, timing)) = faults.at {
+            if at == number {
+                return Some(timing);
+            }
+        }
+        let (state, per_mille) = faults.random?;
+        // xorshift64: a small, seedable, good-enough generator.
+        let mut x = state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        faults.random = Some((x, per_mille));
+        if (x % 1000) as u32 >= per_mille {
+            return None;
+        }
+        Some(if (x >> 32) & 1 == 0 {
+            FaultTiming::BeforeApply
+        } else {
+            FaultTiming::AfterApply
+        })
+    }
+
+    fn append_batch(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
+        let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        let timing = self.next_fault(number);
+        let record_failure = |timing: FaultTiming| {
+            let mut faults = self.faults();
+            for append in batch {
+                faults.failed.push(FailedAppend {
+                    saga: append.saga,
+                    first_seq: append.first_seq,
+                    records: append.records.clone(),
+                    timing,
+                });
+            }
+        };
+        if timing == Some(FaultTiming::BeforeApply) {
+            record_failure(FaultTiming::BeforeApply);
+            return Err(StoreError::Injected(format!(
+                "append #{number} failed before applying"
+            )));
+        }
+        self.kv.apply_durably(batch_ops(batch))?;
+        if timing == Some(FaultTiming::AfterApply) {
+            record_failure(FaultTiming::AfterApply);
+            return Err(StoreError::Injected(format!(
+                "append #{number} failed after applying"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,185 @@
+//! Storage faults at random, with seeds: appends fail before or after the
+//! write applied. The engine never calls a participant after a failed
+//! append, surfaces the error, and a reopen without faults drives every
+//! saga to its outcome.
+
+use sagalog::log::codec::{decode_record, decode_value};
+use sagalog::log::record::{CallRef, Record};
+use sagalog::{
+    Engine, EngineConfig, Error, MemStore, Phase, Registry, SagaDefinition, SagaId, SagaRef,
+    SagaStatus, StartOptions, StepError,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Call = (SagaId, String, Phase, u32);
+type Calls = Arc<Mutex<Vec<Call>>>;
+
+/// Three steps; step `c` fails permanently for odd inputs.
+fn registry(calls: &Calls) -> (Registry, SagaRef<u64>) {
+    let mut builder = SagaDefinition::<u64>::builder("faulty");
+    for name in ["a", "b", "c"] {
+        let (act, comp) = (calls.clone(), calls.clone());
+        builder = builder.step(
+            name,
+            move |ctx| {
+                let calls = act.clone();
+                async move {
+                    calls.lock().unwrap().push((
+                        ctx.saga_id(),
+                        ctx.step().to_string(),
+                        ctx.phase(),
+                        ctx.attempt(),
+                    ));
+                    if ctx.step().as_str() == "c" && ctx.input() % 2 == 1 {
+                        return Err(StepError::permanent("odd order"));
+                    }
+                    Ok(())
+                }
+            },
+            move |ctx| {
+                let calls = comp.clone();
+                async move {
+                    calls.lock().unwrap().push((
+                        ctx.saga_id(),
+                        ctx.step().to_string(),
+                        ctx.phase(),
+                        ctx.attempt(),
+                    ));
+                    Ok(())
+                }
+            },
+        );
+    }
+    let mut registry = Registry::new();
+    let saga = registry.register(builder.build().unwrap()).unwrap();
+    (registry, saga)
+}
+
+fn step_name(step: u32) -> String {
+    ["a", "b", "c"][step as usize].to_string()
+}
+
+/// The intents (saga, step, phase, attempt) in a list of record frames.
+fn intents(saga: SagaId, frames: &[Vec<u8>]) -> Vec<Call> {
+    frames
+        .iter()
+        .filter_map(|f| match decode_record(f).ok()?.1 {
+            Record::StepStarted(CallRef { step, attempt }) => {
+                Some((saga, step_name(step), Phase::Action, attempt))
+            }
+            Record::CompensationStarted(CallRef { step, attempt }) => {
+                Some((saga, step_name(step), Phase::Compensation, attempt))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn run_seed(seed: u64) -> usize {
+    let store = Arc::new(MemStore::new());
+    store.fail_randomly(seed, 120);
+    let first: Calls = Arc::default();
+    let (reg, saga) = registry(&first);
+    let engine = Engine::open_with_store(store.clone(), reg, EngineConfig::default())
+        .await
+        .unwrap();
+    for i in 0..10u64 {
+        match engine.start(&saga, &i, StartOptions::new()).await {
+            Ok(started) => {
+                // Either an outcome, or the store error that stopped the saga.
+                match engine.outcome(started.saga_id).await {
+                    Ok(_) | Err(Error::Store(_)) | Err(Error::Parked { .. }) => {}
+                    Err(e) => panic!("seed {seed}: unexpected error {e}"),
+                }
+            }
+            Err(Error::Store(_)) => {} // surfaced to the caller
+            Err(e) => panic!("seed {seed}: unexpected start error {e}"),
+        }
+    }
+    engine.shutdown(Duration::ZERO).await;
+    let failed = store.failed_appends();
+
+    // No participant call after a failed append: the intents of every failed
+    // append were never called by the first engine.
+    let called: HashSet<Call> = first.lock().unwrap().iter().cloned().collect();
+    for failure in &failed {
+        for intent in intents(failure.saga, &failure.records) {
+            assert!(
+                !called.contains(&intent),
+                "seed {seed}: {intent:?} was called after its append failed ({:?})",
+                failure.timing
+            );
+        }
+    }
+
+    // Reopen without faults: every saga reaches its outcome.
+    store.clear_faults();
+    let second: Calls = Arc::default();
+    let (reg, _) = registry(&second);
+    let engine = Engine::open_with_store(store.clone(), reg, EngineConfig::default())
+        .await
+        .unwrap();
+    let sagas = engine.list(None).unwrap();
+    for listing in &sagas {
+        let outcome = engine
+            .outcome(listing.saga_id)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let history = engine.history(listing.saga_id).unwrap();
+        let Ok((_, Record::SagaStarted(start))) = &history[0].record else {
+            panic!("seed {seed}: a log starts with its start record");
+        };
+        let input: u64 = decode_value(&start.input).unwrap();
+        let expected = if input % 2 == 1 {
+            SagaStatus::Compensated
+        } else {
+            SagaStatus::Committed
+        };
+        assert_eq!(outcome.status, expected, "seed {seed}, input {input}");
+        // Every call either engine made has its intent in the log.
+        let logged: HashSet<Call> = history
+            .iter()
+            .filter_map(|e| e.record.as_ref().ok())
+            .filter_map(|(_, r)| match r {
+                Record::StepStarted(c) => {
+                    Some((listing.saga_id, step_name(c.step), Phase::Action, c.attempt))
+                }
+                Record::CompensationStarted(c) => Some((
+                    listing.saga_id,
+                    step_name(c.step),
+                    Phase::Compensation,
+                    c.attempt,
+                )),
+                _ => None,
+            })
+            .collect();
+        for call in first
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(second.lock().unwrap().iter())
+        {
+            if call.0 == listing.saga_id {
+                assert!(
+                    logged.contains(call),
+                    "seed {seed}: {call:?} has no intent in the log"
+                );
+            }
+        }
+    }
+    engine.shutdown(Duration::ZERO).await;
+    failed.len()
+}
+
+#[tokio::test]
+async fn random_append_faults_never_lead_to_a_call_without_a_durable_intent() {
+    let mut faults = 0;
+    let seeds = 200;
+    for seed in 1..=seeds {
+        faults += run_seed(seed).await;
+    }
+    println!("{seeds} seeds, {faults} injected append faults, no violation");
+    assert!(faults > 100, "the seeds must inject many faults");
+}
