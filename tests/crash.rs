@@ -39,6 +39,12 @@ fn orders_binary() -> PathBuf {
 }
 
 fn run_orders(dir: &Path, crash_after: Option<u64>) -> Output {
+    orders_command(dir, crash_after, 0)
+        .output()
+        .expect("the orders example starts")
+}
+
+fn orders_command(dir: &Path, crash_after: Option<u64>, bulk: usize) -> Command {
     let mut command = Command::new(orders_binary());
     command
         .arg("--data-dir")
@@ -48,7 +54,10 @@ fn run_orders(dir: &Path, crash_after: Option<u64>) -> Output {
     if let Some(n) = crash_after {
         command.arg("--crash-after").arg(n.to_string());
     }
-    command.output().expect("the orders example starts")
+    if bulk > 0 {
+        command.arg("--bulk").arg(bulk.to_string());
+    }
+    command
 }
 
 struct CallRecord {
@@ -142,10 +151,23 @@ fn check(dir: &Path, stdout: &str, label: &str) {
         "{label}: ada paid once"
     );
     let shipments = &books["shipments"];
+    let bulk_committed = rest.iter().find_map(|l| l.get("bulk")).map_or(0, |b| {
+        let (total, committed, compensated) = (
+            b["total"].as_i64().unwrap(),
+            b["committed"].as_i64().unwrap(),
+            b["compensated"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            committed + compensated,
+            total,
+            "{label}: every bulk order terminal"
+        );
+        committed
+    });
     assert_eq!(
         shipments["created"].as_i64().unwrap() - shipments["cancelled"].as_i64().unwrap(),
-        1,
-        "{label}: one shipment stands"
+        1 + bulk_committed,
+        "{label}: one shipment stands per committed order"
     );
 
     // (c) no participant call without a durable intent record.
@@ -234,4 +256,73 @@ fn orders_survive_an_abort_at_every_durable_append() {
         );
     }
     panic!("the workload never completed within 200 appends");
+}
+
+/// A tiny seedable generator for kill times (xorshift64).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The random kill loop: a workload of thousands of mixed sagas runs in a
+/// child process and is SIGKILLed at random moments, cycle after cycle,
+/// then given a final clean run; the same checks as above must hold.
+/// `SAGALOG_KILL_CYCLES` (default 50) and `SAGALOG_KILL_SEED` tune it.
+#[test]
+fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
+    let cycles: u64 = std::env::var("SAGALOG_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("SAGALOG_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5a6a_1061);
+    let bulk = 2000;
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut killed, mut finished_early) = (0, 0);
+    for _ in 0..cycles {
+        let mut child = orders_command(dir.path(), None, bulk)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the orders example starts");
+        // Wall-clock kill times are fault injection, not a speed assumption:
+        // any moment is a valid moment to die.
+        std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(400)));
+        match child.try_wait().expect("child status") {
+            Some(status) => {
+                assert!(status.success(), "a cycle failed on its own: {status}");
+                finished_early += 1;
+            }
+            None => {
+                child.kill().expect("SIGKILL the child");
+                let _ = child.wait();
+                killed += 1;
+            }
+        }
+    }
+    let last = orders_command(dir.path(), None, bulk)
+        .output()
+        .expect("the final run starts");
+    assert!(
+        last.status.success(),
+        "the final clean run failed: {}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    check(
+        dir.path(),
+        &String::from_utf8_lossy(&last.stdout),
+        "after the kill loop",
+    );
+    println!(
+        "kill loop: {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk orders + 5 scenarios, seed {seed:#x}: no violation"
+    );
 }

@@ -46,6 +46,103 @@ struct Args {
     /// Delay of the scheduled-compensation scenario, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     scheduled_delay_ms: u64,
+    /// Also run this many generated orders (mixed strategies and outcomes),
+    /// with their own products and accounts: the crash tests' workload.
+    #[arg(long, default_value_t = 0)]
+    bulk: usize,
+    /// How many generated orders run at once.
+    #[arg(long, default_value_t = 32)]
+    bulk_concurrency: usize,
+}
+
+/// Generated order `k` of the bulk workload, with its strategy.
+fn bulk_order(k: usize, scheduled_delay_ms: u64) -> (CompensationStrategy, Order) {
+    let strategy = match k % 3 {
+        0 => CompensationStrategy::Immediate,
+        1 => CompensationStrategy::RetryThenCompensate {
+            policy: RetryPolicy {
+                max_attempts: 2,
+                initial_interval_ms: 20,
+                max_interval_ms: 100,
+                ..RetryPolicy::forward_default()
+            },
+        },
+        _ => CompensationStrategy::Scheduled {
+            delay_ms: scheduled_delay_ms.min(100),
+        },
+    };
+    let customer = if k % 5 == 0 {
+        "pauper".to_string()
+    } else {
+        format!("bulk-{}", k % 8)
+    };
+    let address = match (k % 7, k % 11) {
+        (0, _) => "nowhere",
+        (_, 0) => "flaky-courier",
+        _ => "1 Bulk Rd",
+    };
+    let order = Order {
+        order_id: format!("bulk-{k}"),
+        customer,
+        product: "bulk-item".into(),
+        quantity: 1,
+        unit_price: 10,
+        address: address.into(),
+    };
+    (strategy, order)
+}
+
+/// Runs the bulk workload; returns (committed, compensated) counts.
+async fn run_bulk(
+    engine: &Engine,
+    orders: &SagaRef<Order>,
+    args: &Args,
+) -> Result<(usize, usize), sagalog::Error> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..args.bulk_concurrency.max(1) {
+        let (engine, orders, next) = (engine.clone(), orders.clone(), next.clone());
+        let (total, delay) = (args.bulk, args.scheduled_delay_ms);
+        workers.push(tokio::spawn(async move {
+            let mut counts = (0usize, 0usize);
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k >= total {
+                    return Ok::<_, sagalog::Error>(counts);
+                }
+                let (strategy, order) = bulk_order(k, delay);
+                let options = StartOptions::new()
+                    .idempotency_key(order.order_id.clone())
+                    .strategy(strategy);
+                let id = engine.start(&orders, &order, options).await?.saga_id;
+                match engine.outcome(id).await?.status {
+                    SagaStatus::Committed => counts.0 += 1,
+                    SagaStatus::Compensated => counts.1 += 1,
+                    other => {
+                        return Err(sagalog::Error::InvalidOptions(format!(
+                            "bulk order {k} ended {other}"
+                        )))
+                    }
+                }
+            }
+        }));
+    }
+    let mut counts = (0, 0);
+    for worker in workers {
+        match worker.await {
+            Ok(Ok((committed, compensated))) => {
+                counts.0 += committed;
+                counts.1 += compensated;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(sagalog::Error::InvalidOptions(format!(
+                    "bulk worker failed: {e}"
+                )))
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// A customer's order: the saga's input.
@@ -365,13 +462,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)?;
     let ledger = Ledger::open(&args.data_dir.join("ledger"))?;
     ledger.initialize(
-        &[("widget", 100), ("gadget", 10)],
+        &[("widget", 100), ("gadget", 10), ("bulk-item", 1_000_000)],
         &[
             ("ada", 1000),
             ("bob", 10),
             ("cyd", 500),
             ("dan", 5),
             ("eve", 300),
+            ("bulk-0", 1_000_000),
+            ("bulk-1", 1_000_000),
+            ("bulk-2", 1_000_000),
+            ("bulk-3", 1_000_000),
+            ("bulk-4", 1_000_000),
+            ("bulk-5", 1_000_000),
+            ("bulk-6", 1_000_000),
+            ("bulk-7", 1_000_000),
+            ("pauper", 0),
         ],
     )?;
 
@@ -423,6 +529,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    let bulk = if args.bulk > 0 {
+        Some(run_bulk(&engine, &orders, &args).await?)
+    } else {
+        None
+    };
+
     let mut lines = Vec::new();
     for (scenario, id) in started {
         engine.outcome(id).await?;
@@ -434,6 +546,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         for line in &lines {
             println!("{}", serde_json::to_string(line)?);
+        }
+        if let Some((committed, compensated)) = bulk {
+            let summary = serde_json::json!({"total": args.bulk, "committed": committed, "compensated": compensated});
+            println!("{}", serde_json::json!({ "bulk": summary }));
         }
         println!("{}", serde_json::json!({ "ledger": books }));
         return Ok(());
