@@ -38,21 +38,22 @@ fn orders_binary() -> PathBuf {
         .clone()
 }
 
-fn run_orders(dir: &Path, crash_after: Option<u64>) -> Output {
-    orders_command(dir, crash_after, 0)
+/// Runs the example once, with `--<flag> N` if given.
+fn run_orders(dir: &Path, crash: Option<(&str, u64)>) -> Output {
+    orders_command(dir, crash, 0)
         .output()
         .expect("the orders example starts")
 }
 
-fn orders_command(dir: &Path, crash_after: Option<u64>, bulk: usize) -> Command {
+fn orders_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
     let mut command = Command::new(orders_binary());
     command
         .arg("--data-dir")
         .arg(dir)
         .arg("--json")
         .args(["--scheduled-delay-ms", "200"]);
-    if let Some(n) = crash_after {
-        command.arg("--crash-after").arg(n.to_string());
+    if let Some((flag, n)) = crash {
+        command.arg(format!("--{flag}")).arg(n.to_string());
     }
     if bulk > 0 {
         command.arg("--bulk").arg(bulk.to_string());
@@ -214,48 +215,61 @@ fn check(dir: &Path, stdout: &str, label: &str) {
     }
 }
 
-#[test]
-fn orders_survive_an_abort_at_every_durable_append() {
-    for n in 1..=200u64 {
-        // Every append before this one was a crash point that recovered.
-        let crash_points = n - 1;
+/// Aborts the example at crash point `flag` N = 1, 2, ... until a run
+/// completes; after each abort, reruns it and checks everything. Returns how
+/// many crash points were covered.
+fn every_crash_point(flag: &str, marker: &str) -> u64 {
+    for n in 1..=500u64 {
         let dir = tempfile::tempdir().unwrap();
-        let crashed = run_orders(dir.path(), Some(n));
+        let crashed = run_orders(dir.path(), Some((flag, n)));
         if crashed.status.success() {
-            // N is past the last append: the run completed without a crash.
+            // N is past the last such point: the run completed without a crash.
+            let label = format!("--{flag} {n} (no crash)");
             check(
                 dir.path(),
                 &String::from_utf8_lossy(&crashed.stdout),
-                &format!("uncrashed run {n}"),
+                &label,
             );
-            println!(
-                "crash points covered: {crash_points} (a run has {} durable appends)",
-                n - 1
-            );
-            assert!(
-                crash_points >= 10,
-                "the workload should have many append points"
-            );
-            return;
+            return n - 1;
         }
         assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(&format!("append #{n}")),
-            "run {n} failed without the planned abort: {}",
+            String::from_utf8_lossy(&crashed.stderr).contains(&format!("{marker} #{n}")),
+            "--{flag} {n} failed without the planned abort: {}",
             String::from_utf8_lossy(&crashed.stderr)
         );
         let rerun = run_orders(dir.path(), None);
         assert!(
             rerun.status.success(),
-            "rerun after abort at append {n} failed: {}",
+            "rerun after --{flag} {n} failed: {}",
             String::from_utf8_lossy(&rerun.stderr)
         );
-        check(
-            dir.path(),
-            &String::from_utf8_lossy(&rerun.stdout),
-            &format!("abort at append {n}"),
-        );
+        let label = format!("--{flag} {n}");
+        check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &label);
     }
-    panic!("the workload never completed within 200 appends");
+    panic!("the workload never completed within 500 {marker}s");
+}
+
+#[test]
+fn orders_survive_an_abort_at_every_durable_append() {
+    let points = every_crash_point("crash-after", "append");
+    println!("crash points covered: {points} (after each durable append)");
+    assert!(points >= 10, "the workload should have many append points");
+}
+
+#[test]
+fn orders_survive_an_abort_before_every_participant_call() {
+    let points = every_crash_point("crash-before-call", "call");
+    println!("crash points covered: {points} (before each participant call, intent durable)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn orders_survive_an_abort_after_every_participant_call() {
+    let points = every_crash_point("crash-after-call", "call");
+    println!(
+        "crash points covered: {points} (after each participant call, result not yet durable)"
+    );
+    assert!(points >= 10, "the workload should make many calls");
 }
 
 /// A tiny seedable generator for kill times (xorshift64).

@@ -22,9 +22,9 @@ mod ledger;
 use clap::Parser;
 use ledger::{CallRecord, Ledger, Refusal};
 use sagalog::{
-    CompensationStrategy, DelayedItem, Engine, EngineConfig, ManualItem, Registry, RetryPolicy,
-    SagaDefinition, SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext, StepError,
-    UnixMillis,
+    CallPoint, CompensationStrategy, DelayedItem, Engine, EngineConfig, ManualItem, Registry,
+    RetryPolicy, SagaDefinition, SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext,
+    StepError, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -40,6 +40,12 @@ struct Args {
     /// Abort the process right after the N-th durable append of this run.
     #[arg(long)]
     crash_after: Option<u64>,
+    /// Abort right before the N-th participant call of this run (its intent is durable).
+    #[arg(long)]
+    crash_before_call: Option<u64>,
+    /// Abort right after the N-th participant call returns, before its result is durable.
+    #[arg(long)]
+    crash_after_call: Option<u64>,
     /// Print one JSON object per saga, then the ledger, instead of a table.
     #[arg(long)]
     json: bool,
@@ -488,6 +494,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.after_durable_append = Some(Arc::new(move |count| {
             if count == n {
                 eprintln!("--crash-after {n}: aborting right after durable append #{count}");
+                std::process::abort();
+            }
+        }));
+    }
+    let (before, after) = (args.crash_before_call, args.crash_after_call);
+    if before.is_some() || after.is_some() {
+        config.around_call = Some(Arc::new(move |point, count| {
+            let planned = match point {
+                CallPoint::BeforeCall => before,
+                CallPoint::AfterCall => after,
+            };
+            if planned == Some(count) {
+                eprintln!("--crash-{point:?} {count}: aborting at call #{count}");
                 std::process::abort();
             }
         }));

@@ -44,6 +44,21 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use view::{HistoryEntry, Outcome, SagaListing, SagaView};
 
+/// Where a participant call stands when [`CallHook`] is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallPoint {
+    /// The intent is durable; the participant has not been called.
+    BeforeCall,
+    /// The participant returned; its result is not yet durable.
+    AfterCall,
+}
+
+/// Called around every participant call with the point and the running
+/// number of calls this engine has made (1, 2, ...). A test hook: crash
+/// tests abort the process here to cover the moments between a call and the
+/// appends around it. Runs on the saga's task: keep it short.
+pub type CallHook = Arc<dyn Fn(CallPoint, u64) + Send + Sync>;
+
 /// Called when a saga is suspended for an operator, with its id and the
 /// reason, after the suspension is durable. Runs on the saga's task: keep
 /// it short (send an alert, bump a metric).
@@ -65,6 +80,8 @@ pub struct EngineConfig {
     pub after_durable_append: Option<DurableHook>,
     /// Called whenever a saga is suspended for an operator; see [`SuspendHook`].
     pub on_suspend: Option<SuspendHook>,
+    /// Called around every participant call; see [`CallHook`]. For crash tests.
+    pub around_call: Option<CallHook>,
     /// The wall-clock time the engine assumes when it opens; `None` (the
     /// default) reads the system clock. From there the engine's clock
     /// advances with tokio's clock, so tests can pause time, and can
@@ -79,6 +96,7 @@ impl Default for EngineConfig {
             sled: SledOptions::default(),
             after_durable_append: None,
             on_suspend: None,
+            around_call: None,
             start_time: None,
         }
     }
@@ -91,6 +109,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("sled", &self.sled)
             .field("after_durable_append", &self.after_durable_append.is_some())
             .field("on_suspend", &self.on_suspend.is_some())
+            .field("around_call", &self.around_call.is_some())
             .field("start_time", &self.start_time)
             .finish()
     }
@@ -184,6 +203,8 @@ pub(crate) struct Inner {
     parked: Mutex<HashMap<SagaId, String>>,
     delay_queue: DelayQueue,
     on_suspend: Option<SuspendHook>,
+    around_call: Option<CallHook>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -245,6 +266,8 @@ impl Engine {
             parked: Mutex::new(HashMap::new()),
             delay_queue: DelayQueue::new(),
             on_suspend: config.on_suspend.clone(),
+            around_call: config.around_call.clone(),
+            calls: std::sync::atomic::AtomicU64::new(0),
         });
         let engine = Engine { inner };
         engine.recover()?;

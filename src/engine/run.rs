@@ -17,7 +17,7 @@
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
 use crate::engine::view::{failure_of, Outcome};
-use crate::engine::{lock, Command, Inner, SagaRun};
+use crate::engine::{lock, CallPoint, Command, Inner, SagaRun};
 use crate::error::Error;
 use crate::ids::{SagaId, UnixMillis};
 use crate::log::codec;
@@ -361,6 +361,10 @@ impl Inner {
             phase = %phase,
             attempt
         );
+        let number = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if let Some(hook) = &self.around_call {
+            hook(CallPoint::BeforeCall, number);
+        }
         let future = definition.call(spec, input).instrument(span);
         // Spawned so that a panicking participant is an error, not a dead
         // saga task; aborted when dropped (timeout, hard shutdown).
@@ -382,6 +386,9 @@ impl Inner {
             ))),
             _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
         };
+        if let Some(hook) = &self.around_call {
+            hook(CallPoint::AfterCall, number);
+        }
         let now = self.clock.now();
         let record = match (phase, result) {
             (Phase::Action, Ok(output)) => Record::StepSucceeded(CallSucceeded { call, output }),
