@@ -59,6 +59,7 @@ pub struct WriterStats {
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Message>,
     stats: Arc<WriterStats>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Writer {
@@ -70,11 +71,15 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sagalog-writer".into())
             .spawn(move || run(store, rx, hook, thread_stats))
             .map_err(|e| StoreError::Backend(format!("could not start the writer thread: {e}")))?;
-        Ok(Writer { tx, stats })
+        Ok(Writer {
+            tx,
+            stats,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
     }
 
     /// Appends durably; resolves once the append is flushed, or failed.
@@ -87,11 +92,22 @@ impl Writer {
             .unwrap_or(Err(AppendError::Store(StoreError::Closed)))
     }
 
-    /// Finishes every append queued before this call, then stops the thread.
+    /// Finishes every append queued before this call, then stops the thread
+    /// and waits for it to end: after `stop`, nothing of the writer runs.
     pub(crate) async fn stop(&self) {
         let (reply, wait) = oneshot::channel();
         if self.tx.send(Message::Stop(reply)).is_ok() {
             let _ = wait.await;
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            // The thread has replied and is only returning: this join is
+            // brief, so blocking the task for it is harmless.
+            let _ = thread.join();
         }
     }
 
