@@ -85,7 +85,11 @@ fn registry(model: &Shared) -> (Registry, SagaRef<u16>) {
         .timeout(Duration::from_secs(60));
     for step in 0..STEPS {
         let (a, c) = (model.clone(), model.clone());
-        let run = move |model: Shared, ctx_saga: SagaId, behaviour: u16, phase: Phase, attempt: u32| async move {
+        let run = move |model: Shared,
+                        ctx_saga: SagaId,
+                        behaviour: u16,
+                        phase: Phase,
+                        attempt: u32| async move {
             let (kind, slow) = outcome(behaviour, step, phase, attempt);
             if slow {
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -111,12 +115,30 @@ fn registry(model: &Shared) -> (Registry, SagaRef<u16>) {
         let (run_a, run_c) = (run.clone(), run);
         builder = builder.step(
             format!("s{step}"),
-            move |ctx| run_a(a.clone(), ctx.saga_id(), *ctx.input(), Phase::Action, ctx.attempt()),
-            move |ctx| run_c(c.clone(), ctx.saga_id(), *ctx.input(), Phase::Compensation, ctx.attempt()),
+            move |ctx| {
+                run_a(
+                    a.clone(),
+                    ctx.saga_id(),
+                    *ctx.input(),
+                    Phase::Action,
+                    ctx.attempt(),
+                )
+            },
+            move |ctx| {
+                run_c(
+                    c.clone(),
+                    ctx.saga_id(),
+                    *ctx.input(),
+                    Phase::Compensation,
+                    ctx.attempt(),
+                )
+            },
         );
     }
     let mut registry = Registry::new();
-    let saga = registry.register(builder.build().expect("valid")).expect("once");
+    let saga = registry
+        .register(builder.build().expect("valid"))
+        .expect("once");
     (registry, saga)
 }
 
@@ -151,7 +173,9 @@ async fn open(store: &Arc<MemStore>, model: &Shared, start: u64) -> (Engine, Sag
 fn intent(record: &Record) -> Option<(u32, Phase, u32)> {
     match record {
         Record::StepStarted(CallRef { step, attempt }) => Some((*step, Phase::Action, *attempt)),
-        Record::CompensationStarted(CallRef { step, attempt }) => Some((*step, Phase::Compensation, *attempt)),
+        Record::CompensationStarted(CallRef { step, attempt }) => {
+            Some((*step, Phase::Compensation, *attempt))
+        }
         _ => None,
     }
 }
@@ -167,13 +191,18 @@ async fn scenario(ops: Vec<Op>) {
     let mut failed_upto: Vec<(u32, usize)> = Vec::new();
     for op in ops.into_iter().take(40) {
         match op {
-            Op::Start { behaviour, strategy: s } => {
+            Op::Start {
+                behaviour,
+                strategy: s,
+            } => {
                 let options = StartOptions::new().strategy(strategy(s));
                 if let Ok(started) = engine.start(&saga, &behaviour, options).await {
                     ids.push(started.saga_id);
                 }
             }
-            Op::Advance { millis } => tokio::time::sleep(Duration::from_millis(u64::from(millis) * 10)).await,
+            Op::Advance { millis } => {
+                tokio::time::sleep(Duration::from_millis(u64::from(millis) * 10)).await
+            }
             Op::Reopen { faults_per_mille } => {
                 engine.shutdown(Duration::ZERO).await;
                 let generation = {
@@ -185,17 +214,26 @@ async fn scenario(ops: Vec<Op>) {
                 failed_upto.push((generation, store.failed_appends().len()));
                 store.clear_faults();
                 if faults_per_mille > 0 {
-                    store.fail_randomly(u64::from(faults_per_mille), u32::from(faults_per_mille) * 2);
+                    store.fail_randomly(
+                        u64::from(faults_per_mille),
+                        u32::from(faults_per_mille) * 2,
+                    );
                 }
                 clock += (opened_at.elapsed().as_millis() as u64) + 5_000;
                 (engine, saga) = open(&store, &model, clock).await;
                 opened_at = tokio::time::Instant::now();
             }
-            Op::Operator { saga: which, command, step } => {
+            Op::Operator {
+                saga: which,
+                command,
+                step,
+            } => {
                 if let Some(id) = ids.get(usize::from(which) % ids.len().max(1)) {
                     let command = match command % 5 {
                         0 => OperatorCommand::CompensateNow,
-                        1 => OperatorCommand::MarkCompensated { step: u32::from(step) % STEPS },
+                        1 => OperatorCommand::MarkCompensated {
+                            step: u32::from(step) % STEPS,
+                        },
                         2 => OperatorCommand::RetryStep,
                         3 => OperatorCommand::Abandon,
                         _ => OperatorCommand::Cancel,
@@ -218,7 +256,12 @@ async fn scenario(ops: Vec<Op>) {
     store.clear_faults();
     clock += (opened_at.elapsed().as_millis() as u64) + 5_000;
     let (engine, _) = open(&store, &model, clock).await;
-    let sagas: Vec<SagaId> = engine.list(None).expect("list").into_iter().map(|l| l.saga_id).collect();
+    let sagas: Vec<SagaId> = engine
+        .list(None)
+        .expect("list")
+        .into_iter()
+        .map(|l| l.saga_id)
+        .collect();
     let mut statuses = HashMap::new();
     for id in &sagas {
         // No tokio timeout here: on the paused clock, time jumps to the next
@@ -229,7 +272,10 @@ async fn scenario(ops: Vec<Op>) {
             Ok(outcome) => outcome.status,
             Err(e) => panic!("saga {id} did not settle: {e}"),
         };
-        assert!(status.is_terminal() || status == SagaStatus::Suspended, "saga {id} ended {status}");
+        assert!(
+            status.is_terminal() || status == SagaStatus::Suspended,
+            "saga {id} ended {status}"
+        );
         statuses.insert(*id, status);
     }
     let model = model.lock().unwrap();
@@ -248,7 +294,11 @@ async fn scenario(ops: Vec<Op>) {
     }
     for call in &model.calls {
         assert!(
-            logged.get(&call.saga).is_some_and(|s| s.contains(&(call.step, call.phase, call.attempt))),
+            logged.get(&call.saga).is_some_and(|s| s.contains(&(
+                call.step,
+                call.phase,
+                call.attempt
+            ))),
             "call without a durable intent: {call:?}"
         );
     }
@@ -292,7 +342,12 @@ async fn scenario(ops: Vec<Op>) {
             })
             .collect();
         for step in 0..STEPS {
-            let calls = |phase: Phase| model.calls.iter().filter(move |c| c.saga == *id && c.step == step && c.phase == phase);
+            let calls = |phase: Phase| {
+                model
+                    .calls
+                    .iter()
+                    .filter(move |c| c.saga == *id && c.step == step && c.phase == phase)
+            };
             let maybe_applied = calls(Phase::Action).any(|c| c.maybe_effect);
             let compensated = calls(Phase::Compensation).any(|c| c.ok) || marked.contains(&step);
             match status {

@@ -86,7 +86,9 @@ fn start(input: &Input) -> Record {
         version: 1,
         input: Vec::new(),
         plan: SagaPlan {
-            steps: (0..input.steps % 5).map(|i| StepPlan::named(format!("s{i}"))).collect(),
+            steps: (0..input.steps % 5)
+                .map(|i| StepPlan::named(format!("s{i}")))
+                .collect(),
             strategy,
             retry,
             compensation_retry: retry,
@@ -131,7 +133,9 @@ fn record(op: &Op) -> Record {
             reason: String::new(),
             command: match c % 5 {
                 0 => OperatorCommand::CompensateNow,
-                1 => OperatorCommand::MarkCompensated { step: u32::from(s % 6) },
+                1 => OperatorCommand::MarkCompensated {
+                    step: u32::from(s % 6),
+                },
                 2 => OperatorCommand::RetryStep,
                 3 => OperatorCommand::Abandon,
                 _ => OperatorCommand::Cancel,
@@ -222,7 +226,10 @@ fuzz_target!(|input: Input| {
     }
     assert_eq!(fold(&entries[..legal]).as_ref(), Ok(&state));
     if legal < entries.len() {
-        assert!(fold(&entries).is_err(), "fold accepted a sequence apply rejected");
+        assert!(
+            fold(&entries).is_err(),
+            "fold accepted a sequence apply rejected"
+        );
     }
     let last = entries[legal - 1].at.0;
     for now in input.nows.iter().take(8) {
