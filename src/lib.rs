@@ -52,8 +52,8 @@ pub use definition::{
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
-    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, StartOptions, Started,
-    SuspendHook,
+    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, SagaFilter, StartOptions,
+    Started, Stats, SuspendHook,
 };
 pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};

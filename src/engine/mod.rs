@@ -16,10 +16,12 @@
 //! nobody owns claims it, appends, and starts its loop.
 
 mod admin;
+mod query;
 mod run;
 pub mod view;
 
 pub use admin::{DelayedItem, ManualItem};
+pub use query::{SagaFilter, Stats};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
 use crate::error::Error;
@@ -774,44 +776,14 @@ impl Engine {
     }
 
     /// Every saga (active and finished), oldest first, optionally only
-    /// those with `status`. Parked sagas count as `Suspended`.
+    /// those with `status`. Parked sagas count as `Suspended`. See
+    /// [`Engine::find`] for more filters.
     pub fn list(&self, status: Option<SagaStatus>) -> Result<Vec<SagaListing>, Error> {
-        let parked = lock(&self.inner.parked).clone();
-        let mut out = Vec::new();
-        let rows = self
-            .inner
-            .store
-            .scan_active()?
-            .into_iter()
-            .chain(self.inner.store.scan_finished()?);
-        for (id, bytes) in rows {
-            let reason = parked.get(&id).cloned();
-            let listing = match codec::decode_index_entry::<IndexEntry>(&bytes) {
-                Ok(entry) => SagaListing {
-                    saga_id: id,
-                    saga_type: entry.saga_type,
-                    status: if reason.is_some() {
-                        SagaStatus::Suspended
-                    } else {
-                        entry.status
-                    },
-                    started_at: entry.started_at,
-                    parked: reason,
-                },
-                Err(e) => SagaListing {
-                    saga_id: id,
-                    saga_type: "?".into(),
-                    status: SagaStatus::Suspended,
-                    started_at: UnixMillis(0),
-                    parked: Some(reason.unwrap_or_else(|| format!("index entry unreadable: {e}"))),
-                },
-            };
-            if status.is_none_or(|s| s == listing.status) {
-                out.push(listing);
-            }
-        }
-        out.sort_by_key(|l| l.saga_id);
-        Ok(out)
+        let filter = match status {
+            Some(status) => SagaFilter::new().status(status),
+            None => SagaFilter::new(),
+        };
+        self.find(&filter)
     }
 
     /// Sagas parked because they cannot run, with the reason.

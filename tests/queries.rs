@@ -1,0 +1,184 @@
+//! Operator queries: filters by status, type, start time and age; stats.
+
+mod common;
+
+use common::{trip_definition, Behaviour, Script};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, Registry,
+    SagaFilter, SagaStatus, StartOptions, StepError, UnixMillis,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: u64 = 1_800_000_000_000;
+
+async fn engine_with_two_types(
+    script: &Script,
+) -> (Engine, sagalog::SagaRef<String>, sagalog::SagaRef<String>) {
+    let mut registry = Registry::new();
+    let trip = registry
+        .register(trip_definition("trip", script, InDoubtPolicy::Rerun))
+        .unwrap();
+    let other = registry
+        .register(trip_definition("other", script, InDoubtPolicy::Rerun))
+        .unwrap();
+    let config = EngineConfig {
+        start_time: Some(UnixMillis(T0)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open_with_store(Arc::new(MemStore::new()), registry, config)
+        .await
+        .unwrap();
+    (engine, trip, other)
+}
+
+#[tokio::test(start_paused = true)]
+async fn find_filters_by_saga_type() {
+    let script = Script::default();
+    let (engine, trip, other) = engine_with_two_types(&script).await;
+    let a = engine
+        .start(&trip, &"a".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let b = engine
+        .start(&other, &"b".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(a).await.unwrap();
+    engine.outcome(b).await.unwrap();
+
+    let found = engine.find(&SagaFilter::new().saga_type("other")).unwrap();
+
+    assert_eq!(found.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [b]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn find_filters_by_start_time() {
+    let script = Script::default();
+    let (engine, trip, _) = engine_with_two_types(&script).await;
+    let early = engine
+        .start(&trip, &"early".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let late = engine
+        .start(&trip, &"late".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(early).await.unwrap();
+    engine.outcome(late).await.unwrap();
+
+    let window = SagaFilter::new().started_between(UnixMillis(T0 + 5_000), UnixMillis(T0 + 60_000));
+    let found = engine.find(&window).unwrap();
+
+    assert_eq!(found.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [late]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
+    let script = Script::default();
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    let (engine, trip, other) = engine_with_two_types(&script).await;
+    let stuck = engine
+        .start(
+            &trip,
+            &"stuck".into(),
+            StartOptions::new().strategy(CompensationStrategy::Manual),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    assert_eq!(
+        engine.outcome(stuck).await.unwrap().status,
+        SagaStatus::Suspended
+    );
+    let done = engine
+        .start(&other, &"done".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(done).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+
+    let half_hour = engine
+        .find(&SagaFilter::new().unfinished_for(Duration::from_secs(1_800)))
+        .unwrap();
+    let two_hours = engine
+        .find(&SagaFilter::new().unfinished_for(Duration::from_secs(7_200)))
+        .unwrap();
+
+    assert_eq!(
+        half_hour.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
+        [stuck]
+    );
+    assert!(two_hours.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_statuses_queues_and_the_oldest_saga_in_flight() {
+    let script = Script::default();
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    let (engine, trip, other) = engine_with_two_types(&script).await;
+    let manual = engine
+        .start(
+            &trip,
+            &"m".into(),
+            StartOptions::new().strategy(CompensationStrategy::Manual),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(manual).await.unwrap();
+    let immediate = engine
+        .start(&trip, &"i".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(immediate).await.unwrap();
+    let scheduled = engine
+        .start(
+            &other,
+            &"s".into(),
+            StartOptions::new().strategy(CompensationStrategy::Scheduled {
+                delay_ms: 86_400_000,
+            }),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    while engine.delay_queue(10).unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+
+    let stats = engine.stats().unwrap();
+
+    assert_eq!(
+        stats.by_status,
+        [
+            (SagaStatus::Compensating, 1),
+            (SagaStatus::Compensated, 1),
+            (SagaStatus::Suspended, 1)
+        ]
+    );
+    assert_eq!(stats.delay_queue_depth, 1);
+    assert_eq!(stats.manual_queue_depth, 1);
+    assert_eq!(stats.parked, 0);
+    let (oldest, _) = stats.oldest_in_flight.unwrap();
+    assert_eq!(
+        oldest, manual,
+        "the manual saga started first and is not finished"
+    );
+    assert_ne!(oldest, scheduled);
+}
