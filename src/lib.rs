@@ -45,6 +45,7 @@ pub mod log;
 pub mod policy;
 pub mod state;
 mod status;
+mod sync;
 mod timers;
 
 pub use definition::{

@@ -43,9 +43,7 @@ impl DelayQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        // Each critical section is one set operation: no invariant can be
-        // left half-updated by a panic, so a poisoned lock is still sound.
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.window)
     }
 
     /// Adds a timer that was just made durable, and wakes the queue's loop.

@@ -7,7 +7,7 @@
 //! the saga, appends the record, and starts its loop.
 
 use crate::engine::run::Staged;
-use crate::engine::{lock, Engine};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec;
@@ -17,6 +17,7 @@ use crate::log::record::{
 use crate::log::store::IndexEntry;
 use crate::state::{to_compensate, SagaState};
 use crate::status::SagaStatus;
+use crate::sync::lock;
 use tokio::sync::oneshot;
 
 /// A saga waiting for an operator.

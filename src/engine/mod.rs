@@ -33,6 +33,7 @@ use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
 use crate::state::{decide, fold, NextAction, SagaState};
 use crate::status::SagaStatus;
+use crate::sync::lock;
 use crate::timers::{DelayQueue, WINDOW};
 use run::{LoopEnd, Staged};
 use serde::Serialize;
@@ -841,10 +842,4 @@ impl Inner {
             tx.send_replace(Some(result));
         }
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single map operation; a panic cannot leave
-    // the map inconsistent, so a poisoned lock is still sound to use.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

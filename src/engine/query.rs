@@ -3,12 +3,13 @@
 //! saga), never the logs, so its cost is one scan of the index.
 
 use crate::engine::view::SagaListing;
-use crate::engine::{lock, Engine};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::ids::{SagaId, SagaType, UnixMillis};
 use crate::log::codec;
 use crate::log::store::IndexEntry;
 use crate::status::SagaStatus;
+use crate::sync::lock;
 use std::time::Duration;
 
 /// Which sagas [`Engine::find`] returns. Every condition set must hold.

@@ -17,7 +17,7 @@
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
 use crate::engine::view::{failure_of, Outcome};
-use crate::engine::{lock, CallPoint, Command, Inner, SagaRun};
+use crate::engine::{CallPoint, Command, Inner, SagaRun};
 use crate::error::Error;
 use crate::ids::{SagaId, UnixMillis};
 use crate::log::codec;
@@ -28,6 +28,7 @@ use crate::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend, TimerKey}
 use crate::log::writer::AppendError;
 use crate::state::{decide, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
+use crate::sync::lock;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;

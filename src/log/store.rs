@@ -638,9 +638,7 @@ struct MemKv {
 
 impl MemKv {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
-        // A panic while holding this lock cannot leave the map half-written
-        // (each op is one insert/remove), so poisoning carries no meaning.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.map)
     }
 }
 
@@ -725,8 +723,7 @@ impl MemStore {
     }
 
     fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
-        // One field assignment per critical section: never half-updated.
-        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.faults)
     }
 
     /// Makes the `number`-th call to `append` from now on (counting from 1

@@ -99,7 +99,7 @@ impl Writer {
         if self.tx.send(Message::Stop(reply)).is_ok() {
             let _ = wait.await;
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = crate::sync::lock(&self.thread).take();
         if let Some(thread) = thread {
             // The thread has replied and is only returning: this join is
             // brief, so blocking the task for it is harmless.
