@@ -388,27 +388,23 @@ impl Engine {
         })
     }
 
+    /// The saga's records in order; the first unreadable value is an error.
     fn load_entries(&self, id: SagaId) -> Result<Vec<LogEntry>, Error> {
-        let raw = self.inner.store.read_log(id)?;
-        if raw.is_empty() {
-            return Err(Error::NotFound(id));
-        }
-        let mut entries = Vec::with_capacity(raw.len() * 2);
-        for (first_seq, value) in raw {
-            let records = codec::decode_records(&value).map_err(|error| Error::Decode {
-                saga: id,
-                seq: first_seq,
-                error,
-            })?;
-            for (offset, (at, record)) in records.into_iter().enumerate() {
-                entries.push(LogEntry {
-                    seq: first_seq + offset as u64,
+        self.history(id)?
+            .into_iter()
+            .map(|entry| match entry.record {
+                Ok((at, record)) => Ok(LogEntry {
+                    seq: entry.seq,
                     at,
                     record,
-                });
-            }
-        }
-        Ok(entries)
+                }),
+                Err(error) => Err(Error::Decode {
+                    saga: id,
+                    seq: entry.seq,
+                    error,
+                }),
+            })
+            .collect()
     }
 
     fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
