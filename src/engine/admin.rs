@@ -11,9 +11,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{
-    LogEntry, OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose,
-};
+use crate::log::record::{OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose};
 use crate::log::store::IndexEntry;
 use crate::state::{to_compensate, SagaState};
 use crate::status::SagaStatus;
@@ -120,18 +118,12 @@ impl Engine {
             return Err(Error::ShuttingDown(id));
         }
         let mut state = self.load_state(id)?;
-        let now = self.inner.clock.now();
-        let record = Record::OperatorAction(action);
-        let mut trial = state.clone();
-        trial
-            .apply(&LogEntry {
-                seq: state.next_seq,
-                at: now,
-                record: record.clone(),
-            })
-            .map_err(|error| Error::Illegal { saga: id, error })?;
         let mut staged = Staged::new(id, Some(&state));
-        staged.push(&mut state, now, record)?;
+        staged.push_checked(
+            &mut state,
+            self.inner.clock.now(),
+            Record::OperatorAction(action),
+        )?;
         self.inner.commit(&mut staged, &state).await?;
         Ok(state)
     }

@@ -84,6 +84,21 @@ impl Staged {
         Ok(())
     }
 
+    /// Like [`Staged::push`], for a record from outside the engine (an
+    /// operator action): it is applied to a copy of the state first, so a
+    /// refused record ([`Error::Illegal`]) leaves `state` unchanged.
+    pub(crate) fn push_checked(
+        &mut self,
+        state: &mut SagaState,
+        at: UnixMillis,
+        record: Record,
+    ) -> Result<(), Error> {
+        let mut trial = state.clone();
+        self.push(&mut trial, at, record)?;
+        *state = trial;
+        Ok(())
+    }
+
     /// Stages an already-encoded frame (the start record, applied by the caller).
     pub(crate) fn stage_frame(&mut self, frame: Vec<u8>) {
         self.frames.push(frame);
@@ -173,22 +188,13 @@ impl Inner {
         }
         let mut accepted = Vec::new();
         for (action, reply) in commands {
-            let now = self.clock.now();
             let record = Record::OperatorAction(action);
-            let mut trial = state.clone();
-            let entry = LogEntry {
-                seq: trial.next_seq,
-                at: now,
-                record: record.clone(),
-            };
-            match trial.apply(&entry) {
-                Ok(()) => {
-                    staged.push(state, now, record)?;
-                    accepted.push(reply);
+            match staged.push_checked(state, self.clock.now(), record) {
+                Ok(()) => accepted.push(reply),
+                Err(refused @ Error::Illegal { .. }) => {
+                    let _ = reply.send(Err(refused));
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(Error::Illegal { saga: id, error }));
-                }
+                Err(e) => return Err(e),
             }
         }
         let result = self.commit(staged, state).await;
@@ -253,11 +259,7 @@ impl Inner {
                     staged.push(&mut state, now, Record::TimerSet(TimerSet { due, purpose }))?;
                     self.commit(&mut staged, &state).await?;
                     if let Some(timer) = &state.timer {
-                        self.delay_queue.insert(TimerKey {
-                            due: timer.due,
-                            saga: id,
-                            seq: timer.seq,
-                        });
+                        self.delay_queue.insert(staged.key_of(timer));
                     }
                     if self.release_if_idle(id) {
                         return Ok(LoopEnd::Sleeping);
