@@ -73,13 +73,16 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
         return NextAction::AwaitOperator;
     }
     if state.compensating || state.compensation_ordered {
-        if manual_hold(state) && !to_compensate(state).is_empty() {
-            return NextAction::Suspend {
-                reason: format!(
-                    "manual strategy: steps [{}] still to compensate; an operator must compensate now or mark them compensated",
-                    to_compensate(state).join(", ")
-                ),
-            };
+        if manual_hold(state) {
+            let remaining = to_compensate(state);
+            if !remaining.is_empty() {
+                return NextAction::Suspend {
+                    reason: format!(
+                        "manual strategy: steps [{}] still to compensate; an operator must compensate now or mark them compensated",
+                        remaining.join(", ")
+                    ),
+                };
+            }
         }
         return next_compensation(state, now);
     }
