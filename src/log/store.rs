@@ -341,9 +341,17 @@ type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
 trait Kv: Send + Sync + 'static {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
     /// Visits keys with `prefix` in order until `visit` returns false.
     fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError>;
+    /// Every pair with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        let mut pairs = Vec::new();
+        self.for_each_prefix(prefix, &mut |k, v| {
+            pairs.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        Ok(pairs)
+    }
 }
 
 fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
@@ -488,13 +496,6 @@ impl Kv for SledKv {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
-    }
-
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        self.db
-            .scan_prefix(prefix)
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
-            .collect()
     }
 
     fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
