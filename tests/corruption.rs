@@ -134,3 +134,34 @@ async fn damaged_first_value_of_a_later_append_parks_with_its_sequence() {
     damage_value(dir.path(), damaged, 2, |_| Vec::new());
     reopen_and_check(dir.path(), damaged, healthy, 2).await;
 }
+
+/// A kill while sled 0.34.7 writes its snapshot leaves a torn
+/// `snap.<lsn>.generating` file that sled itself then refuses to open past;
+/// `SledStore::open` discards it and recovers from the log.
+#[tokio::test]
+async fn torn_sled_snapshot_left_by_a_kill_is_discarded_and_every_saga_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_sagas_in_flight(dir.path()).await;
+    let torn = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+    std::fs::write(&torn, b"half a snapshot").unwrap();
+    let raw = sled::Config::new().path(dir.path()).open();
+    assert!(
+        matches!(raw, Err(sled::Error::Corruption { .. })),
+        "sled alone cannot open past a torn snapshot"
+    );
+    drop(raw);
+
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    for id in [a, b] {
+        assert_eq!(
+            engine.outcome(id).await.unwrap().status,
+            SagaStatus::Committed
+        );
+    }
+    assert!(!torn.exists());
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -313,7 +313,17 @@ fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
         std::thread::sleep(std::time::Duration::from_millis(20 + rng.below(400)));
         match child.try_wait().expect("child status") {
             Some(status) => {
-                assert!(status.success(), "a cycle failed on its own: {status}");
+                if !status.success() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                    }
+                    let kept = dir.keep();
+                    panic!(
+                        "a cycle failed on its own: {status}\n{stderr}\ndata kept in {}",
+                        kept.display()
+                    );
+                }
                 finished_early += 1;
             }
             None => {

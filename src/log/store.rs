@@ -552,6 +552,12 @@ impl SledStore {
     /// [`StoreError::FormatMismatch`] if it was written in another format.
     pub fn open(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        discard_torn_sled_snapshots(&path).map_err(|e| {
+            StoreError::Backend(format!(
+                "opening {}: could not clear an unfinished sled snapshot: {e}; check the directory's permissions",
+                path.display()
+            ))
+        })?;
         let deadline = Instant::now() + options.lock_wait;
         let db = loop {
             let opened = sled::Config::new()
@@ -598,6 +604,42 @@ impl SledStore {
         self.kv
             .apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
     }
+}
+
+/// Deletes the snapshot files sled 0.34.7 left unfinished in database
+/// directory `path`, and returns how many it deleted.
+///
+/// sled writes a snapshot to `snap.<lsn>.generating`, syncs it, and only
+/// then renames it to `snap.<lsn>`, but when it opens a database it reads
+/// the highest-named `snap.*` file *including* an unrenamed `.generating`
+/// one. A process killed while writing it (sled writes one at every open
+/// that finds new log entries) leaves a torn file, and every later open
+/// fails with `Read corrupted data at file offset None` (sled issues #1527,
+/// #1533). Until the rename the previous snapshot is still in place and the
+/// log is untouched, so deleting the file gives exactly the state of a
+/// crash just before sled began writing it, which sled recovers from.
+///
+/// [`SledStore::open`] calls this first. Call it before opening any other
+/// sled 0.34 database that must survive `kill -9` (a participant's own
+/// database, for example). A missing directory is not an error.
+pub fn discard_torn_sled_snapshots(path: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing an unfinished sled snapshot left by a crash");
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
