@@ -62,6 +62,10 @@ pub enum Error {
         "the engine shut down before saga {0} finished; it resumes when the engine is opened again"
     )]
     ShuttingDown(SagaId),
+    /// The engine was opened with [`crate::Engine::open_admin`]: it records
+    /// operator actions but runs nothing.
+    #[error("this engine was opened for administration only and runs no saga; start sagas from the service's engine (Engine::open)")]
+    AdminOnly,
     /// Two definitions were registered under one type.
     #[error(transparent)]
     DuplicateSagaType(#[from] DuplicateSagaType),

@@ -120,6 +120,7 @@ fn index_entry_round_trips() {
         status: SagaStatus::Running,
         started_at: UnixMillis(5),
         next_wake: Some(UnixMillis(9)),
+        changed_at: UnixMillis(7),
     };
     let bytes = encode_index_entry(&entry).unwrap();
     assert_eq!(decode_index_entry::<IndexEntry>(&bytes), Ok(entry));

@@ -12,7 +12,6 @@ use crate::error::Error;
 use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose};
-use crate::log::store::IndexEntry;
 use crate::state::{to_compensate, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
@@ -96,6 +95,11 @@ impl Engine {
         }
         // This task owns the saga now.
         match self.append_action(id, action).await {
+            Ok(_) if self.inner.admin_only => {
+                // Nothing runs here: the service acts at its next open.
+                lock(&self.inner.running).remove(&id);
+                Ok(())
+            }
             Ok(state) => {
                 match self.prepare_state(id, state) {
                     Ok(run) => self.spawn_owned(run),
@@ -168,6 +172,37 @@ impl Engine {
             .await
     }
 
+    /// Retry now: does at once what the saga is waiting for, with a fresh
+    /// retry budget. Asleep on a forward backoff, or suspended after its
+    /// forward step failed: the step is retried ([`Engine::retry_step`]).
+    /// Asleep on a scheduled compensation or a compensation backoff, or
+    /// suspended during compensation: compensation runs now
+    /// ([`Engine::compensate_now`]). Refused with
+    /// [`Error::InvalidOptions`] for a saga that waits for nothing (running
+    /// or finished).
+    pub async fn retry_now(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
+        let state = self.load_state(id)?;
+        let command = match state.timer.as_ref().map(|t| &t.purpose) {
+            Some(WaitPurpose::RetryBackoff { .. }) => OperatorCommand::RetryStep,
+            Some(WaitPurpose::ScheduledCompensation { .. })
+            | Some(WaitPurpose::CompensationBackoff { .. }) => OperatorCommand::CompensateNow,
+            None if state.suspended.is_some() => {
+                if state.compensating || state.compensation_ordered {
+                    OperatorCommand::CompensateNow
+                } else {
+                    OperatorCommand::RetryStep
+                }
+            }
+            None => {
+                return Err(Error::InvalidOptions(format!(
+                    "saga {id} is {} and waits for nothing; retry-now applies to a saga asleep on a backoff or a scheduled compensation, or suspended",
+                    state.status()
+                )))
+            }
+        };
+        self.operate(id, command, actor, reason).await
+    }
+
     /// Gives up on the saga: it ends `Failed`, and nothing more is compensated.
     pub async fn abandon(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
         self.operate(id, OperatorCommand::Abandon, actor, reason)
@@ -181,35 +216,40 @@ impl Engine {
             .await
     }
 
-    /// Every saga waiting for an operator, oldest first, including parked ones.
+    /// Every saga waiting for an operator, oldest first, including parked
+    /// ones (whose log or index entry cannot be read, or whose type is not
+    /// registered).
     pub fn manual_queue(&self) -> Result<Vec<ManualItem>, Error> {
-        let parked = lock(&self.inner.parked).clone();
         let mut items = Vec::new();
-        for (id, bytes) in self.inner.store.scan_active()? {
-            let entry = codec::decode_index_entry::<IndexEntry>(&bytes).ok();
-            if let Some(reason) = parked.get(&id) {
-                items.push(ManualItem {
-                    saga_id: id,
-                    saga_type: entry.map_or_else(|| "?".into(), |e| e.saga_type),
-                    reason: reason.clone(),
-                    failed_step: None,
-                    to_compensate: Vec::new(),
-                    since: UnixMillis(0),
-                    parked: true,
-                });
+        for listing in self.index_rows()? {
+            if listing.status != SagaStatus::Suspended {
                 continue;
             }
-            if entry.as_ref().map(|e| e.status) != Some(SagaStatus::Suspended) {
+            let parked = |reason: String| ManualItem {
+                saga_id: listing.saga_id,
+                saga_type: listing.saga_type.clone(),
+                reason,
+                failed_step: None,
+                to_compensate: Vec::new(),
+                since: listing.changed_at,
+                parked: true,
+            };
+            if let Some(reason) = &listing.parked {
+                items.push(parked(reason.clone()));
                 continue;
             }
-            let Ok(state) = self.load_state(id) else {
-                continue;
+            let state = match self.load_state(listing.saga_id) {
+                Ok(state) => state,
+                Err(e) => {
+                    items.push(parked(e.to_string()));
+                    continue;
+                }
             };
             let Some(reason) = state.suspended.clone() else {
                 continue;
             };
             items.push(ManualItem {
-                saga_id: id,
+                saga_id: listing.saga_id,
                 saga_type: state.saga_type().clone(),
                 reason,
                 failed_step: crate::engine::view::failure_of(&state),

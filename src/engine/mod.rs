@@ -208,6 +208,8 @@ pub(crate) struct Inner {
     on_suspend: Option<SuspendHook>,
     around_call: Option<CallHook>,
     calls: std::sync::atomic::AtomicU64,
+    /// Opened for administration: nothing runs (see [`Engine::open_admin`]).
+    admin_only: bool,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -254,6 +256,35 @@ impl Engine {
         registry: Registry,
         config: EngineConfig,
     ) -> Result<Engine, Error> {
+        Self::open_inner(store, registry, config, false).await
+    }
+
+    /// Opens the sled database in `path` for an operator tool, while the
+    /// service that owns it is stopped. Nothing runs: no saga is recovered,
+    /// no timer fires, and [`Engine::start`] is refused. Queries answer as on
+    /// a running engine; operator actions are checked against the saga's
+    /// state and appended (durably), and the service carries them out at its
+    /// next open. Fails with [`crate::StoreError::Locked`] if another process
+    /// has the database open: act through that process's engine instead.
+    pub async fn open_admin(path: impl AsRef<Path>, sled: SledOptions) -> Result<Engine, Error> {
+        let path = path.as_ref().to_path_buf();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(path, sled))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the open task failed: {e}")))??;
+        Self::open_admin_with_store(Arc::new(store)).await
+    }
+
+    /// Like [`Engine::open_admin`], over any [`LogStore`].
+    pub async fn open_admin_with_store(store: Arc<dyn LogStore>) -> Result<Engine, Error> {
+        Self::open_inner(store, Registry::new(), EngineConfig::default(), true).await
+    }
+
+    async fn open_inner(
+        store: Arc<dyn LogStore>,
+        registry: Registry,
+        config: EngineConfig,
+        admin_only: bool,
+    ) -> Result<Engine, Error> {
         let writer = Writer::start(store.clone(), config.after_durable_append.clone())?;
         let inner = Arc::new(Inner {
             store,
@@ -271,8 +302,12 @@ impl Engine {
             on_suspend: config.on_suspend.clone(),
             around_call: config.around_call.clone(),
             calls: std::sync::atomic::AtomicU64::new(0),
+            admin_only,
         });
         let engine = Engine { inner };
+        if admin_only {
+            return Ok(engine);
+        }
         engine.recover()?;
         let queue = engine.clone();
         engine.inner.tracker.spawn(
@@ -551,6 +586,9 @@ impl Engine {
         input: &I,
         options: StartOptions,
     ) -> Result<Started, Error> {
+        if self.inner.admin_only {
+            return Err(Error::AdminOnly);
+        }
         let definition = self
             .inner
             .registry

@@ -110,7 +110,6 @@ impl Engine {
         let mut out: Vec<SagaListing> = self
             .index_rows()?
             .into_iter()
-            .map(|(listing, _)| listing)
             .filter(|l| filter.accepts(l, now))
             .collect();
         out.sort_by_key(|l| l.saga_id);
@@ -122,14 +121,14 @@ impl Engine {
     pub fn stats(&self) -> Result<Stats, Error> {
         let mut stats = Stats::default();
         let mut counts = [0u64; SagaStatus::ALL.len()];
-        for (listing, next_wake) in self.index_rows()? {
+        for listing in self.index_rows()? {
             if let Some(i) = SagaStatus::ALL.iter().position(|s| *s == listing.status) {
                 counts[i] += 1;
             }
             if listing.status.is_terminal() {
                 continue;
             }
-            if next_wake.is_some() {
+            if listing.next_wake.is_some() {
                 stats.delay_queue_depth += 1;
             }
             if listing.status == SagaStatus::Suspended {
@@ -154,9 +153,8 @@ impl Engine {
         Ok(stats)
     }
 
-    /// One listing per saga from the active and finished indexes, with the
-    /// saga's next wake-up time if it sleeps on a timer.
-    pub(crate) fn index_rows(&self) -> Result<Vec<(SagaListing, Option<UnixMillis>)>, Error> {
+    /// One listing per saga from the active and finished indexes.
+    pub(crate) fn index_rows(&self) -> Result<Vec<SagaListing>, Error> {
         let parked = lock(&self.inner.parked).clone();
         let rows = self
             .inner
@@ -168,32 +166,30 @@ impl Engine {
             .map(|(id, bytes)| {
                 let reason = parked.get(&id).cloned();
                 match codec::decode_index_entry::<IndexEntry>(&bytes) {
-                    Ok(entry) => (
-                        SagaListing {
-                            saga_id: id,
-                            saga_type: entry.saga_type,
-                            status: if reason.is_some() {
-                                SagaStatus::Suspended
-                            } else {
-                                entry.status
-                            },
-                            started_at: entry.started_at,
-                            parked: reason,
+                    Ok(entry) => SagaListing {
+                        saga_id: id,
+                        saga_type: entry.saga_type,
+                        status: if reason.is_some() {
+                            SagaStatus::Suspended
+                        } else {
+                            entry.status
                         },
-                        entry.next_wake,
-                    ),
-                    Err(e) => (
-                        SagaListing {
-                            saga_id: id,
-                            saga_type: "?".into(),
-                            status: SagaStatus::Suspended,
-                            started_at: UnixMillis(0),
-                            parked: Some(
-                                reason.unwrap_or_else(|| format!("index entry unreadable: {e}")),
-                            ),
-                        },
-                        None,
-                    ),
+                        started_at: entry.started_at,
+                        changed_at: entry.changed_at,
+                        next_wake: entry.next_wake,
+                        parked: reason,
+                    },
+                    Err(e) => SagaListing {
+                        saga_id: id,
+                        saga_type: "?".into(),
+                        status: SagaStatus::Suspended,
+                        started_at: UnixMillis(0),
+                        changed_at: UnixMillis(0),
+                        next_wake: None,
+                        parked: Some(
+                            reason.unwrap_or_else(|| format!("index entry unreadable: {e}")),
+                        ),
+                    },
                 }
             })
             .collect())

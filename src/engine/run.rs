@@ -118,6 +118,7 @@ impl Staged {
                 status,
                 started_at: state.started_at,
                 next_wake: state.timer.as_ref().map(|t| t.due),
+                changed_at: state.last_at,
             };
             let bytes =
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;

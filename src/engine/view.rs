@@ -175,6 +175,11 @@ pub struct SagaListing {
     pub status: SagaStatus,
     /// When it started.
     pub started_at: UnixMillis,
+    /// When its status or timer last changed (for a finished saga: when it
+    /// finished).
+    pub changed_at: UnixMillis,
+    /// When it wakes, if it sleeps on a durable timer.
+    pub next_wake: Option<UnixMillis>,
     /// Why it is parked, if it is.
     pub parked: Option<String>,
 }

@@ -28,9 +28,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Version of the keyspace layout, stored under `"Mformat"`. 2: one log
-/// value per append (several frames back to back). Frames have their own
-/// version byte (`codec::FORMAT_VERSION`).
-pub const LAYOUT_VERSION: u8 = 2;
+/// value per append (several frames back to back). 3: index entries carry
+/// `changed_at`. Frames have their own version byte (`codec::FORMAT_VERSION`).
+pub const LAYOUT_VERSION: u8 = 3;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +85,10 @@ pub struct IndexEntry {
     /// When the saga's durable timer falls due, if it sleeps on one.
     /// Recovery leaves such sagas to the delay queue instead of loading them.
     pub next_wake: Option<UnixMillis>,
+    /// Time of the last record of the batch that wrote this entry: when the
+    /// status or the timer last changed. For a finished saga, when it
+    /// finished; retention counts its age from here.
+    pub changed_at: UnixMillis,
 }
 
 /// Which index a saga's entry lives in.

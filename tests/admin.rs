@@ -1,0 +1,217 @@
+//! The admin side: an engine opened for administration only (what the CLI
+//! uses while the service is stopped) and retry-now. Timing runs on tokio's
+//! paused clock.
+
+mod common;
+
+use common::{trip_registry, Behaviour, Script};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, RetryPolicy,
+    SagaId, SagaStatus, StartOptions, StepError, UnixMillis,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn config_at(start: u64) -> EngineConfig {
+    EngineConfig {
+        start_time: Some(UnixMillis(start)),
+        ..EngineConfig::default()
+    }
+}
+
+/// Runs one saga whose car step fails with `error` under `strategy` until
+/// it stops moving (suspended, or asleep on a timer), then shuts down.
+async fn leave_one_saga(
+    store: &Arc<MemStore>,
+    strategy: CompensationStrategy,
+    error: StepError,
+) -> SagaId {
+    let script = Script::default();
+    script.set("car", Phase::Action, Behaviour::Fail(error));
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"ada".into(), StartOptions::new().strategy(strategy))
+        .await
+        .unwrap()
+        .saga_id;
+    loop {
+        let view = engine.saga(id).unwrap();
+        let asleep = engine
+            .delay_queue(10)
+            .unwrap()
+            .iter()
+            .any(|d| d.saga_id == id);
+        if asleep || view.status == SagaStatus::Suspended {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    engine.shutdown(Duration::ZERO).await;
+    id
+}
+
+fn slow_retries() -> CompensationStrategy {
+    CompensationStrategy::RetryThenCompensate {
+        policy: RetryPolicy {
+            max_attempts: 5,
+            initial_interval_ms: 3_600_000,
+            max_interval_ms: 3_600_000,
+            ..RetryPolicy::forward_default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn admin_engine_runs_nothing_and_refuses_to_start_sagas() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(
+        &store,
+        CompensationStrategy::Manual,
+        StepError::permanent("sold out"),
+    )
+    .await;
+    let appends = store.append_count();
+
+    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let (_, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+
+    assert_eq!(admin.saga(id).unwrap().status, SagaStatus::Suspended);
+    assert_eq!(admin.manual_queue().unwrap().len(), 1);
+    assert_eq!(
+        admin.start(&trip, &"bob".into(), StartOptions::new()).await,
+        Err(Error::AdminOnly)
+    );
+    assert_eq!(store.append_count(), appends, "reading wrote nothing");
+}
+
+#[tokio::test]
+async fn action_recorded_by_the_admin_engine_is_carried_out_at_the_services_next_open() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(
+        &store,
+        CompensationStrategy::Manual,
+        StepError::permanent("sold out"),
+    )
+    .await;
+
+    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    admin
+        .compensate_now(id, "alice", "customer cancelled")
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.saga(id).unwrap().status,
+        SagaStatus::Compensating,
+        "recorded, not carried out"
+    );
+    admin.shutdown(Duration::ZERO).await;
+
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let service = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        service.outcome(id).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(
+        script.calls(),
+        ["hotel:compensation:1", "flight:compensation:1"]
+    );
+}
+
+#[tokio::test]
+async fn admin_engine_refuses_an_action_that_makes_no_sense_and_writes_nothing() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(
+        &store,
+        CompensationStrategy::Manual,
+        StepError::permanent("sold out"),
+    )
+    .await;
+    let appends = store.append_count();
+    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+
+    let refused = admin.mark_compensated(id, "car", "alice", "typo").await;
+
+    assert!(matches!(refused, Err(Error::Illegal { .. })), "{refused:?}");
+    assert_eq!(store.append_count(), appends);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_now_wakes_a_saga_asleep_on_a_forward_backoff_at_once() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(&store, slow_retries(), StepError::retryable("api down")).await;
+
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
+        .await
+        .unwrap();
+    let before = tokio::time::Instant::now();
+    engine.retry_now(id, "alice", "api is back").await.unwrap();
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Committed);
+    assert_eq!(script.calls(), ["car:action:2"]);
+    assert!(
+        script.time_of("car:action:2").unwrap() - before < Duration::from_secs(60),
+        "ran long before the one-hour backoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_now_on_a_scheduled_compensation_compensates_at_once() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(
+        &store,
+        CompensationStrategy::Scheduled {
+            delay_ms: 86_400_000,
+        },
+        StepError::permanent("sold out"),
+    )
+    .await;
+
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
+        .await
+        .unwrap();
+    engine.retry_now(id, "alice", "do not wait").await.unwrap();
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Compensated);
+    assert_eq!(
+        script.calls(),
+        ["hotel:compensation:1", "flight:compensation:1"]
+    );
+}
+
+#[tokio::test]
+async fn retry_now_on_a_finished_saga_is_refused() {
+    let store = Arc::new(MemStore::new());
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store, registry, config_at(T0))
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"ada".into(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(id).await.unwrap();
+
+    let refused = engine.retry_now(id, "alice", "why not").await;
+
+    assert!(
+        matches!(&refused, Err(Error::InvalidOptions(m)) if m.contains("waits for nothing")),
+        "{refused:?}"
+    );
+}
