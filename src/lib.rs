@@ -53,8 +53,8 @@ pub use definition::{
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
-    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, SagaFilter, StartOptions,
-    Started, Stats, SuspendHook,
+    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, Retention, SagaFilter,
+    StartOptions, Started, Stats, SuspendHook, SweepReport,
 };
 pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};

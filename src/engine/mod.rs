@@ -17,11 +17,13 @@
 
 mod admin;
 mod query;
+mod retention;
 mod run;
 pub mod view;
 
 pub use admin::{DelayedItem, ManualItem};
 pub use query::{SagaFilter, Stats};
+pub use retention::{Retention, SweepReport};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
 use crate::error::Error;
@@ -90,6 +92,9 @@ pub struct EngineConfig {
     /// advances with tokio's clock, so tests can pause time, and can
     /// simulate downtime by opening a second engine at a later start time.
     pub start_time: Option<UnixMillis>,
+    /// Deleting finished sagas after a while; `None` keeps them forever.
+    /// Default: [`Retention::default`] (7 days, swept hourly).
+    pub retention: Option<Retention>,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +106,7 @@ impl Default for EngineConfig {
             on_suspend: None,
             around_call: None,
             start_time: None,
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -114,6 +120,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("on_suspend", &self.on_suspend.is_some())
             .field("around_call", &self.around_call.is_some())
             .field("start_time", &self.start_time)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -210,6 +217,8 @@ pub(crate) struct Inner {
     calls: std::sync::atomic::AtomicU64,
     /// Opened for administration: nothing runs (see [`Engine::open_admin`]).
     admin_only: bool,
+    /// The retention sweeper's thread, if retention is on.
+    sweeper: Mutex<Option<retention::Sweeper>>,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -303,6 +312,7 @@ impl Engine {
             around_call: config.around_call.clone(),
             calls: std::sync::atomic::AtomicU64::new(0),
             admin_only,
+            sweeper: Mutex::new(None),
         });
         let engine = Engine { inner };
         if admin_only {
@@ -314,6 +324,10 @@ impl Engine {
             async move { queue.run_delay_queue().await }
                 .instrument(tracing::info_span!("delay_queue")),
         );
+        if let Some(retention) = config.retention {
+            let sweeper = retention::Sweeper::start(&engine, retention)?;
+            *lock(&engine.inner.sweeper) = Some(sweeper);
+        }
         Ok(engine)
     }
 
@@ -831,6 +845,12 @@ impl Engine {
         out
     }
 
+    /// Decodes every value in the store and reports the ones that do not
+    /// decode, with their keys; see [`crate::log::verify::verify`].
+    pub fn verify(&self) -> Result<crate::log::verify::VerifyReport, Error> {
+        Ok(crate::log::verify::verify(self.inner.store.as_ref())?)
+    }
+
     /// The engine's current time, as written into records.
     pub fn now(&self) -> UnixMillis {
         self.inner.clock.now()
@@ -860,6 +880,10 @@ impl Engine {
             tracing::warn!("shutdown grace period over; calls still running are left in doubt");
             self.inner.aborting.cancel();
             self.inner.tracker.wait().await;
+        }
+        let sweeper = lock(&self.inner.sweeper).take();
+        if let Some(sweeper) = sweeper {
+            sweeper.stop().await;
         }
         self.inner.writer.stop().await;
         let waiters: Vec<_> = lock(&self.inner.waiters).drain().collect();

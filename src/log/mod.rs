@@ -8,4 +8,5 @@
 pub mod codec;
 pub mod record;
 pub mod store;
+pub mod verify;
 pub mod writer;

@@ -205,6 +205,36 @@ pub trait LogStore: Send + Sync + 'static {
         limit: usize,
         skip: &mut dyn FnMut(SagaId) -> bool,
     ) -> Result<TimerScan, StoreError>;
+
+    /// Visits every raw key and value in the store, in key order, until
+    /// `visit` returns false. For `verify`: it never decodes anything.
+    fn for_each_raw(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+
+    /// Deletes finished sagas for good, as one atomic and durable write:
+    /// every log value, the finished-index entry, and the idempotency key
+    /// (only while it still names that saga). A saga that has an
+    /// active-index entry is left untouched, whatever the caller believed.
+    /// Returns how many sagas and keys were removed.
+    fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError>;
+}
+
+/// A finished saga to delete, with the idempotency key its start record
+/// claimed (read from the log by the caller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// The saga.
+    pub saga: SagaId,
+    /// Its idempotency key, if it had one.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What [`LogStore::remove_finished`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Sagas deleted.
+    pub sagas: u64,
+    /// Keys deleted (log values, index entries, idempotency keys).
+    pub keys: u64,
 }
 
 mod keys {
@@ -425,6 +455,38 @@ fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreErr
         .collect()
 }
 
+fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreError> {
+    let mut ops = Vec::new();
+    let mut removed = Removed::default();
+    for removal in sagas {
+        let saga = removal.saga;
+        if kv.get(&keys::index(keys::ACTIVE, saga))?.is_some() {
+            continue;
+        }
+        let finished = keys::index(keys::FINISHED, saga);
+        if kv.get(&finished)?.is_none() {
+            continue;
+        }
+        let before = ops.len();
+        kv.for_each_prefix(&keys::log_prefix(saga), &mut |key, _| {
+            ops.push(KvOp::Delete(key.to_vec()));
+            Ok(true)
+        })?;
+        ops.push(KvOp::Delete(finished));
+        if let Some(key) = &removal.idempotency_key {
+            if key_owner(kv, key)? == Some(saga) {
+                ops.push(KvOp::Delete(keys::idempotency(key)));
+            }
+        }
+        removed.sagas += 1;
+        removed.keys += (ops.len() - before) as u64;
+    }
+    if !ops.is_empty() {
+        kv.apply_durably(ops)?;
+    }
+    Ok(removed)
+}
+
 fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
     let raw_key = keys::idempotency(key);
     match kv.get(&raw_key)? {
@@ -469,6 +531,15 @@ macro_rules! impl_log_store {
                 skip: &mut dyn FnMut(SagaId) -> bool,
             ) -> Result<TimerScan, StoreError> {
                 scan_timers(&self.kv, limit, skip)
+            }
+            fn for_each_raw(
+                &self,
+                visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+            ) -> Result<(), StoreError> {
+                self.kv.for_each_prefix(&[], &mut |k, v| Ok(visit(k, v)))
+            }
+            fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError> {
+                remove_finished(&self.kv, sagas)
             }
         }
     };

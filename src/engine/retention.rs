@@ -1,0 +1,209 @@
+//! Retention: deleting finished sagas after a while, so that the store
+//! does not grow forever. A background sweeper calls
+//! [`Engine::sweep_finished`] every [`Retention::sweep_every`]; operators
+//! can call it (or `sagalog sweep`) by hand.
+//!
+//! Only sagas in the finished index are candidates, and the store re-checks
+//! at delete time that none of them has an active entry, so a saga that is
+//! not finished is never touched. While a saga is being deleted the sweeper
+//! owns it like a loop does: an operator action that arrives meanwhile
+//! either runs first (the saga is then skipped) or finds it gone.
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::ids::{SagaId, UnixMillis};
+use crate::log::codec;
+use crate::log::record::Record;
+use crate::log::store::{IndexEntry, Removal, StoreError};
+use crate::sync::lock;
+use std::time::Duration;
+
+/// How long finished sagas are kept, and how often the sweeper looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// A finished saga is deleted once it has been finished this long
+    /// (counted from its terminal record). Default 7 days.
+    pub keep_finished: Duration,
+    /// Time between sweeps; the first runs one interval after open.
+    /// Default 1 hour.
+    pub sweep_every: Duration,
+    /// Most sagas deleted in one atomic write. Default 256.
+    pub batch: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_finished: Duration::from_secs(7 * 24 * 3600),
+            sweep_every: Duration::from_secs(3600),
+            batch: 256,
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Finished sagas old enough to delete.
+    pub eligible: u64,
+    /// Sagas deleted.
+    pub removed: u64,
+    /// Keys deleted (log values, index entries, idempotency keys).
+    pub keys_removed: u64,
+    /// Eligible sagas left in place because some task owned them (an
+    /// operator action) or their start record is unreadable (deleting
+    /// them could leave their idempotency key behind; `verify` shows them).
+    pub skipped: u64,
+}
+
+impl Engine {
+    /// Deletes every saga that has been finished for at least `older_than`
+    /// (by the engine's clock): its log, its index entry and its
+    /// idempotency key, `batch` sagas per atomic write. Never touches a
+    /// saga that is not finished. After this, a start with a deleted
+    /// saga's idempotency key starts a new saga.
+    pub async fn sweep_finished(
+        &self,
+        older_than: Duration,
+        batch: usize,
+    ) -> Result<SweepReport, Error> {
+        let older_than = u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = UnixMillis(self.now().0.saturating_sub(older_than));
+        let mut report = SweepReport::default();
+        let candidates: Vec<SagaId> = self
+            .inner
+            .store
+            .scan_finished()?
+            .into_iter()
+            .filter(|(_, bytes)| {
+                codec::decode_index_entry::<IndexEntry>(bytes)
+                    .is_ok_and(|e| e.status.is_terminal() && e.changed_at <= cutoff)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        report.eligible = candidates.len() as u64;
+        for chunk in candidates.chunks(batch.max(1)) {
+            let mut removals = Vec::with_capacity(chunk.len());
+            for &id in chunk {
+                if !self.claim(id) {
+                    report.skipped += 1;
+                    continue;
+                }
+                match self.start_record_key(id) {
+                    Some(key) => removals.push(Removal {
+                        saga: id,
+                        idempotency_key: key,
+                    }),
+                    None => {
+                        report.skipped += 1;
+                        self.hand_back(id);
+                    }
+                }
+            }
+            // Commands that reached a claimed saga before the delete win.
+            removals.retain(|r| {
+                let idle = lock(&self.inner.running)
+                    .get(&r.saga)
+                    .is_none_or(|mailbox| mailbox.is_empty());
+                if !idle {
+                    report.skipped += 1;
+                    self.hand_back(r.saga);
+                }
+                idle
+            });
+            let store = self.inner.store.clone();
+            let ids: Vec<SagaId> = removals.iter().map(|r| r.saga).collect();
+            let removed = tokio::task::spawn_blocking(move || store.remove_finished(&removals))
+                .await
+                .map_err(|e| StoreError::Backend(format!("the sweep task failed: {e}")));
+            for id in ids {
+                let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
+                for (_, reply) in pending {
+                    let _ = reply.send(Err(Error::NotFound(id)));
+                }
+            }
+            let removed = removed??;
+            report.removed += removed.sagas;
+            report.keys_removed += removed.keys;
+        }
+        if report.removed > 0 {
+            tracing::info!(
+                removed = report.removed,
+                keys = report.keys_removed,
+                skipped = report.skipped,
+                "retention sweep deleted finished sagas"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The idempotency key of an owned saga's start record: `Some(None)`
+    /// when it has none, `None` when the record cannot be read.
+    fn start_record_key(&self, id: SagaId) -> Option<Option<crate::ids::IdempotencyKey>> {
+        let history = self.history(id).ok()?;
+        match history.into_iter().next()?.record {
+            Ok((_, Record::SagaStarted(started))) => Some(started.idempotency_key),
+            _ => None,
+        }
+    }
+
+    /// Gives an owned saga back: released if nothing waits for it, else its
+    /// loop runs and applies the waiting commands.
+    fn hand_back(&self, id: SagaId) {
+        if self.inner.release_if_idle(id) {
+            return;
+        }
+        let run = self.load_state(id).map_err(|e| e.to_string());
+        match run.and_then(|state| self.prepare_state(id, state)) {
+            Ok(run) => self.spawn_owned(run),
+            Err(reason) => self.park(id, reason),
+        }
+    }
+}
+
+/// The background sweeper: a thread that sleeps on the real clock, not on
+/// tokio's. (A tokio timer would be the only pending timer of an idle
+/// engine, and tokio's paused test clock would jump to it whenever the
+/// runtime waits for the writer thread.) It holds the engine weakly, so an
+/// engine dropped without `shutdown` still goes away, and stops when told
+/// or when the engine is gone.
+pub(crate) struct Sweeper {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sweeper {
+    pub(crate) fn start(engine: &Engine, retention: Retention) -> Result<Sweeper, Error> {
+        let inner = std::sync::Arc::downgrade(&engine.inner);
+        let runtime = tokio::runtime::Handle::current();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sagalog-retention".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(retention.sweep_every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = inner.upgrade() else { return };
+                let engine = Engine { inner };
+                let swept = runtime
+                    .block_on(engine.sweep_finished(retention.keep_finished, retention.batch));
+                if let Err(e) = swept {
+                    tracing::error!(error = %e, "retention sweep failed; it runs again at the next interval");
+                }
+            })
+            .map_err(|e| {
+                Error::Store(StoreError::Backend(format!(
+                    "could not start the retention thread: {e}"
+                )))
+            })?;
+        Ok(Sweeper { stop, thread })
+    }
+
+    /// Stops the thread, waiting for a sweep in progress to finish.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}

@@ -1,0 +1,137 @@
+//! `verify`: decode every value in a store and report the ones that do not
+//! decode, with their raw keys. It reads only; repairing is an operator's
+//! decision (see DESIGN.md, "Recovery").
+
+use crate::ids::SagaId;
+use crate::log::codec;
+use crate::log::record::WaitPurpose;
+use crate::log::store::{IndexEntry, LogStore, StoreError, LAYOUT_VERSION};
+
+/// One value that does not decode, or a key that fits no keyspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The raw key.
+    pub key: Vec<u8>,
+    /// The saga the key belongs to, when the key itself says so.
+    pub saga: Option<SagaId>,
+    /// What kind of value it should have held (`log`, `active index`, ...).
+    pub what: &'static str,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Keys read.
+    pub keys: u64,
+    /// Log values read (one per append).
+    pub log_values: u64,
+    /// Records decoded from them.
+    pub records: u64,
+    /// Index entries (active and finished) decoded.
+    pub index_entries: u64,
+    /// Everything that failed to decode, in key order.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when every value decoded.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Reads every key of `store` and decodes every value by its keyspace: log
+/// values into records (checksums included), index entries, idempotency
+/// keys, timers, and the format marker. Fails only if the store cannot be
+/// read; bad values are reported, never fatal.
+pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    store.for_each_raw(&mut |key, value| {
+        report.keys += 1;
+        // Where the key holds a saga id: after the prefix, or after a timer's due time.
+        let id_at = match key.first() {
+            Some(b'L' | b'A' | b'F') => Some(1),
+            Some(b'T') => Some(9),
+            _ => None,
+        };
+        let saga = id_at
+            .and_then(|at| key.get(at..at + 16))
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(SagaId::from_bytes);
+        let mut problem = |what, error: String| {
+            report.problems.push(Problem {
+                key: key.to_vec(),
+                saga,
+                what,
+                error,
+            })
+        };
+        match key.first() {
+            Some(b'L') if key.len() == 25 => {
+                report.log_values += 1;
+                match codec::decode_records(value) {
+                    Ok(records) => report.records += records.len() as u64,
+                    Err(e) => problem("log", e.to_string()),
+                }
+            }
+            Some(b'L') => problem(
+                "log",
+                format!("log key of {} bytes, expected 25", key.len()),
+            ),
+            Some(prefix @ (b'A' | b'F')) => {
+                let what = if *prefix == b'A' {
+                    "active index"
+                } else {
+                    "finished index"
+                };
+                if key.len() != 17 {
+                    problem(
+                        what,
+                        format!("index key of {} bytes, expected 17", key.len()),
+                    );
+                    return true;
+                }
+                report.index_entries += 1;
+                match codec::decode_index_entry::<IndexEntry>(value) {
+                    Ok(entry) if entry.status.is_terminal() != (*prefix == b'F') => problem(
+                        what,
+                        format!("entry says {} but sits in the {what}", entry.status),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => problem(what, e.to_string()),
+                }
+            }
+            Some(b'K') => {
+                if value.len() != 16 {
+                    problem(
+                        "idempotency key",
+                        format!("value of {} bytes, expected a 16-byte saga id", value.len()),
+                    );
+                }
+            }
+            Some(b'T') => {
+                if key.len() != 33 {
+                    problem(
+                        "timer",
+                        format!("timer key of {} bytes, expected 33", key.len()),
+                    );
+                } else if let Err(e) = codec::decode_index_entry::<WaitPurpose>(value) {
+                    problem("timer", e.to_string());
+                }
+            }
+            _ if key == b"Mformat" => {
+                if value != [LAYOUT_VERSION] {
+                    problem(
+                        "format marker",
+                        format!("layout version {value:?}, this build reads [{LAYOUT_VERSION}]"),
+                    );
+                }
+            }
+            _ => problem("unknown", "the key belongs to no sagalog keyspace".into()),
+        }
+        true
+    })?;
+    Ok(report)
+}

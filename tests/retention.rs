@@ -1,0 +1,210 @@
+//! Retention: finished sagas are deleted after their age, with their
+//! idempotency keys; sagas that are not finished are never touched.
+
+mod common;
+
+use common::{trip_registry, Behaviour, Script};
+use sagalog::log::store::{LogStore, Removal};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, Retention,
+    SagaId, SagaStatus, StartOptions, StepError, UnixMillis,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: u64 = 1_800_000_000_000;
+const DAY: u64 = 86_400_000;
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+fn config_at(start: u64) -> EngineConfig {
+    EngineConfig {
+        start_time: Some(UnixMillis(start)),
+        ..EngineConfig::default()
+    }
+}
+
+struct Fixture {
+    committed: SagaId,
+    compensated: SagaId,
+    suspended: SagaId,
+    sleeping: SagaId,
+}
+
+/// Four sagas at T0: committed and compensated (finished), one suspended
+/// for an operator and one asleep on a ten-day scheduled compensation.
+async fn four_sagas(store: &Arc<MemStore>) -> Fixture {
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
+        .await
+        .unwrap();
+    let run = |key: &'static str, strategy| {
+        let (engine, trip) = (engine.clone(), trip.clone());
+        async move {
+            let options = StartOptions::new().idempotency_key(key).strategy(strategy);
+            engine
+                .start(&trip, &key.to_string(), options)
+                .await
+                .unwrap()
+                .saga_id
+        }
+    };
+    let committed = run("committed", CompensationStrategy::Immediate).await;
+    engine.outcome(committed).await.unwrap();
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    let compensated = run("compensated", CompensationStrategy::Immediate).await;
+    engine.outcome(compensated).await.unwrap();
+    let suspended = run("suspended", CompensationStrategy::Manual).await;
+    engine.outcome(suspended).await.unwrap();
+    let sleeping = run(
+        "sleeping",
+        CompensationStrategy::Scheduled { delay_ms: 10 * DAY },
+    )
+    .await;
+    while !engine
+        .delay_queue(10)
+        .unwrap()
+        .iter()
+        .any(|d| d.saga_id == sleeping)
+    {
+        tokio::task::yield_now().await;
+    }
+    engine.shutdown(Duration::ZERO).await;
+    Fixture {
+        committed,
+        compensated,
+        suspended,
+        sleeping,
+    }
+}
+
+async fn reopen(store: &Arc<MemStore>, at: u64) -> (Engine, sagalog::SagaRef<String>) {
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let config = EngineConfig {
+        retention: None,
+        ..config_at(at)
+    };
+    let engine = Engine::open_with_store(store.clone(), registry, config)
+        .await
+        .unwrap();
+    (engine, trip)
+}
+
+#[tokio::test]
+async fn sweep_deletes_sagas_finished_longer_ago_than_the_retention() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+    let (engine, _) = reopen(&store, T0 + 8 * DAY).await;
+
+    let report = engine.sweep_finished(WEEK, 256).await.unwrap();
+
+    assert_eq!((report.eligible, report.removed), (2, 2));
+    for id in [f.committed, f.compensated] {
+        assert_eq!(engine.saga(id), Err(Error::NotFound(id)));
+        assert!(store.read_log(id).unwrap().is_empty());
+    }
+    assert_eq!(engine.list(None).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sweep_never_touches_a_saga_that_is_not_finished() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+    let (engine, _) = reopen(&store, T0 + 8 * DAY).await;
+
+    engine.sweep_finished(WEEK, 256).await.unwrap();
+
+    assert_eq!(
+        engine.saga(f.suspended).unwrap().status,
+        SagaStatus::Suspended
+    );
+    assert_eq!(engine.manual_queue().unwrap()[0].saga_id, f.suspended);
+    assert_eq!(engine.delay_queue(10).unwrap()[0].saga_id, f.sleeping);
+    assert_eq!(
+        engine.saga(f.sleeping).unwrap().status,
+        SagaStatus::Compensating
+    );
+}
+
+#[tokio::test]
+async fn sweep_keeps_sagas_finished_more_recently_than_the_retention() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+    let (engine, _) = reopen(&store, T0 + 6 * DAY).await;
+
+    let report = engine.sweep_finished(WEEK, 256).await.unwrap();
+
+    assert_eq!(report.removed, 0);
+    assert_eq!(
+        engine.saga(f.committed).unwrap().status,
+        SagaStatus::Committed
+    );
+}
+
+#[tokio::test]
+async fn a_swept_sagas_idempotency_key_starts_a_new_saga() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+    let (engine, trip) = reopen(&store, T0 + 8 * DAY).await;
+    let options = || StartOptions::new().idempotency_key("committed");
+    let before = engine
+        .start(&trip, &"again".into(), options())
+        .await
+        .unwrap();
+    assert_eq!((before.saga_id, before.existing), (f.committed, true));
+
+    engine.sweep_finished(WEEK, 256).await.unwrap();
+    let after = engine
+        .start(&trip, &"again".into(), options())
+        .await
+        .unwrap();
+
+    assert!(!after.existing);
+    assert_ne!(after.saga_id, f.committed);
+}
+
+#[tokio::test]
+async fn store_refuses_to_remove_a_saga_with_an_active_entry() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+
+    let removed = store
+        .remove_finished(&[Removal {
+            saga: f.suspended,
+            idempotency_key: None,
+        }])
+        .unwrap();
+
+    assert_eq!(removed.sagas, 0);
+    assert!(!store.read_log(f.suspended).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sweeper_deletes_old_finished_sagas_on_its_interval() {
+    let store = Arc::new(MemStore::new());
+    let f = four_sagas(&store).await;
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let config = EngineConfig {
+        retention: Some(Retention {
+            keep_finished: WEEK,
+            sweep_every: Duration::from_millis(10),
+            batch: 1,
+        }),
+        ..config_at(T0 + 8 * DAY)
+    };
+    let engine = Engine::open_with_store(store.clone(), registry, config)
+        .await
+        .unwrap();
+
+    // Waits however long the sweeper takes; a hang fails by the harness's timeout.
+    while engine.saga(f.committed).is_ok() || engine.saga(f.compensated).is_ok() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert_eq!(engine.list(None).unwrap().len(), 2);
+    engine.shutdown(Duration::ZERO).await;
+}
