@@ -1,0 +1,478 @@
+//! Rendering: every command's result as an aligned table, or as JSON.
+
+use sagalog::log::record::{Record, WaitPurpose};
+use sagalog::log::verify::VerifyReport;
+use sagalog::{
+    HistoryEntry, ManualItem, SagaId, SagaListing, SagaView, Stats, SweepReport, UnixMillis,
+};
+use serde_json::{json, Value};
+
+/// Where results go, and in which form.
+pub struct Output {
+    pub json: bool,
+}
+
+/// A time as RFC 3339 in UTC with milliseconds; `-` for "never".
+pub fn time(at: UnixMillis) -> String {
+    if at.0 == 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.0);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Rows as columns padded to their widest cell (the last one unpadded).
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn print_json(value: Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// One record in words, with step names from the saga's plan.
+fn describe(record: &Record, steps: &[String]) -> String {
+    let step = |i: u32| {
+        steps
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{i}"))
+    };
+    match record {
+        Record::SagaStarted(s) => {
+            let key = s
+                .idempotency_key
+                .as_ref()
+                .map(|k| format!(", key {}", k.as_str()))
+                .unwrap_or_default();
+            format!(
+                "started {} v{}, strategy {}{key}",
+                s.saga_type,
+                s.version,
+                s.plan.strategy.name()
+            )
+        }
+        Record::StepStarted(c) => format!("{} action, attempt {}: intent", step(c.step), c.attempt),
+        Record::StepSucceeded(r) => format!(
+            "{} action, attempt {}: succeeded",
+            step(r.call.step),
+            r.call.attempt
+        ),
+        Record::StepFailed(f) => format!(
+            "{} action, attempt {}: failed ({:?}): {}",
+            step(f.call.step),
+            f.call.attempt,
+            f.failure.class,
+            f.failure.message
+        ),
+        Record::CompensationStarted(c) => format!(
+            "{} compensation, attempt {}: intent",
+            step(c.step),
+            c.attempt
+        ),
+        Record::CompensationSucceeded(c) => format!(
+            "{} compensation, attempt {}: succeeded",
+            step(c.step),
+            c.attempt
+        ),
+        Record::CompensationFailed(f) => format!(
+            "{} compensation, attempt {}: failed ({:?}): {}",
+            step(f.call.step),
+            f.call.attempt,
+            f.failure.class,
+            f.failure.message
+        ),
+        Record::SagaSuspended(s) => format!("suspended: {}", s.reason),
+        Record::SagaFinished(f) => format!("finished {}", f.status),
+        Record::TimerSet(t) => format!(
+            "asleep until {}: {}",
+            time(t.due),
+            purpose(&t.purpose, steps)
+        ),
+        Record::OperatorAction(a) => {
+            let command = match a.command {
+                sagalog::OperatorCommand::MarkCompensated { step: s } => {
+                    format!("mark_compensated {}", step(s))
+                }
+                other => other.name().to_string(),
+            };
+            format!("operator {}: {command} ({})", a.actor, a.reason)
+        }
+    }
+}
+
+fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
+    let step = |i: u32| {
+        steps
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{i}"))
+    };
+    match purpose {
+        WaitPurpose::RetryBackoff { step: s, attempt } => {
+            format!("retry {} (attempt {attempt})", step(*s))
+        }
+        WaitPurpose::ScheduledCompensation { step: s } => {
+            format!("scheduled compensation after {} failed", step(*s))
+        }
+        WaitPurpose::CompensationBackoff { step: s, attempt } => {
+            format!("retry compensation of {} (attempt {attempt})", step(*s))
+        }
+    }
+}
+
+impl Output {
+    pub fn list(&self, sagas: &[SagaListing]) {
+        if self.json {
+            let rows: Vec<Value> = sagas
+                .iter()
+                .map(|s| {
+                    json!({
+                        "saga_id": s.saga_id.to_string(),
+                        "saga_type": s.saga_type.as_str(),
+                        "status": s.status.name(),
+                        "started_at": s.started_at.0,
+                        "changed_at": s.changed_at.0,
+                        "next_wake": s.next_wake.map(|t| t.0),
+                        "parked": s.parked,
+                    })
+                })
+                .collect();
+            return print_json(json!({ "sagas": rows }));
+        }
+        let rows: Vec<Vec<String>> = sagas
+            .iter()
+            .map(|s| {
+                vec![
+                    s.saga_id.to_string(),
+                    s.saga_type.to_string(),
+                    s.status.name().to_string(),
+                    time(s.started_at),
+                    time(s.changed_at),
+                    s.next_wake.map_or("-".into(), time),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &["SAGA", "TYPE", "STATUS", "STARTED", "CHANGED", "WAKES"],
+                &rows
+            )
+        );
+        println!("({})", plural(sagas.len(), "saga", "sagas"));
+    }
+
+    pub fn show(&self, view: &SagaView, history: &[HistoryEntry]) {
+        let names: Vec<String> = view.steps.iter().map(|s| s.name.to_string()).collect();
+        if self.json {
+            let steps: Vec<Value> = view
+                .steps
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name.as_str(),
+                        "summary": s.summary(),
+                        "action": format!("{:?}", s.action),
+                        "action_attempts": s.action_attempts,
+                        "compensation": format!("{:?}", s.compensation),
+                        "compensation_attempts": s.compensation_attempts,
+                        "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
+                    })
+                })
+                .collect();
+            let timeline: Vec<Value> = history
+                .iter()
+                .map(|e| match &e.record {
+                    Ok((at, record)) => json!({
+                        "seq": e.seq,
+                        "at": at.0,
+                        "kind": record.kind_name(),
+                        "text": describe(record, &names),
+                    }),
+                    Err(error) => json!({"seq": e.seq, "unreadable": error.to_string()}),
+                })
+                .collect();
+            return print_json(json!({
+                "saga_id": view.saga_id.to_string(),
+                "saga_type": view.saga_type.as_str(),
+                "version": view.version,
+                "status": view.status.name(),
+                "strategy": view.strategy,
+                "idempotency_key": view.idempotency_key,
+                "started_at": view.started_at.0,
+                "updated_at": view.updated_at.0,
+                "failure": view.failure.as_ref().map(|(step, f)| json!({
+                    "step": step.as_str(), "class": format!("{:?}", f.class), "message": f.message,
+                })),
+                "reason": view.reason,
+                "steps": steps,
+                "timeline": timeline,
+            }));
+        }
+        let mut summary = vec![
+            ("saga", view.saga_id.to_string()),
+            (
+                "type",
+                format!("{} (version {})", view.saga_type, view.version),
+            ),
+            ("status", view.status.name().to_string()),
+            ("strategy", view.strategy.to_string()),
+            (
+                "key",
+                view.idempotency_key.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("started", time(view.started_at)),
+            ("updated", time(view.updated_at)),
+        ];
+        if let Some((step, failure)) = &view.failure {
+            summary.push((
+                "failure",
+                format!("{step}: {} ({:?})", failure.message, failure.class),
+            ));
+        }
+        if let Some(reason) = &view.reason {
+            summary.push(("reason", reason.clone()));
+        }
+        for (label, value) in summary {
+            println!("{label:<9} {value}");
+        }
+        let steps: Vec<Vec<String>> = view
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.to_string(),
+                    s.summary().to_string(),
+                    s.action_attempts.to_string(),
+                    s.compensation_attempts.to_string(),
+                    s.last_error
+                        .as_ref()
+                        .map_or("-".into(), |e| e.message.clone()),
+                ]
+            })
+            .collect();
+        println!(
+            "\n{}",
+            table(
+                &["STEP", "STATE", "ACTION TRIES", "COMP TRIES", "LAST ERROR"],
+                &steps
+            )
+        );
+        let timeline: Vec<Vec<String>> = history
+            .iter()
+            .map(|e| match &e.record {
+                Ok((at, record)) => vec![e.seq.to_string(), time(*at), describe(record, &names)],
+                Err(error) => vec![
+                    e.seq.to_string(),
+                    "?".into(),
+                    format!("UNREADABLE: {error}"),
+                ],
+            })
+            .collect();
+        println!("\n{}", table(&["SEQ", "TIME", "RECORD"], &timeline));
+    }
+
+    pub fn manual(&self, items: &[ManualItem]) {
+        if self.json {
+            let rows: Vec<Value> = items
+                .iter()
+                .map(|m| {
+                    json!({
+                        "saga_id": m.saga_id.to_string(),
+                        "saga_type": m.saga_type.as_str(),
+                        "since": m.since.0,
+                        "parked": m.parked,
+                        "failed_step": m.failed_step.as_ref().map(|(s, _)| s.as_str()),
+                        "error": m.failed_step.as_ref().map(|(_, f)| f.message.clone()),
+                        "to_compensate": m.to_compensate,
+                        "reason": m.reason,
+                    })
+                })
+                .collect();
+            return print_json(json!({ "manual_queue": rows }));
+        }
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|m| {
+                vec![
+                    m.saga_id.to_string(),
+                    m.saga_type.to_string(),
+                    time(m.since),
+                    m.failed_step
+                        .as_ref()
+                        .map_or("-".into(), |(s, f)| format!("{s}: {}", f.message)),
+                    if m.to_compensate.is_empty() {
+                        "-".into()
+                    } else {
+                        m.to_compensate.join(", ")
+                    },
+                    if m.parked {
+                        format!("PARKED: {}", m.reason)
+                    } else {
+                        m.reason.clone()
+                    },
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &[
+                    "SAGA",
+                    "TYPE",
+                    "SINCE",
+                    "FAILED STEP",
+                    "WOULD COMPENSATE",
+                    "REASON"
+                ],
+                &rows
+            )
+        );
+        println!("({} waiting)", items.len());
+    }
+
+    pub fn recorded(&self, saga: SagaId, actions: &[String], actor: &str) {
+        if self.json {
+            return print_json(json!({
+                "saga_id": saga.to_string(),
+                "recorded": actions,
+                "actor": actor,
+            }));
+        }
+        for action in actions {
+            println!("recorded {action} on saga {saga} by {actor}");
+        }
+        println!("the service carries it out at its next start");
+    }
+
+    pub fn stats(&self, stats: &Stats) {
+        if self.json {
+            let by_status: serde_json::Map<String, Value> = stats
+                .by_status
+                .iter()
+                .map(|(s, n)| (s.name().to_string(), json!(n)))
+                .collect();
+            return print_json(json!({
+                "by_status": by_status,
+                "oldest_in_flight": stats.oldest_in_flight.map(|(id, at)| json!({
+                    "saga_id": id.to_string(), "started_at": at.0,
+                })),
+                "delay_queue_depth": stats.delay_queue_depth,
+                "manual_queue_depth": stats.manual_queue_depth,
+                "parked": stats.parked,
+            }));
+        }
+        let rows: Vec<Vec<String>> = stats
+            .by_status
+            .iter()
+            .map(|(s, n)| vec![s.name().to_string(), n.to_string()])
+            .collect();
+        println!("{}", table(&["STATUS", "SAGAS"], &rows));
+        match stats.oldest_in_flight {
+            Some((id, at)) => println!("\noldest in flight   {id} (started {})", time(at)),
+            None => println!("\noldest in flight   -"),
+        }
+        println!("delay queue depth  {}", stats.delay_queue_depth);
+        println!("manual queue depth {}", stats.manual_queue_depth);
+        println!("parked             {}", stats.parked);
+    }
+
+    pub fn verify(&self, report: &VerifyReport) {
+        let hex = |key: &[u8]| key.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        if self.json {
+            let problems: Vec<Value> = report
+                .problems
+                .iter()
+                .map(|p| {
+                    json!({
+                        "key": hex(&p.key),
+                        "saga_id": p.saga.map(|s| s.to_string()),
+                        "what": p.what,
+                        "error": p.error,
+                    })
+                })
+                .collect();
+            return print_json(json!({
+                "keys": report.keys,
+                "log_values": report.log_values,
+                "records": report.records,
+                "index_entries": report.index_entries,
+                "corrupt": problems,
+            }));
+        }
+        println!(
+            "checked {} keys: {} log values ({} records), {} index entries",
+            report.keys, report.log_values, report.records, report.index_entries
+        );
+        if report.is_clean() {
+            println!("no damaged value found");
+            return;
+        }
+        let rows: Vec<Vec<String>> = report
+            .problems
+            .iter()
+            .map(|p| {
+                vec![
+                    hex(&p.key),
+                    p.saga.map_or("-".into(), |s| s.to_string()),
+                    p.what.to_string(),
+                    p.error.clone(),
+                ]
+            })
+            .collect();
+        println!("{}", table(&["KEY (HEX)", "SAGA", "WHAT", "ERROR"], &rows));
+        println!(
+            "{} damaged: the sagas named are parked by the service until repaired (see DESIGN.md, Recovery)",
+            report.problems.len()
+        );
+    }
+
+    pub fn sweep(&self, report: &SweepReport, before: u64, after: u64) {
+        if self.json {
+            return print_json(json!({
+                "eligible": report.eligible,
+                "removed": report.removed,
+                "keys_removed": report.keys_removed,
+                "skipped": report.skipped,
+                "bytes_on_disk_before": before,
+                "bytes_on_disk_after": after,
+            }));
+        }
+        println!(
+            "removed {} of {} finished sagas old enough ({} keys; {} skipped)",
+            report.removed, report.eligible, report.keys_removed, report.skipped
+        );
+        println!("disk size before {before} bytes, after {after} bytes");
+    }
+}

@@ -1,0 +1,438 @@
+//! Every `sagalog` command, run as a process on a database the orders
+//! example produced: the example is aborted right after the durable append
+//! that leaves one order suspended in the manual queue and one asleep on a
+//! ten-minute scheduled compensation (three more are finished).
+//!
+//! Golden files: `tests/golden/*.txt`, with saga ids and times replaced by
+//! placeholders. `UPDATE_GOLDEN=1 cargo test -p sagalog-cli` rewrites them.
+
+use sagalog::log::store::raw_keys::log_key;
+use sagalog::{SagaId, SledStore};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The orders example, built by cargo first (tests do not build examples).
+fn orders_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "sagalog", "--example", "orders"]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().expect("cargo runs").success());
+    profile_dir.join("examples").join("orders")
+}
+
+/// Runs the orders example on `dir` with `args`; gives up after a minute.
+fn run_orders(dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new(orders_binary())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--json", "--scheduled-delay-ms", "600000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the orders example starts");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let watchdog = std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let output = child.wait_with_output().expect("the orders example runs");
+    let _ = watchdog.join();
+    output
+}
+
+fn sagalog(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .arg("--db")
+        .arg(db.join("log"))
+        .args(args)
+        .output()
+        .expect("sagalog runs")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "sagalog failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json(db: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&stdout(&sagalog(db, &all))).expect("sagalog prints JSON")
+}
+
+/// The fixture, produced once: the first crash point at which the manual
+/// queue and the delay queue each hold one order.
+fn fixture() -> &'static Path {
+    static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let root = tempfile::tempdir().expect("temp dir").keep();
+        for n in 1..60 {
+            let dir = root.join(format!("crash-after-{n}"));
+            run_orders(&dir, &["--crash-after", &n.to_string()]);
+            let stats = json(&dir, &["stats"]);
+            if stats["manual_queue_depth"] == 1 && stats["delay_queue_depth"] == 1 {
+                return dir;
+            }
+        }
+        panic!("no crash point left one order suspended and one asleep");
+    })
+}
+
+/// A private copy of the fixture, for a test that changes it.
+fn copy_of_fixture() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(fixture(), dir.path());
+    dir
+}
+
+/// (manual saga, sleeping saga, finished sagas) of a fixture copy.
+fn roles(db: &Path) -> (String, String, Vec<String>) {
+    let list = json(db, &["list"]);
+    let sagas = list["sagas"].as_array().unwrap();
+    let with = |status: &str| -> Vec<String> {
+        sagas
+            .iter()
+            .filter(|s| s["status"] == status)
+            .map(|s| s["saga_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let finished = [with("COMMITTED"), with("COMPENSATED")].concat();
+    (
+        with("SUSPENDED")[0].clone(),
+        with("COMPENSATING")[0].clone(),
+        finished,
+    )
+}
+
+/// Replaces saga ids with `<saga-N>` (in order of appearance) and RFC 3339
+/// times with `<time>`, keeping the column padding.
+fn normalize(text: &str) -> String {
+    let mut ids: Vec<String> = Vec::new();
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    let is_hex = |c: char| c.is_ascii_hexdigit() && !c.is_ascii_uppercase();
+    while i < chars.len() {
+        let rest: String = chars[i..chars.len().min(i + 36)].iter().collect();
+        if rest.len() == 36
+            && SagaId::parse(&rest).is_some()
+            && rest.chars().all(|c| is_hex(c) || c == '-')
+        {
+            let n = match ids.iter().position(|id| *id == rest) {
+                Some(n) => n,
+                None => {
+                    ids.push(rest.clone());
+                    ids.len() - 1
+                }
+            };
+            let placeholder = format!("<saga-{}>", n + 1);
+            out.push_str(&format!("{placeholder:<36}"));
+            i += 36;
+            continue;
+        }
+        let time: String = chars[i..chars.len().min(i + 24)].iter().collect();
+        let shaped = time.len() == 24
+            && time.chars().enumerate().all(|(k, c)| match k {
+                4 | 7 => c == '-',
+                10 => c == 'T',
+                13 | 16 => c == ':',
+                19 => c == '.',
+                23 => c == 'Z',
+                _ => c.is_ascii_digit(),
+            });
+        if shaped {
+            out.push_str(&format!("{:<24}", "<time>"));
+            i += 24;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden file {}", path.display()));
+    assert_eq!(
+        actual,
+        expected.trim_end(),
+        "output differs from {}; rerun with UPDATE_GOLDEN=1 if the change is intended",
+        path.display()
+    );
+}
+
+#[test]
+fn list_prints_every_saga_oldest_first_as_in_the_golden_file() {
+    let out = stdout(&sagalog(fixture(), &["list"]));
+    golden("list.txt", &normalize(&out));
+}
+
+#[test]
+fn show_prints_summary_steps_and_timeline_as_in_the_golden_file() {
+    let (manual, _, _) = roles(fixture());
+    let out = stdout(&sagalog(fixture(), &["show", &manual]));
+    golden("show.txt", &normalize(&out));
+}
+
+#[test]
+fn list_filters_by_status() {
+    let list = json(fixture(), &["list", "--status", "compensated"]);
+    let sagas = list["sagas"].as_array().unwrap();
+    assert_eq!(sagas.len(), 2);
+    assert!(sagas.iter().all(|s| s["status"] == "COMPENSATED"));
+}
+
+#[test]
+fn list_unfinished_for_leaves_out_finished_sagas() {
+    let list = json(fixture(), &["list", "--unfinished-for", "0s"]);
+    let statuses: Vec<_> = list["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["SUSPENDED", "COMPENSATING"]);
+}
+
+#[test]
+fn show_json_has_the_steps_and_the_timeline() {
+    let (manual, _, _) = roles(fixture());
+    let view = json(fixture(), &["show", &manual]);
+    assert_eq!(view["status"], "SUSPENDED");
+    assert_eq!(view["failure"]["step"], "charge_payment");
+    assert_eq!(view["steps"][0]["summary"], "done");
+    assert_eq!(view["timeline"][0]["kind"], "saga_started");
+}
+
+#[test]
+fn manual_lists_the_suspended_order_with_what_it_would_compensate() {
+    let (manual, _, _) = roles(fixture());
+    let queue = json(fixture(), &["manual"]);
+    let items = queue["manual_queue"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["saga_id"], manual.as_str());
+    assert_eq!(items[0]["failed_step"], "charge_payment");
+    assert_eq!(
+        items[0]["to_compensate"],
+        serde_json::json!(["reserve_stock"])
+    );
+}
+
+#[test]
+fn stats_counts_per_status_and_the_queue_depths() {
+    let stats = json(fixture(), &["stats"]);
+    assert_eq!(
+        stats["by_status"],
+        serde_json::json!({"COMMITTED": 1, "COMPENSATED": 2, "COMPENSATING": 1, "SUSPENDED": 1})
+    );
+    assert_eq!(stats["delay_queue_depth"], 1);
+    assert_eq!(stats["manual_queue_depth"], 1);
+}
+
+#[test]
+fn verify_reports_a_clean_database() {
+    let report = json(fixture(), &["verify"]);
+    assert_eq!(report["corrupt"], serde_json::json!([]));
+    assert!(report["records"].as_u64().unwrap() > 20);
+}
+
+#[test]
+fn verify_reports_a_damaged_value_with_its_key_and_fails() {
+    let db = copy_of_fixture();
+    let (manual, _, _) = roles(db.path());
+    let id = SagaId::parse(&manual).unwrap();
+    let key = log_key(id, 0);
+    {
+        let store = SledStore::open(db.path().join("log"), Default::default()).unwrap();
+        store.overwrite_raw(&key, b"garbage").unwrap();
+    }
+    let output = sagalog(db.path(), &["verify"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(text.contains(&hex), "{text}");
+    assert!(text.contains(&manual), "{text}");
+}
+
+#[test]
+fn actions_are_recorded_and_the_service_carries_them_out_at_its_next_start() {
+    let db = copy_of_fixture();
+    let (manual, sleeping, _) = roles(db.path());
+    let who = ["--actor", "cli-test", "--reason", "customer called"];
+    stdout(&sagalog(
+        db.path(),
+        &[&["compensate", &manual][..], &who].concat(),
+    ));
+    stdout(&sagalog(
+        db.path(),
+        &[&["retry", &sleeping][..], &who].concat(),
+    ));
+    assert_eq!(
+        json(db.path(), &["show", &manual])["status"],
+        "COMPENSATING",
+        "recorded, not yet carried out"
+    );
+
+    let rerun = run_orders(db.path(), &[]);
+
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    for id in [&manual, &sleeping] {
+        let view = json(db.path(), &["show", id]);
+        assert_eq!(view["status"], "COMPENSATED");
+        let actors: Vec<_> = view["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "operator_action")
+            .map(|e| e["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(actors.len(), 1, "{actors:?}");
+        assert!(actors[0].starts_with("operator cli-test"), "{actors:?}");
+    }
+}
+
+#[test]
+fn resolve_marks_a_step_compensated_by_hand() {
+    let db = copy_of_fixture();
+    let (manual, _, _) = roles(db.path());
+    stdout(&sagalog(
+        db.path(),
+        &[
+            "resolve",
+            &manual,
+            "--step",
+            "reserve_stock",
+            "--reason",
+            "released in the warehouse UI",
+        ],
+    ));
+    let view = json(db.path(), &["show", &manual]);
+    assert_eq!(view["steps"][0]["summary"], "compensated");
+}
+
+#[test]
+fn resolve_abandon_records_that_the_operator_gave_up() {
+    let db = copy_of_fixture();
+    let (manual, _, _) = roles(db.path());
+    stdout(&sagalog(
+        db.path(),
+        &["resolve", &manual, "--abandon", "--reason", "written off"],
+    ));
+    let view = json(db.path(), &["show", &manual]);
+    let last = view["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["text"].as_str().unwrap().contains("abandon"), "{last}");
+}
+
+#[test]
+fn cancel_is_recorded_in_the_sagas_log() {
+    let db = copy_of_fixture();
+    let (_, sleeping, _) = roles(db.path());
+    stdout(&sagalog(
+        db.path(),
+        &["cancel", &sleeping, "--reason", "order withdrawn"],
+    ));
+    let view = json(db.path(), &["show", &sleeping]);
+    let last = view["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["text"].as_str().unwrap().contains("cancel"), "{last}");
+}
+
+#[test]
+fn retry_of_a_finished_saga_is_refused_with_the_reason() {
+    let (_, _, finished) = roles(fixture());
+    let output = sagalog(fixture(), &["retry", &finished[0], "--reason", "why not"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("waits for nothing"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_saga_id_is_refused_with_an_example_of_a_good_one() {
+    let output = sagalog(fixture(), &["show", "not-an-id"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a saga id"), "{stderr}");
+}
+
+#[test]
+fn a_locked_database_is_reported_with_what_to_do_instead() {
+    let db = copy_of_fixture();
+    let _service = SledStore::open(db.path().join("log"), Default::default()).unwrap();
+
+    let output = sagalog(db.path(), &["list"]);
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is locked"), "{stderr}");
+    assert!(stderr.contains("admin API"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn sweep_removes_finished_sagas_keeps_unfinished_ones_and_reports_disk_size() {
+    let db = copy_of_fixture();
+    let (manual, sleeping, finished) = roles(db.path());
+
+    let report = json(db.path(), &["sweep", "--older-than", "0s"]);
+
+    assert_eq!(report["removed"], 3);
+    assert!(report["bytes_on_disk_before"].as_u64().unwrap() > 0);
+    assert!(report["bytes_on_disk_after"].as_u64().is_some());
+    let left: Vec<_> = json(db.path(), &["list"])["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, [manual, sleeping]);
+    let gone = sagalog(db.path(), &["show", &finished[0]]);
+    assert!(!gone.status.success());
+}
