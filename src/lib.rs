@@ -60,7 +60,7 @@ pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};
 pub use log::codec::DecodeError;
 pub use log::record::{ErrorClass, OperatorCommand, WaitPurpose};
-pub use log::store::{MemStore, SledStore, StoreError};
+pub use log::store::{Compacted, MemStore, SledStore, StoreError};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;
 

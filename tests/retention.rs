@@ -208,3 +208,81 @@ async fn background_sweeper_deletes_old_finished_sagas_on_its_interval() {
     assert_eq!(engine.list(None).unwrap().len(), 2);
     engine.shutdown(Duration::ZERO).await;
 }
+
+/// Commits `n` sagas and leaves one suspended in a sled database at `dir`.
+async fn sled_history(dir: &std::path::Path, n: usize) -> SagaId {
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir, registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let started = engine
+            .start(&trip, &format!("order-{i}"), StartOptions::new())
+            .await
+            .unwrap();
+        ids.push(started.saga_id);
+    }
+    for id in ids {
+        engine.outcome(id).await.unwrap();
+    }
+    script.set(
+        "car",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    let options = StartOptions::new().strategy(CompensationStrategy::Manual);
+    let suspended = engine
+        .start(&trip, &"kept".into(), options)
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(suspended).await.unwrap();
+    engine.sweep_finished(Duration::ZERO, 256).await.unwrap();
+    engine.shutdown(Duration::from_secs(1)).await;
+    suspended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_returns_the_space_of_swept_sagas_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let kept = sled_history(&path, 1_000).await;
+
+    let compacted = sagalog::SledStore::compact(&path, Default::default()).unwrap();
+
+    assert!(
+        compacted.bytes_after < compacted.bytes_before / 2,
+        "{compacted:?}"
+    );
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open(&path, registry, EngineConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(engine.saga(kept).unwrap().status, SagaStatus::Suspended);
+    assert_eq!(engine.list(None).unwrap().len(), 1);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_interrupted_between_its_renames_is_undone_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let kept = sled_history(&path, 10).await;
+    // The state a crash leaves after the original was set aside and before
+    // the copy moved in, with a half-written copy beside it.
+    std::fs::rename(&path, dir.path().join("log.before-compact")).unwrap();
+    std::fs::create_dir(dir.path().join("log.compacting")).unwrap();
+    std::fs::write(dir.path().join("log.compacting/db"), b"half").unwrap();
+
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open(&path, registry, EngineConfig::default())
+        .await
+        .unwrap();
+
+    assert_eq!(engine.saga(kept).unwrap().status, SagaStatus::Suspended);
+    assert!(!dir.path().join("log.compacting").exists());
+    assert!(!dir.path().join("log.before-compact").exists());
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -100,12 +100,14 @@ enum Command {
     Stats,
     /// Decode every stored value and report the damaged ones with their keys.
     Verify,
-    /// Delete sagas finished longer ago than --older-than, and show the disk size before and after.
+    /// Delete sagas finished longer ago than --older-than (their space is reused by new writes).
     Sweep {
         /// Age of a finished saga to delete (e.g. 7d, 12h).
         #[arg(long, value_name = "DURATION", default_value = "7d")]
         older_than: String,
     },
+    /// Rewrite the database compactly, giving the space of deleted sagas back to the filesystem; shows the size before and after.
+    Compact,
 }
 
 /// Who acts and why: written into the saga's log with the action.
@@ -207,13 +209,19 @@ fn status(text: &str) -> Result<SagaStatus, Failure> {
         })
 }
 
-async fn open(cli: &Cli) -> Result<(Engine, Arc<SledStore>), Failure> {
-    if !cli.db.join("db").exists() && !cli.db.join("conf").exists() {
-        return Err(Failure(format!(
-            "{} holds no sagalog database (no sled files); pass the directory the service opens",
-            cli.db.display()
-        )));
+/// Refuses a directory without a database: opening would create one.
+fn existing(db: &std::path::Path) -> Result<(), Failure> {
+    if db.join("db").exists() || db.join("conf").exists() {
+        return Ok(());
     }
+    Err(Failure(format!(
+        "{} holds no sagalog database (no sled files); pass the directory the service opens",
+        db.display()
+    )))
+}
+
+async fn open(cli: &Cli) -> Result<(Engine, Arc<SledStore>), Failure> {
+    existing(&cli.db)?;
     let path = cli.db.clone();
     let options = SledOptions {
         lock_wait: Duration::from_millis(500),
@@ -224,21 +232,37 @@ async fn open(cli: &Cli) -> Result<(Engine, Arc<SledStore>), Failure> {
         .map_err(|e| Failure(format!("the open task failed: {e}")))?;
     let store = match opened {
         Ok(store) => Arc::new(store),
-        Err(StoreError::Locked { path }) => {
-            return Err(Failure(format!(
-                "the database at {} is locked: a running process (probably the service) has it open, and sled lets one process open it at a time. \
-                 Stop the service to use this tool, or act while it runs through the service's admin API \
-                 (Engine::manual_queue, Engine::compensate_now, Engine::retry_now, ...).",
-                path.display()
-            )))
-        }
+        Err(StoreError::Locked { path }) => return Err(locked(&path)),
         Err(e) => return Err(e.into()),
     };
     let engine = Engine::open_admin_with_store(store.clone()).await?;
     Ok((engine, store))
 }
 
+fn locked(path: &std::path::Path) -> Failure {
+    Failure(format!(
+        "the database at {} is locked: a running process (probably the service) has it open, and sled lets one process open it at a time. \
+         Stop the service to use this tool, or act while it runs through the service's admin API \
+         (Engine::manual_queue, Engine::compensate_now, Engine::retry_now, ...).",
+        path.display()
+    ))
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Compact = cli.command {
+        existing(&cli.db)?;
+        let path = cli.db.clone();
+        let compacted =
+            tokio::task::spawn_blocking(move || SledStore::compact(&path, SledOptions::default()))
+                .await
+                .map_err(|e| Failure(format!("the compaction task failed: {e}")))?;
+        let compacted = match compacted {
+            Err(StoreError::Locked { path }) => return Err(locked(&path)),
+            other => other?,
+        };
+        render::Output { json: cli.json }.compacted(&compacted);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (engine, store) = open(&cli).await?;
     let out = render::Output { json: cli.json };
     let code = match &cli.command {
@@ -342,6 +366,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out.sweep(&report, before, after);
             ExitCode::SUCCESS
         }
+        Command::Compact => ExitCode::SUCCESS,
     };
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(code)

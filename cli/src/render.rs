@@ -474,5 +474,20 @@ impl Output {
             report.removed, report.eligible, report.keys_removed, report.skipped
         );
         println!("disk size before {before} bytes, after {after} bytes");
+        println!("sled reuses the freed space for new writes; `sagalog compact` returns it to the filesystem");
+    }
+
+    pub fn compacted(&self, compacted: &sagalog::Compacted) {
+        if self.json {
+            return print_json(json!({
+                "keys": compacted.keys,
+                "bytes_on_disk_before": compacted.bytes_before,
+                "bytes_on_disk_after": compacted.bytes_after,
+            }));
+        }
+        println!(
+            "copied {} keys; disk size before {} bytes, after {} bytes",
+            compacted.keys, compacted.bytes_before, compacted.bytes_after
+        );
     }
 }

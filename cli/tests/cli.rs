@@ -436,3 +436,42 @@ fn sweep_removes_finished_sagas_keeps_unfinished_ones_and_reports_disk_size() {
     let gone = sagalog(db.path(), &["show", &finished[0]]);
     assert!(!gone.status.success());
 }
+
+#[test]
+fn compact_after_a_sweep_keeps_the_unfinished_sagas_and_reports_disk_size() {
+    let db = copy_of_fixture();
+    let (manual, sleeping, _) = roles(db.path());
+    json(db.path(), &["sweep", "--older-than", "0s"]);
+
+    let report = json(db.path(), &["compact"]);
+
+    assert!(report["bytes_on_disk_before"].as_u64().unwrap() > 0);
+    assert!(report["bytes_on_disk_after"].as_u64().unwrap() > 0);
+    let left: Vec<_> = json(db.path(), &["list"])["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, [manual, sleeping]);
+    assert_eq!(
+        json(db.path(), &["verify"])["corrupt"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_directory_without_a_database_is_refused_and_left_empty() {
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir(empty.path().join("log")).unwrap();
+    for command in ["list", "compact"] {
+        let output = sagalog(empty.path(), &[command]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("holds no sagalog database"), "{stderr}");
+    }
+    assert_eq!(
+        std::fs::read_dir(empty.path().join("log")).unwrap().count(),
+        0
+    );
+}

@@ -627,6 +627,12 @@ impl SledStore {
     /// [`StoreError::FormatMismatch`] if it was written in another format.
     pub fn open(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        finish_interrupted_compaction(&path).map_err(|e| {
+            StoreError::Backend(format!(
+                "opening {}: could not settle an interrupted compaction: {e}; check the directory's permissions",
+                path.display()
+            ))
+        })?;
         discard_torn_sled_snapshots(&path).map_err(|e| {
             StoreError::Backend(format!(
                 "opening {}: could not clear an unfinished sled snapshot: {e}; check the directory's permissions",
@@ -673,6 +679,65 @@ impl SledStore {
         self.kv.db.size_on_disk().map_err(backend)
     }
 
+    /// Rewrites the closed database in `path` into a fresh one holding the
+    /// same keys and values, which gives back to the filesystem the space
+    /// that deleted sagas left (sled 0.34 reuses freed space for new writes
+    /// but never shrinks its file). Needs the database closed, like `open`.
+    ///
+    /// Crash-safe: the copy is written beside the database
+    /// (`<dir>.compacting`) and flushed, then takes its place by two
+    /// renames; a crash at any point leaves either the original or the
+    /// complete copy under `path`, and the next `open` clears the rest.
+    pub fn compact(path: impl AsRef<Path>, options: SledOptions) -> Result<Compacted, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Backend(format!("compacting {}: {what}: {e}", path.display()))
+        };
+        let source = SledStore::open(&path, options.clone())?;
+        let bytes_before = dir_size(&path).map_err(|e| io("measuring", e))?;
+        let (copy_path, original) = compaction_paths(&path);
+        let copy = sled::Config::new()
+            .path(&copy_path)
+            .flush_every_ms(None)
+            .cache_capacity(options.cache_capacity)
+            .open()
+            .map_err(|e| io("creating the copy", std::io::Error::other(e.to_string())))?;
+        let mut keys = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for item in source.kv.db.iter() {
+            let (k, v) = item.map_err(backend)?;
+            batch.insert(k, v);
+            keys += 1;
+            in_batch += 1;
+            if in_batch == 10_000 {
+                copy.apply_batch(std::mem::take(&mut batch))
+                    .map_err(backend)?;
+                in_batch = 0;
+            }
+        }
+        copy.apply_batch(batch).map_err(backend)?;
+        copy.flush().map_err(backend)?;
+        drop(copy);
+        drop(source);
+        // sled's background threads may hold the files a moment longer.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::rename(&path, &original).map_err(|e| io("setting the original aside", e))?;
+        std::fs::rename(&copy_path, &path).map_err(|e| io("moving the copy in place", e))?;
+        if let Some(parent) = path.parent() {
+            if let Ok(dir) = std::fs::File::open(parent) {
+                let _ = dir.sync_all();
+            }
+        }
+        std::fs::remove_dir_all(&original).map_err(|e| io("removing the original", e))?;
+        let bytes_after = dir_size(&path).map_err(|e| io("measuring", e))?;
+        Ok(Compacted {
+            keys,
+            bytes_before,
+            bytes_after,
+        })
+    }
+
     /// Overwrites one raw value, bypassing the codec. For fault-injection
     /// tests and repair tools only: it can make a saga unreadable.
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -715,6 +780,61 @@ pub fn discard_torn_sled_snapshots(path: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// What [`SledStore::compact`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// Keys copied.
+    pub keys: u64,
+    /// Bytes on disk before.
+    pub bytes_before: u64,
+    /// Bytes on disk after.
+    pub bytes_after: u64,
+}
+
+/// Sibling paths used while compacting `path`: the copy being written, and
+/// the original while the copy takes its place.
+fn compaction_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    (
+        path.with_file_name(format!("{name}.compacting")),
+        path.with_file_name(format!("{name}.before-compact")),
+    )
+}
+
+/// Settles a compaction that a crash interrupted, so that `path` holds one
+/// whole database: the original if the copy had not taken its place yet.
+fn finish_interrupted_compaction(path: &Path) -> std::io::Result<()> {
+    let (copy, original) = compaction_paths(path);
+    if !path.exists() && original.exists() {
+        tracing::warn!(path = %path.display(), "restoring the database set aside by an interrupted compaction");
+        std::fs::rename(&original, path)?;
+    }
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)?;
+    }
+    if original.exists() {
+        std::fs::remove_dir_all(&original)?;
+    }
+    Ok(())
+}
+
+fn dir_size(path: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
