@@ -42,6 +42,7 @@ pub mod engine;
 mod error;
 pub mod ids;
 pub mod log;
+pub mod metrics;
 pub mod policy;
 pub mod state;
 mod status;

@@ -334,10 +334,16 @@ impl Engine {
     fn recover(&self) -> Result<(), Error> {
         let active = self.inner.store.scan_active()?;
         let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
+        let mut suspended = 0usize;
         for (id, entry) in active {
-            let asleep = codec::decode_index_entry::<IndexEntry>(&entry)
-                .map(|e| e.next_wake.is_some())
-                .unwrap_or(false);
+            let entry = codec::decode_index_entry::<IndexEntry>(&entry).ok();
+            if entry
+                .as_ref()
+                .is_some_and(|e| e.status == SagaStatus::Suspended)
+            {
+                suspended += 1;
+            }
+            let asleep = entry.is_some_and(|e| e.next_wake.is_some());
             if asleep {
                 // The delay queue wakes it; loading it now would hold every
                 // sleeping saga in memory.
@@ -362,8 +368,11 @@ impl Engine {
             resumed,
             sleeping,
             parked,
+            suspended,
             "recovery scanned the active sagas"
         );
+        metrics::gauge!(crate::metrics::DELAY_QUEUE_DEPTH).set(sleeping as f64);
+        metrics::gauge!(crate::metrics::MANUAL_QUEUE_DEPTH).set(suspended as f64);
         Ok(())
     }
 
@@ -690,6 +699,8 @@ impl Engine {
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
         }
         tracing::info!(saga_id = %id, saga_type = %saga.saga_type(), "saga started");
+        metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga.saga_type().to_string())
+            .increment(1);
         // A fresh id: nobody else can own it.
         self.claim(id);
         self.spawn_owned_with(

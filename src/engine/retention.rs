@@ -124,6 +124,7 @@ impl Engine {
             }
             let removed = removed??;
             report.removed += removed.sagas;
+            metrics::counter!(crate::metrics::SAGAS_SWEPT).increment(removed.sagas);
             report.keys_removed += removed.keys;
         }
         if report.removed > 0 {

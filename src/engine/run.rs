@@ -159,10 +159,14 @@ impl Staged {
 impl Inner {
     /// Makes everything staged durable.
     pub(crate) async fn commit(&self, staged: &mut Staged, state: &SagaState) -> Result<(), Error> {
+        let before = (staged.durable_status, staged.durable_timer.is_some());
         match staged.take(state)? {
             None => Ok(()),
             Some(append) => match self.writer.append(append).await {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    record_transition(before, state);
+                    Ok(())
+                }
                 Err(AppendError::Store(e)) => Err(Error::Store(e)),
                 Err(AppendError::KeyTaken(_)) => Err(Error::Store(
                     crate::log::store::StoreError::Backend("unexpected key claim conflict".into()),
@@ -328,6 +332,12 @@ impl Inner {
         staged.push(state, self.clock.now(), intent)?;
         // I1: the participant is called only after this returns Ok.
         self.commit(staged, state).await?;
+        if call.attempt > 1 {
+            metrics::counter!(crate::metrics::RETRIES, "phase" => phase.as_str()).increment(1);
+        }
+        if phase == Phase::Compensation {
+            metrics::counter!(crate::metrics::COMPENSATIONS).increment(1);
+        }
         self.invoke(code, state, staged, call, phase).await
     }
 
@@ -373,6 +383,7 @@ impl Inner {
         // Spawned so that a panicking participant is an error, not a dead
         // saga task; aborted when dropped (timeout, hard shutdown).
         let task = AbortOnDrop(tokio::spawn(future));
+        let began = std::time::Instant::now();
         let deadline = async {
             match timeout {
                 Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -390,6 +401,12 @@ impl Inner {
             ))),
             _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
         };
+        metrics::histogram!(
+            crate::metrics::CALL_SECONDS,
+            "phase" => phase.as_str(),
+            "outcome" => if result.is_ok() { "ok" } else { "error" }
+        )
+        .record(began.elapsed().as_secs_f64());
         if let Some(hook) = &self.around_call {
             hook(CallPoint::AfterCall, number);
         }
@@ -413,6 +430,29 @@ impl Inner {
             }
         };
         staged.push(state, now, record)
+    }
+}
+
+/// Keeps the queue gauges and the finished counter current after a durable
+/// append moved a saga from `before` (status, asleep) to `state`.
+fn record_transition(before: (Option<SagaStatus>, bool), state: &SagaState) {
+    use crate::metrics::{DELAY_QUEUE_DEPTH, MANUAL_QUEUE_DEPTH, SAGAS_FINISHED};
+    let (status, asleep) = (state.status(), state.timer.is_some());
+    let was_suspended = before.0 == Some(SagaStatus::Suspended);
+    if was_suspended != (status == SagaStatus::Suspended) {
+        let delta = if was_suspended { -1.0 } else { 1.0 };
+        metrics::gauge!(MANUAL_QUEUE_DEPTH).increment(delta);
+    }
+    if before.1 != asleep {
+        metrics::gauge!(DELAY_QUEUE_DEPTH).increment(if asleep { 1.0 } else { -1.0 });
+    }
+    if status.is_terminal() && !before.0.is_some_and(SagaStatus::is_terminal) {
+        metrics::counter!(
+            SAGAS_FINISHED,
+            "saga_type" => state.saga_type().to_string(),
+            "status" => status.name()
+        )
+        .increment(1);
     }
 }
 

@@ -200,7 +200,10 @@ fn commit_group(
         .flat_map(|a| a.records.iter())
         .map(|r| r.len())
         .sum();
+    let began = std::time::Instant::now();
     let result = store.append(&batch);
+    metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
     drop(batch);
     match result {
         Ok(()) => {
