@@ -165,3 +165,33 @@ async fn torn_sled_snapshot_left_by_a_kill_is_discarded_and_every_saga_recovers(
     assert!(!torn.exists());
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn verify_reports_damaged_values_and_a_log_without_an_index_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    damage_value(dir.path(), damaged, 2, |_| b"garbage".to_vec());
+    let stray = SagaId::new();
+    {
+        let store = SledStore::open(dir.path(), Default::default()).unwrap();
+        let value = store.read_log(healthy).unwrap().remove(0).1;
+        store.overwrite_raw(&log_key(stray, 0), &value).unwrap();
+    }
+    let store = SledStore::open(dir.path(), Default::default()).unwrap();
+
+    let report = sagalog::log::verify::verify(&store).unwrap();
+
+    let found: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.saga, p.key.clone()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some(damaged), log_key(damaged, 2)),
+            (Some(stray), log_key(stray, 0))
+        ]
+    );
+    assert!(report.problems[1].error.contains("without an index entry"));
+}

@@ -105,6 +105,9 @@ enum Command {
         /// Age of a finished saga to delete (e.g. 7d, 12h).
         #[arg(long, value_name = "DURATION", default_value = "7d")]
         older_than: String,
+        /// Most sagas deleted per atomic write.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
     },
     /// Rewrite the database compactly, giving the space of deleted sagas back to the filesystem; shows the size before and after.
     Compact,
@@ -358,10 +361,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 ExitCode::FAILURE
             }
         }
-        Command::Sweep { older_than } => {
+        Command::Sweep { older_than, batch } => {
             let age = duration(older_than)?;
             let before = store.size_on_disk()?;
-            let report = engine.sweep_finished(age, 256).await?;
+            let report = engine.sweep_finished(age, *batch).await?;
             let after = store.size_on_disk()?;
             out.sweep(&report, before, after);
             ExitCode::SUCCESS

@@ -44,10 +44,15 @@ impl VerifyReport {
 
 /// Reads every key of `store` and decodes every value by its keyspace: log
 /// values into records (checksums included), index entries, idempotency
-/// keys, timers, and the format marker. Fails only if the store cannot be
-/// read; bad values are reported, never fatal.
+/// keys, timers, and the format marker. Also reports a log or an
+/// idempotency key whose saga has no index entry (appends and deletes write
+/// them together, so one without the other means damage). Fails only if the
+/// store cannot be read; bad values are reported, never fatal.
 pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    // Keys come in order: 'A' and 'F' before 'K' and 'L'.
+    let mut indexed = std::collections::HashSet::new();
+    let mut orphan_reported = None;
     store.for_each_raw(&mut |key, value| {
         report.keys += 1;
         // Where the key holds a saga id: after the prefix, or after a timer's due time.
@@ -71,6 +76,15 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
         match key.first() {
             Some(b'L') if key.len() == 25 => {
                 report.log_values += 1;
+                if let Some(id) = saga.filter(|id| !indexed.contains(id)) {
+                    if orphan_reported != Some(id) {
+                        orphan_reported = Some(id);
+                        problem(
+                            "log",
+                            "a log without an index entry (a partly deleted saga)".into(),
+                        );
+                    }
+                }
                 match codec::decode_records(value) {
                     Ok(records) => report.records += records.len() as u64,
                     Err(e) => problem("log", e.to_string()),
@@ -94,6 +108,9 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     return true;
                 }
                 report.index_entries += 1;
+                if let Some(id) = saga {
+                    indexed.insert(id);
+                }
                 match codec::decode_index_entry::<IndexEntry>(value) {
                     Ok(entry) if entry.status.is_terminal() != (*prefix == b'F') => problem(
                         what,
@@ -104,6 +121,13 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                 }
             }
             Some(b'K') => {
+                let owner = <[u8; 16]>::try_from(value).ok().map(SagaId::from_bytes);
+                if owner.is_some_and(|id| !indexed.contains(&id)) {
+                    problem(
+                        "idempotency key",
+                        "names a saga that has no index entry".into(),
+                    );
+                }
                 if value.len() != 16 {
                     problem(
                         "idempotency key",
