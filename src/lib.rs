@@ -37,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+pub mod barrier;
 pub mod definition;
 pub mod engine;
 mod error;
