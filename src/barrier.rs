@@ -119,14 +119,6 @@ fn key(saga: SagaId, branch: &str, phase: BarrierPhase) -> Vec<u8> {
     key
 }
 
-fn now() -> UnixMillis {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    UnixMillis(u64::try_from(millis).unwrap_or(u64::MAX))
-}
-
 type Abort<E> = ConflictableTransactionError<BarrierError<E>>;
 
 fn encode<T: Serialize, E>(value: &T) -> Result<Vec<u8>, Abort<E>> {
@@ -185,20 +177,24 @@ impl Barrier {
                     // Anti-hanging: remember the refusal so a repeat is refused too.
                     tx.insert(
                         own.as_slice(),
-                        encode::<_, E>(&Mark::Blocked { at: now() })?,
+                        encode::<_, E>(&Mark::Blocked {
+                            at: UnixMillis::now(),
+                        })?,
                     )?;
                     return Ok(Guarded::Rejected);
                 }
                 BarrierPhase::Cancel if tx.get(&try_key)?.is_none() => {
                     // Empty rollback: record the cancel, block a late try.
                     let done = Mark::Done {
-                        at: now(),
+                        at: UnixMillis::now(),
                         output: encode::<_, E>(&())?,
                     };
                     tx.insert(own.as_slice(), encode::<_, E>(&done)?)?;
                     tx.insert(
                         try_key.as_slice(),
-                        encode::<_, E>(&Mark::Blocked { at: now() })?,
+                        encode::<_, E>(&Mark::Blocked {
+                            at: UnixMillis::now(),
+                        })?,
                     )?;
                     return Ok(Guarded::EmptyRollback);
                 }
@@ -207,7 +203,7 @@ impl Barrier {
             let output = business(tx)
                 .map_err(|e| ConflictableTransactionError::Abort(BarrierError::Business(e)))?;
             let done = Mark::Done {
-                at: now(),
+                at: UnixMillis::now(),
                 output: encode::<_, E>(&output)?,
             };
             tx.insert(own.as_slice(), encode::<_, E>(&done)?)?;
@@ -228,9 +224,7 @@ impl Barrier {
     /// (run it with the saga retention, after the sagas they guard are
     /// finished); returns how many. Unreadable records are kept.
     pub fn sweep(&self, older_than: std::time::Duration) -> Result<u64, sled::Error> {
-        let cutoff = now()
-            .0
-            .saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
+        let cutoff = UnixMillis::now().minus(older_than).0;
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         for item in self.tree.scan_prefix(KEY_PREFIX) {

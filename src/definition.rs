@@ -6,7 +6,7 @@
 //! [`DefinitionError`]. Register it in a [`Registry`] to get a typed
 //! [`SagaRef`], which is what `Engine::start` takes.
 
-use crate::ids::{Attempt, SagaId, SagaType, StepIndex, StepName};
+use crate::ids::{millis, Attempt, SagaId, SagaType, StepIndex, StepName};
 use crate::log::codec::{self, DecodeError};
 use crate::log::record::{ErrorClass, SagaPlan, StepFailure, StepPlan};
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
@@ -294,10 +294,6 @@ where
             timeout_ms: self.timeout.map(millis),
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Collects a definition; see [`SagaDefinition::builder`].

@@ -125,6 +125,27 @@ impl UnixMillis {
     pub fn plus_millis(self, millis: u64) -> Self {
         UnixMillis(self.0.saturating_add(millis))
     }
+
+    /// This instant minus `d`, saturating at the epoch.
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        UnixMillis(self.0.saturating_sub(millis(d)))
+    }
+
+    /// `t` as milliseconds since the epoch; `None` if `t` is before 1970.
+    pub fn from_system_time(t: std::time::SystemTime) -> Option<Self> {
+        let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(UnixMillis(millis(since)))
+    }
+
+    /// The system clock now (the epoch if the clock reads before 1970).
+    pub fn now() -> Self {
+        Self::from_system_time(std::time::SystemTime::now()).unwrap_or(UnixMillis(0))
+    }
+}
+
+/// `d` in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Display for UnixMillis {

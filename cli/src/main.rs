@@ -192,11 +192,7 @@ fn time(text: &str) -> Result<UnixMillis, Failure> {
             "'{text}' is not a time ({e}); use RFC 3339, e.g. 2026-11-21T08:00:00Z"
         ))
     })?;
-    let millis = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| Failure(format!("'{text}' is before 1970")))?
-        .as_millis();
-    Ok(UnixMillis(u64::try_from(millis).unwrap_or(u64::MAX)))
+    UnixMillis::from_system_time(at).ok_or_else(|| Failure(format!("'{text}' is before 1970")))
 }
 
 fn status(text: &str) -> Result<SagaStatus, Failure> {

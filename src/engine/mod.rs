@@ -42,7 +42,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -172,12 +172,7 @@ struct Clock {
 
 impl Clock {
     fn new(start: Option<UnixMillis>) -> Self {
-        let base_millis = start.map(|t| t.0).unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-        });
+        let base_millis = start.unwrap_or_else(UnixMillis::now).0;
         Clock {
             base_millis,
             base: tokio::time::Instant::now(),

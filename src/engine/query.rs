@@ -78,7 +78,7 @@ impl SagaFilter {
             return false;
         }
         if let Some(age) = self.unfinished_for {
-            let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+            let age = crate::ids::millis(age);
             if listing.status.is_terminal() || listing.started_at.plus_millis(age) > now {
                 return false;
             }

@@ -11,7 +11,7 @@
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::ids::{SagaId, UnixMillis};
+use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::record::Record;
 use crate::log::store::{IndexEntry, Removal, StoreError};
@@ -67,8 +67,7 @@ impl Engine {
         older_than: Duration,
         batch: usize,
     ) -> Result<SweepReport, Error> {
-        let older_than = u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = UnixMillis(self.now().0.saturating_sub(older_than));
+        let cutoff = self.now().minus(older_than);
         let mut report = SweepReport::default();
         let candidates: Vec<SagaId> = self
             .inner
