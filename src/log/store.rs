@@ -237,8 +237,15 @@ pub struct Removed {
     pub keys: u64,
 }
 
-mod keys {
+pub(crate) mod keys {
     use crate::ids::{IdempotencyKey, SagaId};
+
+    /// Bytes in a log key: prefix, saga id, sequence.
+    pub const LOG_KEY_LEN: usize = 25;
+    /// Bytes in an index key: prefix, saga id.
+    pub const INDEX_KEY_LEN: usize = 17;
+    /// Bytes in a timer key: prefix, due time, saga id, sequence.
+    pub const TIMER_KEY_LEN: usize = 33;
 
     pub const LOG: u8 = b'L';
     pub const ACTIVE: u8 = b'A';
@@ -286,7 +293,7 @@ mod keys {
     }
 
     pub fn parse_timer(key: &[u8]) -> Option<super::TimerKey> {
-        if key.len() != 33 || key[0] != TIMER {
+        if key.len() != TIMER_KEY_LEN || key[0] != TIMER {
             return None;
         }
         let due = u64::from_be_bytes(key[1..9].try_into().ok()?);
@@ -431,7 +438,7 @@ fn scan_index<K: Kv>(kv: &K, prefix: u8) -> Result<Vec<(SagaId, Vec<u8>)>, Store
     kv.scan_prefix(&[prefix])?
         .into_iter()
         .map(|(key, value)| match keys::saga_id(&key, 1) {
-            Some(id) if key.len() == 17 => Ok((id, value)),
+            Some(id) if key.len() == keys::INDEX_KEY_LEN => Ok((id, value)),
             _ => Err(StoreError::Corrupt {
                 key,
                 reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
@@ -445,7 +452,7 @@ fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreErr
         .into_iter()
         .map(
             |(key, value)| match key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                Some(seq) if key.len() == 25 => Ok((u64::from_be_bytes(seq), value)),
+                Some(seq) if key.len() == keys::LOG_KEY_LEN => Ok((u64::from_be_bytes(seq), value)),
                 _ => Err(StoreError::Corrupt {
                     key,
                     reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),

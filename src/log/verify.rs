@@ -5,7 +5,7 @@
 use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::record::WaitPurpose;
-use crate::log::store::{IndexEntry, LogStore, StoreError, LAYOUT_VERSION};
+use crate::log::store::{keys, IndexEntry, LogStore, StoreError, LAYOUT_VERSION};
 
 /// One value that does not decode, or a key that fits no keyspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,16 +55,11 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
     let mut orphan_reported = None;
     store.for_each_raw(&mut |key, value| {
         report.keys += 1;
-        // Where the key holds a saga id: after the prefix, or after a timer's due time.
-        let id_at = match key.first() {
-            Some(b'L' | b'A' | b'F') => Some(1),
-            Some(b'T') => Some(9),
+        let saga = match key.first() {
+            Some(&(keys::LOG | keys::ACTIVE | keys::FINISHED)) => keys::saga_id(key, 1),
+            Some(&keys::TIMER) => keys::parse_timer(key).map(|t| t.saga),
             _ => None,
         };
-        let saga = id_at
-            .and_then(|at| key.get(at..at + 16))
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .map(SagaId::from_bytes);
         let mut problem = |what, error: String| {
             report.problems.push(Problem {
                 key: key.to_vec(),
@@ -74,7 +69,7 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
             })
         };
         match key.first() {
-            Some(b'L') if key.len() == 25 => {
+            Some(&keys::LOG) if key.len() == keys::LOG_KEY_LEN => {
                 report.log_values += 1;
                 if let Some(id) = saga.filter(|id| !indexed.contains(id)) {
                     if orphan_reported != Some(id) {
@@ -90,20 +85,29 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     Err(e) => problem("log", e.to_string()),
                 }
             }
-            Some(b'L') => problem(
+            Some(&keys::LOG) => problem(
                 "log",
-                format!("log key of {} bytes, expected 25", key.len()),
+                format!(
+                    "log key of {} bytes, expected {}",
+                    key.len(),
+                    keys::LOG_KEY_LEN
+                ),
             ),
-            Some(prefix @ (b'A' | b'F')) => {
-                let what = if *prefix == b'A' {
+            Some(&prefix @ (keys::ACTIVE | keys::FINISHED)) => {
+                let finished = prefix == keys::FINISHED;
+                let what = if !finished {
                     "active index"
                 } else {
                     "finished index"
                 };
-                if key.len() != 17 {
+                if key.len() != keys::INDEX_KEY_LEN {
                     problem(
                         what,
-                        format!("index key of {} bytes, expected 17", key.len()),
+                        format!(
+                            "index key of {} bytes, expected {}",
+                            key.len(),
+                            keys::INDEX_KEY_LEN
+                        ),
                     );
                     return true;
                 }
@@ -112,7 +116,7 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     indexed.insert(id);
                 }
                 match codec::decode_index_entry::<IndexEntry>(value) {
-                    Ok(entry) if entry.status.is_terminal() != (*prefix == b'F') => problem(
+                    Ok(entry) if entry.status.is_terminal() != finished => problem(
                         what,
                         format!("entry says {} but sits in the {what}", entry.status),
                     ),
@@ -120,7 +124,7 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     Err(e) => problem(what, e.to_string()),
                 }
             }
-            Some(b'K') => {
+            Some(&keys::IDEMPOTENCY) => {
                 let owner = <[u8; 16]>::try_from(value).ok().map(SagaId::from_bytes);
                 if owner.is_some_and(|id| !indexed.contains(&id)) {
                     problem(
@@ -135,17 +139,21 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     );
                 }
             }
-            Some(b'T') => {
-                if key.len() != 33 {
+            Some(&keys::TIMER) => {
+                if saga.is_none() {
                     problem(
                         "timer",
-                        format!("timer key of {} bytes, expected 33", key.len()),
+                        format!(
+                            "timer key of {} bytes, expected {}",
+                            key.len(),
+                            keys::TIMER_KEY_LEN
+                        ),
                     );
                 } else if let Err(e) = codec::decode_index_entry::<WaitPurpose>(value) {
                     problem("timer", e.to_string());
                 }
             }
-            _ if key == b"Mformat" => {
+            _ if key == keys::FORMAT => {
                 if value != [LAYOUT_VERSION] {
                     problem(
                         "format marker",
