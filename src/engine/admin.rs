@@ -101,10 +101,7 @@ impl Engine {
                 Ok(())
             }
             Ok(state) => {
-                match self.prepare_state(id, state) {
-                    Ok(run) => self.spawn_owned(run),
-                    Err(why) => self.park(id, why),
-                }
+                self.run_or_park(id, self.prepare_state(id, state));
                 Ok(())
             }
             Err(e) => {

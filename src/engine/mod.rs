@@ -404,6 +404,15 @@ impl Engine {
         self.prepare_state(id, state)
     }
 
+    /// Runs the loop of an owned saga that `prepare` made ready, or parks it
+    /// with the reason it could not.
+    fn run_or_park(&self, id: SagaId, prepared: Result<SagaRun, String>) {
+        match prepared {
+            Ok(run) => self.spawn_owned(run),
+            Err(reason) => self.park(id, reason),
+        }
+    }
+
     fn prepare_state(&self, id: SagaId, state: SagaState) -> Result<SagaRun, String> {
         let definition = self.inner.registry.get(state.saga_type()).cloned().ok_or_else(|| {
             format!(
@@ -585,10 +594,7 @@ impl Engine {
         if stale && self.inner.release_if_idle(key.saga) {
             return;
         }
-        match self.prepare_state(key.saga, state) {
-            Ok(run) => self.spawn_owned(run),
-            Err(reason) => self.park(key.saga, reason),
-        }
+        self.run_or_park(key.saga, self.prepare_state(key.saga, state));
     }
 
     /// Starts a saga of type `saga` with `input`.

@@ -153,11 +153,7 @@ impl Engine {
         if self.inner.release_if_idle(id) {
             return;
         }
-        let run = self.load_state(id).map_err(|e| e.to_string());
-        match run.and_then(|state| self.prepare_state(id, state)) {
-            Ok(run) => self.spawn_owned(run),
-            Err(reason) => self.park(id, reason),
-        }
+        self.run_or_park(id, self.prepare(id));
     }
 }
 
