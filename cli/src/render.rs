@@ -60,14 +60,17 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// Step `i`'s name from the plan, or `#i` if the plan has no such step.
+fn step_name(steps: &[String], i: u32) -> String {
+    steps
+        .get(i as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("#{i}"))
+}
+
 /// One record in words, with step names from the saga's plan.
 fn describe(record: &Record, steps: &[String]) -> String {
-    let step = |i: u32| {
-        steps
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("#{i}"))
-    };
+    let step = |i: u32| step_name(steps, i);
     match record {
         Record::SagaStarted(s) => {
             let key = s
@@ -132,12 +135,7 @@ fn describe(record: &Record, steps: &[String]) -> String {
 }
 
 fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
-    let step = |i: u32| {
-        steps
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("#{i}"))
-    };
+    let step = |i: u32| step_name(steps, i);
     match purpose {
         WaitPurpose::RetryBackoff { step: s, attempt } => {
             format!("retry {} (attempt {attempt})", step(*s))
