@@ -648,11 +648,7 @@ impl SledStore {
         })?;
         let deadline = Instant::now() + options.lock_wait;
         let db = loop {
-            let opened = sled::Config::new()
-                .path(&path)
-                .flush_every_ms(None)
-                .cache_capacity(options.cache_capacity)
-                .open();
+            let opened = sled_config(&path, &options).open();
             match opened {
                 Ok(db) => break db,
                 Err(sled::Error::Io(ref io))
@@ -703,10 +699,7 @@ impl SledStore {
         let source = SledStore::open(&path, options.clone())?;
         let bytes_before = dir_size(&path).map_err(|e| io("measuring", e))?;
         let (copy_path, original) = compaction_paths(&path);
-        let copy = sled::Config::new()
-            .path(&copy_path)
-            .flush_every_ms(None)
-            .cache_capacity(options.cache_capacity)
+        let copy = sled_config(&copy_path, &options)
             .open()
             .map_err(|e| io("creating the copy", std::io::Error::other(e.to_string())))?;
         let mut keys = 0u64;
@@ -787,6 +780,15 @@ pub fn discard_torn_sled_snapshots(path: &Path) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// How every sagalog sled database is opened: no background flushes (the
+/// only durability point is an explicit flush) and the configured cache.
+fn sled_config(path: &Path, options: &SledOptions) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .cache_capacity(options.cache_capacity)
 }
 
 /// What [`SledStore::compact`] did.
