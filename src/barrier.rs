@@ -56,9 +56,11 @@ impl BarrierPhase {
 
 impl From<crate::definition::Phase> for BarrierPhase {
     fn from(phase: crate::definition::Phase) -> Self {
+        use crate::definition::Phase;
         match phase {
-            crate::definition::Phase::Action => BarrierPhase::Try,
-            crate::definition::Phase::Compensation => BarrierPhase::Cancel,
+            Phase::Action | Phase::Try => BarrierPhase::Try,
+            Phase::Confirm => BarrierPhase::Confirm,
+            Phase::Compensation | Phase::Cancel => BarrierPhase::Cancel,
         }
     }
 }

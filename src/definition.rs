@@ -8,7 +8,7 @@
 
 use crate::ids::{millis, Attempt, SagaId, SagaType, StepIndex, StepName};
 use crate::log::codec::{self, DecodeError};
-use crate::log::record::{ErrorClass, SagaPlan, StepFailure, StepPlan};
+use crate::log::record::{ErrorClass, PlanKind, SagaPlan, StepFailure, StepPlan};
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,21 +27,32 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Most steps one saga may have.
 pub const MAX_STEPS: usize = 1024;
 
-/// Which call of a step is being made.
+/// Which call of a step (or TCC branch) is being made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
-    /// The forward action.
+    /// The forward action of a saga step.
     Action,
-    /// The compensation that undoes the action.
+    /// The compensation that undoes a saga step's action, or a committed
+    /// TCC branch (the 2PC adapter's `compensate`).
     Compensation,
+    /// TCC: reserve the resources.
+    Try,
+    /// TCC: use what the try reserved.
+    Confirm,
+    /// TCC: release what the try reserved (also called when the try never
+    /// ran or failed: the participant's barrier makes that an empty rollback).
+    Cancel,
 }
 
 impl Phase {
-    /// `"action"` or `"compensation"`.
+    /// `"action"`, `"compensation"`, `"try"`, `"confirm"` or `"cancel"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Action => "action",
             Phase::Compensation => "compensation",
+            Phase::Try => "try",
+            Phase::Confirm => "confirm",
+            Phase::Cancel => "cancel",
         }
     }
 }
@@ -200,15 +211,36 @@ struct StepDef<I> {
     name: StepName,
     options: StepOptions,
     action: ActionFn<I>,
+    /// The compensation of a saga step; the cancel of a TCC branch.
     compensation: CompensationFn<I>,
+    /// TCC: the confirm.
+    confirm: Option<CompensationFn<I>>,
+    /// TCC: the compensation of a committed branch (2PC `compensate`).
+    undo: Option<CompensationFn<I>>,
+    /// Indices of the steps this one runs after, resolved by `build`.
+    after: Vec<StepIndex>,
+}
+
+/// Which steps a step runs after.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum After {
+    /// The step before it (a sequential saga; a TCC transaction that tries
+    /// in order).
+    #[default]
+    Previous,
+    /// The same steps as the step before it: the two run in parallel.
+    WithPrevious,
+    /// Exactly these steps (none: from the start).
+    Steps(Vec<StepName>),
 }
 
 /// Per-step overrides of the saga's settings; see [`SagaBuilder::step_with`].
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOptions {
     strategy: Option<CompensationStrategy>,
     retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
+    after: Option<After>,
 }
 
 impl StepOptions {
@@ -235,6 +267,47 @@ impl StepOptions {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Runs this step once every step named in `steps` has succeeded (an
+    /// empty list: at the start), instead of after the step before it.
+    /// Steps may only name steps declared before them. Compensation keeps
+    /// the same order backwards: a step is compensated only after every
+    /// step that runs after it is compensated or never ran.
+    pub fn after<S: Into<StepName>>(mut self, steps: impl IntoIterator<Item = S>) -> Self {
+        self.after = Some(After::Steps(steps.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Runs this step in parallel with the step declared before it: after
+    /// the same steps as that one. A run of such steps forms a group.
+    pub fn parallel_with_previous(mut self) -> Self {
+        self.after = Some(After::WithPrevious);
+        self
+    }
+}
+
+/// A participant in the shape of the seed framework's two-phase commit:
+/// `prepare` / `commit` / `rollback`, plus `compensate` to reverse a
+/// committed transaction later. Register it with
+/// [`SagaBuilder::participant`]; it maps onto TCC as prepare = try,
+/// commit = confirm, rollback = cancel.
+///
+/// Every method may be called more than once for one transaction (retries,
+/// re-runs after a crash) and must be idempotent by
+/// [`StepContext::idempotency_key`]; `rollback` may be called although
+/// `prepare` never ran or failed, and must then succeed without effect.
+/// [`crate::barrier::Barrier`] provides all three guarantees.
+pub trait TwoPhaseParticipant<I>: Send + Sync + 'static {
+    /// Checks and reserves (TCC try).
+    fn prepare(&self, ctx: StepContext<I>) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Makes the prepared change real (TCC confirm). Retried until it succeeds.
+    fn commit(&self, ctx: StepContext<I>) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Releases what `prepare` reserved (TCC cancel). Retried until it succeeds.
+    fn rollback(&self, ctx: StepContext<I>) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Reverses a committed change, when an operator compensates a
+    /// committed transaction.
+    fn compensate(&self, ctx: StepContext<I>)
+        -> impl Future<Output = Result<(), StepError>> + Send;
 }
 
 /// A saga type: its steps and policies. `I` is the saga's input type.
@@ -248,6 +321,8 @@ pub struct SagaDefinition<I> {
     compensation_retry: RetryPolicy,
     in_doubt: InDoubtPolicy,
     timeout: Option<Duration>,
+    kind: PlanKind,
+    max_parallel: u32,
 }
 
 impl<I> SagaDefinition<I>
@@ -266,7 +341,26 @@ where
             compensation_retry: RetryPolicy::compensation_default(),
             in_doubt: InDoubtPolicy::Rerun,
             timeout: None,
+            kind: PlanKind::Saga,
+            max_parallel: DEFAULT_MAX_PARALLEL,
+            parallel_tries: false,
         }
+    }
+
+    /// Starts a TCC transaction type `saga_type`: add branches with
+    /// [`SagaBuilder::branch`] or [`SagaBuilder::participant`]. Tries run
+    /// in declaration order unless [`SagaBuilder::parallel_tries`]; if every
+    /// try succeeds every branch is confirmed, otherwise every branch whose
+    /// try started is cancelled. Confirms and cancels are retried under the
+    /// compensation retry policy, then the transaction waits in the manual
+    /// queue. The outcome is `Committed` or `RolledBack`.
+    pub fn tcc(saga_type: impl Into<SagaType>) -> SagaBuilder<I> {
+        let mut builder = Self::builder(saga_type);
+        builder.kind = PlanKind::Tcc {
+            async_confirm: false,
+            async_cancel: false,
+        };
+        builder
     }
 
     /// The saga type.
@@ -285,6 +379,8 @@ where
                     strategy: s.options.strategy,
                     retry: s.options.retry,
                     timeout_ms: s.options.timeout.map(millis),
+                    after: s.after.clone(),
+                    child: None,
                 })
                 .collect(),
             strategy: self.strategy,
@@ -292,11 +388,18 @@ where
             compensation_retry: self.compensation_retry,
             in_doubt: self.in_doubt,
             timeout_ms: self.timeout.map(millis),
+            kind: self.kind,
+            max_parallel: self.max_parallel,
         }
     }
 }
 
-/// Collects a definition; see [`SagaDefinition::builder`].
+/// Most participant calls of one saga in flight at once, unless
+/// [`SagaBuilder::max_parallel`] says otherwise.
+pub const DEFAULT_MAX_PARALLEL: u32 = 16;
+
+/// Collects a definition; see [`SagaDefinition::builder`] and
+/// [`SagaDefinition::tcc`].
 pub struct SagaBuilder<I> {
     saga_type: SagaType,
     version: u32,
@@ -306,6 +409,9 @@ pub struct SagaBuilder<I> {
     compensation_retry: RetryPolicy,
     in_doubt: InDoubtPolicy,
     timeout: Option<Duration>,
+    kind: PlanKind,
+    max_parallel: u32,
+    parallel_tries: bool,
 }
 
 impl<I> SagaBuilder<I>
@@ -377,7 +483,133 @@ where
             options,
             action,
             compensation,
+            confirm: None,
+            undo: None,
+            after: Vec::new(),
         });
+        self
+    }
+
+    /// Appends a TCC branch: `try_` reserves, `confirm` uses the
+    /// reservation, `cancel` releases it. See [`SagaDefinition::tcc`] for
+    /// the flow and [`TwoPhaseParticipant`] for the contract of each call
+    /// (idempotent; cancel without try is an empty rollback). The try's
+    /// output is readable by later branches through [`StepContext::output`].
+    pub fn branch<T, TF, O, C, CF, X, XF>(
+        self,
+        name: impl Into<StepName>,
+        try_: T,
+        confirm: C,
+        cancel: X,
+    ) -> Self
+    where
+        T: Fn(StepContext<I>) -> TF + Send + Sync + 'static,
+        TF: Future<Output = Result<O, StepError>> + Send + 'static,
+        O: Serialize,
+        C: Fn(StepContext<I>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<(), StepError>> + Send + 'static,
+        X: Fn(StepContext<I>) -> XF + Send + Sync + 'static,
+        XF: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        self.branch_with(name, StepOptions::new(), try_, confirm, cancel)
+    }
+
+    /// Like [`SagaBuilder::branch`], with the branch's own retry policy,
+    /// timeout or position ([`StepOptions::after`]).
+    pub fn branch_with<T, TF, O, C, CF, X, XF>(
+        mut self,
+        name: impl Into<StepName>,
+        options: StepOptions,
+        try_: T,
+        confirm: C,
+        cancel: X,
+    ) -> Self
+    where
+        T: Fn(StepContext<I>) -> TF + Send + Sync + 'static,
+        TF: Future<Output = Result<O, StepError>> + Send + 'static,
+        O: Serialize,
+        C: Fn(StepContext<I>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<(), StepError>> + Send + 'static,
+        X: Fn(StepContext<I>) -> XF + Send + Sync + 'static,
+        XF: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        self = self.step_with(name, options, try_, cancel);
+        if let Some(step) = self.steps.last_mut() {
+            step.confirm = Some(Arc::new(move |ctx| Box::pin(confirm(ctx))));
+        }
+        self
+    }
+
+    /// Appends a TCC branch made of a [`TwoPhaseParticipant`]: prepare =
+    /// try, commit = confirm, rollback = cancel, and compensate reverses the
+    /// branch when an operator compensates the committed transaction.
+    pub fn participant<P: TwoPhaseParticipant<I>>(
+        self,
+        name: impl Into<StepName>,
+        participant: Arc<P>,
+    ) -> Self {
+        let (prepare, commit, rollback, compensate) = (
+            participant.clone(),
+            participant.clone(),
+            participant.clone(),
+            participant,
+        );
+        let mut builder = self.branch(
+            name,
+            move |ctx| {
+                let p = prepare.clone();
+                async move { p.prepare(ctx).await }
+            },
+            move |ctx| {
+                let p = commit.clone();
+                async move { p.commit(ctx).await }
+            },
+            move |ctx| {
+                let p = rollback.clone();
+                async move { p.rollback(ctx).await }
+            },
+        );
+        if let Some(step) = builder.steps.last_mut() {
+            step.undo = Some(Arc::new(move |ctx| {
+                let p = compensate.clone();
+                Box::pin(async move { p.compensate(ctx).await })
+            }));
+        }
+        builder
+    }
+
+    /// TCC: every branch declared without [`StepOptions::after`] is tried
+    /// at the start, in parallel (up to [`SagaBuilder::max_parallel`]).
+    pub fn parallel_tries(mut self) -> Self {
+        self.parallel_tries = true;
+        self
+    }
+
+    /// TCC: report the outcome as soon as the commit decision is durable
+    /// (status `Committing`); confirms run in the background and survive
+    /// restarts (the seed's asyncConfirm).
+    pub fn async_confirm(mut self) -> Self {
+        if let PlanKind::Tcc { async_confirm, .. } = &mut self.kind {
+            *async_confirm = true;
+        }
+        self
+    }
+
+    /// TCC: report the outcome as soon as the rollback decision is durable
+    /// (status `RollingBack`); cancels run in the background and survive
+    /// restarts (the seed's asyncCancel).
+    pub fn async_cancel(mut self) -> Self {
+        if let PlanKind::Tcc { async_cancel, .. } = &mut self.kind {
+            *async_cancel = true;
+        }
+        self
+    }
+
+    /// Most participant calls of one saga in flight at once (default
+    /// [`DEFAULT_MAX_PARALLEL`]); matters only for steps that may run in
+    /// parallel.
+    pub fn max_parallel(mut self, limit: u32) -> Self {
+        self.max_parallel = limit;
         self
     }
 
@@ -415,8 +647,56 @@ where
     }
 
     /// Checks the definition; reports every problem at once.
-    pub fn build(self) -> Result<SagaDefinition<I>, DefinitionError> {
+    pub fn build(mut self) -> Result<SagaDefinition<I>, DefinitionError> {
         let mut problems = Vec::new();
+        let tcc = matches!(self.kind, PlanKind::Tcc { .. });
+        if self.max_parallel == 0 {
+            problems.push("max_parallel is 0; allow at least one call in flight".to_string());
+        }
+        for step in &self.steps {
+            if tcc && step.confirm.is_none() {
+                problems.push(format!(
+                    "'{}' is a step, but a TCC transaction has branches; add it with .branch(...) or .participant(...)",
+                    step.name
+                ));
+            }
+            if !tcc && step.confirm.is_some() {
+                problems.push(format!(
+                    "'{}' is a TCC branch, but this is a saga; start with SagaDefinition::tcc(...) for branches",
+                    step.name
+                ));
+            }
+        }
+        let default_after = if tcc && self.parallel_tries {
+            After::Steps(Vec::new())
+        } else {
+            After::Previous
+        };
+        let mut resolved: Vec<Vec<StepIndex>> = Vec::with_capacity(self.steps.len());
+        for (index, step) in self.steps.iter().enumerate() {
+            let after = match step.options.after.clone().unwrap_or(default_after.clone()) {
+                After::Previous if index == 0 => Vec::new(),
+                After::Previous => vec![index as StepIndex - 1],
+                After::WithPrevious => resolved.last().cloned().unwrap_or_default(),
+                After::Steps(names) => names
+                    .iter()
+                    .filter_map(|name| {
+                        let found = self.steps[..index].iter().position(|s| s.name == *name);
+                        if found.is_none() {
+                            problems.push(format!(
+                                "step '{}' runs after '{name}', which is not a step declared before it",
+                                step.name
+                            ));
+                        }
+                        found.map(|i| i as StepIndex)
+                    })
+                    .collect(),
+            };
+            resolved.push(after);
+        }
+        for (step, after) in self.steps.iter_mut().zip(resolved) {
+            step.after = after;
+        }
         check_name(&mut problems, "saga type", self.saga_type.as_str());
         if self.steps.is_empty() {
             problems.push("it has no steps; add at least one with .step(...)".to_string());
@@ -459,6 +739,8 @@ where
             compensation_retry: self.compensation_retry,
             in_doubt: self.in_doubt,
             timeout: self.timeout,
+            kind: self.kind,
+            max_parallel: self.max_parallel,
         })
     }
 }
@@ -558,13 +840,22 @@ where
             names: self.names.clone(),
             outputs: call.outputs,
         };
-        match call.phase {
-            Phase::Action => (def.action)(ctx),
-            Phase::Compensation => {
-                let run = (def.compensation)(ctx);
-                Box::pin(async move { run.await.map(|()| Vec::new()) })
-            }
-        }
+        let unit = match call.phase {
+            Phase::Action | Phase::Try => return (def.action)(ctx),
+            Phase::Cancel => Some(&def.compensation),
+            Phase::Compensation if def.confirm.is_some() => def.undo.as_ref(),
+            Phase::Compensation => Some(&def.compensation),
+            Phase::Confirm => def.confirm.as_ref(),
+        };
+        let Some(unit) = unit else {
+            let message = format!(
+                "branch '{}' has no {} (a .branch without a 2PC compensate cannot reverse a committed transaction); do it by hand and mark the branch compensated",
+                def.name, call.phase
+            );
+            return Box::pin(async move { Err(StepError::permanent(message)) });
+        };
+        let run = unit(ctx);
+        Box::pin(async move { run.await.map(|()| Vec::new()) })
     }
 }
 

@@ -6,11 +6,12 @@ use sagalog::log::codec::{
     encode_value, DecodeError, EncodeError, HEADER_LEN, MAX_PAYLOAD,
 };
 use sagalog::log::record::{
-    CallFailed, CallRef, CallSucceeded, ErrorClass, Finished, OperatorAction, OperatorCommand,
-    Record, SagaPlan, SagaStarted, StepFailure, StepPlan, Suspended, TimerSet, WaitPurpose,
+    CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, OperatorAction,
+    OperatorCommand, ParentLink, PlanKind, Record, SagaPlan, SagaStarted, StepFailure, StepPlan,
+    Suspended, TimerSet, WaitPurpose,
 };
 use sagalog::log::store::IndexEntry;
-use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
+use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaId, SagaStatus, UnixMillis};
 
 fn every_kind() -> Vec<Record> {
     let call = CallRef {
@@ -28,14 +29,16 @@ fn every_kind() -> Vec<Record> {
             input: vec![1, 2, 3],
             plan: SagaPlan {
                 steps: vec![
-                    StepPlan::named("a"),
+                    StepPlan::named("a", vec![]),
                     StepPlan {
                         name: "b".into(),
                         strategy: Some(CompensationStrategy::Scheduled { delay_ms: 5 }),
                         retry: Some(RetryPolicy::no_retry()),
                         timeout_ms: Some(250),
+                        after: vec![],
+                        child: Some("payment".into()),
                     },
-                    StepPlan::named("c"),
+                    StepPlan::named("c", vec![0, 1]),
                 ],
                 strategy: CompensationStrategy::RetryThenCompensate {
                     policy: RetryPolicy {
@@ -48,8 +51,17 @@ fn every_kind() -> Vec<Record> {
                 compensation_retry: RetryPolicy::compensation_default(),
                 in_doubt: InDoubtPolicy::Compensate,
                 timeout_ms: None,
+                kind: PlanKind::Tcc {
+                    async_confirm: true,
+                    async_cancel: false,
+                },
+                max_parallel: 4,
             },
             idempotency_key: Some("order-1".into()),
+            parent: Some(ParentLink {
+                saga: SagaId::new(),
+                step: 2,
+            }),
         })),
         Record::StepStarted(call),
         Record::StepSucceeded(CallSucceeded {
@@ -80,6 +92,18 @@ fn every_kind() -> Vec<Record> {
             actor: "ops@example".into(),
             reason: "customer called".into(),
             command: OperatorCommand::MarkCompensated { step: 2 },
+        }),
+        Record::Decided(Decided {
+            decision: Decision::Commit,
+        }),
+        Record::ConfirmStarted(call),
+        Record::ConfirmSucceeded(call),
+        Record::ConfirmFailed(CallFailed {
+            call,
+            failure: StepFailure {
+                class: ErrorClass::Retryable,
+                message: "busy".into(),
+            },
         }),
     ]
 }
@@ -292,7 +316,9 @@ fn start_record_with_nan_policy_fields_decodes_and_yields_sane_delays() {
     let crash: &[u8] = &[
         0xcd, 0xd3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0,
         0, 0, 0xfd, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0, 0x01, 0, 0,
+        0xff, 0xff, 0xff, 0xff, 0, 0x01, 0, // layout 4: plan kind Saga, max_parallel 1
+        0, 0x01, // idempotency key, parent link: none
+        0, 0,
     ];
     let frame = sagalog::log::codec::frame_payload(1, &crash[1..]).unwrap();
     let (at, record) = decode_record(&frame).expect("the fuzzer's frame decodes");

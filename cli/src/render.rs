@@ -131,6 +131,20 @@ fn describe(record: &Record, steps: &[String]) -> String {
             };
             format!("operator {}: {command} ({})", a.actor, a.reason)
         }
+        Record::Decided(d) => format!("decided: {:?}", d.decision).to_lowercase(),
+        Record::ConfirmStarted(c) => {
+            format!("{} confirm, attempt {}: intent", step(c.step), c.attempt)
+        }
+        Record::ConfirmSucceeded(c) => {
+            format!("{} confirm, attempt {}: succeeded", step(c.step), c.attempt)
+        }
+        Record::ConfirmFailed(f) => format!(
+            "{} confirm, attempt {}: failed ({:?}): {}",
+            step(f.call.step),
+            f.call.attempt,
+            f.failure.class,
+            f.failure.message
+        ),
     }
 }
 
@@ -145,6 +159,9 @@ fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
         }
         WaitPurpose::CompensationBackoff { step: s, attempt } => {
             format!("retry compensation of {} (attempt {attempt})", step(*s))
+        }
+        WaitPurpose::ConfirmBackoff { step: s, attempt } => {
+            format!("retry confirm of {} (attempt {attempt})", step(*s))
         }
     }
 }

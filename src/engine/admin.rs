@@ -11,7 +11,9 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose};
+use crate::log::record::{
+    Decision, OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose,
+};
 use crate::state::{to_compensate, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
@@ -180,11 +182,18 @@ impl Engine {
     pub async fn retry_now(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
         let state = self.load_state(id)?;
         let command = match state.timer.as_ref().map(|t| &t.purpose) {
-            Some(WaitPurpose::RetryBackoff { .. }) => OperatorCommand::RetryStep,
+            Some(WaitPurpose::RetryBackoff { .. }) | Some(WaitPurpose::ConfirmBackoff { .. }) => {
+                OperatorCommand::RetryStep
+            }
             Some(WaitPurpose::ScheduledCompensation { .. })
             | Some(WaitPurpose::CompensationBackoff { .. }) => OperatorCommand::CompensateNow,
             None if state.suspended.is_some() => {
-                if state.compensating || state.compensation_ordered {
+                if state.decision == Some(Decision::Commit) && !state.compensation_ordered {
+                    OperatorCommand::RetryStep
+                } else if state.compensating
+                    || state.compensation_ordered
+                    || state.decision == Some(Decision::Rollback)
+                {
                     OperatorCommand::CompensateNow
                 } else {
                     OperatorCommand::RetryStep

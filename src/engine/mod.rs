@@ -33,7 +33,7 @@ use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted}
 use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError, TimerKey};
 use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
-use crate::state::{decide, fold, NextAction, SagaState};
+use crate::state::{decide_live, fold, NextAction, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
 use crate::timers::{DelayQueue, WINDOW};
@@ -222,9 +222,10 @@ pub(crate) struct SagaRun {
     definition: Arc<dyn ErasedSaga>,
     input: ErasedInput,
     state: SagaState,
-    /// A call whose intent is already durable (a fresh saga's first step,
-    /// written with its start record): make it before deciding anything.
-    pending_call: Option<CallRef>,
+    /// Calls whose intents are already durable (a fresh saga's first
+    /// steps, written with its start record): make them before deciding
+    /// anything else.
+    pending_calls: Vec<(CallRef, run::CallKind)>,
 }
 
 /// A running saga orchestrator over one store. Cheap to clone; all clones
@@ -446,7 +447,7 @@ impl Engine {
             definition,
             input,
             state,
-            pending_call: None,
+            pending_calls: Vec::new(),
         })
     }
 
@@ -661,6 +662,7 @@ impl Engine {
                 input: input_bytes,
                 plan,
                 idempotency_key: options.idempotency_key.clone(),
+                parent: None,
             })),
         };
         let mut state =
@@ -669,16 +671,21 @@ impl Engine {
         let frame = codec::encode_record(entry.at, &entry.record)
             .map_err(|e| Error::encode("record", e))?;
         staged.stage_frame(frame);
-        // A fresh saga's first decision is always its first step: write that
-        // intent with the start record, one flush instead of two.
-        let pending_call = match decide(&state, entry.at) {
-            NextAction::RunStep { step, attempt } => {
-                let call = CallRef { step, attempt };
-                staged.push(&mut state, entry.at, Record::StepStarted(call))?;
-                Some(call)
-            }
-            _ => None,
-        };
+        // A fresh saga's first decisions are its first steps: write those
+        // intents with the start record, one flush instead of two.
+        let mut pending_calls = Vec::new();
+        loop {
+            let live: Vec<_> = pending_calls
+                .iter()
+                .map(|(call, _): &(CallRef, _)| call.step)
+                .collect();
+            let NextAction::RunStep { step, attempt } = decide_live(&state, entry.at, &live) else {
+                break;
+            };
+            let call = CallRef { step, attempt };
+            staged.push(&mut state, entry.at, Record::StepStarted(call))?;
+            pending_calls.push((call, run::CallKind::Forward));
+        }
         let Some(mut append) = staged.take(&state)? else {
             return Err(Error::Encode {
                 what: "start record",
@@ -710,7 +717,7 @@ impl Engine {
                 definition,
                 input: erased_input,
                 state,
-                pending_call,
+                pending_calls,
             },
             Some(permit),
         );
@@ -751,6 +758,12 @@ impl Engine {
             };
             if view.status.is_terminal() || view.status == SagaStatus::Suspended {
                 return Ok(view.outcome());
+            }
+            if let Ok(state) = self.load_state(id) {
+                if run::reports_at_decision(&state) {
+                    lock(&self.inner.waiters).remove(&id);
+                    return Ok(view.outcome());
+                }
             }
             if self.inner.stopping.is_cancelled() {
                 return Err(Error::ShuttingDown(id));

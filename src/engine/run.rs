@@ -16,17 +16,19 @@
 //! still no call without a durable intent before it (invariant I1).
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
-use crate::engine::view::{failure_of, Outcome};
+use crate::engine::view::Outcome;
 use crate::engine::{CallPoint, Command, Inner, SagaRun};
 use crate::error::Error;
+use crate::ids::StepIndex;
 use crate::ids::{SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{
-    CallFailed, CallRef, CallSucceeded, Finished, LogEntry, Record, Suspended, TimerSet,
+    CallFailed, CallRef, CallSucceeded, Decided, Decision, Finished, LogEntry, PlanKind, Record,
+    Suspended, TimerSet,
 };
 use crate::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend, TimerKey};
 use crate::log::writer::AppendError;
-use crate::state::{decide, NextAction, PendingTimer, SagaState};
+use crate::state::{decide_live, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub(crate) struct Staged {
     frames: Vec<Vec<u8>>,
     durable_status: Option<SagaStatus>,
     durable_timer: Option<PendingTimer>,
+    durable_decision: Option<Decision>,
 }
 
 impl Staged {
@@ -60,6 +63,7 @@ impl Staged {
             frames: Vec::new(),
             durable_status: state.map(|s| s.status()),
             durable_timer: state.and_then(|s| s.timer.clone()),
+            durable_decision: state.and_then(|s| s.decision),
         }
     }
 
@@ -144,6 +148,7 @@ impl Staged {
         self.first_seq = state.next_seq;
         self.durable_status = Some(status);
         self.durable_timer = state.timer.clone();
+        self.durable_decision = state.decision;
         Ok(Some(append))
     }
 
@@ -160,11 +165,17 @@ impl Inner {
     /// Makes everything staged durable.
     pub(crate) async fn commit(&self, staged: &mut Staged, state: &SagaState) -> Result<(), Error> {
         let before = (staged.durable_status, staged.durable_timer.is_some());
+        let undecided = staged.durable_decision.is_none();
         match staged.take(state)? {
             None => Ok(()),
             Some(append) => match self.writer.append(append).await {
                 Ok(()) => {
                     record_transition(before, state);
+                    if undecided && reports_at_decision(state) {
+                        // asyncConfirm / asyncCancel: the caller learns the
+                        // outcome now; the loop goes on in the background.
+                        self.notify_waiters(staged.saga, Ok(Outcome::of(staged.saga, state)));
+                    }
                     Ok(())
                 }
                 Err(AppendError::Store(e)) => Err(Error::Store(e)),
@@ -223,13 +234,18 @@ impl Inner {
 
     /// Drives one saga until it is terminal, waits for an operator, sleeps
     /// on a timer, or the engine stops. The caller owns the saga.
+    ///
+    /// Calls of steps that may run in parallel run as tasks of this loop:
+    /// their intents are written in one append, and each result is staged
+    /// as it arrives and written with the next intents (or the timer, or the
+    /// terminal record).
     pub(crate) async fn drive(self: &Arc<Self>, run: SagaRun) -> Result<LoopEnd, Error> {
         let SagaRun {
             id,
             definition,
             input,
             mut state,
-            pending_call,
+            pending_calls,
         } = run;
         let code = SagaCode {
             id,
@@ -237,27 +253,64 @@ impl Inner {
             input,
         };
         let mut staged = Staged::new(id, Some(&state));
-        if let Some(call) = pending_call {
-            if self.stopping.is_cancelled() {
-                // Left in doubt: recovery re-runs it.
-                return Err(Error::ShuttingDown(id));
-            }
-            self.invoke(&code, &mut state, &mut staged, call, Phase::Action)
-                .await?;
-        }
+        let mut calls = Calls::default();
+        // Intents staged (or, for a fresh saga, already durable) whose
+        // calls have not been launched yet.
+        let mut ready: Vec<(CallRef, CallKind)> = pending_calls;
         loop {
             self.apply_commands(id, &mut state, &mut staged).await?;
             let now = self.clock.now();
-            match decide(&state, now) {
-                NextAction::RunStep { step, attempt } => {
-                    let call = CallRef { step, attempt };
-                    self.call_step(&code, &mut state, &mut staged, call, Phase::Action)
-                        .await?
-                }
+            let live: Vec<StepIndex> = calls
+                .live()
+                .chain(ready.iter().map(|(call, _)| call.step))
+                .collect();
+            let next = decide_live(&state, now, &live);
+            let starts = match next {
+                NextAction::RunStep { step, attempt } => Some((step, attempt, CallKind::Forward)),
                 NextAction::Compensate { step, attempt } => {
+                    Some((step, attempt, CallKind::Compensate))
+                }
+                NextAction::Confirm { step, attempt } => Some((step, attempt, CallKind::Confirm)),
+                _ => None,
+            };
+            if let Some((step, attempt, kind)) = starts {
+                if !self.stopping.is_cancelled() {
                     let call = CallRef { step, attempt };
-                    self.call_step(&code, &mut state, &mut staged, call, Phase::Compensation)
-                        .await?
+                    staged.push(&mut state, now, kind.intent(call))?;
+                    ready.push((call, kind));
+                    continue;
+                }
+            }
+            match next {
+                NextAction::RunStep { .. }
+                | NextAction::Compensate { .. }
+                | NextAction::Confirm { .. }
+                | NextAction::Busy => {
+                    // I1: a participant is called only after its intent is durable.
+                    self.commit(&mut staged, &state).await?;
+                    if self.stopping.is_cancelled() {
+                        // Start nothing new; intents written but not called
+                        // stay in doubt for recovery. Finish what runs.
+                        ready.clear();
+                        if calls.is_empty() {
+                            return Err(Error::ShuttingDown(id));
+                        }
+                    }
+                    for (call, kind) in ready.drain(..) {
+                        self.launch(&code, &state, &mut calls, call, kind);
+                    }
+                    let (call, kind, number, result) = tokio::select! {
+                        next = calls.next() => next,
+                        _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
+                    };
+                    if let Some(hook) = &self.around_call {
+                        hook(CallPoint::AfterCall, number);
+                    }
+                    staged.push(&mut state, self.clock.now(), kind.result(call, result))?;
+                }
+                NextAction::Decide { decision } => {
+                    tracing::info!(?decision, "transaction decided");
+                    staged.push(&mut state, now, Record::Decided(Decided { decision }))?;
                 }
                 NextAction::WaitUntil { due, purpose } => {
                     tracing::debug!(due = due.0, ?purpose, "sleeping on a durable timer");
@@ -298,66 +351,30 @@ impl Inner {
                 NextAction::AwaitOperator | NextAction::Done { .. } => {
                     self.commit(&mut staged, &state).await?;
                     if self.release_if_idle(id) {
-                        return Ok(LoopEnd::Outcome(Outcome {
-                            saga_id: id,
-                            status: state.status(),
-                            failure: failure_of(&state),
-                            reason: state.suspended.clone(),
-                        }));
+                        return Ok(LoopEnd::Outcome(Outcome::of(id, &state)));
                     }
                 }
             }
         }
     }
 
-    /// Writes the intent for `call` durably, then calls the participant.
-    async fn call_step(
+    /// Spawns the participant call for `call`, whose intent is durable.
+    fn launch(
         &self,
         code: &SagaCode,
-        state: &mut SagaState,
-        staged: &mut Staged,
+        state: &SagaState,
+        calls: &mut Calls,
         call: CallRef,
-        phase: Phase,
-    ) -> Result<(), Error> {
-        let id = code.id;
-        if self.stopping.is_cancelled() {
-            // Write what is staged (results of finished calls), start nothing new.
-            self.commit(staged, state).await?;
-            return Err(Error::ShuttingDown(id));
-        }
-        let intent = match phase {
-            Phase::Action => Record::StepStarted(call),
-            Phase::Compensation => Record::CompensationStarted(call),
-        };
-        staged.push(state, self.clock.now(), intent)?;
-        // I1: the participant is called only after this returns Ok.
-        self.commit(staged, state).await?;
-        if call.attempt > 1 {
+        kind: CallKind,
+    ) {
+        let (id, step, attempt) = (code.id, call.step, call.attempt);
+        let phase = kind.phase(state);
+        if attempt > 1 {
             metrics::counter!(crate::metrics::RETRIES, "phase" => phase.as_str()).increment(1);
         }
-        if phase == Phase::Compensation {
+        if kind == CallKind::Compensate {
             metrics::counter!(crate::metrics::COMPENSATIONS).increment(1);
         }
-        self.invoke(code, state, staged, call, phase).await
-    }
-
-    /// Calls the participant for `call`, whose intent is durable, and stages
-    /// the result record.
-    async fn invoke(
-        &self,
-        code: &SagaCode,
-        state: &mut SagaState,
-        staged: &mut Staged,
-        call: CallRef,
-        phase: Phase,
-    ) -> Result<(), Error> {
-        let SagaCode {
-            id,
-            definition,
-            input,
-        } = code;
-        let (id, step, attempt) = (*id, call.step, call.attempt);
-
         let outputs: Arc<[Option<Vec<u8>>]> =
             state.steps.iter().map(|s| s.output.clone()).collect();
         let timeout = state.plan().timeout_of(step);
@@ -379,57 +396,158 @@ impl Inner {
         if let Some(hook) = &self.around_call {
             hook(CallPoint::BeforeCall, number);
         }
-        let future = definition.call(spec, input).instrument(span);
-        // Spawned so that a panicking participant is an error, not a dead
-        // saga task; aborted when dropped (timeout, hard shutdown).
-        let task = AbortOnDrop(tokio::spawn(future));
-        let began = std::time::Instant::now();
-        let deadline = async {
+        let future = code.definition.call(spec, &code.input).instrument(span);
+        let timed = async move {
             match timeout {
-                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                None => std::future::pending().await,
+                None => future.await,
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), future)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StepError::unknown(format!(
+                            "no reply within {ms} ms; the call may have taken effect"
+                        )))
+                    }),
             }
         };
-        let result = tokio::select! {
-            joined = task.join() => match joined {
-                Ok(result) => result,
-                Err(e) => Err(StepError::unknown(format!("the participant panicked or was cancelled: {e}"))),
+        // Spawned so that a panicking participant is an error, not a dead
+        // saga task; aborted when the set is dropped (hard shutdown).
+        let handle = calls.set.spawn(timed);
+        calls.meta.insert(
+            handle.id(),
+            Launched {
+                call,
+                kind,
+                phase,
+                number,
+                began: std::time::Instant::now(),
             },
-            _ = deadline => Err(StepError::unknown(format!(
-                "no reply within {} ms; the call may have taken effect",
-                timeout.unwrap_or(0)
-            ))),
-            _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
-        };
-        metrics::histogram!(
-            crate::metrics::CALL_SECONDS,
-            "phase" => phase.as_str(),
-            "outcome" => if result.is_ok() { "ok" } else { "error" }
-        )
-        .record(began.elapsed().as_secs_f64());
-        if let Some(hook) = &self.around_call {
-            hook(CallPoint::AfterCall, number);
+        );
+    }
+}
+
+/// The three kinds of participant call, by the records they write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    /// A saga step's action or a TCC try.
+    Forward,
+    /// A compensation, a TCC cancel, or the compensation of a committed branch.
+    Compensate,
+    /// A TCC confirm.
+    Confirm,
+}
+
+impl CallKind {
+    fn intent(self, call: CallRef) -> Record {
+        match self {
+            CallKind::Forward => Record::StepStarted(call),
+            CallKind::Compensate => Record::CompensationStarted(call),
+            CallKind::Confirm => Record::ConfirmStarted(call),
         }
-        let now = self.clock.now();
-        let record = match (phase, result) {
-            (Phase::Action, Ok(output)) => Record::StepSucceeded(CallSucceeded { call, output }),
-            (Phase::Compensation, Ok(_)) => Record::CompensationSucceeded(call),
-            (Phase::Action, Err(e)) => {
-                tracing::info!(error = %e, "step failed");
-                Record::StepFailed(CallFailed {
+    }
+
+    /// What the participant is told it is doing.
+    fn phase(self, state: &SagaState) -> Phase {
+        let tcc = state.plan().is_tcc();
+        match self {
+            CallKind::Forward if tcc => Phase::Try,
+            CallKind::Forward => Phase::Action,
+            CallKind::Confirm => Phase::Confirm,
+            CallKind::Compensate if tcc && state.decision != Some(Decision::Commit) => {
+                Phase::Cancel
+            }
+            CallKind::Compensate => Phase::Compensation,
+        }
+    }
+
+    fn result(self, call: CallRef, result: Result<Vec<u8>, StepError>) -> Record {
+        match (self, result) {
+            (CallKind::Forward, Ok(output)) => {
+                Record::StepSucceeded(CallSucceeded { call, output })
+            }
+            (CallKind::Compensate, Ok(_)) => Record::CompensationSucceeded(call),
+            (CallKind::Confirm, Ok(_)) => Record::ConfirmSucceeded(call),
+            (kind, Err(e)) => {
+                tracing::info!(error = %e, ?kind, "participant call failed");
+                let failed = CallFailed {
                     call,
                     failure: e.into_failure(),
-                })
+                };
+                match kind {
+                    CallKind::Forward => Record::StepFailed(failed),
+                    CallKind::Compensate => Record::CompensationFailed(failed),
+                    CallKind::Confirm => Record::ConfirmFailed(failed),
+                }
             }
-            (Phase::Compensation, Err(e)) => {
-                tracing::warn!(error = %e, "compensation failed");
-                Record::CompensationFailed(CallFailed {
-                    call,
-                    failure: e.into_failure(),
-                })
-            }
-        };
-        staged.push(state, now, record)
+        }
+    }
+}
+
+struct Launched {
+    call: CallRef,
+    kind: CallKind,
+    phase: Phase,
+    number: u64,
+    began: std::time::Instant,
+}
+
+/// The participant calls of one saga that are running now.
+#[derive(Default)]
+struct Calls {
+    set: tokio::task::JoinSet<Result<Vec<u8>, StepError>>,
+    meta: std::collections::HashMap<tokio::task::Id, Launched>,
+}
+
+impl Calls {
+    fn live(&self) -> impl Iterator<Item = StepIndex> + '_ {
+        self.meta.values().map(|l| l.call.step)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// The next call to report. Never returns while none runs.
+    async fn next(&mut self) -> (CallRef, CallKind, u64, Result<Vec<u8>, StepError>) {
+        loop {
+            let (id, result) = match self.set.join_next_with_id().await {
+                None => std::future::pending().await,
+                Some(Ok((id, result))) => (id, result),
+                Some(Err(e)) => (
+                    e.id(),
+                    Err(StepError::unknown(format!(
+                        "the participant panicked or was cancelled: {e}"
+                    ))),
+                ),
+            };
+            let Some(launched) = self.meta.remove(&id) else {
+                continue;
+            };
+            metrics::histogram!(
+                crate::metrics::CALL_SECONDS,
+                "phase" => launched.phase.as_str(),
+                "outcome" => if result.is_ok() { "ok" } else { "error" }
+            )
+            .record(launched.began.elapsed().as_secs_f64());
+            return (launched.call, launched.kind, launched.number, result);
+        }
+    }
+}
+
+/// True when `state` holds a TCC decision whose outcome the plan reports
+/// before the confirms or cancels are done.
+pub(crate) fn reports_at_decision(state: &SagaState) -> bool {
+    match (state.decision, state.plan().kind) {
+        (
+            Some(decision),
+            PlanKind::Tcc {
+                async_confirm,
+                async_cancel,
+            },
+        ) => match decision {
+            Decision::Commit => async_confirm,
+            Decision::Rollback => async_cancel,
+        },
+        _ => false,
     }
 }
 
@@ -473,18 +591,4 @@ struct SagaCode {
     id: SagaId,
     definition: Arc<dyn ErasedSaga>,
     input: ErasedInput,
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

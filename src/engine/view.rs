@@ -19,6 +19,17 @@ pub struct Outcome {
     pub reason: Option<String>,
 }
 
+impl Outcome {
+    pub(crate) fn of(saga_id: SagaId, state: &SagaState) -> Outcome {
+        Outcome {
+            saga_id,
+            status: state.status(),
+            failure: failure_of(state),
+            reason: state.suspended.clone(),
+        }
+    }
+}
+
 /// Where one call kind (action or compensation) of a step stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallStatus {

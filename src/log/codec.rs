@@ -7,7 +7,7 @@
 //! offset size field
 //!      0    2 magic            b"SG"
 //!      2    1 format version   1
-//!      3    1 kind             record kind (1..=10, 32) or 0x80 (index entry)
+//!      3    1 kind             record kind (1..=14, 32) or 0x80 (index entry)
 //!      4    4 payload length   <= MAX_PAYLOAD
 //!      8    4 crc32            IEEE, over bytes 0..8 then the payload
 //!     12    n payload          bincode 2 (standard config: varint, little-endian)
@@ -20,8 +20,8 @@
 
 use crate::ids::UnixMillis;
 use crate::log::record::{
-    CallFailed, CallRef, CallSucceeded, Finished, OperatorAction, Record, SagaStarted, Suspended,
-    TimerSet,
+    CallFailed, CallRef, CallSucceeded, Decided, Finished, OperatorAction, Record, SagaStarted,
+    Suspended, TimerSet,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -111,7 +111,7 @@ pub enum DecodeError {
     },
     /// The kind byte names no known record (with a valid checksum: written
     /// by a newer release).
-    #[error("unknown record kind {found}; this build knows kinds 1..=10, 32 and {KIND_INDEX_ENTRY:#x}; open the store with the release that wrote it")]
+    #[error("unknown record kind {found}; this build knows kinds 1..=14, 32 and {KIND_INDEX_ENTRY:#x}; open the store with the release that wrote it")]
     UnknownKind {
         /// The kind found.
         found: u8,
@@ -247,6 +247,10 @@ fn kind_of(record: &Record) -> u8 {
         Record::SagaFinished(_) => 9,
         Record::TimerSet(_) => 10,
         Record::OperatorAction(_) => 32,
+        Record::Decided(_) => 11,
+        Record::ConfirmStarted(_) => 12,
+        Record::ConfirmSucceeded(_) => 13,
+        Record::ConfirmFailed(_) => 14,
     }
 }
 
@@ -256,9 +260,14 @@ pub fn encode_record(at: UnixMillis, record: &Record) -> Result<Vec<u8>, EncodeE
         Record::SagaStarted(body) => encode_value(&(at.0, body)),
         Record::StepStarted(body)
         | Record::CompensationStarted(body)
-        | Record::CompensationSucceeded(body) => encode_value(&(at.0, body)),
+        | Record::CompensationSucceeded(body)
+        | Record::ConfirmStarted(body)
+        | Record::ConfirmSucceeded(body) => encode_value(&(at.0, body)),
         Record::StepSucceeded(body) => encode_value(&(at.0, body)),
-        Record::StepFailed(body) | Record::CompensationFailed(body) => encode_value(&(at.0, body)),
+        Record::StepFailed(body)
+        | Record::CompensationFailed(body)
+        | Record::ConfirmFailed(body) => encode_value(&(at.0, body)),
+        Record::Decided(body) => encode_value(&(at.0, body)),
         Record::SagaSuspended(body) => encode_value(&(at.0, body)),
         Record::SagaFinished(body) => encode_value(&(at.0, body)),
         Record::TimerSet(body) => encode_value(&(at.0, body)),
@@ -286,6 +295,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> 
         8 => body::<Suspended>(payload).map(|(at, b)| (at, Record::SagaSuspended(b))),
         9 => body::<Finished>(payload).map(|(at, b)| (at, Record::SagaFinished(b))),
         10 => body::<TimerSet>(payload).map(|(at, b)| (at, Record::TimerSet(b))),
+        11 => body::<Decided>(payload).map(|(at, b)| (at, Record::Decided(b))),
+        12 => body::<CallRef>(payload).map(|(at, b)| (at, Record::ConfirmStarted(b))),
+        13 => body::<CallRef>(payload).map(|(at, b)| (at, Record::ConfirmSucceeded(b))),
+        14 => body::<CallFailed>(payload).map(|(at, b)| (at, Record::ConfirmFailed(b))),
         32 => body::<OperatorAction>(payload).map(|(at, b)| (at, Record::OperatorAction(b))),
         found => Err(DecodeError::UnknownKind { found }),
     }

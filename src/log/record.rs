@@ -52,6 +52,16 @@ pub enum Record {
     TimerSet(TimerSet),
     /// An operator acted on the saga.
     OperatorAction(OperatorAction),
+    /// TCC: the transaction's outcome is decided (commit after every try
+    /// succeeded, rollback after a try failed for good or a cancel). From
+    /// here on only confirms (commit) or cancels (rollback) run.
+    Decided(Decided),
+    /// TCC intent: the confirm of branch `step` is about to be called.
+    ConfirmStarted(CallRef),
+    /// TCC: the confirm returned success.
+    ConfirmSucceeded(CallRef),
+    /// TCC: the confirm returned an error; it is retried.
+    ConfirmFailed(CallFailed),
 }
 
 impl Record {
@@ -69,6 +79,10 @@ impl Record {
             Record::SagaFinished(_) => "saga_finished",
             Record::TimerSet(_) => "timer_set",
             Record::OperatorAction(_) => "operator_action",
+            Record::Decided(_) => "decided",
+            Record::ConfirmStarted(_) => "confirm_started",
+            Record::ConfirmSucceeded(_) => "confirm_succeeded",
+            Record::ConfirmFailed(_) => "confirm_failed",
         }
     }
 }
@@ -89,6 +103,50 @@ pub struct SagaStarted {
     pub plan: SagaPlan,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The saga this one runs as a step of, if it is a sub-saga.
+    pub parent: Option<ParentLink>,
+}
+
+/// Where a sub-saga sits in its parent: the parent's id and the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent saga.
+    pub saga: crate::ids::SagaId,
+    /// The parent's step this saga runs as.
+    pub step: StepIndex,
+}
+
+/// What kind of transaction a plan describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanKind {
+    /// A saga: steps with compensations, committed step by step.
+    Saga,
+    /// TCC: branches are tried, then all confirmed or all cancelled.
+    Tcc {
+        /// The outcome is reported once the commit decision is durable;
+        /// confirms run in the background.
+        async_confirm: bool,
+        /// The outcome is reported once the rollback decision is durable;
+        /// cancels run in the background.
+        async_cancel: bool,
+    },
+}
+
+/// A TCC decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Every try succeeded: confirm every branch.
+    Commit,
+    /// A try failed for good (or an operator cancelled): cancel every
+    /// branch that was tried or may have been.
+    Rollback,
+}
+
+/// The body of a [`Record::Decided`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The decision.
+    pub decision: Decision,
 }
 
 /// The part of a definition that decisions depend on.
@@ -107,6 +165,10 @@ pub struct SagaPlan {
     /// Per-attempt timeout of participant calls, in milliseconds. A call
     /// that times out is in doubt: an `Unknown` failure.
     pub timeout_ms: Option<u64>,
+    /// Saga or TCC.
+    pub kind: PlanKind,
+    /// Most participant calls of this saga in flight at once (at least 1).
+    pub max_parallel: u32,
 }
 
 /// One step of a plan, with its overrides of the saga's settings.
@@ -120,21 +182,68 @@ pub struct StepPlan {
     pub retry: Option<RetryPolicy>,
     /// Per-attempt timeout of this step's calls, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// The steps whose actions must succeed before this one starts, and
+    /// which are compensated only after this one is (each is earlier in the
+    /// plan). A sequential saga lists the previous step.
+    pub after: Vec<StepIndex>,
+    /// The step runs a sub-saga of this type instead of a participant.
+    pub child: Option<SagaType>,
 }
 
 impl StepPlan {
-    /// A step with no overrides.
-    pub fn named(name: impl Into<StepName>) -> Self {
+    /// A step with no overrides that runs after `after`.
+    pub fn named(name: impl Into<StepName>, after: Vec<StepIndex>) -> Self {
         StepPlan {
             name: name.into(),
             strategy: None,
             retry: None,
             timeout_ms: None,
+            after,
+            child: None,
         }
     }
 }
 
 impl SagaPlan {
+    /// A plan of sequential steps with default policies, for tests and tools.
+    pub fn sequential(names: &[&str]) -> SagaPlan {
+        SagaPlan {
+            steps: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let after = if i == 0 {
+                        vec![]
+                    } else {
+                        vec![i as StepIndex - 1]
+                    };
+                    StepPlan::named(*name, after)
+                })
+                .collect(),
+            strategy: CompensationStrategy::Immediate,
+            retry: RetryPolicy::forward_default(),
+            compensation_retry: RetryPolicy::compensation_default(),
+            in_doubt: InDoubtPolicy::Rerun,
+            timeout_ms: None,
+            kind: PlanKind::Saga,
+            max_parallel: 1,
+        }
+    }
+
+    /// True for a TCC plan.
+    pub fn is_tcc(&self) -> bool {
+        matches!(self.kind, PlanKind::Tcc { .. })
+    }
+
+    /// The steps that list `step` in their `after`.
+    pub fn dependents(&self, step: StepIndex) -> impl Iterator<Item = StepIndex> + '_ {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.after.contains(&step))
+            .map(|(i, _)| i as StepIndex)
+    }
+
     /// The step names, in order.
     pub fn step_names(&self) -> Vec<StepName> {
         self.steps.iter().map(|s| s.name.clone()).collect()
@@ -185,6 +294,13 @@ pub struct CallRef {
     pub step: StepIndex,
     /// Attempt number, from 1.
     pub attempt: Attempt,
+}
+
+impl CallRef {
+    /// Attempt `attempt` of step `step`.
+    pub fn new(step: StepIndex, attempt: Attempt) -> Self {
+        CallRef { step, attempt }
+    }
 }
 
 /// A successful call and what it returned.
@@ -273,6 +389,13 @@ pub enum WaitPurpose {
         /// The attempt that will run.
         attempt: Attempt,
     },
+    /// TCC: backoff before the next attempt of a confirm.
+    ConfirmBackoff {
+        /// The branch being confirmed.
+        step: StepIndex,
+        /// The attempt that will run.
+        attempt: Attempt,
+    },
 }
 
 /// What an operator did, who, and why.
@@ -300,7 +423,8 @@ pub enum OperatorCommand {
         step: StepIndex,
     },
     /// Retry the failed forward step, with a fresh retry budget, even after
-    /// a permanent error.
+    /// a permanent error. On a TCC transaction that is committing: a fresh
+    /// budget for the confirms.
     RetryStep,
     /// Give up: the saga ends `Failed` without further compensation.
     Abandon,

@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 
 /// Version of the keyspace layout, stored under `"Mformat"`. 2: one log
 /// value per append (several frames back to back). 3: index entries carry
-/// `changed_at`. Frames have their own version byte (`codec::FORMAT_VERSION`).
-pub const LAYOUT_VERSION: u8 = 3;
+/// `changed_at`. 4: plans carry step dependencies, a kind (saga or TCC) and
+/// a parallelism limit; TCC record kinds 11..=14. Frames have their own
+/// version byte (`codec::FORMAT_VERSION`).
+pub const LAYOUT_VERSION: u8 = 4;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

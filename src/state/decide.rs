@@ -3,7 +3,7 @@
 //! clock value always give the same answer (invariant I6).
 
 use crate::ids::{Attempt, StepIndex, UnixMillis};
-use crate::log::record::{ErrorClass, WaitPurpose};
+use crate::log::record::{Decision, ErrorClass, WaitPurpose};
 use crate::policy::{CompensationStrategy, InDoubtPolicy};
 use crate::state::{CallState, Retry, SagaState};
 use crate::status::SagaStatus;
@@ -18,6 +18,21 @@ pub enum NextAction {
         /// The attempt number to use.
         attempt: Attempt,
     },
+    /// TCC: write the intent, then call the confirm of branch `step`.
+    Confirm {
+        /// The branch.
+        step: StepIndex,
+        /// The attempt number to use.
+        attempt: Attempt,
+    },
+    /// TCC: write the decision (commit or roll back).
+    Decide {
+        /// The decision.
+        decision: Decision,
+    },
+    /// Calls of this saga are running and nothing else may start before
+    /// one of them reports: wait for a result. Only from [`decide_live`].
+    Busy,
     /// Write the intent, then call the compensation of `step`.
     Compensate {
         /// The step.
@@ -52,15 +67,83 @@ pub enum NextAction {
     },
 }
 
+/// A choice among the per-step candidates: start a call, wait, or ask an
+/// operator. Calls come first, then (with calls running) waiting for them,
+/// then the earliest timer, then a suspension.
+#[derive(Default)]
+struct Choice {
+    run: Option<NextAction>,
+    wait: Option<(UnixMillis, WaitPurpose)>,
+    suspend: Option<String>,
+}
+
+impl Choice {
+    fn run(&mut self, action: NextAction) {
+        self.run.get_or_insert(action);
+    }
+
+    fn wait(&mut self, due: UnixMillis, purpose: WaitPurpose) {
+        if self
+            .wait
+            .as_ref()
+            .is_none_or(|(earliest, _)| due < *earliest)
+        {
+            self.wait = Some((due, purpose));
+        }
+    }
+
+    fn suspend(&mut self, reason: String) {
+        self.suspend.get_or_insert(reason);
+    }
+
+    /// The action, or `None` when no step has anything to do.
+    fn pick(self, live: &[StepIndex]) -> Option<NextAction> {
+        if let Some(run) = self.run {
+            return Some(run);
+        }
+        if !live.is_empty() {
+            return Some(NextAction::Busy);
+        }
+        if let Some((due, purpose)) = self.wait {
+            return Some(NextAction::WaitUntil { due, purpose });
+        }
+        self.suspend.map(|reason| NextAction::Suspend { reason })
+    }
+}
+
 enum Forward {
-    Run(StepIndex, Attempt),
-    Wait(UnixMillis, StepIndex, Attempt),
+    /// Something to do (start a call, wait, busy).
+    Act(NextAction),
     GaveUp(StepIndex, UnixMillis),
     AllSucceeded,
 }
 
-/// Decides the next action for `state` at time `now`.
+/// Decides the next action for `state` at time `now`, when no call of the
+/// saga is running (after a restart, every call the log shows in flight is
+/// in doubt).
 pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
+    decide_live(state, now, &[])
+}
+
+/// Decides the next action for `state` at time `now` while the calls of
+/// the steps in `live` run in this process (their intents are written, so
+/// the log shows them in flight; they are not in doubt). Returns
+/// [`NextAction::Busy`] when nothing may start before one of them reports,
+/// and never a terminal, sleeping or suspending action while any runs.
+pub fn decide_live(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextAction {
+    let action = decide_inner(state, now, live);
+    let starts_call = matches!(
+        action,
+        NextAction::RunStep { .. } | NextAction::Compensate { .. } | NextAction::Confirm { .. }
+    );
+    let limit = state.plan().max_parallel.max(1) as usize;
+    if (starts_call && live.len() >= limit) || (!starts_call && !live.is_empty()) {
+        return NextAction::Busy;
+    }
+    action
+}
+
+fn decide_inner(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextAction {
     if let Some(status) = state.finished {
         return NextAction::Done { status };
     }
@@ -71,6 +154,9 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
     }
     if state.suspended.is_some() {
         return NextAction::AwaitOperator;
+    }
+    if state.plan().is_tcc() {
+        return decide_tcc(state, now, live);
     }
     if state.compensating || state.compensation_ordered {
         if manual_hold(state) {
@@ -84,14 +170,11 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
                 };
             }
         }
-        return next_compensation(state, now);
+        return next_compensation(state, now, live, SagaStatus::Compensated);
     }
-    match next_forward(state, now) {
-        Forward::Run(step, attempt) => NextAction::RunStep { step, attempt },
-        Forward::Wait(due, step, attempt) => NextAction::WaitUntil {
-            due,
-            purpose: WaitPurpose::RetryBackoff { step, attempt },
-        },
+    match next_forward(state, now, live) {
+        Forward::Act(action) => action,
+        Forward::GaveUp(_, _) if !live.is_empty() => NextAction::Busy,
         Forward::GaveUp(step, at) => after_giving_up(state, step, at, now),
         Forward::AllSucceeded => NextAction::Finish {
             status: SagaStatus::Committed,
@@ -99,38 +182,182 @@ pub fn decide(state: &SagaState, now: UnixMillis) -> NextAction {
     }
 }
 
-fn next_forward(state: &SagaState, now: UnixMillis) -> Forward {
+fn decide_tcc(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextAction {
+    let rollback = NextAction::Decide {
+        decision: Decision::Rollback,
+    };
+    match state.decision {
+        None if state.compensation_ordered => rollback,
+        None => match next_forward(state, now, live) {
+            Forward::Act(action) => action,
+            Forward::GaveUp(..) => rollback,
+            Forward::AllSucceeded => NextAction::Decide {
+                decision: Decision::Commit,
+            },
+        },
+        Some(Decision::Commit) if state.compensation_ordered => {
+            next_compensation(state, now, live, SagaStatus::Compensated)
+        }
+        Some(Decision::Commit) => next_confirm(state, now, live),
+        Some(Decision::Rollback) => next_compensation(state, now, live, SagaStatus::RolledBack),
+    }
+}
+
+fn next_forward(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> Forward {
+    let idle = |index: &StepIndex| !live.contains(index);
+    // A step that failed for good stops every forward start, wherever it is.
     for (index, step) in state.steps.iter().enumerate() {
         let index = index as StepIndex;
+        if !idle(&index) {
+            continue;
+        }
         match &step.forward {
-            CallState::Succeeded { .. } => continue,
-            CallState::NotStarted => return Forward::Run(index, 1),
             CallState::InFlight { attempt, since } => {
-                // Only seen after a restart: the engine never decides while
-                // its own call runs. Re-runs count toward the budget, so a
-                // participant that kills the process every time cannot loop.
+                // Only seen after a restart (or for a call not in `live`): the
+                // engine never decides about its own running call. Re-runs
+                // count toward the budget, so a participant that kills the
+                // process every time cannot loop.
                 let policy = state.plan().retry_of(index);
                 let used = attempt.saturating_sub(step.forward_base);
-                return match state.plan().in_doubt {
-                    InDoubtPolicy::Rerun if used < policy.max_attempts => {
-                        Forward::Run(index, attempt + 1)
-                    }
-                    InDoubtPolicy::Rerun | InDoubtPolicy::Compensate => {
-                        Forward::GaveUp(index, *since)
-                    }
-                };
+                let rerun = state.plan().in_doubt == InDoubtPolicy::Rerun
+                    && used < policy.max_attempts
+                    && state.failure.is_none();
+                if !rerun {
+                    return Forward::GaveUp(index, *since);
+                }
             }
-            CallState::Failed { attempt, at, .. } => {
-                return match state.forward_retry(index) {
-                    Retry::Now => Forward::Run(index, attempt + 1),
-                    Retry::At(due) if now < due => Forward::Wait(due, index, attempt + 1),
-                    Retry::At(_) => Forward::Run(index, attempt + 1),
-                    Retry::No => Forward::GaveUp(index, state.failure_at.unwrap_or(*at)),
-                };
+            CallState::Failed { at, .. } if state.forward_retry(index) == Retry::No => {
+                return Forward::GaveUp(index, state.failure_at.unwrap_or(*at));
+            }
+            _ => {}
+        }
+    }
+    let mut choice = Choice::default();
+    let mut all_succeeded = true;
+    for (index, step) in state.steps.iter().enumerate() {
+        let index = index as StepIndex;
+        if !matches!(step.forward, CallState::Succeeded { .. }) {
+            all_succeeded = false;
+        }
+        if !idle(&index) {
+            continue;
+        }
+        match &step.forward {
+            CallState::Succeeded { .. } => {}
+            CallState::NotStarted => {
+                let ready = state.plan().steps[index as usize].after.iter().all(|&dep| {
+                    matches!(
+                        state.steps[dep as usize].forward,
+                        CallState::Succeeded { .. }
+                    )
+                });
+                if ready {
+                    choice.run(NextAction::RunStep {
+                        step: index,
+                        attempt: 1,
+                    });
+                }
+            }
+            CallState::InFlight { attempt, .. } => choice.run(NextAction::RunStep {
+                step: index,
+                attempt: attempt + 1,
+            }),
+            CallState::Failed { attempt, .. } => match state.forward_retry(index) {
+                Retry::At(due) if now < due => choice.wait(
+                    due,
+                    WaitPurpose::RetryBackoff {
+                        step: index,
+                        attempt: attempt + 1,
+                    },
+                ),
+                Retry::Now | Retry::At(_) | Retry::No => choice.run(NextAction::RunStep {
+                    step: index,
+                    attempt: attempt + 1,
+                }),
+            },
+        }
+    }
+    if all_succeeded {
+        return Forward::AllSucceeded;
+    }
+    Forward::Act(choice.pick(live).unwrap_or_else(|| stuck(state)))
+}
+
+/// Total all the same: a plan whose dependencies are checked at fold
+/// cannot get here.
+fn stuck(state: &SagaState) -> NextAction {
+    NextAction::Suspend {
+        reason: format!(
+            "internal: no step of saga type '{}' can make progress; please report this with the saga's history",
+            state.saga_type()
+        ),
+    }
+}
+
+fn next_confirm(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextAction {
+    let policy = &state.plan().compensation_retry;
+    let mut choice = Choice::default();
+    for (index, step) in state.steps.iter().enumerate() {
+        let index = index as StepIndex;
+        if live.contains(&index) {
+            continue;
+        }
+        let name = state.plan().step_name(index);
+        let used = step.confirm.attempts().saturating_sub(step.confirm_base);
+        match &step.confirm {
+            CallState::Succeeded { .. } => {}
+            CallState::NotStarted => choice.run(NextAction::Confirm {
+                step: index,
+                attempt: 1,
+            }),
+            CallState::InFlight { attempt, .. } if used < policy.max_attempts || used == 0 => {
+                choice.run(NextAction::Confirm {
+                    step: index,
+                    attempt: attempt + 1,
+                })
+            }
+            CallState::InFlight { attempt, .. } => choice.suspend(format!(
+                "confirm of branch '{name}' was left in doubt {attempt} times; an operator must check it and order a retry"
+            )),
+            CallState::Failed { attempt, .. } if used == 0 => choice.run(NextAction::Confirm {
+                step: index,
+                attempt: attempt + 1,
+            }),
+            CallState::Failed {
+                attempt,
+                failure,
+                at,
+            } => {
+                if failure.class == ErrorClass::Permanent || used >= policy.max_attempts {
+                    choice.suspend(format!(
+                        "confirm of branch '{name}' failed {used} times, last: {}; an operator must fix the cause and order a retry",
+                        failure.message
+                    ));
+                } else {
+                    let delay =
+                        policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 2);
+                    let due = at.plus_millis(delay);
+                    if now < due {
+                        choice.wait(
+                            due,
+                            WaitPurpose::ConfirmBackoff {
+                                step: index,
+                                attempt: attempt + 1,
+                            },
+                        );
+                    } else {
+                        choice.run(NextAction::Confirm {
+                            step: index,
+                            attempt: attempt + 1,
+                        });
+                    }
+                }
             }
         }
     }
-    Forward::AllSucceeded
+    choice.pick(live).unwrap_or(NextAction::Finish {
+        status: SagaStatus::Committed,
+    })
 }
 
 /// The step failed for good at `at`: its strategy decides what follows.
@@ -142,7 +369,7 @@ fn after_giving_up(
 ) -> NextAction {
     match state.plan().strategy_of(step) {
         CompensationStrategy::Immediate | CompensationStrategy::RetryThenCompensate { .. } => {
-            next_compensation(state, now)
+            next_compensation(state, now, &[], SagaStatus::Compensated)
         }
         CompensationStrategy::Scheduled { delay_ms } => {
             let due = at.plus_millis(delay_ms);
@@ -152,7 +379,7 @@ fn after_giving_up(
                     purpose: WaitPurpose::ScheduledCompensation { step },
                 }
             } else {
-                next_compensation(state, now)
+                next_compensation(state, now, &[], SagaStatus::Compensated)
             }
         }
         CompensationStrategy::Manual => {
@@ -200,86 +427,98 @@ pub fn to_compensate(state: &SagaState) -> Vec<String> {
         .collect()
 }
 
-fn next_compensation(state: &SagaState, now: UnixMillis) -> NextAction {
+/// Compensates (cancels) what needs it, each step only after every step
+/// that depends on it; finishes with `done` when nothing is left.
+fn next_compensation(
+    state: &SagaState,
+    now: UnixMillis,
+    live: &[StepIndex],
+    done: SagaStatus,
+) -> NextAction {
     let policy = &state.plan().compensation_retry;
-    let Some((index, step)) = state
-        .steps
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, s)| !s.is_compensated_or_untouched())
-    else {
-        return NextAction::Finish {
-            status: SagaStatus::Compensated,
-        };
-    };
-    let index = index as StepIndex;
-    let name = state.plan().step_name(index);
-    let used = step
-        .compensation
-        .attempts()
-        .saturating_sub(step.compensation_base);
-    match &step.compensation {
-        CallState::NotStarted => NextAction::Compensate {
-            step: index,
-            attempt: 1,
-        },
-        // Unreachable through the filter above; total all the same.
-        CallState::Succeeded { .. } => NextAction::Finish {
-            status: SagaStatus::Compensated,
-        },
-        CallState::InFlight { attempt, .. } if used < policy.max_attempts => NextAction::Compensate {
-            step: index,
-            attempt: attempt + 1,
-        },
-        CallState::InFlight { attempt, .. } => NextAction::Suspend {
-            reason: format!(
+    let mut choice = Choice::default();
+    for (index, step) in state.steps.iter().enumerate().rev() {
+        let index = index as StepIndex;
+        if step.is_compensated_or_untouched() || live.contains(&index) {
+            continue;
+        }
+        let blocked = state
+            .plan()
+            .dependents(index)
+            .any(|d| !state.steps[d as usize].is_compensated_or_untouched());
+        if blocked {
+            continue;
+        }
+        let name = state.plan().step_name(index);
+        let used = step
+            .compensation
+            .attempts()
+            .saturating_sub(step.compensation_base);
+        match &step.compensation {
+            CallState::NotStarted => choice.run(NextAction::Compensate {
+                step: index,
+                attempt: 1,
+            }),
+            // Unreachable through the filter above.
+            CallState::Succeeded { .. } => {}
+            CallState::InFlight { attempt, .. } if used < policy.max_attempts => {
+                choice.run(NextAction::Compensate {
+                    step: index,
+                    attempt: attempt + 1,
+                })
+            }
+            CallState::InFlight { attempt, .. } => choice.suspend(format!(
                 "compensation of step '{name}' was left in doubt {attempt} times (the process died during the call each time); an operator must check it"
-            ),
-        },
-        // An operator's "compensate now" grants one attempt whatever the
-        // last error was.
-        CallState::Failed { attempt, .. } if used == 0 => NextAction::Compensate {
-            step: index,
-            attempt: attempt + 1,
-        },
-        CallState::Failed {
-            attempt,
-            failure,
-            at,
-        } => {
-            if failure.class == ErrorClass::Permanent {
-                NextAction::Suspend {
-                    reason: format!(
+            )),
+            // An operator's "compensate now" grants one attempt whatever the
+            // last error was.
+            CallState::Failed { attempt, .. } if used == 0 => choice.run(NextAction::Compensate {
+                step: index,
+                attempt: attempt + 1,
+            }),
+            CallState::Failed {
+                attempt,
+                failure,
+                at,
+            } => {
+                if failure.class == ErrorClass::Permanent {
+                    choice.suspend(format!(
                         "compensation of step '{name}' failed permanently on attempt {attempt}: {}; an operator must compensate it by hand and mark it compensated",
                         failure.message
-                    ),
-                }
-            } else if used >= policy.max_attempts {
-                NextAction::Suspend {
-                    reason: format!(
+                    ));
+                } else if used >= policy.max_attempts {
+                    choice.suspend(format!(
                         "compensation of step '{name}' failed {used} times, last: {}; an operator must fix the cause and order compensate-now, or compensate by hand",
                         failure.message
-                    ),
-                }
-            } else {
-                let delay = policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 1);
-                let due = at.plus_millis(delay);
-                if now < due {
-                    NextAction::WaitUntil {
-                        due,
-                        purpose: WaitPurpose::CompensationBackoff {
+                    ));
+                } else {
+                    let delay =
+                        policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 1);
+                    let due = at.plus_millis(delay);
+                    if now < due {
+                        choice.wait(
+                            due,
+                            WaitPurpose::CompensationBackoff {
+                                step: index,
+                                attempt: attempt + 1,
+                            },
+                        );
+                    } else {
+                        choice.run(NextAction::Compensate {
                             step: index,
                             attempt: attempt + 1,
-                        },
-                    }
-                } else {
-                    NextAction::Compensate {
-                        step: index,
-                        attempt: attempt + 1,
+                        });
                     }
                 }
             }
         }
+    }
+    if let Some(action) = choice.pick(live) {
+        return action;
+    }
+    if state.steps.iter().all(|s| s.is_compensated_or_untouched()) {
+        NextAction::Finish { status: done }
+    } else {
+        stuck(state)
     }
 }

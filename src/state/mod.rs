@@ -11,12 +11,12 @@ mod decide;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{decide, to_compensate, NextAction};
+pub use decide::{decide, decide_live, to_compensate, NextAction};
 
 use crate::ids::{Attempt, IdempotencyKey, SagaType, StepIndex, UnixMillis};
 use crate::log::record::{
-    CallRef, ErrorClass, LogEntry, OperatorAction, OperatorCommand, Record, SagaPlan, SagaStarted,
-    StepFailure, WaitPurpose,
+    CallRef, Decision, ErrorClass, LogEntry, OperatorAction, OperatorCommand, Record, SagaPlan,
+    SagaStarted, StepFailure, WaitPurpose,
 };
 use crate::status::SagaStatus;
 
@@ -103,11 +103,22 @@ pub struct StepState {
     pub compensation_base: Attempt,
     /// An operator marked this step compensated by hand.
     pub compensated_by_operator: bool,
+    /// TCC: the confirm of this branch.
+    pub confirm: CallState,
+    /// Confirm attempts made before the last operator retry.
+    pub confirm_base: Attempt,
+    /// TCC: a branch whose try started is cancelled whatever the try
+    /// reported (its participant's barrier turns a needless cancel into an
+    /// empty rollback).
+    pub cancel_if_tried: bool,
 }
 
 impl StepState {
-    fn new() -> Self {
+    fn new(cancel_if_tried: bool) -> Self {
         StepState {
+            confirm: CallState::NotStarted,
+            confirm_base: 0,
+            cancel_if_tried,
             forward: CallState::NotStarted,
             compensation: CallState::NotStarted,
             output: None,
@@ -124,6 +135,9 @@ impl StepState {
     /// succeeded, is in flight or in doubt, or some attempt's outcome is
     /// unknown. Only such steps are compensated (invariant I4).
     pub fn maybe_applied(&self) -> bool {
+        if self.cancel_if_tried {
+            return self.forward != CallState::NotStarted;
+        }
         self.earlier_attempt_in_doubt
             || match &self.forward {
                 CallState::NotStarted => false,
@@ -191,6 +205,8 @@ pub struct SagaState {
     pub next_seq: u64,
     /// Time of the last record.
     pub last_at: UnixMillis,
+    /// TCC: the decision, once written.
+    pub decision: Option<Decision>,
 }
 
 /// Folds a saga's log, in sequence order, into its state.
@@ -232,8 +248,20 @@ impl SagaState {
                 "the plan has more steps than a definition may have",
             ));
         }
+        if started.plan.max_parallel == 0 {
+            return Err(illegal(
+                "the plan allows no call in flight (max_parallel 0)",
+            ));
+        }
+        for (index, step) in started.plan.steps.iter().enumerate() {
+            if step.after.iter().any(|&dep| dep as usize >= index) {
+                return Err(illegal(
+                    "a step may only depend on steps before it in the plan",
+                ));
+            }
+        }
         Ok(SagaState {
-            steps: vec![StepState::new(); started.plan.steps.len()],
+            steps: vec![StepState::new(started.plan.is_tcc()); started.plan.steps.len()],
             started: started.as_ref().clone(),
             started_at: entry.at,
             compensating: false,
@@ -246,6 +274,7 @@ impl SagaState {
             timer: None,
             next_seq: 1,
             last_at: entry.at,
+            decision: None,
         })
     }
 
@@ -364,6 +393,25 @@ impl SagaState {
                 self.operator_action(action, entry.at).map_err(illegal)?;
                 self.suspended = None;
             }
+            Record::Decided(decided) => self.decided(decided.decision).map_err(illegal)?,
+            Record::ConfirmStarted(call) => {
+                self.confirm_started(*call, entry.at).map_err(illegal)?
+            }
+            Record::ConfirmSucceeded(call) => {
+                let step = self.confirm_in_flight(*call).map_err(illegal)?;
+                step.confirm = CallState::Succeeded {
+                    attempt: call.attempt,
+                    at: entry.at,
+                };
+            }
+            Record::ConfirmFailed(result) => {
+                let step = self.confirm_in_flight(result.call).map_err(illegal)?;
+                step.confirm = CallState::Failed {
+                    attempt: result.call.attempt,
+                    failure: result.failure.clone(),
+                    at: entry.at,
+                };
+            }
         }
         self.next_seq += 1;
         self.last_at = entry.at;
@@ -384,12 +432,26 @@ impl SagaState {
         if self.suspended.is_some() || self.abandoned.is_some() {
             return Err("a forward step may not start while the saga waits for an operator".into());
         }
-        if let Some(earlier) = self.steps[..self.steps.len().min(call.step as usize)]
+        if self.decision.is_some() {
+            return Err("a try may not start once the transaction is decided".into());
+        }
+        if let Some((failed, _)) = &self.failure {
+            return Err(format!(
+                "no forward step may start after step {failed} failed for good"
+            ));
+        }
+        let after = self
+            .plan()
+            .steps
+            .get(call.step as usize)
+            .map(|s| s.after.clone())
+            .unwrap_or_default();
+        if let Some(dep) = after
             .iter()
-            .position(|s| !s.forward.is_succeeded())
+            .find(|&&dep| !self.steps[dep as usize].forward.is_succeeded())
         {
             return Err(format!(
-                "step {} may not start before step {earlier} succeeded",
+                "step {} may not start before step {dep} succeeded",
                 call.step
             ));
         }
@@ -441,15 +503,24 @@ impl SagaState {
         if self.suspended.is_some() || self.abandoned.is_some() {
             return Err("a compensation may not start while the saga waits for an operator".into());
         }
-        let later = (call.step as usize + 1).min(self.steps.len());
-        if let Some(offset) = self.steps[later..]
-            .iter()
-            .position(|s| !s.is_compensated_or_untouched())
+        if self.plan().is_tcc() {
+            match self.decision {
+                Some(Decision::Rollback) => {}
+                Some(Decision::Commit) if self.compensation_ordered && self.all_confirmed() => {}
+                Some(Decision::Commit) => {
+                    return Err("a committing transaction is confirmed, not cancelled".into())
+                }
+                None => return Err("a branch is cancelled only after the rollback decision".into()),
+            }
+        }
+        if let Some(dependent) = self
+            .plan()
+            .dependents(call.step)
+            .find(|&d| !self.steps[d as usize].is_compensated_or_untouched())
         {
             return Err(format!(
-                "step {} may not be compensated before step {} (reverse order)",
-                call.step,
-                later + offset
+                "step {} may not be compensated before step {dependent}, which depends on it",
+                call.step
             ));
         }
         let step = self.step_mut(call.step)?;
@@ -488,9 +559,84 @@ impl SagaState {
         }
     }
 
+    fn decided(&mut self, decision: Decision) -> Result<(), String> {
+        if !self.plan().is_tcc() {
+            return Err("only a TCC transaction is decided".into());
+        }
+        if let Some(earlier) = self.decision {
+            return Err(format!("the transaction is already decided ({earlier:?})"));
+        }
+        if self.suspended.is_some() || self.abandoned.is_some() {
+            return Err("a transaction waiting for an operator is not decided".into());
+        }
+        let all_tried = self.steps.iter().all(|s| s.forward.is_succeeded());
+        match decision {
+            Decision::Commit if self.compensation_ordered || self.failure.is_some() => {
+                Err("a cancelled or failed transaction cannot commit".into())
+            }
+            Decision::Commit if !all_tried => Err("commit needs every try to succeed".into()),
+            Decision::Rollback if all_tried && !self.compensation_ordered => {
+                Err("every try succeeded; only an operator's cancel rolls back now".into())
+            }
+            Decision::Commit | Decision::Rollback => {
+                self.decision = Some(decision);
+                Ok(())
+            }
+        }
+    }
+
+    fn confirm_started(&mut self, call: CallRef, at: UnixMillis) -> Result<(), String> {
+        if self.decision != Some(Decision::Commit) || self.compensation_ordered {
+            return Err("a branch is confirmed only after the commit decision".into());
+        }
+        if self.suspended.is_some() || self.abandoned.is_some() {
+            return Err("a confirm may not start while the saga waits for an operator".into());
+        }
+        let step = self.step_mut(call.step)?;
+        let expected = match &step.confirm {
+            CallState::NotStarted => 1,
+            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
+                attempt.saturating_add(1)
+            }
+            CallState::Succeeded { .. } => return Err("the branch is already confirmed".into()),
+        };
+        if call.attempt != expected {
+            return Err(format!(
+                "expected attempt {expected}, found {}",
+                call.attempt
+            ));
+        }
+        step.confirm = CallState::InFlight {
+            attempt: call.attempt,
+            since: at,
+        };
+        Ok(())
+    }
+
+    fn confirm_in_flight(&mut self, call: CallRef) -> Result<&mut StepState, String> {
+        let step = self.step_mut(call.step)?;
+        match step.confirm {
+            CallState::InFlight { attempt, .. } if attempt == call.attempt => Ok(step),
+            _ => Err(format!(
+                "no confirm intent for attempt {} of branch {} is open",
+                call.attempt, call.step
+            )),
+        }
+    }
+
+    /// True when every branch's confirm succeeded.
+    pub fn all_confirmed(&self) -> bool {
+        self.steps.iter().all(|s| s.confirm.is_succeeded())
+    }
+
     fn operator_action(&mut self, action: &OperatorAction, at: UnixMillis) -> Result<(), String> {
         match action.command {
             OperatorCommand::CompensateNow => {
+                if self.decision == Some(Decision::Commit) && self.finished.is_none() {
+                    return Err(
+                        "the transaction is committing; compensate it once it has committed".into(),
+                    );
+                }
                 // On a committed saga this reopens it: every step is compensated.
                 self.finished = None;
                 self.compensation_ordered = true;
@@ -499,6 +645,12 @@ impl SagaState {
                 }
             }
             OperatorCommand::MarkCompensated { step } => {
+                if self.plan().is_tcc()
+                    && self.decision != Some(Decision::Rollback)
+                    && !self.compensation_ordered
+                {
+                    return Err("only a transaction that rolls back (or is compensated after its commit) has branches to mark".into());
+                }
                 let state = self.step_mut(step)?;
                 if !state.maybe_applied() {
                     return Err(format!(
@@ -515,8 +667,16 @@ impl SagaState {
                 state.compensated_by_operator = true;
                 self.compensating = true;
             }
+            OperatorCommand::RetryStep if self.decision == Some(Decision::Commit) => {
+                if self.compensation_ordered {
+                    return Err("compensation has started; there is nothing to retry".into());
+                }
+                for step in &mut self.steps {
+                    step.confirm_base = step.confirm.attempts();
+                }
+            }
             OperatorCommand::RetryStep => {
-                if self.compensating || self.compensation_ordered {
+                if self.compensating || self.compensation_ordered || self.decision.is_some() {
                     return Err(
                         "compensation has started; the forward step can no longer be retried"
                             .into(),
@@ -541,6 +701,9 @@ impl SagaState {
             }
             OperatorCommand::Abandon => self.abandoned = Some(action.reason.clone()),
             OperatorCommand::Cancel => {
+                if self.decision == Some(Decision::Commit) {
+                    return Err("the commit decision is durable and confirms cannot be undone; compensate the transaction once it has committed".into());
+                }
                 self.compensation_ordered = true;
                 for step in &mut self.steps {
                     step.compensation_base = step.compensation.attempts();
@@ -552,6 +715,15 @@ impl SagaState {
 
     fn check_finish(&self, status: SagaStatus) -> Result<(), String> {
         match status {
+            SagaStatus::Committed if self.plan().is_tcc() => {
+                if self.decision != Some(Decision::Commit) || self.compensation_ordered {
+                    return Err("a transaction commits only after the commit decision".into());
+                }
+                match self.steps.iter().position(|s| !s.confirm.is_succeeded()) {
+                    Some(step) => Err(format!("branch {step} is not confirmed")),
+                    None => Ok(()),
+                }
+            }
             SagaStatus::Committed => {
                 if self.compensating || self.compensation_ordered {
                     return Err("a compensating saga cannot commit".into());
@@ -561,7 +733,16 @@ impl SagaState {
                     None => Ok(()),
                 }
             }
-            SagaStatus::Compensated => {
+            SagaStatus::Compensated
+                if self.plan().is_tcc()
+                    && !(self.decision == Some(Decision::Commit) && self.compensation_ordered) =>
+            {
+                Err("a transaction that did not commit ends rolled_back, not compensated".into())
+            }
+            SagaStatus::Compensated | SagaStatus::RolledBack => {
+                if status == SagaStatus::RolledBack && self.decision != Some(Decision::Rollback) {
+                    return Err("rolled_back is a TCC outcome after the rollback decision".into());
+                }
                 if let Some(step) = self
                     .steps
                     .iter()
@@ -569,7 +750,11 @@ impl SagaState {
                 {
                     return Err(format!("step {step} started and is not compensated"));
                 }
-                if !self.compensating && !self.compensation_ordered && self.failure.is_none() {
+                if !self.compensating
+                    && !self.compensation_ordered
+                    && self.failure.is_none()
+                    && self.decision.is_none()
+                {
                     return Err("no step failed for good and no compensation ran".into());
                 }
                 Ok(())
@@ -578,9 +763,6 @@ impl SagaState {
                 Some(_) => Ok(()),
                 None => Err("only an operator's abandon ends a saga failed".into()),
             },
-            SagaStatus::RolledBack => {
-                Err("rolled_back is a TCC outcome; step sagas end compensated".into())
-            }
             SagaStatus::Created
             | SagaStatus::Running
             | SagaStatus::Committing
@@ -637,6 +819,24 @@ impl SagaState {
         }
         if self.suspended.is_some() || self.abandoned.is_some() {
             return SagaStatus::Suspended;
+        }
+        if self.plan().is_tcc() {
+            return match self.decision {
+                Some(Decision::Commit) if self.compensation_ordered => SagaStatus::Compensating,
+                Some(Decision::Commit) => SagaStatus::Committing,
+                Some(Decision::Rollback) => SagaStatus::RollingBack,
+                None if self.failure.is_some() || self.compensation_ordered => {
+                    SagaStatus::RollingBack
+                }
+                None if self
+                    .steps
+                    .iter()
+                    .all(|s| s.forward == CallState::NotStarted) =>
+                {
+                    SagaStatus::Created
+                }
+                None => SagaStatus::Running,
+            };
         }
         if self.compensating || self.compensation_ordered || self.failure.is_some() {
             return SagaStatus::Compensating;

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::log::record::{
-    CallFailed, CallSucceeded, Finished, OperatorAction, OperatorCommand, StepPlan, Suspended,
-    TimerSet, WaitPurpose,
+    CallFailed, CallSucceeded, Finished, OperatorAction, OperatorCommand, Suspended, TimerSet,
+    WaitPurpose,
 };
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 
@@ -12,7 +12,7 @@ const T0: u64 = 1_000_000;
 
 fn plan(in_doubt: InDoubtPolicy) -> SagaPlan {
     SagaPlan {
-        steps: ["reserve", "charge", "ship"].map(StepPlan::named).to_vec(),
+        steps: SagaPlan::sequential(&["reserve", "charge", "ship"]).steps,
         strategy: CompensationStrategy::Immediate,
         retry: RetryPolicy {
             max_attempts: 3,
@@ -28,6 +28,8 @@ fn plan(in_doubt: InDoubtPolicy) -> SagaPlan {
         },
         in_doubt,
         timeout_ms: None,
+        kind: crate::log::record::PlanKind::Saga,
+        max_parallel: 1,
     }
 }
 
@@ -38,6 +40,7 @@ fn start(in_doubt: InDoubtPolicy) -> Record {
         input: vec![],
         plan: plan(in_doubt),
         idempotency_key: None,
+        parent: None,
     }))
 }
 
@@ -306,7 +309,7 @@ fn compensation_must_go_in_reverse_order() {
         cs(0, 1),
     ]);
     let error = fold(&log).unwrap_err();
-    assert!(error.reason.contains("reverse order"), "{error}");
+    assert!(error.reason.contains("depends on it"), "{error}");
 }
 
 #[test]
