@@ -51,7 +51,8 @@ mod sync;
 mod timers;
 
 pub use definition::{
-    DefinitionError, Phase, Registry, SagaDefinition, SagaRef, StepContext, StepError, StepOptions,
+    DefinitionError, Phase, Registry, SagaBuilder, SagaDefinition, SagaRef, StepContext, StepError,
+    StepOptions, TwoPhaseParticipant, DEFAULT_MAX_PARALLEL,
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
@@ -61,7 +62,7 @@ pub use engine::{
 pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};
 pub use log::codec::DecodeError;
-pub use log::record::{ErrorClass, OperatorCommand, WaitPurpose};
+pub use log::record::{Decision, ErrorClass, OperatorCommand, WaitPurpose};
 pub use log::store::{Compacted, MemStore, SledStore, StoreError};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;

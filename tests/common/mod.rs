@@ -175,3 +175,42 @@ pub fn trip_registry(script: &Script, in_doubt: InDoubtPolicy) -> (Registry, Sag
         .expect("registered once");
     (registry, trip)
 }
+
+/// A boxed participant future, as [`call`] returns.
+pub type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StepError>> + Send>>;
+
+/// A participant (action, compensation, try, confirm or cancel) that
+/// records its call in `script` and behaves as scripted there.
+pub fn call<I: Send + Sync + 'static>(
+    script: &Script,
+) -> impl Fn(StepContext<I>) -> CallFuture + Send + Sync + 'static {
+    let script = script.clone();
+    move |ctx| {
+        let script = script.clone();
+        Box::pin(async move { script.perform(&ctx).await })
+    }
+}
+
+/// Position of `call` in the recorded calls; panics with the list if absent.
+pub fn position(calls: &[String], call: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c == call)
+        .unwrap_or_else(|| panic!("{call} was not called; calls: {calls:?}"))
+}
+
+/// Yields (paused time advances only when every task waits) until
+/// `done` holds for the recorded calls; panics after many rounds.
+pub async fn until_calls(script: &Script, done: impl Fn(&[String]) -> bool) {
+    for _ in 0..10_000 {
+        if done(&script.calls()) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "the expected calls never happened; calls: {:?}",
+        script.calls()
+    );
+}
