@@ -1,18 +1,19 @@
 //! The state machine on arbitrary record sequences: `fold` never panics and
 //! agrees with applying the records one by one; on every state it accepts,
 //! `decide` is total (never panics) and deterministic, and only proposes
-//! calls the state allows.
+//! calls the state allows, also while some of its calls run (`decide_live`).
+//! Plans are sagas or TCC, with arbitrary step dependencies.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sagalog::log::record::{
-    CallFailed, CallRef, CallSucceeded, ErrorClass, Finished, LogEntry, OperatorAction,
-    OperatorCommand, Record, SagaPlan, SagaStarted, StepFailure, StepPlan, Suspended, TimerSet,
-    WaitPurpose,
+    CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, LogEntry,
+    OperatorAction, OperatorCommand, PlanKind, Record, SagaPlan, SagaStarted, StepFailure,
+    StepPlan, Suspended, TimerSet, WaitPurpose,
 };
-use sagalog::state::{decide, fold, NextAction, SagaState};
+use sagalog::state::{decide, decide_live, fold, CallState, NextAction, SagaState};
 use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
 
 #[derive(Arbitrary, Debug)]
@@ -28,6 +29,10 @@ enum Op {
     Timer(u16),
     Operator(u8, u8),
     Start,
+    Decided(bool),
+    ConfirmStarted(u8, u8),
+    ConfirmSucceeded(u8, u8),
+    ConfirmFailed(u8, u8, u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -36,6 +41,10 @@ struct Input {
     strategy: u8,
     max_attempts: u8,
     in_doubt: bool,
+    tcc: bool,
+    deps: u16,
+    max_parallel: u8,
+    live: u8,
     ops: Vec<(Op, u16)>,
     nows: Vec<u32>,
 }
@@ -87,7 +96,13 @@ fn start(input: &Input) -> Record {
         input: Vec::new(),
         plan: SagaPlan {
             steps: (0..input.steps % 5)
-                .map(|i| StepPlan::named(format!("s{i}")))
+                .map(|i| {
+                    let after = (0..i)
+                        .filter(|j| input.deps & (1 << (i * 3 + j)) != 0)
+                        .map(u32::from)
+                        .collect();
+                    StepPlan::named(format!("s{i}"), after)
+                })
                 .collect(),
             strategy,
             retry,
@@ -98,8 +113,18 @@ fn start(input: &Input) -> Record {
                 InDoubtPolicy::Rerun
             },
             timeout_ms: None,
+            kind: if input.tcc {
+                PlanKind::Tcc {
+                    async_confirm: false,
+                    async_cancel: false,
+                }
+            } else {
+                PlanKind::Saga
+            },
+            max_parallel: u32::from(input.max_parallel % 4),
         },
         idempotency_key: None,
+        parent: None,
     }))
 }
 
@@ -145,16 +170,23 @@ fn record(op: &Op) -> Record {
             saga_type: "again".into(),
             version: 1,
             input: Vec::new(),
-            plan: SagaPlan {
-                steps: vec![StepPlan::named("x")],
-                strategy: CompensationStrategy::Immediate,
-                retry: RetryPolicy::no_retry(),
-                compensation_retry: RetryPolicy::no_retry(),
-                in_doubt: InDoubtPolicy::Rerun,
-                timeout_ms: None,
-            },
+            plan: SagaPlan::sequential(&["x"]),
             idempotency_key: None,
+            parent: None,
         })),
+        Op::Decided(commit) => Record::Decided(Decided {
+            decision: if commit {
+                Decision::Commit
+            } else {
+                Decision::Rollback
+            },
+        }),
+        Op::ConfirmStarted(s, a) => Record::ConfirmStarted(call(s, a)),
+        Op::ConfirmSucceeded(s, a) => Record::ConfirmSucceeded(call(s, a)),
+        Op::ConfirmFailed(s, a, c) => Record::ConfirmFailed(CallFailed {
+            call: call(s, a),
+            failure: failure(c),
+        }),
     }
 }
 
@@ -169,6 +201,13 @@ fn check_proposal(state: &SagaState, action: &NextAction, now: UnixMillis) {
             step: *step,
             attempt: *attempt,
         }),
+        NextAction::Confirm { step, attempt } => Record::ConfirmStarted(CallRef {
+            step: *step,
+            attempt: *attempt,
+        }),
+        NextAction::Decide { decision } => Record::Decided(Decided {
+            decision: *decision,
+        }),
         NextAction::Finish { status } => Record::SagaFinished(Finished { status: *status }),
         NextAction::Suspend { reason } => Record::SagaSuspended(Suspended {
             reason: reason.clone(),
@@ -180,7 +219,7 @@ fn check_proposal(state: &SagaState, action: &NextAction, now: UnixMillis) {
                 purpose: purpose.clone(),
             })
         }
-        NextAction::AwaitOperator | NextAction::Done { .. } => return,
+        NextAction::AwaitOperator | NextAction::Done { .. } | NextAction::Busy => return,
     };
     let mut next = state.clone();
     let entry = LogEntry {
@@ -236,6 +275,28 @@ fuzz_target!(|input: Input| {
         let now = UnixMillis(last + u64::from(*now));
         let action = decide(&state, now);
         assert_eq!(action, decide(&state, now), "decide is deterministic");
+        assert_ne!(action, NextAction::Busy, "busy only while calls run");
+        check_proposal(&state, &action, now);
+        // The same with the calls the log shows in flight running here.
+        let in_flight = |c: &CallState| matches!(c, CallState::InFlight { .. });
+        let live: Vec<u32> = (0..state.steps.len() as u32)
+            .filter(|&i| input.live & (1 << i) != 0)
+            .filter(|&i| {
+                let step = &state.steps[i as usize];
+                in_flight(&step.forward) || in_flight(&step.compensation) || in_flight(&step.confirm)
+            })
+            .collect();
+        let action = decide_live(&state, now, &live);
+        match &action {
+            NextAction::RunStep { step, .. }
+            | NextAction::Compensate { step, .. }
+            | NextAction::Confirm { step, .. } => {
+                assert!(!live.contains(step), "{action:?} for a running step");
+                assert!(live.len() < state.plan().max_parallel.max(1) as usize);
+            }
+            NextAction::Busy => assert!(!live.is_empty()),
+            _ => assert!(live.is_empty(), "{action:?} while calls run"),
+        }
         check_proposal(&state, &action, now);
     }
 });
