@@ -1,6 +1,8 @@
-//! Crash test: run the orders example in a child process, abort it right
+//! Crash test: run the orders example (sagas, every strategy) and the
+//! seckill example (TCC, parallel tries) in a child process, abort it right
 //! after each durable append in turn (1, 2, 3, ... until a run completes),
-//! rerun it on the same data directory, and check that
+//! and before and after each participant call, rerun it on the same data
+//! directory, and check that
 //! (a) every saga is terminal with the outcome its scenario implies,
 //! (b) the ledger is conserved and nothing is left reserved or held, and
 //! (c) every participant call has a durable intent record in the saga log.
@@ -14,28 +16,38 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The example binary, (re)built by cargo first: `cargo test --test crash`
+/// The example binaries, (re)built by cargo first: `cargo test --test crash`
 /// alone does not rebuild examples, and a stale binary would test old code.
 fn orders_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binary lives in target/<profile>/deps");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build.args(["build", "--quiet", "--example", "orders"]);
-            if profile_dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building the orders example failed");
-            profile_dir.join("examples").join("orders")
-        })
-        .clone()
+    example_binary("orders")
+}
+
+fn example_binary(name: &'static str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "--example",
+            "orders",
+            "--example",
+            "seckill",
+        ]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the examples failed");
+    });
+    profile_dir.join("examples").join(name)
 }
 
 /// Runs the example once, with `--<flag> N` if given.
@@ -219,13 +231,56 @@ fn check(dir: &Path, stdout: &str, label: &str) {
 /// completes; after each abort, reruns it and checks everything. Returns how
 /// many crash points were covered.
 fn every_crash_point(flag: &str, marker: &str) -> u64 {
+    every_crash_point_of(Workload::Orders, flag, marker)
+}
+
+/// Which example a crash test runs.
+#[derive(Clone, Copy)]
+enum Workload {
+    Orders,
+    Seckill,
+}
+
+impl Workload {
+    fn run(self, dir: &Path, crash: Option<(&str, u64)>) -> Output {
+        match self {
+            Workload::Orders => run_orders(dir, crash),
+            Workload::Seckill => seckill_command(dir, crash, 0)
+                .output()
+                .expect("the seckill example starts"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Orders => "orders",
+            Workload::Seckill => "seckill",
+        }
+    }
+
+    fn command(self, dir: &Path, bulk: usize) -> Command {
+        match self {
+            Workload::Orders => orders_command(dir, None, bulk),
+            Workload::Seckill => seckill_command(dir, None, bulk),
+        }
+    }
+
+    fn check(self, dir: &Path, stdout: &str, label: &str) {
+        match self {
+            Workload::Orders => check(dir, stdout, label),
+            Workload::Seckill => check_seckill(dir, stdout, label),
+        }
+    }
+}
+
+fn every_crash_point_of(workload: Workload, flag: &str, marker: &str) -> u64 {
     for n in 1..=500u64 {
         let dir = tempfile::tempdir().unwrap();
-        let crashed = run_orders(dir.path(), Some((flag, n)));
+        let crashed = workload.run(dir.path(), Some((flag, n)));
         if crashed.status.success() {
             // N is past the last such point: the run completed without a crash.
             let label = format!("--{flag} {n} (no crash)");
-            check(
+            workload.check(
                 dir.path(),
                 &String::from_utf8_lossy(&crashed.stdout),
                 &label,
@@ -237,14 +292,14 @@ fn every_crash_point(flag: &str, marker: &str) -> u64 {
             "--{flag} {n} failed without the planned abort: {}",
             String::from_utf8_lossy(&crashed.stderr)
         );
-        let rerun = run_orders(dir.path(), None);
+        let rerun = workload.run(dir.path(), None);
         assert!(
             rerun.status.success(),
             "rerun after --{flag} {n} failed: {}",
             String::from_utf8_lossy(&rerun.stderr)
         );
         let label = format!("--{flag} {n}");
-        check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &label);
+        workload.check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &label);
     }
     panic!("the workload never completed within 500 {marker}s");
 }
@@ -272,6 +327,178 @@ fn orders_survive_an_abort_after_every_participant_call() {
     assert!(points >= 10, "the workload should make many calls");
 }
 
+fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
+    let mut command = Command::new(example_binary("seckill"));
+    command.arg("--data-dir").arg(dir).arg("--json");
+    if let Some((flag, n)) = crash {
+        command.arg(format!("--{flag}")).arg(n.to_string());
+    }
+    if bulk > 0 {
+        command.arg("--bulk").arg(bulk.to_string());
+    }
+    command
+}
+
+/// The TCC checks on a seckill data directory after a completed run:
+/// (a) every transaction terminal with its scenario's outcome and the
+/// barrier's verdicts, (b) money and stock conserved with nothing frozen,
+/// reserved or pending, one paid order per committed purchase, and (c)
+/// every try, confirm and cancel made with a durable intent record.
+fn check_seckill(dir: &Path, stdout: &str, label: &str) {
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}"))
+        })
+        .collect();
+    let (ledger, rest) = lines.split_last().expect("output has lines");
+    let scenario = |name: &str| -> &Value {
+        rest.iter()
+            .find(|l| l["scenario"] == name)
+            .unwrap_or_else(|| panic!("{label}: no line for scenario {name}"))
+    };
+    assert_eq!(scenario("success")["status"], "COMMITTED", "{label}");
+    assert_eq!(
+        scenario("insufficient-balance")["status"],
+        "ROLLED_BACK",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("duplicate-confirm")["guard"],
+        "duplicate",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("cancel-before-try")["cancel"],
+        "empty_rollback",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("cancel-before-try")["late_try"],
+        "rejected",
+        "{label}"
+    );
+    assert_eq!(scenario("crash-recovery")["status"], "COMMITTED", "{label}");
+    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
+    assert!(
+        store.scan_active().unwrap().is_empty(),
+        "{label}: no transaction left active"
+    );
+
+    let books = &ledger["ledger"];
+    let n = |path: [&str; 2]| books[path[0]][path[1]].as_i64().unwrap();
+    assert_eq!(
+        n(["money", "initial"]),
+        n(["money", "balance"]) + n(["money", "frozen"]) + n(["money", "merchant"]),
+        "{label}: money conserved"
+    );
+    assert_eq!(
+        n(["stock", "initial"]),
+        n(["stock", "available"]) + n(["stock", "reserved"]) + n(["stock", "sold"]),
+        "{label}: stock conserved"
+    );
+    assert_eq!(n(["money", "frozen"]), 0, "{label}: nothing left frozen");
+    assert_eq!(
+        n(["stock", "reserved"]),
+        0,
+        "{label}: nothing left reserved"
+    );
+    assert_eq!(
+        n(["orders", "pending"]),
+        0,
+        "{label}: no order left pending"
+    );
+    let bulk_committed = rest
+        .iter()
+        .find_map(|l| l.get("bulk"))
+        .map_or(0, |b| b["committed"].as_i64().unwrap());
+    assert_eq!(
+        n(["orders", "paid"]),
+        2 + bulk_committed,
+        "{label}: one paid order per commit"
+    );
+    assert_eq!(
+        n(["stock", "sold"]),
+        2 + bulk_committed,
+        "{label}: sold once per commit"
+    );
+    assert_eq!(
+        n(["money", "merchant"]),
+        200 + 10 * bulk_committed,
+        "{label}: charged once per commit"
+    );
+
+    let shop = sled::open(dir.join("shop")).expect("shop opens");
+    let calls = shop.open_tree("calls").expect("call log");
+    let mut intents: HashMap<String, Vec<(String, &'static str, u64)>> = HashMap::new();
+    for item in calls.iter() {
+        let (_, v) = item.expect("call log reads");
+        let call: Value = serde_json::from_slice(&v).expect("call record is JSON");
+        let saga = call["saga_id"].as_str().unwrap_or_default().to_string();
+        let log = intents.entry(saga.clone()).or_insert_with(|| {
+            let id = SagaId::parse(&saga).expect("call names a saga id");
+            let records: Vec<Record> = store
+                .read_log(id)
+                .unwrap()
+                .into_iter()
+                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
+                .map(|(_, record)| record)
+                .collect();
+            let Some(Record::SagaStarted(start)) = records.first() else {
+                panic!("{label}: participant called for transaction {id} with no start record");
+            };
+            let names = start.plan.step_names();
+            records
+                .iter()
+                .filter_map(|r| {
+                    let (c, phase) = match r {
+                        Record::StepStarted(c) => (c, "try"),
+                        Record::ConfirmStarted(c) => (c, "confirm"),
+                        Record::CompensationStarted(c) => (c, "cancel"),
+                        _ => return None,
+                    };
+                    Some((
+                        names[c.step as usize].to_string(),
+                        phase,
+                        u64::from(c.attempt),
+                    ))
+                })
+                .collect()
+        });
+        let key = (
+            call["step"].as_str().unwrap_or_default().to_string(),
+            call["phase"].as_str().unwrap_or_default(),
+            call["attempt"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            log.iter()
+                .any(|(s, p, a)| (s.as_str(), *p, *a) == (key.0.as_str(), key.1, key.2)),
+            "{label}: {key:?} of transaction {saga} was called without an intent record"
+        );
+    }
+}
+
+#[test]
+fn seckill_survives_an_abort_at_every_durable_append() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-after", "append");
+    println!("crash points covered: {points} (seckill TCC, after each durable append)");
+    assert!(points >= 10, "the workload should have many append points");
+}
+
+#[test]
+fn seckill_survives_an_abort_before_every_participant_call() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-before-call", "call");
+    println!("crash points covered: {points} (seckill TCC, before each participant call)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn seckill_survives_an_abort_after_every_participant_call() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-after-call", "call");
+    println!("crash points covered: {points} (seckill TCC, after each participant call)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
 /// A tiny seedable generator for kill times (xorshift64).
 struct Rng(u64);
 
@@ -290,20 +517,31 @@ impl Rng {
 /// `SAGALOG_KILL_CYCLES` (default 50) and `SAGALOG_KILL_SEED` tune it.
 #[test]
 fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Orders, 50, 2000);
+}
+
+/// The same loop over the seckill example: TCC transactions with parallel
+/// tries, thousands at once. `SAGALOG_KILL_CYCLES` scales it too.
+#[test]
+fn random_kill_loop_over_tcc_transactions_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Seckill, 25, 1500);
+}
+
+fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
     let cycles: u64 = std::env::var("SAGALOG_KILL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default_cycles);
     let seed: u64 = std::env::var("SAGALOG_KILL_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5a6a_1061);
-    let bulk = 2000;
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let (mut killed, mut finished_early) = (0, 0);
     for _ in 0..cycles {
-        let mut child = orders_command(dir.path(), None, bulk)
+        let mut child = workload
+            .command(dir.path(), bulk)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -333,7 +571,8 @@ fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
             }
         }
     }
-    let last = orders_command(dir.path(), None, bulk)
+    let last = workload
+        .command(dir.path(), bulk)
         .output()
         .expect("the final run starts");
     assert!(
@@ -341,12 +580,13 @@ fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
         "the final clean run failed: {}",
         String::from_utf8_lossy(&last.stderr)
     );
-    check(
+    workload.check(
         dir.path(),
         &String::from_utf8_lossy(&last.stdout),
         "after the kill loop",
     );
     println!(
-        "kill loop: {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk orders + 5 scenarios, seed {seed:#x}: no violation"
+        "kill loop ({}): {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk + 5 scenarios, seed {seed:#x}: no violation",
+        workload.name()
     );
 }
