@@ -219,7 +219,11 @@ struct StepDef<I> {
     undo: Option<CompensationFn<I>>,
     /// Indices of the steps this one runs after, resolved by `build`.
     after: Vec<StepIndex>,
+    /// A sub-saga step: the child's type, and how to make its input.
+    child: Option<(SagaType, ChildInputFn<I>)>,
 }
+
+type ChildInputFn<I> = Arc<dyn Fn(&StepContext<I>) -> Result<Vec<u8>, StepError> + Send + Sync>;
 
 /// Which steps a step runs after.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -380,7 +384,7 @@ where
                     retry: s.options.retry,
                     timeout_ms: s.options.timeout.map(millis),
                     after: s.after.clone(),
-                    child: None,
+                    child: s.child.as_ref().map(|(t, _)| t.clone()),
                 })
                 .collect(),
             strategy: self.strategy,
@@ -486,7 +490,54 @@ where
             confirm: None,
             undo: None,
             after: Vec::new(),
+            child: None,
         });
+        self
+    }
+
+    /// Appends a step that runs a saga of type `child` as a sub-saga: the
+    /// engine starts it (once: a re-run after a crash finds the same child)
+    /// with the input `input` makes, and the step waits for its outcome.
+    /// The step succeeds when the child commits (its output is the child's
+    /// [`SagaId`]) and fails permanently when the child ends compensated.
+    /// Compensating the step compensates the committed child (or cancels a
+    /// child still running). The child's start record links to this saga
+    /// and step; register `child`'s definition in the same registry.
+    pub fn sub_saga<J, F>(self, name: impl Into<StepName>, child: &SagaRef<J>, input: F) -> Self
+    where
+        J: Serialize,
+        F: Fn(&StepContext<I>) -> Result<J, StepError> + Send + Sync + 'static,
+    {
+        self.sub_saga_with(name, StepOptions::new(), child, input)
+    }
+
+    /// Like [`SagaBuilder::sub_saga`], with the step's own options.
+    pub fn sub_saga_with<J, F>(
+        mut self,
+        name: impl Into<StepName>,
+        options: StepOptions,
+        child: &SagaRef<J>,
+        input: F,
+    ) -> Self
+    where
+        J: Serialize,
+        F: Fn(&StepContext<I>) -> Result<J, StepError> + Send + Sync + 'static,
+    {
+        let unreachable = |_: StepContext<I>| async {
+            Err::<(), _>(StepError::permanent(
+                "internal error: a sub-saga step is run by the engine",
+            ))
+        };
+        self = self.step_with(name, options, unreachable, unreachable);
+        let make: ChildInputFn<I> = Arc::new(move |ctx| {
+            let value = input(ctx)?;
+            codec::encode_value(&value).map_err(|e| {
+                StepError::permanent(format!("the sub-saga's input could not be stored: {e}"))
+            })
+        });
+        if let Some(step) = self.steps.last_mut() {
+            step.child = Some((child.saga_type().clone(), make));
+        }
         self
     }
 
@@ -784,6 +835,8 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn step_names(&self) -> &Arc<[StepName]>;
     fn decode_input(&self, bytes: &[u8]) -> Result<ErasedInput, DecodeError>;
     fn call(&self, call: CallSpec, input: &ErasedInput) -> BoxFuture<Result<Vec<u8>, StepError>>;
+    /// The encoded input of the sub-saga that step `call.step` runs.
+    fn child_input(&self, call: CallSpec, input: &ErasedInput) -> Result<Vec<u8>, StepError>;
 }
 
 /// A decoded saga input, shared by every call of one saga run.
@@ -819,16 +872,57 @@ where
         Ok(Arc::new(input))
     }
 
+    fn child_input(&self, call: CallSpec, input: &ErasedInput) -> Result<Vec<u8>, StepError> {
+        let (def, ctx) = self.context(call, input)?;
+        match &def.child {
+            Some((_, make)) => make(&ctx),
+            None => Err(StepError::permanent(
+                "internal error: the step runs no sub-saga",
+            )),
+        }
+    }
+
     fn call(&self, call: CallSpec, input: &ErasedInput) -> BoxFuture<Result<Vec<u8>, StepError>> {
+        let phase = call.phase;
+        let (def, ctx) = match self.context(call, input) {
+            Ok(found) => found,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let unit = match phase {
+            Phase::Action | Phase::Try => return (def.action)(ctx),
+            Phase::Cancel => Some(&def.compensation),
+            Phase::Compensation if def.confirm.is_some() => def.undo.as_ref(),
+            Phase::Compensation => Some(&def.compensation),
+            Phase::Confirm => def.confirm.as_ref(),
+        };
+        let Some(unit) = unit else {
+            let message = format!(
+                "branch '{}' has no {phase} (a .branch without a 2PC compensate cannot reverse a committed transaction); do it by hand and mark the branch compensated",
+                def.name
+            );
+            return Box::pin(async move { Err(StepError::permanent(message)) });
+        };
+        let run = unit(ctx);
+        Box::pin(async move { run.await.map(|()| Vec::new()) })
+    }
+}
+
+impl<I> SagaDefinition<I>
+where
+    I: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn context(
+        &self,
+        call: CallSpec,
+        input: &ErasedInput,
+    ) -> Result<(&StepDef<I>, StepContext<I>), StepError> {
         let Ok(input) = input.clone().downcast::<I>() else {
-            return Box::pin(async {
-                Err(StepError::permanent(
-                    "internal error: saga input has the wrong type",
-                ))
-            });
+            return Err(StepError::permanent(
+                "internal error: saga input has the wrong type",
+            ));
         };
         let Some(def) = self.steps.get(call.step as usize) else {
-            return Box::pin(async { Err(StepError::permanent("internal error: no such step")) });
+            return Err(StepError::permanent("internal error: no such step"));
         };
         let ctx = StepContext {
             saga_id: call.saga_id,
@@ -840,22 +934,7 @@ where
             names: self.names.clone(),
             outputs: call.outputs,
         };
-        let unit = match call.phase {
-            Phase::Action | Phase::Try => return (def.action)(ctx),
-            Phase::Cancel => Some(&def.compensation),
-            Phase::Compensation if def.confirm.is_some() => def.undo.as_ref(),
-            Phase::Compensation => Some(&def.compensation),
-            Phase::Confirm => def.confirm.as_ref(),
-        };
-        let Some(unit) = unit else {
-            let message = format!(
-                "branch '{}' has no {} (a .branch without a 2PC compensate cannot reverse a committed transaction); do it by hand and mark the branch compensated",
-                def.name, call.phase
-            );
-            return Box::pin(async move { Err(StepError::permanent(message)) });
-        };
-        let run = unit(ctx);
-        Box::pin(async move { run.await.map(|()| Vec::new()) })
+        Ok((def, ctx))
     }
 }
 

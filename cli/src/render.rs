@@ -251,6 +251,8 @@ impl Output {
                     "step": step.as_str(), "class": format!("{:?}", f.class), "message": f.message,
                 })),
                 "reason": view.reason,
+                "parent": view.parent.map(|p| json!({"saga_id": p.saga.to_string(), "step": p.step})),
+                "children": view.children.iter().map(|(step, id)| json!({"step": step.as_str(), "saga_id": id.to_string()})).collect::<Vec<_>>(),
                 "steps": steps,
                 "timeline": timeline,
             }));
@@ -278,6 +280,18 @@ impl Output {
         }
         if let Some(reason) = &view.reason {
             summary.push(("reason", reason.clone()));
+        }
+        if let Some(parent) = &view.parent {
+            summary.push((
+                "parent",
+                format!("{} (runs as its step #{})", parent.saga, parent.step),
+            ));
+        }
+        for (step, child) in &view.children {
+            summary.push((
+                "child",
+                format!("{child} (step {step}; `sagalog show {child}`)"),
+            ));
         }
         for (label, value) in summary {
             println!("{label:<9} {value}");

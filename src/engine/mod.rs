@@ -16,6 +16,7 @@
 //! nobody owns claims it, appends, and starts its loop.
 
 mod admin;
+mod nested;
 mod query;
 mod retention;
 mod run;
@@ -490,9 +491,13 @@ impl Engine {
         self.inner.tracker.spawn(
             async move {
                 let id = run.id;
+                // A sub-saga runs on its parent's slot: the parent waits for
+                // it, so making it wait for a slot of its own could deadlock.
+                let child = run.state.started.parent.is_some();
                 let permit = match permit {
-                    Some(permit) => Ok(permit),
-                    None => inner.permits.clone().acquire_owned().await,
+                    Some(permit) => Ok(Some(permit)),
+                    None if child => Ok(None),
+                    None => inner.permits.clone().acquire_owned().await.map(Some),
                 };
                 let result = match permit {
                     Ok(_permit) => inner.drive(run).await,
@@ -646,6 +651,33 @@ impl Engine {
             plan.strategy = strategy;
         }
         let input_bytes = codec::encode_value(input).map_err(|e| Error::encode("input", e))?;
+        self.start_encoded(
+            saga.saga_type(),
+            definition,
+            plan,
+            input_bytes,
+            options.idempotency_key,
+            None,
+            Some(permit),
+        )
+        .await
+    }
+
+    /// Writes the start record of a saga whose input is encoded already
+    /// and runs it; `parent` links a sub-saga to its parent's step. Without
+    /// a `permit` the loop runs without one (a sub-saga: its parent holds
+    /// one, and waiting for a second could deadlock).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_encoded(
+        &self,
+        saga_type: &crate::ids::SagaType,
+        definition: Arc<dyn ErasedSaga>,
+        plan: crate::log::record::SagaPlan,
+        input_bytes: Vec<u8>,
+        idempotency_key: Option<IdempotencyKey>,
+        parent: Option<crate::log::record::ParentLink>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Started, Error> {
         let erased_input = definition
             .decode_input(&input_bytes)
             .map_err(|e| Error::Encode {
@@ -657,12 +689,12 @@ impl Engine {
             seq: 0,
             at: self.inner.clock.now(),
             record: Record::SagaStarted(Box::new(SagaStarted {
-                saga_type: saga.saga_type().clone(),
+                saga_type: saga_type.clone(),
                 version: definition.version(),
                 input: input_bytes,
                 plan,
-                idempotency_key: options.idempotency_key.clone(),
-                parent: None,
+                idempotency_key: idempotency_key.clone(),
+                parent,
             })),
         };
         let mut state =
@@ -692,7 +724,7 @@ impl Engine {
                 reason: "nothing was staged".into(),
             });
         };
-        append.claim_key = options.idempotency_key.clone();
+        append.claim_key = idempotency_key;
         if self.inner.stopping.is_cancelled() {
             return Err(Error::ShuttingDown(id));
         }
@@ -706,8 +738,8 @@ impl Engine {
             }
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
         }
-        tracing::info!(saga_id = %id, saga_type = %saga.saga_type(), "saga started");
-        metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga.saga_type().to_string())
+        tracing::info!(saga_id = %id, %saga_type, "saga started");
+        metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga_type.to_string())
             .increment(1);
         // A fresh id: nobody else can own it.
         self.claim(id);
@@ -719,7 +751,7 @@ impl Engine {
                 state,
                 pending_calls,
             },
-            Some(permit),
+            permit,
         );
         Ok(Started {
             saga_id: id,
@@ -785,6 +817,13 @@ impl Engine {
         match self.load_state(id) {
             Ok(state) => {
                 let mut view = SagaView::from_state(id, &state);
+                for (step, plan) in state.plan().steps.iter().enumerate() {
+                    if plan.child.is_some() {
+                        if let Some(child) = self.child_of(id, step as u32)? {
+                            view.children.push((plan.name.clone(), child));
+                        }
+                    }
+                }
                 if let Some(reason) = parked {
                     view.status = SagaStatus::Suspended;
                     view.reason = Some(reason);
@@ -808,6 +847,8 @@ impl Engine {
                     steps: Vec::new(),
                     failure: None,
                     reason: Some(parked.unwrap_or_else(|| e.to_string())),
+                    parent: None,
+                    children: Vec::new(),
                 })
             }
             Err(e) => Err(e),

@@ -360,7 +360,7 @@ impl Inner {
 
     /// Spawns the participant call for `call`, whose intent is durable.
     fn launch(
-        &self,
+        self: &Arc<Self>,
         code: &SagaCode,
         state: &SagaState,
         calls: &mut Calls,
@@ -396,7 +396,23 @@ impl Inner {
         if let Some(hook) = &self.around_call {
             hook(CallPoint::BeforeCall, number);
         }
-        let future = code.definition.call(spec, &code.input).instrument(span);
+        let child = state
+            .plan()
+            .steps
+            .get(step as usize)
+            .and_then(|s| s.child.clone());
+        let future: crate::definition::BoxFuture<Result<Vec<u8>, StepError>> = match child {
+            Some(child_type) => {
+                let engine = crate::engine::Engine {
+                    inner: self.clone(),
+                };
+                let input = (kind == CallKind::Forward)
+                    .then(|| code.definition.child_input(spec, &code.input));
+                Box::pin(engine.run_child(id, step, child_type, input))
+            }
+            None => code.definition.call(spec, &code.input),
+        };
+        let future = future.instrument(span);
         let timed = async move {
             match timeout {
                 None => future.await,

@@ -2,7 +2,7 @@
 
 use crate::ids::{Attempt, SagaId, SagaType, StepName, UnixMillis};
 use crate::log::codec::DecodeError;
-use crate::log::record::{Record, StepFailure};
+use crate::log::record::{ParentLink, Record, StepFailure};
 use crate::state::{CallState, SagaState};
 use crate::status::SagaStatus;
 
@@ -112,6 +112,10 @@ pub struct SagaView {
     pub failure: Option<(StepName, StepFailure)>,
     /// Why it is suspended or parked.
     pub reason: Option<String>,
+    /// The saga and step this one runs as a sub-saga of, if it does.
+    pub parent: Option<ParentLink>,
+    /// The sub-sagas its steps started, by step name.
+    pub children: Vec<(StepName, SagaId)>,
 }
 
 impl SagaView {
@@ -151,6 +155,8 @@ impl SagaView {
             steps,
             failure: failure_of(state),
             reason: state.suspended.clone(),
+            parent: state.started.parent,
+            children: Vec::new(),
         }
     }
 

@@ -1,0 +1,189 @@
+//! Sub-sagas: a step that runs a child saga. The parent waits for it,
+//! compensating the parent compensates the child, the child's log links to
+//! the parent, and recovery restores both.
+
+mod common;
+
+use common::{call, position, until_calls, Behaviour, Script};
+use sagalog::log::record::{ParentLink, Record};
+use sagalog::{
+    Engine, EngineConfig, MemStore, Phase, Registry, SagaDefinition, SagaFilter, SagaRef,
+    SagaStatus, StartOptions, StepError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `order`: reserve, then the `payment` sub-saga (authorize, capture), then ship.
+fn order_registry(script: &Script) -> (Registry, SagaRef<u32>) {
+    let mut registry = Registry::new();
+    let payment = SagaDefinition::<u64>::builder("payment")
+        .step("authorize", call(script), call(script))
+        .step("capture", call(script), call(script))
+        .build()
+        .unwrap();
+    let payment = registry.register(payment).unwrap();
+    let order = SagaDefinition::<u32>::builder("order")
+        .step("reserve", call(script), call(script))
+        .sub_saga("payment", &payment, |ctx| Ok(u64::from(*ctx.input()) * 100))
+        .step("ship", call(script), call(script))
+        .build()
+        .unwrap();
+    let order = registry.register(order).unwrap();
+    (registry, order)
+}
+
+async fn open(store: &Arc<MemStore>, registry: Registry) -> Engine {
+    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .expect("engine opens")
+}
+
+fn child(engine: &Engine) -> sagalog::SagaId {
+    let children = engine
+        .find(&SagaFilter::new().saga_type("payment"))
+        .unwrap();
+    assert_eq!(children.len(), 1, "exactly one sub-saga");
+    children[0].saga_id
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_parent_waits_for_its_child_and_commits_after_it() {
+    let script = Script::default();
+    let (registry, order) = order_registry(&script);
+    let engine = open(&Arc::new(MemStore::new()), registry).await;
+
+    let id = engine
+        .start(&order, &3, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Committed);
+    assert_eq!(
+        script.calls(),
+        [
+            "reserve:action:1",
+            "authorize:action:1",
+            "capture:action:1",
+            "ship:action:1"
+        ]
+    );
+    let child = child(&engine);
+    assert_eq!(engine.saga(child).unwrap().status, SagaStatus::Committed);
+    assert_eq!(engine.saga(id).unwrap().children[0].1, child);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_childs_log_links_to_the_parents_step() {
+    let script = Script::default();
+    let (registry, order) = order_registry(&script);
+    let engine = open(&Arc::new(MemStore::new()), registry).await;
+
+    let id = engine
+        .start(&order, &3, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(id).await.unwrap();
+
+    let child = child(&engine);
+    let Ok((_, Record::SagaStarted(start))) = &engine.history(child).unwrap()[0].record else {
+        panic!("a saga's log starts with its start record");
+    };
+    assert_eq!(start.parent, Some(ParentLink { saga: id, step: 1 }));
+    assert_eq!(engine.saga(child).unwrap().parent, start.parent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensates() {
+    let script = Script::default();
+    script.set(
+        "capture",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("card expired")),
+    );
+    let (registry, order) = order_registry(&script);
+    let engine = open(&Arc::new(MemStore::new()), registry).await;
+
+    let id = engine
+        .start(&order, &3, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Compensated);
+    assert_eq!(
+        engine.saga(child(&engine)).unwrap().status,
+        SagaStatus::Compensated
+    );
+    let calls = script.calls();
+    assert!(
+        position(&calls, "authorize:compensation:1") < position(&calls, "reserve:compensation:1")
+    );
+    assert!(!calls.contains(&"ship:action:1".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn compensating_the_parent_compensates_its_committed_child_first() {
+    let script = Script::default();
+    script.set(
+        "ship",
+        Phase::Action,
+        Behaviour::Fail(StepError::permanent("no courier")),
+    );
+    let (registry, order) = order_registry(&script);
+    let engine = open(&Arc::new(MemStore::new()), registry).await;
+
+    let id = engine
+        .start(&order, &3, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Compensated);
+    assert_eq!(
+        engine.saga(child(&engine)).unwrap().status,
+        SagaStatus::Compensated
+    );
+    let calls = script.calls();
+    let reserve = position(&calls, "reserve:compensation:1");
+    assert!(
+        position(&calls, "capture:compensation:1") < position(&calls, "authorize:compensation:1")
+    );
+    assert!(position(&calls, "authorize:compensation:1") < reserve);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_restores_a_parent_and_its_child_without_a_second_child() {
+    let store = Arc::new(MemStore::new());
+    let first = Script::default();
+    first.set("capture", Phase::Action, Behaviour::Hang);
+    let (registry, order) = order_registry(&first);
+    let engine = open(&store, registry).await;
+    let id = engine
+        .start(&order, &3, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    until_calls(&first, |calls| calls.contains(&"capture:action:1".into())).await;
+    engine.shutdown(Duration::ZERO).await;
+
+    let second = Script::default();
+    let (registry, _) = order_registry(&second);
+    let engine = open(&store, registry).await;
+    let outcome = engine.outcome(id).await.unwrap();
+
+    assert_eq!(outcome.status, SagaStatus::Committed);
+    let child = child(&engine);
+    assert_eq!(engine.saga(child).unwrap().status, SagaStatus::Committed);
+    let calls = second.calls();
+    assert!(calls.contains(&"capture:action:2".to_string()), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("authorize")),
+        "{calls:?}"
+    );
+    assert_eq!(calls.last().map(String::as_str), Some("ship:action:1"));
+}
