@@ -17,7 +17,9 @@
 //! confirm (a redelivered message, absorbed by the barrier); a cancel that
 //! arrives before its try (empty rollback) and the late try (rejected); a
 //! crash between try and confirm (the engine stops with the confirm in
-//! flight, reopens, and recovery confirms). The last line is the ledger:
+//! flight, reopens, and recovery confirms); a bundle (a saga whose two
+//! steps are sub-sagas: a phone and a case, each its own TCC purchase).
+//! The last line is the ledger:
 //! money and stock are conserved, and nothing stays frozen or reserved.
 
 use clap::Parser;
@@ -446,15 +448,53 @@ impl CrashPlan {
     }
 }
 
+/// A bundle bought in one go: a saga whose steps are seckill sub-sagas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Bundle {
+    order_id: String,
+    user: String,
+}
+
+fn bundle(seckill: &SagaRef<Purchase>) -> Result<SagaDefinition<Bundle>, sagalog::DefinitionError> {
+    SagaDefinition::<Bundle>::builder("bundle")
+        .sub_saga("phone", seckill, |ctx| {
+            let b = ctx.input();
+            Ok(purchase(
+                &format!("{}-phone", b.order_id),
+                &b.user,
+                "phone",
+                1,
+                100,
+            ))
+        })
+        .sub_saga("case", seckill, |ctx| {
+            let b = ctx.input();
+            Ok(purchase(
+                &format!("{}-case", b.order_id),
+                &b.user,
+                "case",
+                1,
+                20,
+            ))
+        })
+        .build()
+}
+
+struct Sagas {
+    seckill: SagaRef<Purchase>,
+    bundle: SagaRef<Bundle>,
+}
+
 async fn open_engine(
     args: &Args,
     shop: &Shop,
     plan: &CrashPlan,
-) -> Result<(Engine, SagaRef<Purchase>), Box<dyn std::error::Error>> {
+) -> Result<(Engine, Sagas), Box<dyn std::error::Error>> {
     let mut registry = Registry::new();
-    let saga = registry.register(seckill(shop)?)?;
+    let seckill = registry.register(seckill(shop)?)?;
+    let bundle = registry.register(bundle(&seckill)?)?;
     let engine = Engine::open(args.data_dir.join("log"), registry, plan.config(args)).await?;
-    Ok((engine, saga))
+    Ok((engine, Sagas { seckill, bundle }))
 }
 
 fn purchase(order_id: &str, user: &str, item: &str, qty: i64, price: i64) -> Purchase {
@@ -536,13 +576,23 @@ async fn run_bulk(
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)?;
     let shop = Shop::open(&args.data_dir.join("shop"))?;
-    let mut users = vec![("ada", 1_000), ("bob", 30), ("carol", 500), ("dan", 200)];
+    let mut users = vec![
+        ("ada", 1_000),
+        ("bob", 30),
+        ("carol", 500),
+        ("dan", 200),
+        ("erin", 500),
+    ];
     let bulk_users: Vec<String> = (0..8).map(|k| format!("bulk-{k}")).collect();
     users.extend(bulk_users.iter().map(|u| (u.as_str(), 600)));
     users.push(("pauper", 0));
-    shop.initialize(&users, &[("phone", 10), ("bulk-item", 1_000_000)])?;
+    shop.initialize(
+        &users,
+        &[("phone", 10), ("case", 10), ("bulk-item", 1_000_000)],
+    )?;
     let plan = CrashPlan::default();
-    let (mut engine, mut saga) = open_engine(&args, &shop, &plan).await?;
+    let (mut engine, mut sagas) = open_engine(&args, &shop, &plan).await?;
+    let saga = sagas.seckill.clone();
     let mut lines = Vec::new();
 
     // 1. A successful purchase.
@@ -585,13 +635,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         engine.shutdown(Duration::ZERO).await;
         // The database's lock goes with the last handle.
         drop(engine);
-        (engine, saga) = open_engine(&args, &shop, &plan).await?;
+        (engine, sagas) = open_engine(&args, &shop, &plan).await?;
     }
     let status = engine.outcome(carol_id).await?.status;
     lines.push(json!({"scenario": "crash-recovery", "saga_id": carol_id.to_string(), "status": status.name(), "restarted": restarted}));
 
+    // 6. A bundle: a saga whose steps are two seckill sub-sagas.
+    let erin = Bundle {
+        order_id: "bundle-erin".into(),
+        user: "erin".into(),
+    };
+    let options = StartOptions::new().idempotency_key(erin.order_id.clone());
+    let id = engine.start(&sagas.bundle, &erin, options).await?.saga_id;
+    let status = engine.outcome(id).await?.status;
+    let children = engine.saga(id)?.children.len();
+    lines.push(json!({"scenario": "bundle", "saga_id": id.to_string(), "status": status.name(), "children": children}));
+
     if args.bulk > 0 {
-        let (committed, rolled_back) = run_bulk(&engine, &saga, &args).await?;
+        let (committed, rolled_back) = run_bulk(&engine, &sagas.seckill, &args).await?;
         lines.push(json!({"bulk": {"total": args.bulk, "committed": committed, "rolled_back": rolled_back}}));
     }
     engine.shutdown(Duration::from_secs(5)).await;
@@ -616,7 +677,7 @@ fn print_table(lines: &[serde_json::Value]) {
     for line in lines {
         if let Some(scenario) = line["scenario"].as_str() {
             let status = line["status"].as_str().unwrap_or("-");
-            let details: Vec<String> = ["guard", "cancel", "late_try", "restarted"]
+            let details: Vec<String> = ["guard", "cancel", "late_try", "restarted", "children"]
                 .iter()
                 .filter_map(|k| line.get(*k).map(|v| format!("{k}={v}")))
                 .collect();

@@ -379,6 +379,12 @@ fn check_seckill(dir: &Path, stdout: &str, label: &str) {
         "{label}"
     );
     assert_eq!(scenario("crash-recovery")["status"], "COMMITTED", "{label}");
+    assert_eq!(scenario("bundle")["status"], "COMMITTED", "{label}");
+    assert_eq!(
+        scenario("bundle")["children"],
+        2,
+        "{label}: one sub-saga per step"
+    );
     let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
     assert!(
         store.scan_active().unwrap().is_empty(),
@@ -412,19 +418,20 @@ fn check_seckill(dir: &Path, stdout: &str, label: &str) {
         .iter()
         .find_map(|l| l.get("bulk"))
         .map_or(0, |b| b["committed"].as_i64().unwrap());
+    // ada, carol, and the bundle's phone and case, plus the bulk.
     assert_eq!(
         n(["orders", "paid"]),
-        2 + bulk_committed,
+        4 + bulk_committed,
         "{label}: one paid order per commit"
     );
     assert_eq!(
         n(["stock", "sold"]),
-        2 + bulk_committed,
+        4 + bulk_committed,
         "{label}: sold once per commit"
     );
     assert_eq!(
         n(["money", "merchant"]),
-        200 + 10 * bulk_committed,
+        320 + 10 * bulk_committed,
         "{label}: charged once per commit"
     );
 
