@@ -15,13 +15,13 @@ pub enum SagaStatus {
     Created,
     /// Forward steps are being run.
     Running,
-    /// TCC: every try succeeded, confirms are running. (TCC issue.)
+    /// TCC: the commit decision is durable; confirms are running.
     Committing,
     /// Terminal: every step succeeded.
     Committed,
-    /// TCC: a try failed, cancels are running. (TCC issue.)
+    /// TCC: a try failed for good (or an operator cancelled); cancels are running.
     RollingBack,
-    /// Terminal, TCC: every tried branch was cancelled. (TCC issue.)
+    /// Terminal, TCC: every tried branch was cancelled.
     RolledBack,
     /// A step failed for good; completed and in-doubt steps are being
     /// compensated in reverse order.

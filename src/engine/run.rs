@@ -1,19 +1,21 @@
 //! The loop every saga runs, fresh, recovered, or woken by a timer:
 //!
 //! ```text
-//! state  = fold(records)              (in memory, kept current by apply)
+//! state = fold(records)              (in memory, kept current by apply)
 //! loop:
 //!   apply operator commands from the mailbox (durable before replying)
-//!   action = decide(state, now)
-//!   RunStep / Compensate -> append intent (durable) -> call -> stage result
-//!   WaitUntil            -> append staged + timer (durable) -> leave memory
-//!   Suspend / Finish     -> append staged + record (durable)
+//!   action = decide_live(state, now, running steps)
+//!   RunStep / Compensate / Confirm -> stage intent, decide again
+//!   Busy      -> append staged (durable), launch staged calls, wait for a result, stage it
+//!   Decide    -> stage the TCC decision
+//!   WaitUntil -> append staged + timer (durable) -> leave memory
+//!   Suspend / Finish -> append staged + record (durable)
 //!   AwaitOperator / Done -> leave memory
 //! ```
 //!
-//! A call's result is staged and written together with the next intent, the
-//! timer, or the terminal record: one flush per call instead of two, and
-//! still no call without a durable intent before it (invariant I1).
+//! A call's result is staged and written together with the next intents,
+//! the timer, or the terminal record: one flush per call instead of two,
+//! and still no call without a durable intent before it (invariant I1).
 
 use crate::definition::{CallSpec, ErasedInput, ErasedSaga, Phase, StepError};
 use crate::engine::view::Outcome;
