@@ -408,3 +408,34 @@ fn a_plain_step_in_a_tcc_definition_is_a_definition_error() {
         "{error}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn async_cancel_reports_the_outcome_once_the_rollback_decision_is_durable() {
+    let script = Script::default();
+    script.set(
+        "stock",
+        Phase::Try,
+        Behaviour::Fail(StepError::permanent("sold out")),
+    );
+    script.set("funds", Phase::Cancel, Behaviour::Gate);
+    let (registry, saga) = seckill(&script, |b| b.async_cancel());
+    let engine = open(&Arc::new(MemStore::new()), registry).await;
+
+    let id = engine
+        .start(&saga, &7, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    let outcome = engine.outcome(id).await.unwrap();
+    assert_eq!(outcome.status, SagaStatus::RollingBack);
+
+    until_calls(&script, |calls| calls.contains(&"funds:cancel:1".into())).await;
+    script.open_gate();
+    for _ in 0..1_000 {
+        if engine.saga(id).unwrap().status == SagaStatus::RolledBack {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the background cancel never finished");
+}

@@ -78,11 +78,18 @@ fn describe(record: &Record, steps: &[String]) -> String {
                 .as_ref()
                 .map(|k| format!(", key {}", k.as_str()))
                 .unwrap_or_default();
+            let parent = s
+                .parent
+                .map(|p| format!(", sub-saga of {} step #{}", p.saga, p.step))
+                .unwrap_or_default();
+            let kind = if s.plan.is_tcc() {
+                "TCC".to_string()
+            } else {
+                format!("strategy {}", s.plan.strategy.name())
+            };
             format!(
-                "started {} v{}, strategy {}{key}",
-                s.saga_type,
-                s.version,
-                s.plan.strategy.name()
+                "started {} v{}, {kind}{key}{parent}",
+                s.saga_type, s.version
             )
         }
         Record::StepStarted(c) => format!("{} action, attempt {}: intent", step(c.step), c.attempt),
