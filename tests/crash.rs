@@ -593,7 +593,7 @@ fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
         "after the kill loop",
     );
     println!(
-        "kill loop ({}): {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk + 5 scenarios, seed {seed:#x}: no violation",
+        "kill loop ({}): {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk + the scenarios, seed {seed:#x}: no violation",
         workload.name()
     );
 }
