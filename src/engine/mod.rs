@@ -781,8 +781,8 @@ impl Engine {
         }
         let owned = lock(&self.inner.running).contains_key(&id);
         if !owned {
-            let view = match self.saga(id) {
-                Ok(view) => view,
+            let (view, state) = match self.view_and_state(id) {
+                Ok(found) => found,
                 Err(e) => {
                     lock(&self.inner.waiters).remove(&id);
                     return Err(e);
@@ -791,11 +791,9 @@ impl Engine {
             if view.status.is_terminal() || view.status == SagaStatus::Suspended {
                 return Ok(view.outcome());
             }
-            if let Ok(state) = self.load_state(id) {
-                if run::reports_at_decision(&state) {
-                    lock(&self.inner.waiters).remove(&id);
-                    return Ok(view.outcome());
-                }
+            if state.as_ref().is_some_and(run::reports_at_decision) {
+                lock(&self.inner.waiters).remove(&id);
+                return Ok(view.outcome());
             }
             if self.inner.stopping.is_cancelled() {
                 return Err(Error::ShuttingDown(id));
@@ -813,6 +811,12 @@ impl Engine {
     /// A parked saga whose log cannot be read is returned from its index
     /// entry with status `Suspended` and the park reason.
     pub fn saga(&self, id: SagaId) -> Result<SagaView, Error> {
+        self.view_and_state(id).map(|(view, _)| view)
+    }
+
+    /// The view of saga `id`, with the state it was made from when its log
+    /// could be read: one read of the log for both.
+    fn view_and_state(&self, id: SagaId) -> Result<(SagaView, Option<SagaState>), Error> {
         let parked = lock(&self.inner.parked).get(&id).cloned();
         match self.load_state(id) {
             Ok(state) => {
@@ -828,11 +832,11 @@ impl Engine {
                     view.status = SagaStatus::Suspended;
                     view.reason = Some(reason);
                 }
-                Ok(view)
+                Ok((view, Some(state)))
             }
             Err(e @ (Error::Decode { .. } | Error::Illegal { .. })) => {
                 let entry = self.index_entry(id)?;
-                Ok(SagaView {
+                let view = SagaView {
                     saga_id: id,
                     saga_type: entry
                         .as_ref()
@@ -849,7 +853,8 @@ impl Engine {
                     reason: Some(parked.unwrap_or_else(|| e.to_string())),
                     parent: None,
                     children: Vec::new(),
-                })
+                };
+                Ok((view, None))
             }
             Err(e) => Err(e),
         }
