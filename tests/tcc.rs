@@ -44,6 +44,18 @@ async fn open(store: &Arc<MemStore>, registry: Registry) -> Engine {
         .expect("engine opens")
 }
 
+/// Waits (on the paused clock) until the saga, running in the background
+/// after its outcome was reported, reaches `status`; panics if it never does.
+async fn until_status(engine: &Engine, id: SagaId, status: SagaStatus) {
+    for _ in 0..1_000 {
+        if engine.saga(id).unwrap().status == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the background confirms or cancels never reached {status}");
+}
+
 fn decisions(engine: &Engine, id: SagaId) -> Vec<Decision> {
     engine
         .history(id)
@@ -213,13 +225,7 @@ async fn async_confirm_reports_the_outcome_once_the_commit_decision_is_durable()
 
     until_calls(&script, |calls| calls.contains(&"funds:confirm:1".into())).await;
     script.open_gate();
-    for _ in 0..1_000 {
-        if engine.saga(id).unwrap().status == SagaStatus::Committed {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("the background confirm never finished");
+    until_status(&engine, id, SagaStatus::Committed).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,12 +250,7 @@ async fn async_confirms_left_running_by_a_shutdown_finish_after_reopening() {
     let second = Script::default();
     let (registry, _) = seckill(&second, |b| b.async_confirm());
     let engine = open(&store, registry).await;
-    for _ in 0..1_000 {
-        if engine.saga(id).unwrap().status == SagaStatus::Committed {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until_status(&engine, id, SagaStatus::Committed).await;
 
     assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Committed);
     assert!(second.calls().contains(&"stock:confirm:2".to_string()));
@@ -431,11 +432,5 @@ async fn async_cancel_reports_the_outcome_once_the_rollback_decision_is_durable(
 
     until_calls(&script, |calls| calls.contains(&"funds:cancel:1".into())).await;
     script.open_gate();
-    for _ in 0..1_000 {
-        if engine.saga(id).unwrap().status == SagaStatus::RolledBack {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("the background cancel never finished");
+    until_status(&engine, id, SagaStatus::RolledBack).await;
 }
