@@ -63,6 +63,10 @@ struct Args {
     /// How many generated purchases run at once.
     #[arg(long, default_value_t = 32)]
     bulk_concurrency: usize,
+    /// How long a saga may run before it gets an active-index entry
+    /// (`EngineConfig::index_lag`); the crash tests also run with 1.
+    #[arg(long, default_value_t = 500)]
+    index_lag_ms: u64,
 }
 
 /// One purchase: the transaction's input.
@@ -412,7 +416,10 @@ struct CrashPlan {
 
 impl CrashPlan {
     fn config(&self, args: &Args) -> EngineConfig {
-        let mut config = EngineConfig::default();
+        let mut config = EngineConfig {
+            index_lag: Duration::from_millis(args.index_lag_ms),
+            ..EngineConfig::default()
+        };
         if let Some(n) = args.crash_after {
             let appends = self.appends.clone();
             config.after_durable_append = Some(Arc::new(move |_| {

@@ -27,6 +27,16 @@ impl SagaId {
         SagaId(uuid::Uuid::from_bytes(bytes))
     }
 
+    /// The smallest id whose UUIDv7 timestamp is `at`: every id made at or
+    /// after `at` sorts at or above it. Not itself a valid UUIDv7; used as
+    /// a bound (the index watermark).
+    pub fn first_at(at: UnixMillis) -> Self {
+        let mut bytes = [0u8; 16];
+        // UUIDv7: the first 48 bits are the Unix time in milliseconds.
+        bytes[..6].copy_from_slice(&at.0.min((1 << 48) - 1).to_be_bytes()[2..]);
+        SagaId::from_bytes(bytes)
+    }
+
     /// Parses the hyphenated text form printed by `Display`.
     ///
     /// Returns `None` when `text` is not a UUID.

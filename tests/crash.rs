@@ -238,6 +238,10 @@ fn every_crash_point(flag: &str, marker: &str) -> u64 {
 #[derive(Clone, Copy)]
 enum Workload {
     Orders,
+    /// The orders workload with a 1 ms index lag: nearly every saga gets
+    /// its active-index entry from a move of the watermark while it runs,
+    /// so the crash points fall around those moves.
+    OrdersIndexedEarly,
     Seckill,
 }
 
@@ -245,6 +249,10 @@ impl Workload {
     fn run(self, dir: &Path, crash: Option<(&str, u64)>) -> Output {
         match self {
             Workload::Orders => run_orders(dir, crash),
+            Workload::OrdersIndexedEarly => orders_command(dir, crash, 0)
+                .args(["--index-lag-ms", "1"])
+                .output()
+                .expect("the orders example starts"),
             Workload::Seckill => seckill_command(dir, crash, 0)
                 .output()
                 .expect("the seckill example starts"),
@@ -254,6 +262,7 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Orders => "orders",
+            Workload::OrdersIndexedEarly => "orders (1 ms index lag)",
             Workload::Seckill => "seckill",
         }
     }
@@ -261,13 +270,18 @@ impl Workload {
     fn command(self, dir: &Path, bulk: usize) -> Command {
         match self {
             Workload::Orders => orders_command(dir, None, bulk),
+            Workload::OrdersIndexedEarly => {
+                let mut command = orders_command(dir, None, bulk);
+                command.args(["--index-lag-ms", "1"]);
+                command
+            }
             Workload::Seckill => seckill_command(dir, None, bulk),
         }
     }
 
     fn check(self, dir: &Path, stdout: &str, label: &str) {
         match self {
-            Workload::Orders => check(dir, stdout, label),
+            Workload::Orders | Workload::OrdersIndexedEarly => check(dir, stdout, label),
             Workload::Seckill => check_seckill(dir, stdout, label),
         }
     }
@@ -325,6 +339,13 @@ fn orders_survive_an_abort_after_every_participant_call() {
         "crash points covered: {points} (after each participant call, result not yet durable)"
     );
     assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn orders_indexed_early_survive_an_abort_at_every_durable_append() {
+    let points = every_crash_point_of(Workload::OrdersIndexedEarly, "crash-after", "append");
+    println!("crash points covered: {points} (after each durable append, 1 ms index lag)");
+    assert!(points >= 10, "the workload should have many append points");
 }
 
 fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
@@ -525,6 +546,13 @@ impl Rng {
 #[test]
 fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
     kill_loop(Workload::Orders, 50, 2000);
+}
+
+/// The orders loop with a 1 ms index lag: the kills land while the
+/// watermark moves and sagas get their active-index entries mid-flight.
+#[test]
+fn random_kill_loop_with_early_indexing_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::OrdersIndexedEarly, 25, 2000);
 }
 
 /// The same loop over the seckill example: TCC transactions with parallel

@@ -59,6 +59,10 @@ struct Args {
     /// How many generated orders run at once.
     #[arg(long, default_value_t = 32)]
     bulk_concurrency: usize,
+    /// How long a saga may run before it gets an active-index entry
+    /// (`EngineConfig::index_lag`); the crash tests also run with 1.
+    #[arg(long, default_value_t = 500)]
+    index_lag_ms: u64,
 }
 
 /// Generated order `k` of the bulk workload, with its strategy.
@@ -489,7 +493,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut registry = Registry::new();
     let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
-    let mut config = EngineConfig::default();
+    let mut config = EngineConfig {
+        index_lag: Duration::from_millis(args.index_lag_ms),
+        ..EngineConfig::default()
+    };
     if let Some(n) = args.crash_after {
         config.after_durable_append = Some(Arc::new(move |count| {
             if count == n {

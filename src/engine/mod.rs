@@ -32,7 +32,7 @@ use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted};
 use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError, TimerKey};
-use crate::log::writer::{AppendError, DurableHook, Writer, WriterStats};
+use crate::log::writer::{AppendError, Deferred, DurableHook, IndexPlan, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
 use crate::state::{decide_live, fold, NextAction, SagaState};
 use crate::status::SagaStatus;
@@ -96,6 +96,13 @@ pub struct EngineConfig {
     /// Deleting finished sagas after a while; `None` keeps them forever.
     /// Default: [`Retention::default`] (7 days, swept hourly).
     pub retention: Option<Retention>,
+    /// How long a new saga may run before it gets an entry in the active
+    /// index. Most sagas finish sooner and never get one, which saves two
+    /// writes each; the price is that recovery also reads the logs of the
+    /// sagas started in the last `index_lag` before a crash. Default 500 ms;
+    /// zero writes the entry with the start record. Correctness does not
+    /// depend on it (DESIGN.md §4a).
+    pub index_lag: Duration,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +115,7 @@ impl Default for EngineConfig {
             around_call: None,
             start_time: None,
             retention: Some(Retention::default()),
+            index_lag: Duration::from_millis(500),
         }
     }
 }
@@ -122,6 +130,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("around_call", &self.around_call.is_some())
             .field("start_time", &self.start_time)
             .field("retention", &self.retention)
+            .field("index_lag", &self.index_lag)
             .finish()
     }
 }
@@ -215,6 +224,8 @@ pub(crate) struct Inner {
     admin_only: bool,
     /// The retention sweeper's thread, if retention is on.
     sweeper: Mutex<Option<retention::Sweeper>>,
+    /// Index entries of young sagas, not written yet (see `log::writer`).
+    deferred: Deferred,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -291,10 +302,18 @@ impl Engine {
         config: EngineConfig,
         admin_only: bool,
     ) -> Result<Engine, Error> {
-        let writer = Writer::start(store.clone(), config.after_durable_append.clone())?;
+        let mark = store.watermark()?;
+        let deferred: Deferred = Arc::new(Mutex::new(young_sagas(&*store, mark)?));
+        let plan = IndexPlan {
+            mark,
+            lag: config.index_lag,
+            deferred: deferred.clone(),
+        };
+        let writer = Writer::start(store.clone(), config.after_durable_append.clone(), plan)?;
         let inner = Arc::new(Inner {
             store,
             writer,
+            deferred,
             registry,
             clock: Clock::new(config.start_time),
             permits: Arc::new(Semaphore::new(config.max_running_sagas.max(1))),
@@ -329,7 +348,12 @@ impl Engine {
     }
 
     fn recover(&self) -> Result<(), Error> {
-        let active = self.inner.store.scan_active()?;
+        let mut active = self.inner.store.scan_active()?;
+        active.extend(
+            lock(&self.inner.deferred)
+                .iter()
+                .map(|(id, entry)| (*id, entry.clone())),
+        );
         let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
         let mut suspended = 0usize;
         for (id, entry) in active {
@@ -452,28 +476,8 @@ impl Engine {
         })
     }
 
-    /// The saga's records in order; the first unreadable value is an error.
-    fn load_entries(&self, id: SagaId) -> Result<Vec<LogEntry>, Error> {
-        self.history(id)?
-            .into_iter()
-            .map(|entry| match entry.record {
-                Ok((at, record)) => Ok(LogEntry {
-                    seq: entry.seq,
-                    at,
-                    record,
-                }),
-                Err(error) => Err(Error::Decode {
-                    saga: id,
-                    seq: entry.seq,
-                    error,
-                }),
-            })
-            .collect()
-    }
-
     fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
-        let entries = self.load_entries(id)?;
-        fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
+        load_state(&*self.inner.store, id)
     }
 
     /// Runs the loop of a saga this task owns.
@@ -861,38 +865,30 @@ impl Engine {
     }
 
     fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
-        Ok(self
-            .inner
-            .store
-            .read_index(id)?
-            .and_then(|bytes| codec::decode_index_entry(&bytes).ok()))
+        let bytes = match self.inner.store.read_index(id)? {
+            Some(bytes) => Some(bytes),
+            None => lock(&self.inner.deferred).get(&id).cloned(),
+        };
+        Ok(bytes.and_then(|bytes| codec::decode_index_entry(&bytes).ok()))
+    }
+
+    /// Every saga's encoded index entry: the active and finished indexes,
+    /// and the entries the writer has not written yet.
+    fn index_pairs(&self) -> Result<Vec<(SagaId, Vec<u8>)>, Error> {
+        // Deferred first: a saga that has just been indexed can be in both
+        // for a moment, and the store's entry is the newer one then.
+        let deferred = lock(&self.inner.deferred).clone();
+        let mut pairs = self.inner.store.scan_active()?;
+        pairs.extend(self.inner.store.scan_finished()?);
+        let stored: std::collections::HashSet<SagaId> = pairs.iter().map(|(id, _)| *id).collect();
+        pairs.extend(deferred.into_iter().filter(|(id, _)| !stored.contains(id)));
+        Ok(pairs)
     }
 
     /// Every record of saga `id` in order, with timestamps. Unreadable
     /// records appear with their decode error.
     pub fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
-        let raw = self.inner.store.read_log(id)?;
-        if raw.is_empty() {
-            return Err(Error::NotFound(id));
-        }
-        let mut history = Vec::with_capacity(raw.len() * 2);
-        for (first_seq, value) in raw {
-            match codec::decode_records(&value) {
-                Ok(records) => {
-                    for (offset, record) in records.into_iter().enumerate() {
-                        history.push(HistoryEntry {
-                            seq: first_seq + offset as u64,
-                            record: Ok(record),
-                        });
-                    }
-                }
-                Err(error) => history.push(HistoryEntry {
-                    seq: first_seq,
-                    record: Err(error),
-                }),
-            }
-        }
-        Ok(history)
+        read_history(&*self.inner.store, id)
     }
 
     /// Every saga (active and finished), oldest first, optionally only
@@ -971,4 +967,93 @@ impl Inner {
             tx.send_replace(Some(result));
         }
     }
+}
+
+/// Every record of saga `id` in order, with timestamps; an unreadable value
+/// appears as one entry with its decode error.
+fn read_history(store: &dyn LogStore, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
+    let raw = store.read_log(id)?;
+    if raw.is_empty() {
+        return Err(Error::NotFound(id));
+    }
+    let mut history = Vec::with_capacity(raw.len() * 2);
+    for (first_seq, value) in raw {
+        match codec::decode_records(&value) {
+            Ok(records) => {
+                for (offset, record) in records.into_iter().enumerate() {
+                    history.push(HistoryEntry {
+                        seq: first_seq + offset as u64,
+                        record: Ok(record),
+                    });
+                }
+            }
+            Err(error) => history.push(HistoryEntry {
+                seq: first_seq,
+                record: Err(error),
+            }),
+        }
+    }
+    Ok(history)
+}
+
+/// The saga's records in order; the first unreadable value is an error.
+fn load_entries(store: &dyn LogStore, id: SagaId) -> Result<Vec<LogEntry>, Error> {
+    read_history(store, id)?
+        .into_iter()
+        .map(|entry| match entry.record {
+            Ok((at, record)) => Ok(LogEntry {
+                seq: entry.seq,
+                at,
+                record,
+            }),
+            Err(error) => Err(Error::Decode {
+                saga: id,
+                seq: entry.seq,
+                error,
+            }),
+        })
+        .collect()
+}
+
+fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
+    let entries = load_entries(store, id)?;
+    fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
+}
+
+/// The sagas at or above the index watermark that are not terminal and have
+/// no index entry, with the entry each should have: the writer defers the
+/// entries of young sagas, so after a crash these are known only from
+/// their logs. A saga whose log cannot be folded gets an entry that says
+/// so (status `SUSPENDED`): recovery parks it, and operators see it.
+fn young_sagas(
+    store: &dyn LogStore,
+    mark: Option<SagaId>,
+) -> Result<HashMap<SagaId, Vec<u8>>, Error> {
+    let mut found = HashMap::new();
+    let Some(mark) = mark else {
+        return Ok(found);
+    };
+    for id in store.sagas_logged_from(mark)? {
+        if store.read_index(id)?.is_some() {
+            continue;
+        }
+        let entry = match load_state(store, id) {
+            Ok(state) if state.status().is_terminal() => continue,
+            Ok(state) => run::index_entry(&state),
+            Err(e) => {
+                tracing::error!(saga_id = %id, error = %e, "a young saga's log cannot be read; it will be parked");
+                IndexEntry {
+                    saga_type: crate::ids::SagaType::new("?"),
+                    status: SagaStatus::Suspended,
+                    started_at: UnixMillis(0),
+                    next_wake: None,
+                    changed_at: UnixMillis(0),
+                }
+            }
+        };
+        let bytes =
+            codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
+        found.insert(id, bytes);
+    }
+    Ok(found)
 }

@@ -156,13 +156,9 @@ impl Engine {
     /// One listing per saga from the active and finished indexes.
     pub(crate) fn index_rows(&self) -> Result<Vec<SagaListing>, Error> {
         let parked = lock(&self.inner.parked).clone();
-        let rows = self
-            .inner
-            .store
-            .scan_active()?
-            .into_iter()
-            .chain(self.inner.store.scan_finished()?);
+        let rows = self.index_pairs()?;
         Ok(rows
+            .into_iter()
             .map(|(id, bytes)| {
                 let reason = parked.get(&id).cloned();
                 match codec::decode_index_entry::<IndexEntry>(&bytes) {

@@ -119,13 +119,7 @@ impl Staged {
         let status = state.status();
         let timer_changed = self.durable_timer != state.timer;
         let index = if self.durable_status != Some(status) || timer_changed {
-            let entry = IndexEntry {
-                saga_type: state.saga_type().clone(),
-                status,
-                started_at: state.started_at,
-                next_wake: state.timer.as_ref().map(|t| t.due),
-                changed_at: state.last_at,
-            };
+            let entry = index_entry(state);
             let bytes =
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
             Some(IndexUpdate {
@@ -589,6 +583,17 @@ fn record_transition(before: (Option<SagaStatus>, bool), state: &SagaState) {
             "status" => status.name()
         )
         .increment(1);
+    }
+}
+
+/// The index entry that sums up `state`.
+pub(crate) fn index_entry(state: &SagaState) -> IndexEntry {
+    IndexEntry {
+        saga_type: state.saga_type().clone(),
+        status: state.status(),
+        started_at: state.started_at,
+        next_wake: state.timer.as_ref().map(|t| t.due),
+        changed_at: state.last_at,
     }
 }
 

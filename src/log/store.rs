@@ -17,6 +17,11 @@
 //! | `b'K'` ++ idempotency key (UTF-8)      | saga id (16)               |
 //! | `b'T'` ++ due (u64 BE) ++ saga id (16) ++ seq (u64 BE) | wait purpose frame |
 //! | `b"Mformat"`                           | format version (1 byte)    |
+//! | `b"Mwatermark"`                        | saga id (16): the index watermark |
+//!
+//! A saga that is not terminal has an `'A'` entry, unless its id is at or
+//! above the watermark: the writer defers the entries of young sagas, and
+//! most finish before they need one (see [`LogStore::append`]).
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
 use crate::status::SagaStatus;
@@ -30,9 +35,10 @@ use std::time::{Duration, Instant};
 /// Version of the keyspace layout, stored under `"Mformat"`. 2: one log
 /// value per append (several frames back to back). 3: index entries carry
 /// `changed_at`. 4: plans carry step dependencies, a kind (saga or TCC) and
-/// a parallelism limit; TCC record kinds 11..=14. Frames have their own
-/// version byte (`codec::FORMAT_VERSION`).
-pub const LAYOUT_VERSION: u8 = 4;
+/// a parallelism limit; TCC record kinds 11..=14. 5: the index watermark
+/// (sagas at or above it may have no active-index entry). Frames have their
+/// own version byte (`codec::FORMAT_VERSION`).
+pub const LAYOUT_VERSION: u8 = 5;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -180,7 +186,21 @@ pub trait LogStore: Send + Sync + 'static {
     /// Applies every append in `batch` as one atomic write and makes it
     /// durable before returning `Ok`. On `Err` the caller must assume
     /// nothing, and must not act as if any of it were written.
-    fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError>;
+    ///
+    /// With `watermark`, the same write also stores it as the new index
+    /// watermark. The caller promises that after this write every saga
+    /// below it that is not terminal has an active-index entry; sagas at
+    /// or above it are found by [`LogStore::sagas_logged_from`].
+    fn append(&self, batch: &[&SagaAppend], watermark: Option<SagaId>) -> Result<(), StoreError>;
+
+    /// The index watermark, or `None` if none was ever written (then every
+    /// saga that is not terminal has an active-index entry).
+    fn watermark(&self) -> Result<Option<SagaId>, StoreError>;
+
+    /// Every saga that has a log value and an id at or above `from`, in id
+    /// order: where recovery looks for the sagas the watermark lets go
+    /// without an active-index entry.
+    fn sagas_logged_from(&self, from: SagaId) -> Result<Vec<SagaId>, StoreError>;
 
     /// One saga's log values in sequence order, as `(seq of the first
     /// record in the value, value)`; a value holds one or more frames.
@@ -262,6 +282,7 @@ pub(crate) mod keys {
         }
     }
     pub const FORMAT: &[u8] = b"Mformat";
+    pub const WATERMARK: &[u8] = b"Mwatermark";
 
     pub fn log(saga: SagaId, seq: u64) -> Vec<u8> {
         let mut key = Vec::with_capacity(25);
@@ -385,7 +406,16 @@ trait Kv: Send + Sync + 'static {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits keys with `prefix` in order until `visit` returns false.
-    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError>;
+    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
+        self.for_each_prefix_from(prefix, prefix, visit)
+    }
+    /// Like `for_each_prefix`, starting at the first key `>= start`.
+    fn for_each_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: Visitor<'_>,
+    ) -> Result<(), StoreError>;
     /// Every pair with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
         let mut pairs = Vec::new();
@@ -397,8 +427,14 @@ trait Kv: Send + Sync + 'static {
     }
 }
 
-fn batch_ops(batch: &[&SagaAppend]) -> Vec<KvOp> {
-    let mut ops = Vec::with_capacity(batch.iter().map(|a| a.entry_count() + 1).sum());
+fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
+    let mut ops = Vec::with_capacity(batch.iter().map(|a| a.entry_count() + 1).sum::<usize>() + 1);
+    if let Some(mark) = watermark {
+        ops.push(KvOp::Put(
+            keys::WATERMARK.to_vec(),
+            mark.to_bytes().to_vec(),
+        ));
+    }
     for append in batch {
         if !append.records.is_empty() {
             // One value per append: its frames back to back, keyed by the
@@ -464,6 +500,43 @@ fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreErr
         .collect()
 }
 
+fn watermark<K: Kv>(kv: &K) -> Result<Option<SagaId>, StoreError> {
+    match kv.get(keys::WATERMARK)? {
+        None => Ok(None),
+        Some(value) => match <[u8; 16]>::try_from(value.as_slice()) {
+            Ok(bytes) => Ok(Some(SagaId::from_bytes(bytes))),
+            Err(_) => Err(StoreError::Corrupt {
+                key: keys::WATERMARK.to_vec(),
+                reason: format!(
+                    "the index watermark is {} bytes, expected a 16-byte saga id; run `sagalog verify`",
+                    value.len()
+                ),
+            }),
+        },
+    }
+}
+
+fn sagas_logged_from<K: Kv>(kv: &K, from: SagaId) -> Result<Vec<SagaId>, StoreError> {
+    let mut sagas: Vec<SagaId> = Vec::new();
+    kv.for_each_prefix_from(
+        &[keys::LOG],
+        &keys::log_prefix(from),
+        &mut |key, _| match keys::saga_id(key, 1) {
+            Some(id) if key.len() == keys::LOG_KEY_LEN => {
+                if sagas.last() != Some(&id) {
+                    sagas.push(id);
+                }
+                Ok(true)
+            }
+            _ => Err(StoreError::Corrupt {
+                key: key.to_vec(),
+                reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
+            }),
+        },
+    )?;
+    Ok(sagas)
+}
+
 fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreError> {
     let mut ops = Vec::new();
     let mut removed = Removed::default();
@@ -516,8 +589,18 @@ fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, Stor
 macro_rules! impl_log_store {
     ($store:ty) => {
         impl LogStore for $store {
-            fn append(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
-                self.append_batch(batch)
+            fn append(
+                &self,
+                batch: &[&SagaAppend],
+                watermark: Option<SagaId>,
+            ) -> Result<(), StoreError> {
+                self.append_batch(batch, watermark)
+            }
+            fn watermark(&self) -> Result<Option<SagaId>, StoreError> {
+                watermark(&self.kv)
+            }
+            fn sagas_logged_from(&self, from: SagaId) -> Result<Vec<SagaId>, StoreError> {
+                sagas_logged_from(&self.kv, from)
             }
             fn read_log(&self, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
                 read_log(&self.kv, saga)
@@ -582,10 +665,15 @@ impl Kv for SledKv {
         Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
-    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
-        for item in self.db.scan_prefix(prefix) {
+    fn for_each_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        for item in self.db.range(start..) {
             let (k, v) = item.map_err(backend)?;
-            if !visit(&k, &v)? {
+            if !k.starts_with(prefix) || !visit(&k, &v)? {
                 break;
             }
         }
@@ -861,8 +949,12 @@ fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
 }
 
 impl SledStore {
-    fn append_batch(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
-        self.kv.apply_durably(batch_ops(batch))
+    fn append_batch(
+        &self,
+        batch: &[&SagaAppend],
+        watermark: Option<SagaId>,
+    ) -> Result<(), StoreError> {
+        self.kv.apply_durably(batch_ops(batch, watermark))
     }
 }
 
@@ -889,6 +981,15 @@ impl MemKv {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
         crate::sync::lock(&self.map)
     }
+
+    fn scan_prefix_from(&self, prefix: &[u8], start: &[u8]) -> Result<Pairs, StoreError> {
+        Ok(self
+            .lock()
+            .range(start.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }
 
 impl Kv for MemKv {
@@ -912,17 +1013,17 @@ impl Kv for MemKv {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        Ok(self
-            .lock()
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        self.scan_prefix_from(prefix, prefix)
     }
 
-    fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
+    fn for_each_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visit: Visitor<'_>,
+    ) -> Result<(), StoreError> {
         // Copy out first: `visit` must not run under the map's lock.
-        for (k, v) in self.scan_prefix(prefix)? {
+        for (k, v) in self.scan_prefix_from(prefix, start)? {
             if !visit(&k, &v)? {
                 break;
             }
@@ -1035,7 +1136,11 @@ impl MemStore {
         })
     }
 
-    fn append_batch(&self, batch: &[&SagaAppend]) -> Result<(), StoreError> {
+    fn append_batch(
+        &self,
+        batch: &[&SagaAppend],
+        watermark: Option<SagaId>,
+    ) -> Result<(), StoreError> {
         let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
         let timing = self.next_fault(number);
         let record_failure = |timing: FaultTiming| {
@@ -1055,7 +1160,7 @@ impl MemStore {
                 "append #{number} failed before applying"
             )));
         }
-        self.kv.apply_durably(batch_ops(batch))?;
+        self.kv.apply_durably(batch_ops(batch, watermark))?;
         if timing == Some(FaultTiming::AfterApply) {
             record_failure(FaultTiming::AfterApply);
             return Err(StoreError::Injected(format!(

@@ -44,12 +44,18 @@ impl VerifyReport {
 
 /// Reads every key of `store` and decodes every value by its keyspace: log
 /// values into records (checksums included), index entries, idempotency
-/// keys, timers, and the format marker. Also reports a log or an
-/// idempotency key whose saga has no index entry (appends and deletes write
-/// them together, so one without the other means damage). Fails only if the
-/// store cannot be read; bad values are reported, never fatal.
+/// keys, timers, the format marker and the index watermark. Also reports a
+/// log or an idempotency key whose saga has no index entry, unless the saga
+/// is at or above the watermark (young sagas get their entry late, see
+/// DESIGN.md §4a); below it, appends and deletes write them together, so one
+/// without the other means damage. Fails only if the store cannot be read;
+/// bad values are reported, never fatal.
 pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    // An unreadable watermark is reported below, with its key; meanwhile
+    // no saga is excused from having an index entry.
+    let mark = store.watermark().ok().flatten();
+    let unindexed_ok = |id: &SagaId| mark.is_some_and(|mark| *id >= mark);
     // Keys come in order: 'A' and 'F' before 'K' and 'L'.
     let mut indexed = std::collections::HashSet::new();
     let mut orphan_reported = None;
@@ -71,7 +77,7 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
         match key.first() {
             Some(&keys::LOG) if key.len() == keys::LOG_KEY_LEN => {
                 report.log_values += 1;
-                if let Some(id) = saga.filter(|id| !indexed.contains(id)) {
+                if let Some(id) = saga.filter(|id| !indexed.contains(id) && !unindexed_ok(id)) {
                     if orphan_reported != Some(id) {
                         orphan_reported = Some(id);
                         problem(
@@ -126,7 +132,7 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
             }
             Some(&keys::IDEMPOTENCY) => {
                 let owner = <[u8; 16]>::try_from(value).ok().map(SagaId::from_bytes);
-                if owner.is_some_and(|id| !indexed.contains(&id)) {
+                if owner.is_some_and(|id| !indexed.contains(&id) && !unindexed_ok(&id)) {
                     problem(
                         "idempotency key",
                         "names a saga that has no index entry".into(),
@@ -151,6 +157,14 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     );
                 } else if let Err(e) = codec::decode_index_entry::<WaitPurpose>(value) {
                     problem("timer", e.to_string());
+                }
+            }
+            _ if key == keys::WATERMARK => {
+                if value.len() != 16 {
+                    problem(
+                        "index watermark",
+                        format!("value of {} bytes, expected a 16-byte saga id", value.len()),
+                    );
                 }
             }
             _ if key == keys::FORMAT => {

@@ -10,12 +10,22 @@
 //!
 //! Idempotency-key claims are checked here, inside the single writer, so two
 //! concurrent starts with one key cannot both succeed.
+//!
+//! The writer also keeps the *index watermark* (DESIGN.md §4a). A saga whose
+//! id is at or above the durable watermark gets no active-index entry while
+//! it is young: its entry waits in memory ([`Deferred`]), and if it finishes
+//! first only its finished-index entry is ever written. Every so often the
+//! writer moves the watermark up to `now - lag`, writing in the same batch
+//! an active-index entry for each deferred saga the new watermark passes.
+//! Recovery finds the deferred sagas by scanning the log from the watermark.
+//! That saves two writes per short saga (the active entry and its delete).
 
-use crate::ids::{IdempotencyKey, SagaId};
-use crate::log::store::{LogStore, SagaAppend, StoreError};
+use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most appends applied in one group.
@@ -25,6 +35,166 @@ pub const MAX_GROUP: usize = 4096;
 /// is acknowledged, with the number of appends made durable so far by this
 /// writer (1, 2, ...). Runs on the writer thread: keep it short.
 pub type DurableHook = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Encoded index entries of the sagas that have no active-index entry yet
+/// (not terminal, at or above the watermark), shared by the writer (which
+/// keeps it) and the engine (which lists from it).
+pub(crate) type Deferred = Arc<Mutex<HashMap<SagaId, Vec<u8>>>>;
+
+/// Where the writer starts from with the index watermark.
+pub(crate) struct IndexPlan {
+    /// The durable watermark, if the store has one.
+    pub mark: Option<SagaId>,
+    /// How old a saga may get before it must have an active-index entry;
+    /// zero turns deferral off.
+    pub lag: Duration,
+    /// The deferred entries, pre-filled by recovery with the sagas it found
+    /// above the watermark without an entry.
+    pub deferred: Deferred,
+}
+
+/// The writer's side of the watermark.
+struct Watermark {
+    mark: Option<SagaId>,
+    lag: Duration,
+    every: Duration,
+    last_advance: Option<Instant>,
+    /// Set by a failed group: the watermark stays where it is until the
+    /// engine is reopened, and no more entries are deferred.
+    frozen: bool,
+    deferred: Deferred,
+}
+
+/// Longest time between two moves of the watermark.
+const ADVANCE_EVERY: Duration = Duration::from_millis(100);
+
+impl Watermark {
+    fn new(plan: IndexPlan) -> Self {
+        Watermark {
+            mark: plan.mark,
+            lag: plan.lag,
+            every: ADVANCE_EVERY.min(plan.lag / 5),
+            last_advance: None,
+            frozen: plan.lag.is_zero(),
+            deferred: plan.deferred,
+        }
+    }
+
+    /// Rewrites the index updates of `group` for deferral and, when it is
+    /// time, adds the entries that a new watermark needs. Returns the
+    /// changes to make to the deferred entries once the group is durable,
+    /// the extra appends, and the new watermark.
+    fn plan(&mut self, group: &mut [Waiter]) -> GroupIndex {
+        let mut out = GroupIndex::default();
+        if self.frozen && crate::sync::lock(&self.deferred).is_empty() {
+            return out;
+        }
+        // A new watermark is written with this group, so it already
+        // counts for the group's own starts (the write is atomic).
+        let due = self
+            .last_advance
+            .is_none_or(|at| at.elapsed() >= self.every);
+        if !self.frozen && due {
+            self.last_advance = Some(Instant::now());
+            let candidate = SagaId::first_at(UnixMillis::now().minus(self.lag));
+            if self.mark.is_none_or(|mark| candidate > mark) {
+                out.watermark = Some(candidate);
+            }
+        }
+        let mark = out.watermark.or(self.mark);
+        let deferred = crate::sync::lock(&self.deferred);
+        // The state after this group: Some(entry) deferred, None not.
+        let mut after: HashMap<SagaId, Option<Vec<u8>>> = HashMap::new();
+        for (append, _) in group.iter_mut() {
+            let id = append.saga;
+            let Some(update) = append.index.as_mut() else {
+                continue;
+            };
+            let was_deferred = match after.get(&id) {
+                Some(state) => state.is_some(),
+                None => deferred.contains_key(&id),
+            };
+            match update.to {
+                IndexSet::Active => {
+                    let young = update.from.is_none()
+                        && !self.frozen
+                        && mark.is_some_and(|mark| id >= mark);
+                    if was_deferred || young {
+                        if let Some(update) = append.index.take() {
+                            after.insert(id, Some(update.entry));
+                        }
+                    }
+                }
+                IndexSet::Finished => {
+                    if was_deferred {
+                        // It never got an active entry: nothing to delete.
+                        update.from = None;
+                        after.insert(id, None);
+                    }
+                }
+            }
+        }
+        if let Some(candidate) = out.watermark {
+            // Every deferred saga the new watermark passes gets its entry now.
+            let mut passed: Vec<(SagaId, Vec<u8>)> = deferred
+                .iter()
+                .filter(|(id, _)| **id < candidate && !after.contains_key(id))
+                .map(|(id, entry)| (*id, entry.clone()))
+                .collect();
+            for (id, state) in after.iter_mut() {
+                if *id < candidate {
+                    passed.extend(state.take().map(|entry| (*id, entry)));
+                }
+            }
+            for (id, entry) in passed {
+                after.insert(id, None);
+                let mut append = SagaAppend::records(id, 0, Vec::new());
+                append.index = Some(IndexUpdate {
+                    entry,
+                    from: None,
+                    to: IndexSet::Active,
+                });
+                out.appends.push(append);
+            }
+        }
+        out.after = after;
+        out
+    }
+
+    /// The group is durable: apply its changes.
+    fn committed(&mut self, index: GroupIndex) {
+        if let Some(mark) = index.watermark {
+            self.mark = Some(mark);
+        }
+        let mut deferred = crate::sync::lock(&self.deferred);
+        for (id, state) in index.after {
+            match state {
+                Some(entry) => deferred.insert(id, entry),
+                None => deferred.remove(&id),
+            };
+        }
+    }
+
+    /// The group failed, and may or may not be on disk. Stop moving the
+    /// watermark, so that every saga above it stays where recovery looks;
+    /// forget the sagas the group would have indexed (they may have an
+    /// entry now, and a later delete of a missing entry is harmless).
+    fn failed(&mut self, index: GroupIndex) {
+        self.frozen = true;
+        let mut deferred = crate::sync::lock(&self.deferred);
+        for append in &index.appends {
+            deferred.remove(&append.saga);
+        }
+    }
+}
+
+/// How one group changes the index watermark and the deferred entries.
+#[derive(Default)]
+struct GroupIndex {
+    after: HashMap<SagaId, Option<Vec<u8>>>,
+    appends: Vec<SagaAppend>,
+    watermark: Option<SagaId>,
+}
 
 /// Why an append was not made durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,13 +237,14 @@ impl Writer {
     pub(crate) fn start(
         store: Arc<dyn LogStore>,
         hook: Option<DurableHook>,
+        index: IndexPlan,
     ) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("sagalog-writer".into())
-            .spawn(move || run(store, rx, hook, thread_stats))
+            .spawn(move || run(store, rx, hook, thread_stats, Watermark::new(index)))
             .map_err(|e| StoreError::Backend(format!("could not start the writer thread: {e}")))?;
         Ok(Writer {
             tx,
@@ -117,6 +288,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Message>,
     hook: Option<DurableHook>,
     stats: Arc<WriterStats>,
+    mut watermark: Watermark,
 ) {
     let mut durable: u64 = 0;
     let mut group = Vec::new();
@@ -140,6 +312,7 @@ fn run(
                 &hook,
                 &stats,
                 &mut durable,
+                &mut watermark,
             );
         }
         if let Some(reply) = stop {
@@ -164,6 +337,7 @@ fn commit_group(
     hook: &Option<DurableHook>,
     stats: &WriterStats,
     durable: &mut u64,
+    watermark: &mut Watermark,
 ) {
     let mut claimed: HashMap<IdempotencyKey, SagaId> = HashMap::new();
     let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
@@ -192,7 +366,12 @@ fn commit_group(
     if accepted.is_empty() {
         return;
     }
-    let batch: Vec<&SagaAppend> = accepted.iter().map(|(a, _)| a).collect();
+    let index = watermark.plan(&mut accepted);
+    let batch: Vec<&SagaAppend> = accepted
+        .iter()
+        .map(|(a, _)| a)
+        .chain(index.appends.iter())
+        .collect();
     let entries: usize = batch.iter().map(|a| a.entry_count()).sum();
     let log_values = batch.iter().filter(|a| !a.records.is_empty()).count();
     let log_value_bytes: usize = batch
@@ -201,12 +380,13 @@ fn commit_group(
         .map(|r| r.len())
         .sum();
     let began = std::time::Instant::now();
-    let result = store.append(&batch);
+    let result = store.append(&batch, index.watermark);
     metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
     metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
     drop(batch);
     match result {
         Ok(()) => {
+            watermark.committed(index);
             stats.flushes.fetch_add(1, Ordering::Relaxed);
             stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
             stats
@@ -225,6 +405,7 @@ fn commit_group(
             }
         }
         Err(e) => {
+            watermark.failed(index);
             tracing::error!(error = %e, appends = accepted.len(), "group commit failed");
             for (_, reply) in accepted {
                 let _ = reply.send(Err(AppendError::Store(e.clone())));
