@@ -348,29 +348,34 @@ impl Engine {
     }
 
     fn recover(&self) -> Result<(), Error> {
-        let mut active = self.inner.store.scan_active()?;
-        active.extend(
-            lock(&self.inner.deferred)
-                .iter()
-                .map(|(id, entry)| (*id, entry.clone())),
-        );
         let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
         let mut suspended = 0usize;
-        for (id, entry) in active {
-            let entry = codec::decode_index_entry::<IndexEntry>(&entry).ok();
+        // Streamed: only the ids of runnable sagas are kept. A saga asleep
+        // on a timer is the delay queue's; loading it now would hold every
+        // sleeping saga in memory.
+        let mut runnable = Vec::new();
+        let mut sort = |id: SagaId, bytes: &[u8]| {
+            let entry = codec::decode_index_entry::<IndexEntry>(bytes).ok();
             if entry
                 .as_ref()
                 .is_some_and(|e| e.status == SagaStatus::Suspended)
             {
                 suspended += 1;
             }
-            let asleep = entry.is_some_and(|e| e.next_wake.is_some());
-            if asleep {
-                // The delay queue wakes it; loading it now would hold every
-                // sleeping saga in memory.
+            if entry.is_some_and(|e| e.next_wake.is_some()) {
                 sleeping += 1;
-                continue;
+            } else {
+                runnable.push(id);
             }
+        };
+        self.inner.store.for_each_active(&mut |id, bytes| {
+            sort(id, bytes);
+            true
+        })?;
+        for (id, bytes) in lock(&self.inner.deferred).iter() {
+            sort(*id, bytes);
+        }
+        for id in runnable {
             if !self.claim(id) {
                 continue;
             }

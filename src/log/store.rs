@@ -210,6 +210,14 @@ pub trait LogStore: Send + Sync + 'static {
     /// encoded index entry.
     fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
+    /// Visits the active index in id order, one entry at a time, until
+    /// `visit` returns false: what recovery uses, so that a million sagas
+    /// asleep on timers are never all in memory at once.
+    fn for_each_active(
+        &self,
+        visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
     /// Every saga in the finished index, with its encoded index entry.
     fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
@@ -473,16 +481,26 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
 }
 
 fn scan_index<K: Kv>(kv: &K, prefix: u8) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
-    kv.scan_prefix(&[prefix])?
-        .into_iter()
-        .map(|(key, value)| match keys::saga_id(&key, 1) {
-            Some(id) if key.len() == keys::INDEX_KEY_LEN => Ok((id, value)),
-            _ => Err(StoreError::Corrupt {
-                key,
-                reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
-            }),
-        })
-        .collect()
+    let mut pairs = Vec::new();
+    for_each_index(kv, prefix, &mut |id, value| {
+        pairs.push((id, value.to_vec()));
+        true
+    })?;
+    Ok(pairs)
+}
+
+fn for_each_index<K: Kv>(
+    kv: &K,
+    prefix: u8,
+    visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    kv.for_each_prefix(&[prefix], &mut |key, value| match keys::saga_id(key, 1) {
+        Some(id) if key.len() == keys::INDEX_KEY_LEN => Ok(visit(id, value)),
+        _ => Err(StoreError::Corrupt {
+            key: key.to_vec(),
+            reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
+        }),
+    })
 }
 
 fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -607,6 +625,12 @@ macro_rules! impl_log_store {
             }
             fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
                 scan_index(&self.kv, keys::ACTIVE)
+            }
+            fn for_each_active(
+                &self,
+                visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
+            ) -> Result<(), StoreError> {
+                for_each_index(&self.kv, keys::ACTIVE, visit)
             }
             fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
                 scan_index(&self.kv, keys::FINISHED)
