@@ -137,9 +137,12 @@ impl Engine {
             if listing.parked.is_some() {
                 stats.parked += 1;
             }
+            // Ties (same millisecond) go to the smaller id, the one made
+            // first: rows come in no particular order (young sagas' entries
+            // are in a hash map until they are written).
             let older = stats
                 .oldest_in_flight
-                .is_none_or(|(_, at)| listing.started_at < at);
+                .is_none_or(|(id, at)| (listing.started_at, listing.saga_id) < (at, id));
             if older {
                 stats.oldest_in_flight = Some((listing.saga_id, listing.started_at));
             }
