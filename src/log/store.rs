@@ -503,55 +503,68 @@ fn for_each_index<K: Kv>(
     })
 }
 
+/// The saga id and sequence number of a log key; a damaged key is an error.
+fn parse_log_key(key: &[u8]) -> Result<(SagaId, u64), StoreError> {
+    let seq = key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    match (keys::saga_id(key, 1), seq) {
+        (Some(id), Some(seq)) if key.len() == keys::LOG_KEY_LEN => {
+            Ok((id, u64::from_be_bytes(seq)))
+        }
+        _ => Err(StoreError::Corrupt {
+            key: key.to_vec(),
+            reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
+        }),
+    }
+}
+
 fn read_log<K: Kv>(kv: &K, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     kv.scan_prefix(&keys::log_prefix(saga))?
         .into_iter()
-        .map(
-            |(key, value)| match key.get(17..25).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                Some(seq) if key.len() == keys::LOG_KEY_LEN => Ok((u64::from_be_bytes(seq), value)),
-                _ => Err(StoreError::Corrupt {
-                    key,
-                    reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
-                }),
-            },
-        )
+        .map(|(key, value)| parse_log_key(&key).map(|(_, seq)| (seq, value)))
         .collect()
 }
 
-fn watermark<K: Kv>(kv: &K) -> Result<Option<SagaId>, StoreError> {
-    match kv.get(keys::WATERMARK)? {
+/// The saga id stored as the value of `key`, if there is one. `what` names
+/// the value in the error, `advice` ends it.
+fn read_saga_id<K: Kv>(
+    kv: &K,
+    key: Vec<u8>,
+    what: &str,
+    advice: &str,
+) -> Result<Option<SagaId>, StoreError> {
+    match kv.get(&key)? {
         None => Ok(None),
         Some(value) => match <[u8; 16]>::try_from(value.as_slice()) {
             Ok(bytes) => Ok(Some(SagaId::from_bytes(bytes))),
             Err(_) => Err(StoreError::Corrupt {
-                key: keys::WATERMARK.to_vec(),
                 reason: format!(
-                    "the index watermark is {} bytes, expected a 16-byte saga id; run `sagalog verify`",
+                    "{what} is {} bytes, expected a 16-byte saga id{advice}",
                     value.len()
                 ),
+                key,
             }),
         },
     }
 }
 
+fn watermark<K: Kv>(kv: &K) -> Result<Option<SagaId>, StoreError> {
+    read_saga_id(
+        kv,
+        keys::WATERMARK.to_vec(),
+        "the index watermark",
+        "; run `sagalog verify`",
+    )
+}
+
 fn sagas_logged_from<K: Kv>(kv: &K, from: SagaId) -> Result<Vec<SagaId>, StoreError> {
     let mut sagas: Vec<SagaId> = Vec::new();
-    kv.for_each_prefix_from(
-        &[keys::LOG],
-        &keys::log_prefix(from),
-        &mut |key, _| match keys::saga_id(key, 1) {
-            Some(id) if key.len() == keys::LOG_KEY_LEN => {
-                if sagas.last() != Some(&id) {
-                    sagas.push(id);
-                }
-                Ok(true)
-            }
-            _ => Err(StoreError::Corrupt {
-                key: key.to_vec(),
-                reason: "log key is not 'L' + 16-byte saga id + 8-byte sequence".into(),
-            }),
-        },
-    )?;
+    kv.for_each_prefix_from(&[keys::LOG], &keys::log_prefix(from), &mut |key, _| {
+        let (id, _) = parse_log_key(key)?;
+        if sagas.last() != Some(&id) {
+            sagas.push(id);
+        }
+        Ok(true)
+    })?;
     Ok(sagas)
 }
 
@@ -588,20 +601,7 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
 }
 
 fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
-    let raw_key = keys::idempotency(key);
-    match kv.get(&raw_key)? {
-        None => Ok(None),
-        Some(value) => match <[u8; 16]>::try_from(value.as_slice()) {
-            Ok(bytes) => Ok(Some(SagaId::from_bytes(bytes))),
-            Err(_) => Err(StoreError::Corrupt {
-                key: raw_key,
-                reason: format!(
-                    "idempotency index value is {} bytes, expected a 16-byte saga id",
-                    value.len()
-                ),
-            }),
-        },
-    }
+    read_saga_id(kv, keys::idempotency(key), "idempotency index value", "")
 }
 
 macro_rules! impl_log_store {
