@@ -6,7 +6,7 @@ mod common;
 use common::{trip_definition, trip_registry, until_calls, Behaviour, Script};
 use sagalog::log::store::LogStore;
 use sagalog::{
-    Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus, StartOptions,
+    Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaRef, SagaStatus, StartOptions,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,6 +39,49 @@ fn index_key(prefix: u8, id: SagaId) -> Vec<u8> {
     key
 }
 
+/// A saga of type `trip` stopped inside its hanging hotel call, on an engine
+/// with `lag`; the engine also knows `quick`, a trip whose steps all succeed.
+struct InFlight {
+    script: Script,
+    store: Arc<MemStore>,
+    engine: Engine,
+    id: SagaId,
+    quick: SagaRef<String>,
+}
+
+async fn saga_in_flight(lag: Duration) -> InFlight {
+    let script = Script::default();
+    script.set("hotel", Phase::Action, Behaviour::Hang);
+    let (mut registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let quick = registry
+        .register(trip_definition(
+            "quick",
+            &Script::default(),
+            InDoubtPolicy::Rerun,
+        ))
+        .unwrap();
+    let store = Arc::new(MemStore::new());
+    let engine = Engine::open_with_store(store.clone(), registry, config(lag))
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    until_calls(&script, |calls| {
+        calls.contains(&"hotel:action:1".to_string())
+    })
+    .await;
+    InFlight {
+        script,
+        store,
+        engine,
+        id,
+        quick,
+    }
+}
+
 #[tokio::test]
 async fn a_saga_that_finishes_young_writes_no_active_index_entry() {
     let script = Script::default();
@@ -64,22 +107,13 @@ async fn a_saga_that_finishes_young_writes_no_active_index_entry() {
 
 #[tokio::test]
 async fn a_young_saga_in_flight_at_a_crash_is_found_from_its_log() {
-    let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Hang);
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, config(Duration::from_secs(600)))
-        .await
-        .unwrap();
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    until_calls(&script, |calls| {
-        calls.contains(&"hotel:action:1".to_string())
-    })
-    .await;
+    let InFlight {
+        script,
+        store,
+        engine,
+        id,
+        ..
+    } = saga_in_flight(Duration::from_secs(600)).await;
     engine.shutdown(Duration::ZERO).await;
     assert!(keys_with_prefix(&store, b'A').is_empty());
 
@@ -97,22 +131,9 @@ async fn a_young_saga_in_flight_at_a_crash_is_found_from_its_log() {
 
 #[tokio::test]
 async fn a_young_saga_is_listed_while_it_runs() {
-    let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Hang);
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, config(Duration::from_secs(600)))
-        .await
-        .unwrap();
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    until_calls(&script, |calls| {
-        calls.contains(&"hotel:action:1".to_string())
-    })
-    .await;
+    let InFlight {
+        store, engine, id, ..
+    } = saga_in_flight(Duration::from_secs(600)).await;
 
     let listed = engine.list(Some(SagaStatus::Running)).unwrap();
 
@@ -123,29 +144,13 @@ async fn a_young_saga_is_listed_while_it_runs() {
 
 #[tokio::test]
 async fn a_saga_older_than_the_lag_gets_its_active_index_entry() {
-    let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Hang);
-    let (mut registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let quick = registry
-        .register(trip_definition(
-            "quick",
-            &Script::default(),
-            InDoubtPolicy::Rerun,
-        ))
-        .unwrap();
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, config(Duration::from_millis(1)))
-        .await
-        .unwrap();
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    until_calls(&script, |calls| {
-        calls.contains(&"hotel:action:1".to_string())
-    })
-    .await;
+    let InFlight {
+        store,
+        engine,
+        id,
+        quick,
+        ..
+    } = saga_in_flight(Duration::from_millis(1)).await;
 
     // The watermark moves when the writer commits a group: keep it busy
     // with quick sagas until it passes the hanging one (a millisecond of
@@ -172,21 +177,7 @@ async fn a_saga_older_than_the_lag_gets_its_active_index_entry() {
 
 #[tokio::test]
 async fn verify_accepts_a_young_saga_without_an_index_entry() {
-    let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Hang);
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, config(Duration::from_secs(600)))
-        .await
-        .unwrap();
-    engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap();
-    until_calls(&script, |calls| {
-        calls.contains(&"hotel:action:1".to_string())
-    })
-    .await;
+    let InFlight { store, engine, .. } = saga_in_flight(Duration::from_secs(600)).await;
     engine.shutdown(Duration::ZERO).await;
 
     let report = sagalog::log::verify::verify(&*store).unwrap();
