@@ -14,7 +14,16 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Leaves two sagas in flight (hotel's action hangs) and returns their ids.
+/// Their logs are one value each, at seq 0: the start and flight's intent,
+/// rewritten with flight's result and hotel's intent (records 2 and 3).
 async fn two_sagas_in_flight(dir: &Path) -> (SagaId, SagaId) {
+    two_sagas_with_input_in_flight(dir, "").await
+}
+
+/// The same, with `padding` added to each saga's input. An input over the
+/// 2 KiB a log value grows to makes the start value full, so the later
+/// records go to a second value at seq 2.
+async fn two_sagas_with_input_in_flight(dir: &Path, padding: &str) -> (SagaId, SagaId) {
     let script = Script::default();
     script.set("hotel", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
@@ -22,12 +31,12 @@ async fn two_sagas_in_flight(dir: &Path) -> (SagaId, SagaId) {
         .await
         .unwrap();
     let a = engine
-        .start(&trip, &"a".to_string(), StartOptions::new())
+        .start(&trip, &format!("a{padding}"), StartOptions::new())
         .await
         .unwrap()
         .saga_id;
     let b = engine
-        .start(&trip, &"b".to_string(), StartOptions::new())
+        .start(&trip, &format!("b{padding}"), StartOptions::new())
         .await
         .unwrap()
         .saga_id;
@@ -96,30 +105,31 @@ async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64
 async fn flipped_byte_in_a_log_value_parks_only_that_saga() {
     let dir = tempfile::tempdir().unwrap();
     let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
-    // seq 2 holds flight's result and hotel's intent.
-    damage_value(dir.path(), damaged, 2, |mut v| {
-        let middle = v.len() / 2;
-        v[middle] ^= 0x40;
+    // The value's last bytes are the checksummed payload of hotel's intent.
+    damage_value(dir.path(), damaged, 0, |mut v| {
+        let last = v.len() - 1;
+        v[last] ^= 0x40;
         v
     });
-    reopen_and_check(dir.path(), damaged, healthy, 2).await;
+    reopen_and_check(dir.path(), damaged, healthy, 3).await;
 }
 
 #[tokio::test]
 async fn truncated_log_value_parks_only_that_saga() {
     let dir = tempfile::tempdir().unwrap();
     let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
-    damage_value(dir.path(), damaged, 2, |mut v| {
+    damage_value(dir.path(), damaged, 0, |mut v| {
         v.truncate(v.len() - 3);
         v
     });
-    reopen_and_check(dir.path(), damaged, healthy, 2).await;
+    reopen_and_check(dir.path(), damaged, healthy, 3).await;
 }
 
 #[tokio::test]
 async fn garbage_under_a_log_key_parks_only_that_saga() {
     let dir = tempfile::tempdir().unwrap();
-    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    // Two values, so that the one at seq 2 is left undamaged.
+    let (damaged, healthy) = two_sagas_with_input_in_flight(dir.path(), &"x".repeat(2100)).await;
     damage_value(dir.path(), damaged, 0, |_| {
         b"not a sagalog value at all".to_vec()
     });
@@ -129,7 +139,7 @@ async fn garbage_under_a_log_key_parks_only_that_saga() {
 #[tokio::test]
 async fn damaged_first_value_of_a_later_append_parks_with_its_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
+    let (damaged, healthy) = two_sagas_with_input_in_flight(dir.path(), &"x".repeat(2100)).await;
     // An empty value: the shortest possible damage.
     damage_value(dir.path(), damaged, 2, |_| Vec::new());
     reopen_and_check(dir.path(), damaged, healthy, 2).await;
@@ -170,7 +180,7 @@ async fn torn_sled_snapshot_left_by_a_kill_is_discarded_and_every_saga_recovers(
 async fn verify_reports_damaged_values_and_a_log_without_an_index_entry() {
     let dir = tempfile::tempdir().unwrap();
     let (damaged, healthy) = two_sagas_in_flight(dir.path()).await;
-    damage_value(dir.path(), damaged, 2, |_| b"garbage".to_vec());
+    damage_value(dir.path(), damaged, 0, |_| b"garbage".to_vec());
     // An id from long ago: below the index watermark, where every saga's
     // log must have an index entry.
     let stray = SagaId::from_bytes([1; 16]);
@@ -192,7 +202,7 @@ async fn verify_reports_damaged_values_and_a_log_without_an_index_entry() {
         found,
         [
             (Some(stray), log_key(stray, 0)),
-            (Some(damaged), log_key(damaged, 2)),
+            (Some(damaged), log_key(damaged, 0)),
         ]
     );
     assert!(report.problems[0].error.contains("without an index entry"));

@@ -31,7 +31,9 @@ use crate::error::Error;
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted};
-use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError, TimerKey};
+use crate::log::store::{
+    IndexEntry, LogStore, LogValue, SledOptions, SledStore, StoreError, TimerKey,
+};
 use crate::log::writer::{AppendError, Deferred, DurableHook, IndexPlan, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
 use crate::state::{decide_live, fold, NextAction, SagaState};
@@ -238,6 +240,8 @@ pub(crate) struct SagaRun {
     /// steps, written with its start record): make them before deciding
     /// anything else.
     pending_calls: Vec<(CallRef, run::CallKind)>,
+    /// The last log value the start wrote, for the loop to grow.
+    open: Option<LogValue>,
 }
 
 /// A running saga orchestrator over one store. Cheap to clone; all clones
@@ -478,6 +482,7 @@ impl Engine {
             input,
             state,
             pending_calls: Vec::new(),
+            open: None,
         })
     }
 
@@ -759,6 +764,7 @@ impl Engine {
                 input: erased_input,
                 state,
                 pending_calls,
+                open: staged.into_open(),
             },
             permit,
         );
@@ -974,28 +980,30 @@ impl Inner {
     }
 }
 
-/// Every record of saga `id` in order, with timestamps; an unreadable value
+/// Every record of saga `id` in order, with timestamps. In a damaged value,
+/// the records before the damage are read, and the rest of the value
 /// appears as one entry with its decode error.
 fn read_history(store: &dyn LogStore, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
     let raw = store.read_log(id)?;
     if raw.is_empty() {
         return Err(Error::NotFound(id));
     }
-    let mut history = Vec::with_capacity(raw.len() * 2);
+    let mut history = Vec::with_capacity(raw.len() * 4);
     for (first_seq, value) in raw {
-        match codec::decode_records(&value) {
-            Ok(records) => {
-                for (offset, record) in records.into_iter().enumerate() {
-                    history.push(HistoryEntry {
-                        seq: first_seq + offset as u64,
-                        record: Ok(record),
-                    });
-                }
-            }
-            Err(error) => history.push(HistoryEntry {
-                seq: first_seq,
+        let (records, damage) = codec::decode_records_prefix(&value);
+        let mut seq = first_seq;
+        for record in records {
+            history.push(HistoryEntry {
+                seq,
+                record: Ok(record),
+            });
+            seq += 1;
+        }
+        if let Some(error) = damage {
+            history.push(HistoryEntry {
+                seq,
                 record: Err(error),
-            }),
+            });
         }
     }
     Ok(history)

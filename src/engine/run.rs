@@ -28,7 +28,7 @@ use crate::log::record::{
     CallFailed, CallRef, CallSucceeded, Decided, Decision, Finished, LogEntry, PlanKind, Record,
     Suspended, TimerSet,
 };
-use crate::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend, TimerKey};
+use crate::log::store::{IndexEntry, IndexSet, IndexUpdate, LogValue, SagaAppend, TimerKey};
 use crate::log::writer::AppendError;
 use crate::state::{decide_live, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
@@ -45,12 +45,21 @@ pub(crate) enum LoopEnd {
     Sleeping,
 }
 
+/// The largest log value a loop grows by rewriting it (DESIGN.md §4b):
+/// past it, the next append starts a new value. Small enough that the
+/// rewrites cost little, large enough for a short saga's whole log.
+pub(crate) const OPEN_VALUE_LIMIT: usize = 2048;
+
 /// Records applied to the in-memory state but not yet durable, and what
 /// the last durable write left in the indexes.
 pub(crate) struct Staged {
     saga: SagaId,
     first_seq: u64,
     frames: Vec<Vec<u8>>,
+    /// The saga's last log value as this loop wrote it, while it is under
+    /// [`OPEN_VALUE_LIMIT`]: the next append rewrites it with its frames
+    /// added, so a short saga keeps its whole log in one key.
+    open: Option<LogValue>,
     durable_status: Option<SagaStatus>,
     durable_timer: Option<PendingTimer>,
     durable_decision: Option<Decision>,
@@ -63,10 +72,25 @@ impl Staged {
             saga,
             first_seq: state.map_or(0, |s| s.next_seq),
             frames: Vec::new(),
+            open: None,
             durable_status: state.map(|s| s.status()),
             durable_timer: state.and_then(|s| s.timer.clone()),
             durable_decision: state.and_then(|s| s.decision),
         }
+    }
+
+    /// The same, going on from the last log value another `Staged` of this
+    /// saga wrote and made durable (the start, handing over to the loop).
+    pub(crate) fn resume(saga: SagaId, state: &SagaState, open: Option<LogValue>) -> Self {
+        Staged {
+            open,
+            ..Staged::new(saga, Some(state))
+        }
+    }
+
+    /// The last log value this `Staged` wrote, if it may still grow.
+    pub(crate) fn into_open(self) -> Option<LogValue> {
+        self.open
     }
 
     /// Applies `record` to `state` and stages its frame.
@@ -130,8 +154,28 @@ impl Staged {
         } else {
             None
         };
-        let mut append =
-            SagaAppend::records(self.saga, self.first_seq, std::mem::take(&mut self.frames));
+        let frames = std::mem::take(&mut self.frames);
+        let added: usize = frames.iter().map(|f| f.len()).sum();
+        let extends = self
+            .open
+            .take()
+            .filter(|last| last.bytes.len() + added <= OPEN_VALUE_LIMIT);
+        // What the value will hold once this append is durable.
+        let mut written = match &extends {
+            Some(last) => last.clone(),
+            None => LogValue {
+                seq: self.first_seq,
+                bytes: Vec::with_capacity(added),
+            },
+        };
+        for frame in &frames {
+            written.bytes.extend_from_slice(frame);
+        }
+        if written.bytes.len() < OPEN_VALUE_LIMIT {
+            self.open = Some(written);
+        }
+        let mut append = SagaAppend::records(self.saga, self.first_seq, frames);
+        append.extends = extends;
         append.index = index;
         if timer_changed {
             append.timer_delete = self.durable_timer.as_ref().map(|t| self.key_of(t));
@@ -242,13 +286,14 @@ impl Inner {
             input,
             mut state,
             pending_calls,
+            open,
         } = run;
         let code = SagaCode {
             id,
             definition,
             input,
         };
-        let mut staged = Staged::new(id, Some(&state));
+        let mut staged = Staged::resume(id, &state, open);
         let mut calls = Calls::default();
         // Intents staged (or, for a fresh saga, already durable) whose
         // calls have not been launched yet.

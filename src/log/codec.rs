@@ -304,35 +304,52 @@ pub fn decode_record(bytes: &[u8]) -> Result<(UnixMillis, Record), DecodeError> 
     }
 }
 
-/// Splits a log value into its frames and decodes each: one append writes
-/// its records as one value, frames back to back (each frame carries its
-/// own length and checksum). An error anywhere fails the whole value: past a
-/// damaged length nothing can be trusted to be a frame boundary.
+/// Splits a log value into its frames and decodes each: a value holds the
+/// records of one or more appends, frames back to back (each frame carries
+/// its own length and checksum). An error anywhere fails the whole value;
+/// [`decode_records_prefix`] keeps the records before it.
 pub fn decode_records(value: &[u8]) -> Result<Vec<(UnixMillis, Record)>, DecodeError> {
+    match decode_records_prefix(value) {
+        (records, None) => Ok(records),
+        (_, Some(error)) => Err(error),
+    }
+}
+
+/// Like [`decode_records`], but returns the records before the first frame
+/// that does not decode, with that frame's error (its sequence number is
+/// the value's first plus the number of records returned). Nothing past
+/// it is read: past a damaged length nothing can be trusted to be a frame
+/// boundary.
+pub fn decode_records_prefix(value: &[u8]) -> (Vec<(UnixMillis, Record)>, Option<DecodeError>) {
     let mut records = Vec::new();
     let mut rest = value;
     loop {
         if rest.len() < HEADER_LEN {
-            return Err(DecodeError::Truncated { len: rest.len() });
+            return (records, Some(DecodeError::Truncated { len: rest.len() }));
         }
         let declared = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
         if declared > MAX_PAYLOAD {
-            return Err(DecodeError::LengthOverLimit {
+            let error = DecodeError::LengthOverLimit {
                 len: declared,
                 max: MAX_PAYLOAD,
-            });
+            };
+            return (records, Some(error));
         }
         let end = HEADER_LEN + declared;
         if rest.len() < end {
-            return Err(DecodeError::LengthMismatch {
+            let error = DecodeError::LengthMismatch {
                 declared,
                 actual: rest.len() - HEADER_LEN,
-            });
+            };
+            return (records, Some(error));
         }
-        records.push(decode_record(&rest[..end])?);
+        match decode_record(&rest[..end]) {
+            Ok(record) => records.push(record),
+            Err(error) => return (records, Some(error)),
+        }
         rest = &rest[end..];
         if rest.is_empty() {
-            return Ok(records);
+            return (records, None);
         }
     }
 }

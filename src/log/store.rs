@@ -135,6 +135,15 @@ pub struct TimerKey {
     pub seq: u64,
 }
 
+/// One log value: record frames back to back, the first at `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogValue {
+    /// Sequence number of the value's first record (its key).
+    pub seq: u64,
+    /// The frames.
+    pub bytes: Vec<u8>,
+}
+
 /// Records to append to one saga's log, with the index changes that go in
 /// the same atomic write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +154,11 @@ pub struct SagaAppend {
     pub first_seq: u64,
     /// Encoded record frames.
     pub records: Vec<Vec<u8>>,
+    /// The saga's last log value, exactly as it is durable: the records are
+    /// added to it and the value is rewritten under its own key, instead of
+    /// going to a new value at `first_seq`. Only the loop that wrote that
+    /// value, and saw its write acknowledged, may set this (DESIGN.md §4b).
+    pub extends: Option<LogValue>,
     /// Index change, if the status changed.
     pub index: Option<IndexUpdate>,
     /// Idempotency key to map to this saga (only with the start record).
@@ -162,6 +176,7 @@ impl SagaAppend {
             saga,
             first_seq,
             records,
+            extends: None,
             index: None,
             claim_key: None,
             timer_put: None,
@@ -446,11 +461,16 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
     for append in batch {
         if !append.records.is_empty() {
             // One value per append: its frames back to back, keyed by the
-            // sequence number of the first.
-            ops.push(KvOp::Put(
-                keys::log(append.saga, append.first_seq),
-                append.records.concat(),
-            ));
+            // sequence number of the first; or the saga's last value
+            // rewritten with the frames added (DESIGN.md §4b).
+            let (seq, mut value) = match &append.extends {
+                Some(last) => (last.seq, last.bytes.clone()),
+                None => (append.first_seq, Vec::new()),
+            };
+            for record in &append.records {
+                value.extend_from_slice(record);
+            }
+            ops.push(KvOp::Put(keys::log(append.saga, seq), value));
         }
         if let Some(update) = &append.index {
             if let Some(from) = update.from.filter(|from| *from != update.to) {

@@ -204,6 +204,9 @@ pub(crate) enum AppendError {
     KeyTaken(SagaId),
 }
 
+// Nearly every message is an append; boxing it to shrink the one stop
+// message would cost an allocation per append.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Append(SagaAppend, oneshot::Sender<Result<(), AppendError>>),
     Stop(oneshot::Sender<()>),
@@ -376,8 +379,11 @@ fn commit_group(
     let log_values = batch.iter().filter(|a| !a.records.is_empty()).count();
     let log_value_bytes: usize = batch
         .iter()
-        .flat_map(|a| a.records.iter())
-        .map(|r| r.len())
+        .filter(|a| !a.records.is_empty())
+        .map(|a| {
+            let rewritten = a.extends.as_ref().map_or(0, |last| last.bytes.len());
+            rewritten + a.records.iter().map(|r| r.len()).sum::<usize>()
+        })
         .sum();
     let began = std::time::Instant::now();
     let result = store.append(&batch, index.watermark);

@@ -1,0 +1,114 @@
+//! A saga's log values grow in place (DESIGN.md §4b): while one loop drives
+//! a saga, each append rewrites the saga's last value with its records
+//! added, up to 2 KiB, so a short saga's whole log is one key.
+
+mod common;
+
+use common::{trip_registry, until_calls, Behaviour, Script};
+use sagalog::log::codec::decode_records;
+use sagalog::log::store::LogStore;
+use sagalog::{
+    Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus, StartOptions,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The first sequence number of each of the saga's log values.
+fn value_seqs(store: &MemStore, id: SagaId) -> Vec<u64> {
+    store
+        .read_log(id)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect()
+}
+
+/// Every record of the saga decodes, and their sequence numbers run
+/// 0, 1, 2, ... across the values without a gap.
+fn assert_whole_history(engine: &Engine, id: SagaId) {
+    let history = engine.history(id).unwrap();
+    for (expected, entry) in history.iter().enumerate() {
+        assert_eq!(entry.seq, expected as u64);
+        assert!(entry.record.is_ok(), "record {} decodes", entry.seq);
+    }
+}
+
+async fn run_trip(input: String) -> (Arc<MemStore>, Engine, SagaId) {
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let store = Arc::new(MemStore::new());
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &input, StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    assert_eq!(
+        engine.outcome(id).await.unwrap().status,
+        SagaStatus::Committed
+    );
+    (store, engine, id)
+}
+
+#[tokio::test]
+async fn a_short_saga_keeps_its_whole_log_in_one_value() {
+    let (store, engine, id) = run_trip("ada".into()).await;
+    let values = store.read_log(id).unwrap();
+    assert_eq!(value_seqs(&store, id), [0]);
+    // Start, three intents and results, finish: four appends' records.
+    let records = decode_records(&values[0].1).unwrap();
+    assert_eq!(records.len(), engine.history(id).unwrap().len());
+    assert!(records.len() >= 8, "{} records", records.len());
+    assert_whole_history(&engine, id);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_value_past_the_limit_is_left_and_the_next_records_start_a_new_one() {
+    // The start record alone fills the first value: it keeps the start and
+    // flight's intent, and the next append (seq 2) starts a second value.
+    let (store, engine, id) = run_trip("x".repeat(2100)).await;
+    let seqs = value_seqs(&store, id);
+    assert_eq!(seqs[..2], [0, 2]);
+    let first = store.read_log(id).unwrap().remove(0).1;
+    assert_eq!(decode_records(&first).unwrap().len(), 2);
+    assert_whole_history(&engine, id);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
+    let script = Script::default();
+    script.set("hotel", Phase::Action, Behaviour::Hang);
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let store = Arc::new(MemStore::new());
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    until_calls(&script, |calls| {
+        calls.contains(&"hotel:action:1".to_string())
+    })
+    .await;
+    engine.shutdown(Duration::ZERO).await;
+    // Start, flight's intent and result, hotel's intent: one value.
+    assert_eq!(value_seqs(&store, id), [0]);
+
+    // The new loop did not write the value, so it never rewrites it.
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.outcome(id).await.unwrap().status,
+        SagaStatus::Committed
+    );
+    assert_eq!(value_seqs(&store, id), [0, 4]);
+    assert_whole_history(&engine, id);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
