@@ -2,8 +2,9 @@
 //! typed error, nothing panics.
 
 use sagalog::log::codec::{
-    decode_index_entry, decode_record, decode_value, encode_index_entry, encode_record,
-    encode_value, DecodeError, EncodeError, HEADER_LEN, MAX_PAYLOAD,
+    decode_index_entry, decode_record, decode_records, decode_records_prefix, decode_value,
+    encode_index_entry, encode_record, encode_value, DecodeError, EncodeError, HEADER_LEN,
+    MAX_PAYLOAD,
 };
 use sagalog::log::record::{
     CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, OperatorAction,
@@ -335,4 +336,27 @@ fn start_record_with_nan_policy_fields_decodes_and_yields_sane_delays() {
             assert!(wait <= policy.max_interval_ms.max(policy.initial_interval_ms));
         }
     }
+}
+
+#[test]
+fn a_value_damaged_in_its_last_frame_reads_the_frames_before_it() {
+    let records = every_kind();
+    let mut value: Vec<u8> = records
+        .iter()
+        .flat_map(|r| encode_record(UnixMillis(7), r).unwrap())
+        .collect();
+    let last = value.len() - 1;
+    value[last] ^= 0x01;
+
+    let (read, damage) = decode_records_prefix(&value);
+    assert_eq!(read.len(), records.len() - 1);
+    assert!(
+        matches!(damage, Some(DecodeError::ChecksumMismatch { .. })),
+        "{damage:?}"
+    );
+    assert_eq!(
+        decode_records(&value).err(),
+        damage,
+        "reading it whole fails alike"
+    );
 }

@@ -1,16 +1,27 @@
 //! The record decoder never panics: on arbitrary bytes, on arbitrary log
 //! values (several frames), and on valid frames around arbitrary payloads,
 //! which reach the bincode layer past the checksum. A frame that decodes
-//! re-encodes to bytes that decode and re-encode to the same bytes.
+//! re-encodes to bytes that decode and re-encode to the same bytes. Reading
+//! a value up to its damage agrees with reading it whole.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sagalog::log::codec::{decode_record, decode_records, encode_record, frame_payload};
+use sagalog::log::codec::{
+    decode_record, decode_records, decode_records_prefix, encode_record, frame_payload,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_record(data);
-    let _ = decode_records(data);
+    let whole = decode_records(data);
+    let (prefix, damage) = decode_records_prefix(data);
+    match whole {
+        Ok(records) => {
+            assert!(damage.is_none());
+            assert_eq!(records.len(), prefix.len());
+        }
+        Err(error) => assert_eq!(damage, Some(error)),
+    }
     if let Some((&kind, payload)) = data.split_first() {
         // Kinds 1..=10 and 32 are records; map the byte onto them mostly.
         let kind = match kind % 12 {
