@@ -132,6 +132,16 @@ fn check(dir: &Path, stdout: &str, label: &str) {
         store.scan_active().unwrap().is_empty(),
         "{label}: no saga left active"
     );
+    // Every terminal saga is in the finished index (one batch per write,
+    // DESIGN.md §4c), whichever write its crash point fell on.
+    let finished: HashMap<SagaId, Vec<u8>> = store.scan_finished().unwrap().into_iter().collect();
+    for line in &sagas {
+        let id = SagaId::parse(line["saga_id"].as_str().expect("a saga id")).expect("a saga id");
+        assert!(
+            finished.contains_key(&id),
+            "{label}: saga {id} is in the finished index"
+        );
+    }
 
     // (b) conservation, and nothing left reserved or held.
     let books = &ledger["ledger"];

@@ -176,6 +176,7 @@ async fn store_refuses_to_remove_a_saga_with_an_active_entry() {
         .remove_finished(&[Removal {
             saga: f.suspended,
             idempotency_key: None,
+            batches: Vec::new(),
         }])
         .unwrap();
 
@@ -285,4 +286,73 @@ async fn compaction_interrupted_between_its_renames_is_undone_at_the_next_open()
     assert!(!dir.path().join("log.compacting").exists());
     assert!(!dir.path().join("log.before-compact").exists());
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Two sagas finished in one write share one finished batch (DESIGN.md
+/// §4c); removing one rewrites the batch with the other, removing both
+/// deletes it.
+#[test]
+fn removing_one_saga_of_a_shared_finished_batch_keeps_the_other_listed() {
+    use sagalog::log::codec::{encode_index_entry, encode_record};
+    use sagalog::log::record::{Finished, Record};
+    use sagalog::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend};
+    use sagalog::{SagaStatus, SagaType, UnixMillis};
+
+    let store = MemStore::new();
+    let finish = |saga: SagaId| {
+        let entry = IndexEntry {
+            saga_type: SagaType::new("trip"),
+            status: SagaStatus::Committed,
+            started_at: UnixMillis(1),
+            next_wake: None,
+            changed_at: UnixMillis(2),
+        };
+        let record = Record::SagaFinished(Finished {
+            status: SagaStatus::Committed,
+        });
+        let mut append = SagaAppend::records(
+            saga,
+            0,
+            vec![encode_record(UnixMillis(2), &record).unwrap()],
+        );
+        append.index = Some(IndexUpdate {
+            entry: encode_index_entry(&entry).unwrap(),
+            from: None,
+            to: IndexSet::Finished,
+        });
+        append
+    };
+    let (a, b) = (SagaId::new(), SagaId::new());
+    store.append(&[&finish(a), &finish(b)], None).unwrap();
+    let batches = store
+        .scan_finished_batches(SagaId::from_bytes([0; 16]))
+        .unwrap();
+    assert_eq!(batches.len(), 1, "one write, one batch");
+    let listed = |store: &MemStore| -> Vec<SagaId> {
+        store
+            .scan_finished()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(listed(&store), both);
+
+    let removal = |saga| Removal {
+        saga,
+        idempotency_key: None,
+        batches: vec![batches[0].id],
+    };
+    assert_eq!(store.remove_finished(&[removal(a)]).unwrap().sagas, 1);
+    assert_eq!(listed(&store), [b]);
+    assert!(store.read_log(a).unwrap().is_empty());
+    assert!(!store.read_log(b).unwrap().is_empty());
+
+    assert_eq!(store.remove_finished(&[removal(b)]).unwrap().sagas, 1);
+    assert!(store
+        .scan_finished_batches(SagaId::from_bytes([0; 16]))
+        .unwrap()
+        .is_empty());
 }

@@ -876,9 +876,17 @@ impl Engine {
     }
 
     fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
-        let bytes = match self.inner.store.read_index(id)? {
+        let deferred = lock(&self.inner.deferred).get(&id).cloned();
+        let bytes = match self.inner.store.read_active(id)?.or(deferred) {
             Some(bytes) => Some(bytes),
-            None => lock(&self.inner.deferred).get(&id).cloned(),
+            // Only for a saga whose log cannot be read: no need to be quick.
+            None => self
+                .inner
+                .store
+                .scan_finished()?
+                .into_iter()
+                .find(|(saga, _)| *saga == id)
+                .map(|(_, bytes)| bytes),
         };
         Ok(bytes.and_then(|bytes| codec::decode_index_entry(&bytes).ok()))
     }
@@ -1046,8 +1054,16 @@ fn young_sagas(
     let Some(mark) = mark else {
         return Ok(found);
     };
+    // A saga at or above the mark finished after the mark's time, so its
+    // batch is at or above it too (with a clock that went back, a saga
+    // missed here is read and found terminal below).
+    let finished: std::collections::HashSet<SagaId> = store
+        .scan_finished_batches(mark)?
+        .into_iter()
+        .flat_map(|batch| batch.items.into_iter().map(|(saga, _)| saga))
+        .collect();
     for id in store.sagas_logged_from(mark)? {
-        if store.read_index(id)?.is_some() {
+        if finished.contains(&id) || store.read_active(id)?.is_some() {
             continue;
         }
         let entry = match load_state(store, id) {

@@ -16,6 +16,7 @@ use crate::log::codec;
 use crate::log::record::Record;
 use crate::log::store::{IndexEntry, Removal, StoreError};
 use crate::sync::lock;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long finished sagas are kept, and how often the sweeper looks.
@@ -69,6 +70,17 @@ impl Engine {
     ) -> Result<SweepReport, Error> {
         let cutoff = self.now().minus(older_than);
         let mut report = SweepReport::default();
+        // Which finished batches name each saga: a saga's items go with it.
+        let mut named: HashMap<SagaId, Vec<SagaId>> = HashMap::new();
+        for batch in self
+            .inner
+            .store
+            .scan_finished_batches(SagaId::from_bytes([0; 16]))?
+        {
+            for (saga, _) in &batch.items {
+                named.entry(*saga).or_default().push(batch.id);
+            }
+        }
         let candidates: Vec<SagaId> = self
             .inner
             .store
@@ -92,6 +104,7 @@ impl Engine {
                     Some(key) => removals.push(Removal {
                         saga: id,
                         idempotency_key: key,
+                        batches: named.get(&id).cloned().unwrap_or_default(),
                     }),
                     None => {
                         report.skipped += 1;

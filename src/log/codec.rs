@@ -18,7 +18,7 @@
 //! trusts the next, and every way bytes can be wrong is a [`DecodeError`]
 //! variant. Nothing here panics on any input; the fuzz target holds it to that.
 
-use crate::ids::UnixMillis;
+use crate::ids::{SagaId, UnixMillis};
 use crate::log::record::{
     CallFailed, CallRef, CallSucceeded, Decided, Finished, OperatorAction, Record, SagaStarted,
     Suspended, TimerSet,
@@ -324,34 +324,70 @@ pub fn decode_records_prefix(value: &[u8]) -> (Vec<(UnixMillis, Record)>, Option
     let mut records = Vec::new();
     let mut rest = value;
     loop {
-        if rest.len() < HEADER_LEN {
-            return (records, Some(DecodeError::Truncated { len: rest.len() }));
-        }
-        let declared = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        if declared > MAX_PAYLOAD {
-            let error = DecodeError::LengthOverLimit {
-                len: declared,
-                max: MAX_PAYLOAD,
-            };
-            return (records, Some(error));
-        }
-        let end = HEADER_LEN + declared;
-        if rest.len() < end {
-            let error = DecodeError::LengthMismatch {
-                declared,
-                actual: rest.len() - HEADER_LEN,
-            };
-            return (records, Some(error));
-        }
-        match decode_record(&rest[..end]) {
+        let decoded = split_frame(rest).and_then(|(frame, after)| {
+            rest = after;
+            decode_record(frame)
+        });
+        match decoded {
             Ok(record) => records.push(record),
             Err(error) => return (records, Some(error)),
         }
-        rest = &rest[end..];
         if rest.is_empty() {
             return (records, None);
         }
     }
+}
+
+/// The first frame of `bytes` (by its declared length, unchecked) and the
+/// bytes after it.
+fn split_frame(bytes: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated { len: bytes.len() });
+    }
+    let declared = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    if declared > MAX_PAYLOAD {
+        return Err(DecodeError::LengthOverLimit {
+            len: declared,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let end = HEADER_LEN + declared;
+    if bytes.len() < end {
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: bytes.len() - HEADER_LEN,
+        });
+    }
+    Ok(bytes.split_at(end))
+}
+
+/// Appends one item to a finished batch (the value of an `F` key): the
+/// saga id, then its encoded index entry (a frame, which carries its own
+/// length).
+pub fn push_finished_item(batch: &mut Vec<u8>, saga: SagaId, entry: &[u8]) {
+    batch.extend_from_slice(&saga.to_bytes());
+    batch.extend_from_slice(entry);
+}
+
+/// Splits a finished batch into its items, `(saga, encoded index entry)`:
+/// the items before the first damaged one, and its error. An entry's
+/// checksum is checked when it is decoded, not here.
+pub fn split_finished_batch(value: &[u8]) -> (Vec<(SagaId, &[u8])>, Option<DecodeError>) {
+    let mut items = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let Some((id, after)) = rest.split_first_chunk::<16>() else {
+            return (items, Some(DecodeError::Truncated { len: rest.len() }));
+        };
+        match split_frame(after) {
+            Ok((entry, after)) => {
+                items.push((SagaId::from_bytes(*id), entry));
+                rest = after;
+            }
+            Err(error) => return (items, Some(error)),
+        }
+    }
+    (items, None)
 }
 
 /// Encodes an index entry (the value of an active or finished index key).

@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 /// value per append (several frames back to back). 3: index entries carry
 /// `changed_at`. 4: plans carry step dependencies, a kind (saga or TCC) and
 /// a parallelism limit; TCC record kinds 11..=14. 5: the index watermark
-/// (sagas at or above it may have no active-index entry). Frames have their
-/// own version byte (`codec::FORMAT_VERSION`).
-pub const LAYOUT_VERSION: u8 = 5;
+/// (sagas at or above it may have no active-index entry). 6: the finished
+/// index holds one value per group (a finished batch), not one per saga.
+/// Frames have their own version byte (`codec::FORMAT_VERSION`).
+pub const LAYOUT_VERSION: u8 = 6;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -184,10 +185,15 @@ impl SagaAppend {
         }
     }
 
-    /// How many key-value entries this append writes.
+    /// How many values this append puts, leaving out its finished-index
+    /// item: those of one write share one value (the finished batch).
     pub fn entry_count(&self) -> usize {
         usize::from(!self.records.is_empty())
-            + usize::from(self.index.is_some())
+            + usize::from(
+                self.index
+                    .as_ref()
+                    .is_some_and(|i| i.to == IndexSet::Active),
+            )
             + usize::from(self.claim_key.is_some())
             + usize::from(self.timer_put.is_some())
             + usize::from(self.timer_delete.is_some())
@@ -233,14 +239,24 @@ pub trait LogStore: Send + Sync + 'static {
         visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
-    /// Every saga in the finished index, with its encoded index entry.
+    /// Every saga in the finished index that has no active-index entry,
+    /// with its encoded index entry (from the latest batch that names it),
+    /// in id order. A damaged batch gives the items before the damage.
     fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
+
+    /// The finished index as it is stored: one batch per group that
+    /// finished sagas, in the order they were written, from the first batch
+    /// whose id is at or above `from` (batch ids are UUIDv7s taken when
+    /// the batch was written). For retention, and for recovery to know which
+    /// young sagas finished without reading their logs.
+    fn scan_finished_batches(&self, from: SagaId) -> Result<Vec<FinishedBatch>, StoreError>;
 
     /// The saga an idempotency key belongs to, if any.
     fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError>;
 
-    /// The saga's encoded index entry (active or finished), if any.
-    fn read_index(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The saga's encoded active-index entry, if any. A finished saga's
+    /// entry is found by [`LogStore::scan_finished`], or from its log.
+    fn read_active(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Up to `limit` timers in due order, with their encoded purposes,
     /// leaving out those of sagas for which `skip` returns true. The flag is
@@ -256,10 +272,12 @@ pub trait LogStore: Send + Sync + 'static {
     fn for_each_raw(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
 
     /// Deletes finished sagas for good, as one atomic and durable write:
-    /// every log value, the finished-index entry, and the idempotency key
-    /// (only while it still names that saga). A saga that has an
-    /// active-index entry is left untouched, whatever the caller believed.
-    /// Returns how many sagas and keys were removed.
+    /// every log value, the saga's items in the finished batches named in
+    /// its removal (a batch left empty is deleted, the others rewritten),
+    /// and the idempotency key (only while it still names that saga). A
+    /// saga that has an active-index entry is left untouched, whatever the
+    /// caller believed; so is one named by a damaged batch. Returns how many
+    /// sagas and keys were removed.
     fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError>;
 }
 
@@ -271,6 +289,20 @@ pub struct Removal {
     pub saga: SagaId,
     /// Its idempotency key, if it had one.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Every finished batch that names it.
+    pub batches: Vec<SagaId>,
+}
+
+/// One value of the finished index: the sagas one group finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedBatch {
+    /// The batch's id (a UUIDv7 taken when it was written): its key.
+    pub id: SagaId,
+    /// Each saga with its encoded index entry.
+    pub items: Vec<(SagaId, Vec<u8>)>,
+    /// Why the items after the last one could not be read, if the value
+    /// is damaged.
+    pub damage: Option<crate::log::codec::DecodeError>,
 }
 
 /// What [`LogStore::remove_finished`] deleted.
@@ -298,12 +330,6 @@ pub(crate) mod keys {
     pub const IDEMPOTENCY: u8 = b'K';
     pub const TIMER: u8 = b'T';
 
-    pub fn prefix_of(set: super::IndexSet) -> u8 {
-        match set {
-            super::IndexSet::Active => ACTIVE,
-            super::IndexSet::Finished => FINISHED,
-        }
-    }
     pub const FORMAT: &[u8] = b"Mformat";
     pub const WATERMARK: &[u8] = b"Mwatermark";
 
@@ -376,13 +402,44 @@ pub mod raw_keys {
     }
 }
 
-fn read_index<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
-    for prefix in [keys::ACTIVE, keys::FINISHED] {
-        if let Some(entry) = kv.get(&keys::index(prefix, saga))? {
-            return Ok(Some(entry));
+fn read_active<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
+    kv.get(&keys::index(keys::ACTIVE, saga))
+}
+
+fn scan_finished_batches<K: Kv>(kv: &K, from: SagaId) -> Result<Vec<FinishedBatch>, StoreError> {
+    let mut batches = Vec::new();
+    for_each_index_from(kv, keys::FINISHED, from, &mut |id, value| {
+        let (items, damage) = crate::log::codec::split_finished_batch(value);
+        batches.push(FinishedBatch {
+            id,
+            items: items
+                .into_iter()
+                .map(|(saga, entry)| (saga, entry.to_vec()))
+                .collect(),
+            damage,
+        });
+        true
+    })?;
+    Ok(batches)
+}
+
+fn scan_finished<K: Kv>(kv: &K) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    let mut active = std::collections::HashSet::new();
+    for_each_index(kv, keys::ACTIVE, &mut |id, _| {
+        active.insert(id);
+        true
+    })?;
+    // Batches come in the order they were written: a later item of a saga
+    // (finished again after an operator reopened it) replaces an earlier one.
+    let mut latest = BTreeMap::new();
+    for batch in scan_finished_batches(kv, SagaId::from_bytes([0; 16]))? {
+        for (saga, entry) in batch.items {
+            if !active.contains(&saga) {
+                latest.insert(saga, entry);
+            }
         }
     }
-    Ok(None)
+    Ok(latest.into_iter().collect())
 }
 
 fn scan_timers<K: Kv>(
@@ -421,6 +478,9 @@ enum KvOp {
 /// Key-value pairs in key order.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The items of a finished batch: each saga with its encoded entry.
+type BatchItems = Vec<(SagaId, Vec<u8>)>;
+
 /// A visitor of key-value pairs; returning `Ok(false)` stops the visit.
 type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
 
@@ -458,6 +518,8 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
             mark.to_bytes().to_vec(),
         ));
     }
+    // One finished batch for the whole write (DESIGN.md §4c).
+    let mut finished = Vec::new();
     for append in batch {
         if !append.records.is_empty() {
             // One value per append: its frames back to back, keyed by the
@@ -473,16 +535,21 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
             ops.push(KvOp::Put(keys::log(append.saga, seq), value));
         }
         if let Some(update) = &append.index {
-            if let Some(from) = update.from.filter(|from| *from != update.to) {
-                ops.push(KvOp::Delete(keys::index(
-                    keys::prefix_of(from),
-                    append.saga,
-                )));
+            // A finished saga's item stays in its batch when an operator
+            // reopens it: the active entry hides it, and the next finish
+            // writes a newer one.
+            if update.from == Some(IndexSet::Active) && update.to != IndexSet::Active {
+                ops.push(KvOp::Delete(keys::index(keys::ACTIVE, append.saga)));
             }
-            ops.push(KvOp::Put(
-                keys::index(keys::prefix_of(update.to), append.saga),
-                update.entry.clone(),
-            ));
+            match update.to {
+                IndexSet::Active => ops.push(KvOp::Put(
+                    keys::index(keys::ACTIVE, append.saga),
+                    update.entry.clone(),
+                )),
+                IndexSet::Finished => {
+                    crate::log::codec::push_finished_item(&mut finished, append.saga, &update.entry)
+                }
+            }
         }
         if let Some(key) = &append.timer_delete {
             ops.push(KvOp::Delete(keys::timer(key)));
@@ -496,6 +563,13 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
                 append.saga.to_bytes().to_vec(),
             ));
         }
+    }
+    if !finished.is_empty() {
+        // A fresh UUIDv7: batches sort in the order they were written.
+        ops.push(KvOp::Put(
+            keys::index(keys::FINISHED, SagaId::new()),
+            finished,
+        ));
     }
     ops
 }
@@ -514,13 +588,28 @@ fn for_each_index<K: Kv>(
     prefix: u8,
     visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    kv.for_each_prefix(&[prefix], &mut |key, value| match keys::saga_id(key, 1) {
-        Some(id) if key.len() == keys::INDEX_KEY_LEN => Ok(visit(id, value)),
-        _ => Err(StoreError::Corrupt {
-            key: key.to_vec(),
-            reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
-        }),
-    })
+    for_each_index_from(kv, prefix, SagaId::from_bytes([0; 16]), visit)
+}
+
+/// Like `for_each_index`, from the first key at or above `from`.
+fn for_each_index_from<K: Kv>(
+    kv: &K,
+    prefix: u8,
+    from: SagaId,
+    visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let start = keys::index(prefix, from);
+    kv.for_each_prefix_from(
+        &[prefix],
+        &start,
+        &mut |key, value| match keys::saga_id(key, 1) {
+            Some(id) if key.len() == keys::INDEX_KEY_LEN => Ok(visit(id, value)),
+            _ => Err(StoreError::Corrupt {
+                key: key.to_vec(),
+                reason: "index key is not a prefix byte followed by a 16-byte saga id".into(),
+            }),
+        },
+    )
 }
 
 /// The saga id and sequence number of a log key; a damaged key is an error.
@@ -589,15 +678,45 @@ fn sagas_logged_from<K: Kv>(kv: &K, from: SagaId) -> Result<Vec<SagaId>, StoreEr
 }
 
 fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreError> {
+    // The batches the removals name, as stored now (`None`: damaged).
+    let mut batches: BTreeMap<SagaId, Option<BatchItems>> = BTreeMap::new();
+    for batch in sagas.iter().flat_map(|r| r.batches.iter()) {
+        if batches.contains_key(batch) {
+            continue;
+        }
+        let items = kv
+            .get(&keys::index(keys::FINISHED, *batch))?
+            .and_then(
+                |value| match crate::log::codec::split_finished_batch(&value) {
+                    (items, None) => Some(
+                        items
+                            .into_iter()
+                            .map(|(saga, entry)| (saga, entry.to_vec()))
+                            .collect(),
+                    ),
+                    // Never rewrite a damaged batch: that would lose its tail.
+                    (_, Some(_)) => None,
+                },
+            );
+        batches.insert(*batch, items);
+    }
     let mut ops = Vec::new();
     let mut removed = Removed::default();
+    let mut gone = std::collections::HashSet::new();
     for removal in sagas {
         let saga = removal.saga;
         if kv.get(&keys::index(keys::ACTIVE, saga))?.is_some() {
             continue;
         }
-        let finished = keys::index(keys::FINISHED, saga);
-        if kv.get(&finished)?.is_none() {
+        let listed = |batch: &SagaId| {
+            batches
+                .get(batch)
+                .and_then(|items| items.as_ref())
+                .map(|items| items.iter().any(|(s, _)| *s == saga))
+        };
+        let named: Vec<Option<bool>> = removal.batches.iter().map(listed).collect();
+        // Every batch must be readable, and at least one must name it.
+        if named.iter().any(Option::is_none) || !named.contains(&Some(true)) {
             continue;
         }
         let before = ops.len();
@@ -605,14 +724,35 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
             ops.push(KvOp::Delete(key.to_vec()));
             Ok(true)
         })?;
-        ops.push(KvOp::Delete(finished));
         if let Some(key) = &removal.idempotency_key {
             if key_owner(kv, key)? == Some(saga) {
                 ops.push(KvOp::Delete(keys::idempotency(key)));
             }
         }
+        gone.insert(saga);
         removed.sagas += 1;
         removed.keys += (ops.len() - before) as u64;
+    }
+    for (batch, items) in batches {
+        let Some(items) = items else { continue };
+        let kept: Vec<&(SagaId, Vec<u8>)> = items
+            .iter()
+            .filter(|(saga, _)| !gone.contains(saga))
+            .collect();
+        if kept.len() == items.len() {
+            continue;
+        }
+        let key = keys::index(keys::FINISHED, batch);
+        if kept.is_empty() {
+            ops.push(KvOp::Delete(key));
+            removed.keys += 1;
+        } else {
+            let mut value = Vec::new();
+            for (saga, entry) in kept {
+                crate::log::codec::push_finished_item(&mut value, *saga, entry);
+            }
+            ops.push(KvOp::Put(key, value));
+        }
     }
     if !ops.is_empty() {
         kv.apply_durably(ops)?;
@@ -653,13 +793,19 @@ macro_rules! impl_log_store {
                 for_each_index(&self.kv, keys::ACTIVE, visit)
             }
             fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
-                scan_index(&self.kv, keys::FINISHED)
+                scan_finished(&self.kv)
+            }
+            fn scan_finished_batches(
+                &self,
+                from: SagaId,
+            ) -> Result<Vec<FinishedBatch>, StoreError> {
+                scan_finished_batches(&self.kv, from)
             }
             fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
                 key_owner(&self.kv, key)
             }
-            fn read_index(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
-                read_index(&self.kv, saga)
+            fn read_active(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
+                read_active(&self.kv, saga)
             }
             fn scan_timers(
                 &self,

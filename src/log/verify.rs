@@ -62,7 +62,8 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
     store.for_each_raw(&mut |key, value| {
         report.keys += 1;
         let saga = match key.first() {
-            Some(&(keys::LOG | keys::ACTIVE | keys::FINISHED)) => keys::saga_id(key, 1),
+            // A finished batch's key names the batch, not a saga.
+            Some(&(keys::LOG | keys::ACTIVE)) => keys::saga_id(key, 1),
             Some(&keys::TIMER) => keys::parse_timer(key).map(|t| t.saga),
             _ => None,
         };
@@ -117,17 +118,25 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     );
                     return true;
                 }
-                report.index_entries += 1;
-                if let Some(id) = saga {
+                let (items, damage) = if finished {
+                    codec::split_finished_batch(value)
+                } else {
+                    (saga.map(|id| (id, value)).into_iter().collect(), None)
+                };
+                for (id, entry) in items {
+                    report.index_entries += 1;
                     indexed.insert(id);
+                    match codec::decode_index_entry::<IndexEntry>(entry) {
+                        Ok(entry) if entry.status.is_terminal() != finished => problem(
+                            what,
+                            format!("entry of {id} says {} but sits in the {what}", entry.status),
+                        ),
+                        Ok(_) => {}
+                        Err(e) => problem(what, format!("entry of {id}: {e}")),
+                    }
                 }
-                match codec::decode_index_entry::<IndexEntry>(value) {
-                    Ok(entry) if entry.status.is_terminal() != finished => problem(
-                        what,
-                        format!("entry says {} but sits in the {what}", entry.status),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => problem(what, e.to_string()),
+                if let Some(e) = damage {
+                    problem(what, format!("damaged finished batch: {e}"));
                 }
             }
             Some(&keys::IDEMPOTENCY) => {

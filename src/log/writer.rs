@@ -375,7 +375,11 @@ fn commit_group(
         .map(|(a, _)| a)
         .chain(index.appends.iter())
         .collect();
-    let entries: usize = batch.iter().map(|a| a.entry_count()).sum();
+    let finishes = batch
+        .iter()
+        .any(|a| a.index.as_ref().is_some_and(|i| i.to == IndexSet::Finished));
+    let entries: usize =
+        batch.iter().map(|a| a.entry_count()).sum::<usize>() + usize::from(finishes);
     let log_values = batch.iter().filter(|a| !a.records.is_empty()).count();
     let log_value_bytes: usize = batch
         .iter()
