@@ -876,8 +876,8 @@ impl Engine {
     }
 
     fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
-        let deferred = lock(&self.inner.deferred).get(&id).cloned();
-        let bytes = match self.inner.store.read_active(id)?.or(deferred) {
+        let stored = self.inner.store.read_active(id)?;
+        let bytes = match stored.or_else(|| lock(&self.inner.deferred).get(&id).cloned()) {
             Some(bytes) => Some(bytes),
             // Only for a saga whose log cannot be read: no need to be quick.
             None => self

@@ -299,7 +299,7 @@ pub struct FinishedBatch {
     /// The batch's id (a UUIDv7 taken when it was written): its key.
     pub id: SagaId,
     /// Each saga with its encoded index entry.
-    pub items: Vec<(SagaId, Vec<u8>)>,
+    pub items: BatchItems,
     /// Why the items after the last one could not be read, if the value
     /// is damaged.
     pub damage: Option<crate::log::codec::DecodeError>,
@@ -409,18 +409,21 @@ fn read_active<K: Kv>(kv: &K, saga: SagaId) -> Result<Option<Vec<u8>>, StoreErro
 fn scan_finished_batches<K: Kv>(kv: &K, from: SagaId) -> Result<Vec<FinishedBatch>, StoreError> {
     let mut batches = Vec::new();
     for_each_index_from(kv, keys::FINISHED, from, &mut |id, value| {
-        let (items, damage) = crate::log::codec::split_finished_batch(value);
-        batches.push(FinishedBatch {
-            id,
-            items: items
-                .into_iter()
-                .map(|(saga, entry)| (saga, entry.to_vec()))
-                .collect(),
-            damage,
-        });
+        let (items, damage) = batch_items(value);
+        batches.push(FinishedBatch { id, items, damage });
         true
     })?;
     Ok(batches)
+}
+
+/// A finished batch's items, owned, and the damage that ended them.
+fn batch_items(value: &[u8]) -> (BatchItems, Option<crate::log::codec::DecodeError>) {
+    let (items, damage) = crate::log::codec::split_finished_batch(value);
+    let items = items
+        .into_iter()
+        .map(|(saga, entry)| (saga, entry.to_vec()))
+        .collect();
+    (items, damage)
 }
 
 fn scan_finished<K: Kv>(kv: &K) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
@@ -479,7 +482,7 @@ enum KvOp {
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The items of a finished batch: each saga with its encoded entry.
-type BatchItems = Vec<(SagaId, Vec<u8>)>;
+pub type BatchItems = Vec<(SagaId, Vec<u8>)>;
 
 /// A visitor of key-value pairs; returning `Ok(false)` stops the visit.
 type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
@@ -684,20 +687,13 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
         if batches.contains_key(batch) {
             continue;
         }
-        let items = kv
-            .get(&keys::index(keys::FINISHED, *batch))?
-            .and_then(
-                |value| match crate::log::codec::split_finished_batch(&value) {
-                    (items, None) => Some(
-                        items
-                            .into_iter()
-                            .map(|(saga, entry)| (saga, entry.to_vec()))
-                            .collect(),
-                    ),
+        let items =
+            kv.get(&keys::index(keys::FINISHED, *batch))?
+                .and_then(|value| match batch_items(&value) {
+                    (items, None) => Some(items),
                     // Never rewrite a damaged batch: that would lose its tail.
                     (_, Some(_)) => None,
-                },
-            );
+                });
         batches.insert(*batch, items);
     }
     let mut ops = Vec::new();
