@@ -235,13 +235,19 @@ fn raw_fsync_per_sec(dir: &Path) -> f64 {
 
 /// Raw sled: atomic batches of `batch` values of `value_size` bytes, each
 /// flushed, for about `entries` values or 3 s. Returns entries per second.
-fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64) -> f64 {
+///
+/// With `sync`, each flush is followed by `fdatasync` of sled's log file,
+/// which is what sagalog's store does to make a write durable (sled's own
+/// flush uses `sync_file_range`; DESIGN.md §4), so the ratio compares equal
+/// durability.
+fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync: bool) -> f64 {
     let db = sled::Config::new()
         .path(dir)
         .flush_every_ms(None)
         .cache_capacity(64 * 1024 * 1024)
         .open()
         .expect("baseline database opens");
+    let log_file = std::fs::File::open(dir.join("db")).expect("baseline log file opens");
     let value = vec![0xA5u8; value_size.max(1)];
     let batch = batch.max(1);
     let began = Instant::now();
@@ -258,6 +264,9 @@ fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64) -> f
         }
         db.apply_batch(b).expect("baseline batch");
         db.flush().expect("baseline flush");
+        if sync {
+            log_file.sync_data().expect("baseline fdatasync");
+        }
         written += batch as u64;
     }
     written as f64 / began.elapsed().as_secs_f64()
@@ -278,12 +287,9 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let entries_per_sec = entries as f64 / secs;
     let entries_per_flush = entries as f64 / flushes as f64;
     let mean_value = (value_bytes / values) as usize;
-    let baseline = sled_baseline(
-        &dir.join("baseline"),
-        mean_value,
-        entries_per_flush.round() as usize,
-        entries,
-    );
+    let batch = entries_per_flush.round() as usize;
+    let baseline = sled_baseline(&dir.join("baseline"), mean_value, batch, entries, true);
+    let flush_only = sled_baseline(&dir.join("flush-only"), mean_value, batch, entries, false);
     json!({
         "sagas": args.sagas,
         "steps": args.steps,
@@ -298,6 +304,7 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "p999_ms": (percentile(&latencies, 0.999) * 1000.0).round() / 1000.0,
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
         "baseline_entries_per_sec": baseline.round(),
+        "baseline_flush_only_entries_per_sec": flush_only.round(),
         "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
         "raw_fsync_per_sec": raw_fsync_per_sec(dir).round(),
     })

@@ -827,6 +827,63 @@ macro_rules! impl_log_store {
 
 struct SledKv {
     db: sled::Db,
+    sync: DataSync,
+}
+
+/// What sled's `flush` leaves undone. On Linux sled 0.34 writes its log
+/// with `pwrite` + `sync_file_range`, which puts the data pages on the
+/// device but neither commits the file's metadata (its growth, its newly
+/// allocated blocks) nor empties the drive's write cache, and it writes
+/// values too large for a log segment to `blobs/` files it never syncs.
+/// After an OS crash or a power cut the acknowledged tail of the log could
+/// then be gone. So every durable write ends with `fdatasync` of the new
+/// blob files, of the blob directory if it gained entries, and of the log
+/// file (DESIGN.md §4).
+struct DataSync {
+    db_file: std::fs::File,
+    blobs: PathBuf,
+    /// Blob files already synced (sled deletes them as it rewrites pages).
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl DataSync {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(DataSync {
+            db_file: std::fs::File::open(path.join("db"))?,
+            blobs: path.join("blobs"),
+            synced_blobs: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    /// Makes everything sled has written so far durable.
+    fn sync(&self) -> std::io::Result<()> {
+        self.sync_new_blobs()?;
+        self.db_file.sync_data()
+    }
+
+    fn sync_new_blobs(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = crate::sync::lock(&self.synced_blobs);
+        let mut present = std::collections::HashSet::new();
+        let mut added = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                std::fs::File::open(self.blobs.join(&name))?.sync_all()?;
+                added = true;
+            }
+            present.insert(name);
+        }
+        if added {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -844,7 +901,11 @@ impl Kv for SledKv {
         }
         self.db.apply_batch(batch).map_err(backend)?;
         self.db.flush().map_err(backend)?;
-        Ok(())
+        self.sync.sync().map_err(|e| {
+            StoreError::Backend(format!(
+                "the write is flushed but could not be made durable (fdatasync): {e}; check the disk"
+            ))
+        })
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -943,7 +1004,13 @@ impl SledStore {
                 }
             }
         };
-        let kv = SledKv { db };
+        let sync = DataSync::open(&path).map_err(|e| {
+            StoreError::Backend(format!(
+                "opening {}: could not open sled's log file to sync it: {e}; check the directory's permissions",
+                path.display()
+            ))
+        })?;
+        let kv = SledKv { db, sync };
         check_format(&kv, &path)?;
         Ok(SledStore { kv, path })
     }
@@ -998,6 +1065,9 @@ impl SledStore {
         drop(source);
         // sled's background threads may hold the files a moment longer.
         std::thread::sleep(Duration::from_millis(100));
+        // sled's flush does not make the copy durable (see `DataSync`):
+        // sync every file of it before it replaces the original.
+        sync_tree(&copy_path).map_err(|e| io("syncing the copy", e))?;
         std::fs::rename(&path, &original).map_err(|e| io("setting the original aside", e))?;
         std::fs::rename(&copy_path, &path).map_err(|e| io("moving the copy in place", e))?;
         if let Some(parent) = path.parent() {
@@ -1020,6 +1090,19 @@ impl SledStore {
         self.kv
             .apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
     }
+}
+
+/// `fsync`s every file under directory `path`, then each directory.
+fn sync_tree(path: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(path)?.sync_all()
 }
 
 /// Deletes the snapshot files sled 0.34.7 left unfinished in database
