@@ -8,6 +8,8 @@
 //! cargo run --release --example bench -- --mode fixture --data-dir D --in-flight 10000 --finished 1000000
 //! cargo run --release --example bench -- --mode recovery --data-dir D
 //! cargo run --release --example bench -- --mode parked --sagas 1000000
+//! cargo run --release --example bench -- --mode reopen --data-dir D
+//! cargo run --release --example bench -- --mode long --rounds 20 --sagas 50000
 //! ```
 //!
 //! Every mode prints one JSON object. Every saga is fully durable: each
@@ -32,8 +34,16 @@ enum Mode {
     Fixture,
     /// Open a fixture and drive every in-flight saga to a terminal state.
     Recovery,
-    /// Park N sagas on a scheduled compensation; report memory and disk.
+    /// Park N sagas on a scheduled compensation; report memory and disk,
+    /// then reopen the database in a fresh process (`reopen`).
     Parked,
+    /// `--rounds` rounds of N sagas; after each, delete the sagas finished
+    /// before it began (retention keeps one round): disk and memory over a
+    /// long run.
+    Long,
+    /// Open an existing database (`--data-dir`) in this fresh process and
+    /// report the open time and the resident memory after it.
+    Reopen,
 }
 
 #[derive(Parser)]
@@ -65,6 +75,9 @@ struct Args {
     /// tokio worker threads (the log writer has a thread of its own).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Long: rounds to run.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
     /// sled cache size in MiB (default: the library's default).
     #[arg(long)]
     cache_mb: Option<u64>,
@@ -279,6 +292,8 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
     let stats = engine.log_stats();
     engine.shutdown(Duration::from_secs(10)).await;
+    drop(engine);
+    let disk = dir_size(&dir.join("log"));
     let secs = wall.as_secs_f64();
     let entries = stats.entries.load(Ordering::Relaxed);
     let flushes = stats.flushes.load(Ordering::Relaxed).max(1);
@@ -303,6 +318,7 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "p99_ms": (percentile(&latencies, 0.99) * 1000.0).round() / 1000.0,
         "p999_ms": (percentile(&latencies, 0.999) * 1000.0).round() / 1000.0,
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+        "disk_bytes_per_saga": disk / args.sagas.max(1) as u64,
         "baseline_entries_per_sec": baseline.round(),
         "baseline_flush_only_entries_per_sec": flush_only.round(),
         "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
@@ -464,22 +480,21 @@ async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
     engine.shutdown(Duration::from_secs(10)).await;
     drop(engine);
     let disk = dir_size(&dir.join("log"));
-    // Reopen: sleeping sagas stay on disk until due.
-    let mut registry = Registry::new();
-    registry
-        .register(
-            SagaDefinition::<u64>::builder("parked")
-                .step("reserve", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
-                .step("charge", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
-                .build()
-                .expect("valid definition"),
-        )
-        .expect("registered once");
-    let reopen_began = Instant::now();
-    let engine = open(&dir.join("log"), registry, 1024).await;
-    let reopen_ms = reopen_began.elapsed().as_secs_f64() * 1000.0;
-    let rss_reopened = rss_mb("VmRSS:");
-    engine.shutdown(Duration::from_secs(10)).await;
+    // Reopen in a fresh process, so that what this one allocated (and its
+    // allocator kept) does not count: sleeping sagas stay on disk until due.
+    let reopened = std::env::current_exe()
+        .and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(["--mode", "reopen", "--data-dir"])
+                .arg(dir)
+                .output()
+        })
+        .ok()
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .unwrap_or_else(|| {
+            eprintln!("error: the reopen process failed");
+            std::process::exit(2);
+        });
     json!({
         "mode": "parked",
         "sagas": args.sagas,
@@ -489,8 +504,93 @@ async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
         "rss_parked_mb": (rss_parked * 10.0).round() / 10.0,
         "bytes_per_parked_saga_in_rss": (((rss_parked - rss_before) * 1024.0 * 1024.0) / args.sagas as f64).round(),
         "disk_bytes_per_parked_saga": disk / args.sagas.max(1) as u64,
-        "reopen_ms": reopen_ms.round(),
-        "rss_after_reopen_mb": (rss_reopened * 10.0).round() / 10.0,
+        "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+        "reopen": reopened,
+    })
+}
+
+async fn long_run(args: &Args, dir: &Path) -> serde_json::Value {
+    let mut registry = Registry::new();
+    let saga = bench_saga(&mut registry, "bench", args.steps, None);
+    let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let began = Instant::now();
+        let (_, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
+        // Everything finished before this round began goes.
+        let swept = match engine.sweep_finished(began.elapsed(), 256).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("error: sweep failed: {e}");
+                std::process::exit(2);
+            }
+        };
+        let disk = dir_size(&dir.join("log"));
+        rounds.push(json!({
+            "round": round + 1,
+            "sagas_per_sec": (args.sagas as f64 / wall.as_secs_f64()).round(),
+            "removed": swept.removed,
+            "disk_mb": ((disk as f64 / 1_048_576.0) * 10.0).round() / 10.0,
+            "rss_mb": (rss_mb("VmRSS:") * 10.0).round() / 10.0,
+        }));
+        eprintln!("{}", rounds[rounds.len() - 1]);
+    }
+    engine.shutdown(Duration::from_secs(10)).await;
+    json!({
+        "mode": "long",
+        "sagas_per_round": args.sagas,
+        "rounds": rounds,
+        "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+    })
+}
+
+/// The saga types every other mode writes, so that a reopen finds them all.
+fn reopen_registry() -> Registry {
+    let mut registry = Registry::new();
+    bench_saga(&mut registry, "bench", 3, None);
+    bench_saga(&mut registry, "bench_in_flight", 3, None);
+    registry
+        .register(
+            SagaDefinition::<u64>::builder("parked")
+                .step("reserve", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
+                .step("charge", |_ctx| async { Ok(()) }, |_ctx| async { Ok(()) })
+                .build()
+                .expect("valid definition"),
+        )
+        .expect("registered once");
+    registry
+}
+
+async fn reopen(dir: &Path) -> serde_json::Value {
+    let rss_before = rss_mb("VmRSS:");
+    let began = Instant::now();
+    let config = config(1024);
+    let store = match SledStore::open(dir.join("log"), config.sled.clone()) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let sled_opened = began.elapsed();
+    let rss_sled = rss_mb("VmRSS:");
+    let engine = match Engine::open_with_store(Arc::new(store), reopen_registry(), config).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let opened = began.elapsed();
+    let rss_opened = rss_mb("VmRSS:");
+    engine.shutdown(Duration::from_secs(10)).await;
+    json!({
+        "mode": "reopen",
+        "open_ms": (opened.as_secs_f64() * 1000.0).round(),
+        "sled_open_ms": (sled_opened.as_secs_f64() * 1000.0).round(),
+        "rss_before_mb": (rss_before * 10.0).round() / 10.0,
+        "rss_after_sled_open_mb": (rss_sled * 10.0).round() / 10.0,
+        "rss_after_open_mb": (rss_opened * 10.0).round() / 10.0,
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
     })
 }
@@ -521,6 +621,16 @@ async fn run(args: Args) {
         Mode::Fixture => fixture(&args, &dir).await,
         Mode::Recovery => recovery(&args, &dir).await,
         Mode::Parked => parked(&args, &dir).await,
+        Mode::Long => long_run(&args, &dir).await,
+        Mode::Reopen => match &args.data_dir {
+            Some(dir) => reopen(dir).await,
+            None => {
+                eprintln!(
+                    "error: --mode reopen needs --data-dir D (a database another mode built)"
+                );
+                std::process::exit(2);
+            }
+        },
     };
     println!("{out}");
     if let (Some(min), Some(ratio)) = (args.guard_ratio, out["ratio"].as_f64()) {
