@@ -15,6 +15,14 @@
 //! Every mode prints one JSON object. Every saga is fully durable: each
 //! record is flushed before the step that follows it runs.
 
+// With `--features bench-mimalloc`: the allocator choice a service makes
+// for itself (README, "Benchmarks"). The engine's tasks and sled's threads
+// free each other's blocks; mimalloc's thread-local free lists take no lock
+// for that, glibc's arenas do.
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, ValueEnum};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Registry, RetryPolicy, SagaDefinition, SagaId,
@@ -309,6 +317,7 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "sagas": args.sagas,
         "steps": args.steps,
         "concurrency": args.concurrency,
+        "allocator": if cfg!(feature = "bench-mimalloc") { "mimalloc" } else { "system" },
         "sagas_per_sec": (args.sagas as f64 / secs).round(),
         "entries_per_sec": entries_per_sec.round(),
         "flushes_per_sec": (flushes as f64 / secs).round(),
