@@ -398,25 +398,13 @@ async fn recovery(args: &Args, dir: &Path) -> serde_json::Value {
     let mut registry = Registry::new();
     bench_saga(&mut registry, "bench", args.steps, None);
     bench_saga(&mut registry, "bench_in_flight", args.steps.max(2), None);
-    let began = Instant::now();
-    // Timed apart: sled's own open, then sagalog's recovery on top of it.
-    let config = config(ids.len().max(1024));
-    let store = match SledStore::open(dir.join("log"), config.sled.clone()) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    let sled_opened = began.elapsed();
-    let engine = match Engine::open_with_store(Arc::new(store), registry, config).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    let opened = began.elapsed();
+    let TimedOpen {
+        engine,
+        began,
+        sled_opened,
+        opened,
+        ..
+    } = open_timed(dir, registry, config(ids.len().max(1024))).await;
     for id in &ids {
         if let Err(e) = engine.outcome(*id).await {
             eprintln!("recovered saga {id} failed: {e}");
@@ -570,10 +558,22 @@ fn reopen_registry() -> Registry {
     registry
 }
 
-async fn reopen(dir: &Path) -> serde_json::Value {
-    let rss_before = rss_mb("VmRSS:");
+/// An engine opened by [`open_timed`], with the times from `began`.
+struct TimedOpen {
+    engine: Engine,
+    began: Instant,
+    /// sled's own open.
+    sled_opened: Duration,
+    /// Resident memory right after sled's open, in MB.
+    rss_after_sled_mb: f64,
+    /// sled's open and sagalog's recovery on top of it.
+    opened: Duration,
+}
+
+/// Opens the database under `dir` in two timed parts: sled's own open, then
+/// sagalog's recovery on top of it. Exits on an error.
+async fn open_timed(dir: &Path, registry: Registry, config: EngineConfig) -> TimedOpen {
     let began = Instant::now();
-    let config = config(1024);
     let store = match SledStore::open(dir.join("log"), config.sled.clone()) {
         Ok(store) => store,
         Err(e) => {
@@ -582,15 +582,32 @@ async fn reopen(dir: &Path) -> serde_json::Value {
         }
     };
     let sled_opened = began.elapsed();
-    let rss_sled = rss_mb("VmRSS:");
-    let engine = match Engine::open_with_store(Arc::new(store), reopen_registry(), config).await {
+    let rss_after_sled_mb = rss_mb("VmRSS:");
+    let engine = match Engine::open_with_store(Arc::new(store), registry, config).await {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
     };
-    let opened = began.elapsed();
+    TimedOpen {
+        engine,
+        began,
+        sled_opened,
+        rss_after_sled_mb,
+        opened: began.elapsed(),
+    }
+}
+
+async fn reopen(dir: &Path) -> serde_json::Value {
+    let rss_before = rss_mb("VmRSS:");
+    let TimedOpen {
+        engine,
+        sled_opened,
+        rss_after_sled_mb: rss_sled,
+        opened,
+        ..
+    } = open_timed(dir, reopen_registry(), config(1024)).await;
     let rss_opened = rss_mb("VmRSS:");
     engine.shutdown(Duration::from_secs(10)).await;
     json!({
