@@ -839,11 +839,23 @@ struct SledKv {
 /// then be gone. So every durable write ends with `fdatasync` of the new
 /// blob files, of the blob directory if it gained entries, and of the log
 /// file (DESIGN.md §4).
+///
+/// A failed sync is final. The kernel reports a failed write-back once and
+/// may mark the pages clean, so a later `fdatasync` can succeed although
+/// the earlier data never reached the disk; and sled reads its log in order
+/// at open, so a write after the hole could be lost with it. So after one
+/// failure every later write is refused until the store is opened again
+/// (recovery then reads what the disk really holds).
 struct DataSync {
     db_file: std::fs::File,
     blobs: PathBuf,
     /// Blob files already synced (sled deletes them as it rewrites pages).
     synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// What the first failed sync reported.
+    failed: Mutex<Option<String>>,
+    /// Test hook: the next sync fails as a failed write-back would.
+    #[cfg(test)]
+    fail_next: std::sync::atomic::AtomicBool,
 }
 
 impl DataSync {
@@ -852,11 +864,44 @@ impl DataSync {
             db_file: std::fs::File::open(path.join("db"))?,
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(std::collections::HashSet::new()),
+            failed: Mutex::new(None),
+            #[cfg(test)]
+            fail_next: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Makes everything sled has written so far durable.
-    fn sync(&self) -> std::io::Result<()> {
+    /// `Err` once a sync has failed: no write may be applied any more.
+    fn usable(&self) -> Result<(), StoreError> {
+        match crate::sync::lock(&self.failed).as_ref() {
+            None => Ok(()),
+            Some(first) => Err(StoreError::Backend(format!(
+                "an earlier write could not be made durable (fdatasync: {first}) and the \
+                 OS reports that only once, so no later write can be trusted either; \
+                 this store takes no more writes"
+            ))),
+        }
+    }
+
+    /// Makes everything sled has written so far durable. The first failure
+    /// makes the store refuse every later write ([`DataSync::usable`]).
+    fn sync(&self) -> Result<(), StoreError> {
+        self.usable()?;
+        self.sync_files().map_err(|e| {
+            *crate::sync::lock(&self.failed) = Some(e.to_string());
+            StoreError::Backend(format!(
+                "the write is flushed but could not be made durable (fdatasync): {e}"
+            ))
+        })
+    }
+
+    fn sync_files(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::other("injected write-back failure"));
+        }
         self.sync_new_blobs()?;
         self.db_file.sync_data()
     }
@@ -898,6 +943,7 @@ fn backend(e: sled::Error) -> StoreError {
 
 impl Kv for SledKv {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
+        self.sync.usable()?;
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -907,11 +953,7 @@ impl Kv for SledKv {
         }
         self.db.apply_batch(batch).map_err(backend)?;
         self.db.flush().map_err(backend)?;
-        self.sync.sync().map_err(|e| {
-            StoreError::Backend(format!(
-                "the write is flushed but could not be made durable (fdatasync): {e}; check the disk"
-            ))
-        })
+        self.sync.sync()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1447,3 +1489,46 @@ impl MemStore {
 }
 
 impl_log_store!(MemStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append_value(store: &SledStore, saga: SagaId, seq: u64) -> Result<(), StoreError> {
+        let append = SagaAppend::records(saga, seq, vec![vec![7; 16]]);
+        store.append(&[&append], None)
+    }
+
+    #[test]
+    fn a_failed_sync_refuses_every_later_write_until_the_store_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let saga = SagaId::new();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        append_value(&store, saga, 0).unwrap();
+
+        store
+            .kv
+            .sync
+            .fail_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = append_value(&store, saga, 1).unwrap_err();
+        assert!(
+            matches!(&failed, StoreError::Backend(m) if m.contains("could not be made durable")),
+            "{failed}"
+        );
+        // The next sync would succeed; the store must refuse the write anyway.
+        let refused = append_value(&store, saga, 2).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Backend(m) if m.contains("earlier write")),
+            "{refused}"
+        );
+        let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
+        assert_eq!(seqs, [0, 1], "the refused write was not applied");
+        drop(store);
+
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        append_value(&store, saga, 2).unwrap();
+        let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+    }
+}
