@@ -103,6 +103,23 @@ fn rss_mb(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time this process has used so far (every thread, user + system), in
+/// seconds: from `/proc/self/stat`, whose clock ticks are USER_HZ (100 on
+/// Linux). 0 where it cannot be read.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces): state is
+    // field 3, utime 14 and stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -297,7 +314,9 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let mut registry = Registry::new();
     let saga = bench_saga(&mut registry, "bench", args.steps, None);
     let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
+    let cpu_before = cpu_secs();
     let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
+    let cpu = cpu_secs() - cpu_before;
     let stats = engine.log_stats();
     engine.shutdown(Duration::from_secs(10)).await;
     drop(engine);
@@ -313,6 +332,10 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let batch = entries_per_flush.round() as usize;
     let baseline = sled_baseline(&dir.join("baseline"), mean_value, batch, entries, true);
     let flush_only = sled_baseline(&dir.join("flush-only"), mean_value, batch, entries, false);
+    // One raw-sled durable write of this run's mean batch; a saga makes
+    // steps + 1 of them one after another, so its latency cannot be lower.
+    let write_ms = batch.max(1) as f64 / baseline * 1000.0;
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({
         "sagas": args.sagas,
         "steps": args.steps,
@@ -327,9 +350,13 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "p99_ms": (percentile(&latencies, 0.99) * 1000.0).round() / 1000.0,
         "p999_ms": (percentile(&latencies, 0.999) * 1000.0).round() / 1000.0,
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
+        "cpu_us_per_saga": (cpu * 1e6 / args.sagas.max(1) as f64).round(),
+        "cpu_cores_busy": (cpu / secs * 100.0).round() / 100.0,
         "disk_bytes_per_saga": disk / args.sagas.max(1) as u64,
         "baseline_entries_per_sec": baseline.round(),
         "baseline_flush_only_entries_per_sec": flush_only.round(),
+        "baseline_write_ms": round3(write_ms),
+        "latency_floor_ms": round3(write_ms * (args.steps + 1) as f64),
         "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
         "raw_fsync_per_sec": raw_fsync_per_sec(dir).round(),
     })
