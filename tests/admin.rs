@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, RetryPolicy,
     SagaId, SagaStatus, StartOptions, StepError, UnixMillis,
@@ -156,7 +156,7 @@ async fn retry_now_wakes_a_saga_asleep_on_a_forward_backoff_at_once() {
         .unwrap();
     let before = tokio::time::Instant::now();
     engine.retry_now(id, "alice", "api is back").await.unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(script.calls(), ["car:action:2"]);
@@ -184,7 +184,7 @@ async fn retry_now_on_a_scheduled_compensation_compensates_at_once() {
         .await
         .unwrap();
     engine.retry_now(id, "alice", "do not wait").await.unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -201,12 +201,8 @@ async fn retry_now_on_a_finished_saga_is_refused() {
     let engine = Engine::open_with_store(store, registry, config_at(T0))
         .await
         .unwrap();
-    let id = engine
-        .start(&trip, &"ada".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".into()).await;
+    outcome_of(&engine, id).await;
 
     let refused = engine.retry_now(id, "alice", "why not").await;
 

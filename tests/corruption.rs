@@ -4,12 +4,10 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{start_saga, status_of, trip_registry, Behaviour, Script};
 use sagalog::log::store::raw_keys::log_key;
 use sagalog::log::store::LogStore;
-use sagalog::{
-    Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore, StartOptions,
-};
+use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,16 +28,8 @@ async fn two_sagas_with_input_in_flight(dir: &Path, padding: &str) -> (SagaId, S
     let engine = Engine::open(dir, registry, EngineConfig::default())
         .await
         .unwrap();
-    let a = engine
-        .start(&trip, &format!("a{padding}"), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let b = engine
-        .start(&trip, &format!("b{padding}"), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let a = start_saga(&engine, &trip, &format!("a{padding}")).await;
+    let b = start_saga(&engine, &trip, &format!("b{padding}")).await;
     while script
         .calls()
         .iter()
@@ -73,10 +63,7 @@ async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64
         .await
         .unwrap();
 
-    assert_eq!(
-        engine.outcome(healthy).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, healthy).await, SagaStatus::Committed);
     let Err(Error::Parked { reason, .. }) = engine.outcome(damaged).await else {
         panic!("the damaged saga must be parked");
     };
@@ -167,10 +154,7 @@ async fn torn_sled_snapshot_left_by_a_kill_is_discarded_and_every_saga_recovers(
         .await
         .unwrap();
     for id in [a, b] {
-        assert_eq!(
-            engine.outcome(id).await.unwrap().status,
-            SagaStatus::Committed
-        );
+        assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     }
     assert!(!torn.exists());
     engine.shutdown(Duration::from_secs(1)).await;

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{trip_registry, Script};
+use common::{start_saga, status_of, trip_registry, Script};
 use sagalog::log::record::Record;
-use sagalog::{Engine, EngineConfig, InDoubtPolicy, SagaStatus, StartOptions};
+use sagalog::{Engine, EngineConfig, InDoubtPolicy, SagaStatus};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,15 +30,8 @@ async fn a_saga_whose_input_sled_keeps_in_a_blob_file_reads_back_whole_after_a_r
     let engine = Engine::open(dir.path(), registry, EngineConfig::default())
         .await
         .unwrap();
-    let id = engine
-        .start(&trip, &input, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    let id = start_saga(&engine, &trip, &input).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert!(
         blob_files(dir.path()) > 0,
         "sled wrote no blob file, so this test does not exercise blob syncing"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{open_mem, outcome_of, start_saga, status_of, trip_registry, Behaviour, Script};
 use sagalog::log::store::FaultTiming;
 use sagalog::{
     Engine, EngineConfig, Error, ErrorClass, InDoubtPolicy, MemStore, Phase, Registry,
@@ -12,23 +12,17 @@ use sagalog::{
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn mem_engine(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .expect("engine opens")
-}
-
 #[tokio::test]
 async fn successful_saga_runs_every_step_once_and_commits() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
     let started = engine
         .start(&trip, &"ada".to_string(), StartOptions::new())
         .await
         .unwrap();
-    let outcome = engine.outcome(started.saga_id).await.unwrap();
+    let outcome = outcome_of(&engine, started.saga_id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
@@ -42,14 +36,10 @@ async fn later_step_reads_an_earlier_steps_output() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    outcome_of(&engine, id).await;
 
     let hotel_output = engine
         .history(id)
@@ -75,14 +65,10 @@ async fn permanent_failure_compensates_completed_steps_in_reverse_order() {
         Behaviour::Fail(StepError::permanent("no cars left")),
     );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let (step, failure) = outcome.failure.unwrap();
@@ -104,14 +90,14 @@ async fn permanent_failure_compensates_completed_steps_in_reverse_order() {
 async fn second_start_with_the_same_key_returns_the_existing_saga() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
     let options = StartOptions::new().idempotency_key("order-42");
     let first = engine
         .start(&trip, &"ada".to_string(), options.clone())
         .await
         .unwrap();
-    engine.outcome(first.saga_id).await.unwrap();
+    outcome_of(&engine, first.saga_id).await;
     let second = engine
         .start(&trip, &"bob".to_string(), options)
         .await
@@ -127,7 +113,7 @@ async fn second_start_with_the_same_key_returns_the_existing_saga() {
 async fn concurrent_starts_with_one_key_create_one_saga() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
     let mut handles = Vec::new();
     for _ in 0..16 {
@@ -150,7 +136,7 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1);
-    engine.outcome(ids[0]).await.unwrap();
+    outcome_of(&engine, ids[0]).await;
     assert_eq!(engine.list(None).unwrap().len(), 1);
 }
 
@@ -163,12 +149,8 @@ async fn leave_hotel_in_doubt(
     let script = Script::default();
     script.set("hotel", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, in_doubt);
-    let engine = mem_engine(store, registry).await;
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(store, registry).await;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     while !script.calls().contains(&"hotel:action:1".to_string()) {
         script.entered.notified().await;
     }
@@ -183,8 +165,8 @@ async fn in_doubt_step_is_rerun_after_restart() {
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let engine = open_mem(&store, registry).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(script.calls(), ["hotel:action:2", "car:action:1"]);
@@ -197,8 +179,8 @@ async fn in_doubt_step_is_compensated_under_the_compensate_policy() {
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Compensate);
-    let engine = mem_engine(&store, registry).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let engine = open_mem(&store, registry).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -213,12 +195,8 @@ async fn shutdown_lets_a_running_call_finish_and_records_its_result() {
     script.set("flight", Phase::Action, Behaviour::Gate);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
-    let engine = mem_engine(&store, registry).await;
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(&store, registry).await;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     script.entered.notified().await; // flight's action is running
     let releaser = script.clone();
     tokio::spawn(async move {
@@ -258,27 +236,16 @@ async fn unknown_saga_type_is_parked_and_other_sagas_proceed() {
             InDoubtPolicy::Rerun,
         ))
         .unwrap();
-    let engine = mem_engine(&store, registry).await;
-    let orphan = engine
-        .start(&gone, &"x".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let other = engine
-        .start(&trip, &"y".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(&store, registry).await;
+    let orphan = start_saga(&engine, &gone, &"x".to_string()).await;
+    let other = start_saga(&engine, &trip, &"y".to_string()).await;
     engine.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun); // "retired" not registered
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
 
-    assert_eq!(
-        engine.outcome(other).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, other).await, SagaStatus::Committed);
     let Err(Error::Parked { reason, .. }) = engine.outcome(orphan).await else {
         panic!("the orphan saga must be parked");
     };
@@ -300,16 +267,8 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
     let engine = Engine::open(dir.path(), registry, EngineConfig::default())
         .await
         .unwrap();
-    let damaged = engine
-        .start(&trip, &"x".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let healthy = engine
-        .start(&trip, &"y".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let damaged = start_saga(&engine, &trip, &"x".to_string()).await;
+    let healthy = start_saga(&engine, &trip, &"y".to_string()).await;
     engine.shutdown(Duration::ZERO).await;
     drop(engine);
 
@@ -324,10 +283,7 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
         .await
         .unwrap();
 
-    assert_eq!(
-        engine.outcome(healthy).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, healthy).await, SagaStatus::Committed);
     let Err(Error::Parked { reason, .. }) = engine.outcome(damaged).await else {
         panic!("the damaged saga must be parked");
     };
@@ -345,15 +301,11 @@ async fn failed_intent_append_stops_the_call() {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
     // Appends: 1 = start + flight intent, 2 = flight result + hotel intent.
     store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     let result = engine.outcome(id).await;
 
     assert!(matches!(result, Err(Error::Store(_))), "{result:?}");
@@ -369,13 +321,9 @@ async fn append_that_failed_after_writing_is_recovered_on_reopen() {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
     store.fail_append(store.append_count() + 2, FaultTiming::AfterApply);
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     assert!(engine.outcome(id).await.is_err());
     assert_eq!(
         script.calls(),
@@ -386,12 +334,9 @@ async fn append_that_failed_after_writing_is_recovered_on_reopen() {
 
     let script = Script::default();
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(script.calls(), ["hotel:action:2", "car:action:1"]);
 }
 
@@ -404,15 +349,11 @@ async fn retryable_failure_is_retried_after_its_backoff() {
         Behaviour::FailTimes(2, StepError::retryable("busy")),
     );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
     let before = tokio::time::Instant::now();
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
@@ -443,14 +384,10 @@ async fn compensation_that_keeps_failing_suspends_the_saga() {
         Behaviour::Fail(StepError::retryable("hotel api down")),
     );
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Suspended);
     assert!(outcome.reason.unwrap().contains("failed 3 times"));
@@ -467,13 +404,9 @@ async fn compensation_that_keeps_failing_suspends_the_saga() {
 async fn history_lists_every_record_in_order_with_timestamps() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    outcome_of(&engine, id).await;
 
     let kinds: Vec<&str> = engine
         .history(id)
@@ -506,24 +439,16 @@ async fn history_lists_every_record_in_order_with_timestamps() {
 async fn list_filters_sagas_by_status() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), registry).await;
-    let ok = engine
-        .start(&trip, &"ok".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(ok).await.unwrap();
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let ok = start_saga(&engine, &trip, &"ok".to_string()).await;
+    outcome_of(&engine, ok).await;
     script.set(
         "car",
         Phase::Action,
         Behaviour::Fail(StepError::permanent("no")),
     );
-    let bad = engine
-        .start(&trip, &"bad".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(bad).await.unwrap();
+    let bad = start_saga(&engine, &trip, &"bad".to_string()).await;
+    outcome_of(&engine, bad).await;
 
     let committed = engine.list(Some(SagaStatus::Committed)).unwrap();
     let compensated = engine.list(Some(SagaStatus::Compensated)).unwrap();
@@ -576,19 +501,10 @@ async fn running_sagas_never_exceed_the_concurrency_bound() {
         .unwrap();
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(
-            engine
-                .start(&slow, &i, StartOptions::new())
-                .await
-                .unwrap()
-                .saga_id,
-        );
+        ids.push(start_saga(&engine, &slow, &i).await);
     }
     for id in ids {
-        assert_eq!(
-            engine.outcome(id).await.unwrap().status,
-            SagaStatus::Committed
-        );
+        assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     }
     assert!(peak.load(Ordering::SeqCst) <= 2);
 }
@@ -599,19 +515,15 @@ async fn saga_started_under_another_definition_version_is_parked() {
     let script = Script::default();
     script.set("flight", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
-    let id = engine
-        .start(&trip, &"x".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(&store, registry).await;
+    let id = start_saga(&engine, &trip, &"x".to_string()).await;
     engine.shutdown(Duration::ZERO).await;
 
     let mut registry = Registry::new();
     let v2 = common::trip_definition("trip", &Script::default(), InDoubtPolicy::Rerun);
     let v2 = rebuild_as_version_2(v2);
     registry.register(v2).unwrap();
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
 
     let Err(Error::Parked { reason, .. }) = engine.outcome(id).await else {
         panic!("a saga of another version must be parked");
@@ -691,7 +603,7 @@ async fn second_open_of_a_database_is_a_locked_error() {
 async fn starting_a_type_from_another_registry_is_an_error() {
     let script = Script::default();
     let (_, foreign) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&Arc::new(MemStore::new()), Registry::new()).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), Registry::new()).await;
 
     let result = engine
         .start(&foreign, &"x".to_string(), StartOptions::new())
@@ -702,7 +614,7 @@ async fn starting_a_type_from_another_registry_is_an_error() {
 
 #[tokio::test]
 async fn outcome_of_an_unknown_id_is_not_found() {
-    let engine = mem_engine(&Arc::new(MemStore::new()), Registry::new()).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), Registry::new()).await;
     let result = engine.outcome(sagalog::SagaId::new()).await;
     assert!(matches!(result, Err(Error::NotFound(_))));
 }
@@ -712,15 +624,11 @@ async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = mem_engine(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
     // Appends: 1 = start + flight intent, 2 = flight result + hotel intent.
     store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     let first = engine.outcome(id).await;
     let later = engine.outcome(id).await;
 

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{trip_definition, trip_registry, until_calls, Behaviour, Script};
+use common::{
+    outcome_of, start_saga, status_of, trip_definition, trip_registry, until_calls, Behaviour,
+    Script,
+};
 use sagalog::log::store::LogStore;
 use sagalog::{
     Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaRef, SagaStatus, StartOptions,
@@ -58,11 +61,7 @@ async fn saga_in_flight(lag: Duration) -> InFlight {
     let engine = Engine::open_with_store(store.clone(), registry, config(lag))
         .await
         .unwrap();
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     until_calls(&script, |calls| {
         calls.contains(&"hotel:action:1".to_string())
     })
@@ -85,12 +84,8 @@ async fn a_saga_that_finishes_young_writes_no_active_index_entry() {
         .await
         .unwrap();
 
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    outcome_of(&engine, id).await;
 
     assert!(keys_with_prefix(&store, b'A').is_empty());
     let finished = store.scan_finished().unwrap();
@@ -119,10 +114,7 @@ async fn a_young_saga_in_flight_at_a_crash_is_found_from_its_log() {
         .await
         .unwrap();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
 
 #[tokio::test]
@@ -162,7 +154,7 @@ async fn a_saga_older_than_the_lag_gets_its_active_index_entry() {
             .start(&quick, &"bob".to_string(), StartOptions::new())
             .await
             .unwrap();
-        engine.outcome(bob.saga_id).await.unwrap();
+        outcome_of(&engine, bob.saga_id).await;
     }
     assert!(indexed, "the watermark never passed the running saga");
 

@@ -4,12 +4,10 @@
 
 mod common;
 
-use common::{trip_registry, until_calls, Behaviour, Script};
+use common::{start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
 use sagalog::log::codec::decode_records;
 use sagalog::log::store::LogStore;
-use sagalog::{
-    Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus, StartOptions,
-};
+use sagalog::{Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,15 +37,8 @@ async fn run_trip(input: String) -> (Arc<MemStore>, Engine, SagaId) {
     let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
         .await
         .unwrap();
-    let id = engine
-        .start(&trip, &input, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    let id = start_saga(&engine, &trip, &input).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     (store, engine, id)
 }
 
@@ -86,11 +77,7 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
     let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
         .await
         .unwrap();
-    let id = engine
-        .start(&trip, &"ada".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     until_calls(&script, |calls| {
         calls.contains(&"hotel:action:1".to_string())
     })
@@ -104,10 +91,7 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
     let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
         .await
         .unwrap();
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(value_seqs(&store, id), [0, 4]);
     assert_whole_history(&engine, id);
     engine.shutdown(Duration::from_secs(1)).await;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, RetryPolicy,
@@ -30,12 +30,8 @@ async fn metrics_count_starts_finishes_retries_compensations_and_the_manual_queu
         Engine::open_with_store(Arc::new(MemStore::new()), registry, EngineConfig::default())
             .await
             .unwrap();
-    let ok = engine
-        .start(&trip, &"ok".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(ok).await.unwrap();
+    let ok = start_saga(&engine, &trip, &"ok".into()).await;
+    outcome_of(&engine, ok).await;
     script.set(
         "car",
         Phase::Action,
@@ -58,7 +54,7 @@ async fn metrics_count_starts_finishes_retries_compensations_and_the_manual_queu
         .await
         .unwrap()
         .saga_id;
-    engine.outcome(failed).await.unwrap();
+    outcome_of(&engine, failed).await;
     let manual = engine
         .start(
             &trip,
@@ -68,7 +64,7 @@ async fn metrics_count_starts_finishes_retries_compensations_and_the_manual_queu
         .await
         .unwrap()
         .saga_id;
-    engine.outcome(manual).await.unwrap();
+    outcome_of(&engine, manual).await;
     engine.shutdown(Duration::from_secs(1)).await;
 
     let text = handle.render();

@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::{call, position, until_calls, Behaviour, Script};
+use common::{call, open_mem, outcome_of, position, start_saga, until_calls, Behaviour, Script};
 use sagalog::log::record::{ParentLink, Record};
 use sagalog::{
-    Engine, EngineConfig, MemStore, Phase, Registry, SagaDefinition, SagaFilter, SagaRef,
-    SagaStatus, StartOptions, StepError,
+    Engine, MemStore, Phase, Registry, SagaDefinition, SagaFilter, SagaRef, SagaStatus, StepError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +31,6 @@ fn order_registry(script: &Script) -> (Registry, SagaRef<u32>) {
     (registry, order)
 }
 
-async fn open(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .expect("engine opens")
-}
-
 fn child(engine: &Engine) -> sagalog::SagaId {
     let children = engine
         .find(&SagaFilter::new().saga_type("payment"))
@@ -50,14 +43,10 @@ fn child(engine: &Engine) -> sagalog::SagaId {
 async fn the_parent_waits_for_its_child_and_commits_after_it() {
     let script = Script::default();
     let (registry, order) = order_registry(&script);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&order, &3, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &order, &3).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
@@ -78,14 +67,10 @@ async fn the_parent_waits_for_its_child_and_commits_after_it() {
 async fn the_childs_log_links_to_the_parents_step() {
     let script = Script::default();
     let (registry, order) = order_registry(&script);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&order, &3, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &order, &3).await;
+    outcome_of(&engine, id).await;
 
     let child = child(&engine);
     let Ok((_, Record::SagaStarted(start))) = &engine.history(child).unwrap()[0].record else {
@@ -104,14 +89,10 @@ async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensat
         Behaviour::Fail(StepError::permanent("card expired")),
     );
     let (registry, order) = order_registry(&script);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&order, &3, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &order, &3).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -134,14 +115,10 @@ async fn compensating_the_parent_compensates_its_committed_child_first() {
         Behaviour::Fail(StepError::permanent("no courier")),
     );
     let (registry, order) = order_registry(&script);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&order, &3, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &order, &3).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -162,19 +139,15 @@ async fn recovery_restores_a_parent_and_its_child_without_a_second_child() {
     let first = Script::default();
     first.set("capture", Phase::Action, Behaviour::Hang);
     let (registry, order) = order_registry(&first);
-    let engine = open(&store, registry).await;
-    let id = engine
-        .start(&order, &3, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(&store, registry).await;
+    let id = start_saga(&engine, &order, &3).await;
     until_calls(&first, |calls| calls.contains(&"capture:action:1".into())).await;
     engine.shutdown(Duration::ZERO).await;
 
     let second = Script::default();
     let (registry, _) = order_registry(&second);
-    let engine = open(&store, registry).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let engine = open_mem(&store, registry).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let child = child(&engine);

@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{call, position, until_calls, Behaviour, Script};
+use common::{
+    call, open_mem, outcome_of, position, start_saga, status_of, until_calls, Behaviour, Script,
+};
 use sagalog::{
-    Engine, EngineConfig, MemStore, Phase, Registry, SagaDefinition, SagaRef, SagaStatus,
-    StartOptions, StepError, StepOptions,
+    MemStore, Phase, Registry, SagaDefinition, SagaRef, SagaStatus, StepError, StepOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,49 +37,32 @@ fn diamond(script: &Script, limit: u32) -> (Registry, SagaRef<u32>) {
     (registry, saga)
 }
 
-async fn open(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .expect("engine opens")
-}
-
 #[tokio::test(start_paused = true)]
 async fn steps_of_a_group_are_called_at_the_same_time() {
     let script = Script::default();
     script.set("b", Phase::Action, Behaviour::Gate);
     script.set("c", Phase::Action, Behaviour::Gate);
     let (registry, saga) = diamond(&script, 16);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &1).await;
     until_calls(&script, |calls| {
         calls.contains(&"b:action:1".into()) && calls.contains(&"c:action:1".into())
     })
     .await;
     script.open_gate();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_step_starts_only_after_every_step_it_depends_on() {
     let script = Script::default();
     let (registry, saga) = diamond(&script, 16);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &1).await;
+    outcome_of(&engine, id).await;
 
     let calls = script.calls();
     let d = position(&calls, "d:action:1");
@@ -95,14 +79,10 @@ async fn a_step_is_compensated_only_after_every_step_that_depends_on_it() {
         Behaviour::Fail(StepError::permanent("no")),
     );
     let (registry, saga) = diamond(&script, 16);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &1).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let calls = script.calls();
@@ -125,13 +105,9 @@ async fn no_forward_step_starts_after_a_step_failed_for_good() {
     );
     script.set("c", Phase::Action, Behaviour::Gate);
     let (registry, saga) = diamond(&script, 16);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &1).await;
     until_calls(&script, |calls| calls.contains(&"c:action:1".into())).await;
     // b fails while c still runs; c's result must arrive before anything else.
     for _ in 0..100 {
@@ -139,7 +115,7 @@ async fn no_forward_step_starts_after_a_step_failed_for_good() {
     }
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
     script.open_gate();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let calls = script.calls();
@@ -163,13 +139,9 @@ async fn the_per_saga_limit_caps_the_calls_in_flight() {
     }
     let mut registry = Registry::new();
     let saga = registry.register(builder.build().unwrap()).unwrap();
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &1).await;
     until_calls(&script, |calls| calls.len() == 2).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(script.calls().len(), 2, "two calls in flight at most");
@@ -179,10 +151,7 @@ async fn the_per_saga_limit_caps_the_calls_in_flight() {
     }
     script.open_gate();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,19 +161,15 @@ async fn recovery_reruns_every_parallel_call_left_in_doubt() {
     first.set("b", Phase::Action, Behaviour::Hang);
     first.set("c", Phase::Action, Behaviour::Hang);
     let (registry, saga) = diamond(&first, 16);
-    let engine = open(&store, registry).await;
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let engine = open_mem(&store, registry).await;
+    let id = start_saga(&engine, &saga, &1).await;
     until_calls(&first, |calls| calls.len() == 3).await;
     engine.shutdown(Duration::ZERO).await;
 
     let second = Script::default();
     let (registry, _) = diamond(&second, 16);
-    let engine = open(&store, registry).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let engine = open_mem(&store, registry).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let calls = second.calls();

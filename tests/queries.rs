@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{trip_definition, Behaviour, Script};
+use common::{outcome_of, start_saga, status_of, trip_definition, Behaviour, Script};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, Registry,
     SagaFilter, SagaStatus, StartOptions, StepError, UnixMillis,
@@ -36,18 +36,10 @@ async fn engine_with_two_types(
 async fn find_filters_by_saga_type() {
     let script = Script::default();
     let (engine, trip, other) = engine_with_two_types(&script).await;
-    let a = engine
-        .start(&trip, &"a".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let b = engine
-        .start(&other, &"b".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(a).await.unwrap();
-    engine.outcome(b).await.unwrap();
+    let a = start_saga(&engine, &trip, &"a".into()).await;
+    let b = start_saga(&engine, &other, &"b".into()).await;
+    outcome_of(&engine, a).await;
+    outcome_of(&engine, b).await;
 
     let found = engine.find(&SagaFilter::new().saga_type("other")).unwrap();
 
@@ -58,19 +50,11 @@ async fn find_filters_by_saga_type() {
 async fn find_filters_by_start_time() {
     let script = Script::default();
     let (engine, trip, _) = engine_with_two_types(&script).await;
-    let early = engine
-        .start(&trip, &"early".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let early = start_saga(&engine, &trip, &"early".into()).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let late = engine
-        .start(&trip, &"late".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(early).await.unwrap();
-    engine.outcome(late).await.unwrap();
+    let late = start_saga(&engine, &trip, &"late".into()).await;
+    outcome_of(&engine, early).await;
+    outcome_of(&engine, late).await;
 
     let window = SagaFilter::new().started_between(UnixMillis(T0 + 5_000), UnixMillis(T0 + 60_000));
     let found = engine.find(&window).unwrap();
@@ -96,16 +80,9 @@ async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
         .await
         .unwrap()
         .saga_id;
-    assert_eq!(
-        engine.outcome(stuck).await.unwrap().status,
-        SagaStatus::Suspended
-    );
-    let done = engine
-        .start(&other, &"done".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(done).await.unwrap();
+    assert_eq!(status_of(&engine, stuck).await, SagaStatus::Suspended);
+    let done = start_saga(&engine, &other, &"done".into()).await;
+    outcome_of(&engine, done).await;
     tokio::time::sleep(Duration::from_secs(3_600)).await;
 
     let half_hour = engine
@@ -140,13 +117,9 @@ async fn stats_count_statuses_queues_and_the_oldest_saga_in_flight() {
         .await
         .unwrap()
         .saga_id;
-    engine.outcome(manual).await.unwrap();
-    let immediate = engine
-        .start(&trip, &"i".into(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(immediate).await.unwrap();
+    outcome_of(&engine, manual).await;
+    let immediate = start_saga(&engine, &trip, &"i".into()).await;
+    outcome_of(&engine, immediate).await;
     let scheduled = engine
         .start(
             &other,

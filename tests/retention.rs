@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{outcome_of, trip_registry, Behaviour, Script};
 use sagalog::log::store::{LogStore, Removal};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, Retention,
@@ -50,16 +50,16 @@ async fn four_sagas(store: &Arc<MemStore>) -> Fixture {
         }
     };
     let committed = run("committed", CompensationStrategy::Immediate).await;
-    engine.outcome(committed).await.unwrap();
+    outcome_of(&engine, committed).await;
     script.set(
         "car",
         Phase::Action,
         Behaviour::Fail(StepError::permanent("sold out")),
     );
     let compensated = run("compensated", CompensationStrategy::Immediate).await;
-    engine.outcome(compensated).await.unwrap();
+    outcome_of(&engine, compensated).await;
     let suspended = run("suspended", CompensationStrategy::Manual).await;
-    engine.outcome(suspended).await.unwrap();
+    outcome_of(&engine, suspended).await;
     let sleeping = run(
         "sleeping",
         CompensationStrategy::Scheduled { delay_ms: 10 * DAY },
@@ -226,7 +226,7 @@ async fn sled_history(dir: &std::path::Path, n: usize) -> SagaId {
         ids.push(started.saga_id);
     }
     for id in ids {
-        engine.outcome(id).await.unwrap();
+        outcome_of(&engine, id).await;
     }
     script.set(
         "car",
@@ -239,7 +239,7 @@ async fn sled_history(dir: &std::path::Path, n: usize) -> SagaId {
         .await
         .unwrap()
         .saga_id;
-    engine.outcome(suspended).await.unwrap();
+    outcome_of(&engine, suspended).await;
     engine.sweep_finished(Duration::ZERO, 256).await.unwrap();
     engine.shutdown(Duration::from_secs(1)).await;
     suspended

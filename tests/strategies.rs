@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{trip_registry, Behaviour, Script};
+use common::{outcome_of, start_saga, status_of, trip_registry, Behaviour, Script};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, Registry,
     RetryPolicy, SagaDefinition, SagaId, SagaStatus, StartOptions, StepError, StepOptions,
@@ -88,7 +88,7 @@ async fn scheduled_compensation_runs_at_its_due_time_and_never_before() {
     );
     assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Compensating);
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let failed = script.time_of("car:action:1").unwrap();
     let compensated = script.time_of("hotel:compensation:1").unwrap();
@@ -124,7 +124,7 @@ async fn scheduled_item_that_fell_due_during_downtime_runs_right_after_recovery(
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&store, registry, waiting.due.0 + DAY).await;
     let reopened = tokio::time::Instant::now();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -167,10 +167,7 @@ async fn saga_asleep_on_a_timer_is_not_loaded_at_recovery_until_due() {
 
     assert!(script.calls().is_empty(), "nothing ran before the due time");
     assert_eq!(engine.delay_queue(10).unwrap()[0].due, waiting.due);
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Compensated
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Compensated);
 }
 
 #[tokio::test]
@@ -185,10 +182,7 @@ async fn manual_queue_survives_a_restart_and_is_resolved_after_it() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&store, registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Suspended
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
     assert!(
         !script.calls().iter().any(|c| c.contains("compensation")),
         "nothing compensated automatically"
@@ -212,7 +206,7 @@ async fn manual_queue_survives_a_restart_and_is_resolved_after_it() {
         .compensate_now(id, "alice", "customer cancelled")
         .await
         .unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -247,13 +241,13 @@ async fn steps_marked_compensated_by_hand_are_not_called() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
 
     engine
         .mark_compensated(id, "hotel", "bob", "cancelled by phone")
         .await
         .unwrap();
-    let after_one = engine.outcome(id).await.unwrap();
+    let after_one = outcome_of(&engine, id).await;
     assert_eq!(
         after_one.status,
         SagaStatus::Suspended,
@@ -264,7 +258,7 @@ async fn steps_marked_compensated_by_hand_are_not_called() {
         .mark_compensated(id, "flight", "bob", "refunded by hand")
         .await
         .unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
@@ -281,13 +275,13 @@ async fn operator_retry_runs_a_permanently_failed_step_again() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
 
     engine
         .retry_step(id, "carol", "garage reopened")
         .await
         .unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(script.calls()[2..], ["car:action:1", "car:action:2"]);
@@ -304,10 +298,10 @@ async fn abandoned_saga_ends_failed_without_compensating() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
 
     engine.abandon(id, "dave", "written off").await.unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Failed);
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
@@ -320,7 +314,7 @@ async fn operator_action_that_makes_no_sense_is_refused_and_changes_nothing() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Immediate).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
     let records = engine.history(id).unwrap().len();
 
     let result = engine.retry_step(id, "eve", "why not").await;
@@ -352,7 +346,7 @@ async fn retry_then_compensate_retries_the_step_then_compensates() {
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
 
     let id = start(&engine, &trip, retrying(4, 1_000)).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -404,7 +398,7 @@ async fn retry_count_survives_a_crash_mid_backoff() {
     );
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&store, registry, T0 + 5_000).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -425,7 +419,7 @@ async fn permanent_error_skips_retries() {
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
 
     let id = start(&engine, &trip, retrying(5, 10)).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
 
     assert_eq!(
         script
@@ -458,7 +452,7 @@ async fn retry_deadline_ends_retries_before_the_attempt_limit() {
     };
 
     let id = start(&engine, &trip, strategy).await;
-    engine.outcome(id).await.unwrap();
+    outcome_of(&engine, id).await;
 
     // Attempts at 0 s, 1 s and 3 s; the next would start at 7 s, past the deadline.
     assert_eq!(
@@ -516,12 +510,8 @@ async fn timed_out_call_is_in_doubt_and_compensated() {
         .unwrap();
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
 
-    let id = engine
-        .start(&saga, &"x".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &"x".to_string()).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -566,7 +556,7 @@ async fn compensation_that_keeps_failing_escalates_with_an_alert() {
         .unwrap();
 
     let id = start(&engine, &trip, CompensationStrategy::Immediate).await;
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Suspended);
     let alerts = alerts.lock().unwrap().clone();
@@ -596,20 +586,14 @@ async fn escalated_compensation_gets_a_fresh_budget_from_compensate_now() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Immediate).await;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Suspended
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
 
     engine
         .compensate_now(id, "ops", "hotel api is back")
         .await
         .unwrap();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Compensated
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Compensated);
     assert!(script.calls().contains(&"hotel:compensation:4".to_string()));
 }
 
@@ -619,16 +603,13 @@ async fn committed_saga_can_be_compensated_afterwards() {
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Immediate).await;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 
     engine
         .compensate_now(id, "ops", "order returned")
         .await
         .unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -662,7 +643,7 @@ async fn cancel_stops_forward_progress_at_the_next_step_boundary() {
     }
     script.open_gate();
     cancel.await.unwrap().unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -706,16 +687,9 @@ async fn a_steps_own_strategy_overrides_the_sagas() {
         .unwrap();
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
 
-    let id = engine
-        .start(&saga, &"x".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &"x".to_string()).await;
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Suspended
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
 }
 
 #[tokio::test(start_paused = true)]
@@ -754,13 +728,7 @@ async fn more_sleeping_sagas_than_the_in_memory_window_all_wake() {
     let count = 3 * 1024; // three times the delay queue's in-memory window
     let mut ids = Vec::new();
     for i in 0..count as u64 {
-        ids.push(
-            engine
-                .start(&saga, &i, StartOptions::new())
-                .await
-                .unwrap()
-                .saga_id,
-        );
+        ids.push(start_saga(&engine, &saga, &i).await);
     }
     for id in &ids {
         assert_eq!(

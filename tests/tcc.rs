@@ -4,11 +4,13 @@
 
 mod common;
 
-use common::{call, position, until_calls, Behaviour, Script};
+use common::{
+    call, open_mem, outcome_of, position, start_saga, status_of, until_calls, Behaviour, Script,
+};
 use sagalog::log::record::{Decision, Record};
 use sagalog::{
-    Engine, EngineConfig, MemStore, Phase, Registry, RetryPolicy, SagaBuilder, SagaDefinition,
-    SagaId, SagaRef, SagaStatus, StartOptions, StepContext, StepError, TwoPhaseParticipant,
+    Engine, MemStore, Phase, Registry, RetryPolicy, SagaBuilder, SagaDefinition, SagaId, SagaRef,
+    SagaStatus, StepContext, StepError, TwoPhaseParticipant,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,12 +38,6 @@ fn seckill(
     let mut registry = Registry::new();
     let saga = registry.register(builder.build().unwrap()).unwrap();
     (registry, saga)
-}
-
-async fn open(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .expect("engine opens")
 }
 
 /// Waits (on the paused clock) until the saga, running in the background
@@ -72,14 +68,10 @@ fn decisions(engine: &Engine, id: SagaId) -> Vec<Decision> {
 async fn every_try_succeeds_then_every_branch_is_confirmed() {
     let script = Script::default();
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let calls = script.calls();
@@ -102,14 +94,10 @@ async fn a_failed_try_cancels_every_branch_that_was_tried_and_rolls_back() {
         Behaviour::Fail(StepError::permanent("sold out")),
     );
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::RolledBack);
     let calls = script.calls();
@@ -130,20 +118,13 @@ async fn parallel_tries_are_called_at_the_same_time() {
         script.set(name, Phase::Try, Behaviour::Gate);
     }
     let (registry, saga) = seckill(&script, |b| b.parallel_tries());
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &7).await;
     until_calls(&script, |calls| calls.len() == 3).await;
     script.open_gate();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,14 +136,10 @@ async fn a_failing_confirm_is_retried_with_backoff_until_it_succeeds() {
         Behaviour::FailTimes(2, StepError::retryable("stock service busy")),
     );
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let first = script.time_of("stock:confirm:1").unwrap();
@@ -182,14 +159,10 @@ async fn a_confirm_that_keeps_failing_waits_for_an_operator_then_commits_on_retr
         Behaviour::Fail(StepError::retryable("db down")),
     );
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
     assert_eq!(outcome.status, SagaStatus::Suspended);
     let queue = engine.manual_queue().unwrap();
     assert_eq!(queue.len(), 1);
@@ -202,10 +175,7 @@ async fn a_confirm_that_keeps_failing_waits_for_an_operator_then_commits_on_retr
     script.set("order", Phase::Confirm, Behaviour::Succeed);
     engine.retry_now(id, "ops", "db is back").await.unwrap();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -213,14 +183,10 @@ async fn async_confirm_reports_the_outcome_once_the_commit_decision_is_durable()
     let script = Script::default();
     script.set("funds", Phase::Confirm, Behaviour::Gate);
     let (registry, saga) = seckill(&script, |b| b.async_confirm());
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
     assert_eq!(outcome.status, SagaStatus::Committing);
 
     until_calls(&script, |calls| calls.contains(&"funds:confirm:1".into())).await;
@@ -234,22 +200,15 @@ async fn async_confirms_left_running_by_a_shutdown_finish_after_reopening() {
     let first = Script::default();
     first.set("stock", Phase::Confirm, Behaviour::Hang);
     let (registry, saga) = seckill(&first, |b| b.async_confirm());
-    let engine = open(&store, registry).await;
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committing
-    );
+    let engine = open_mem(&store, registry).await;
+    let id = start_saga(&engine, &saga, &7).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committing);
     until_calls(&first, |calls| calls.contains(&"stock:confirm:1".into())).await;
     engine.shutdown(Duration::ZERO).await;
 
     let second = Script::default();
     let (registry, _) = seckill(&second, |b| b.async_confirm());
-    let engine = open(&store, registry).await;
+    let engine = open_mem(&store, registry).await;
     until_status(&engine, id, SagaStatus::Committed).await;
 
     assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Committed);
@@ -265,13 +224,9 @@ async fn an_operator_cancel_during_the_tries_rolls_the_transaction_back() {
     let script = Script::default();
     script.set("stock", Phase::Try, Behaviour::Gate);
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
+    let id = start_saga(&engine, &saga, &7).await;
     until_calls(&script, |calls| calls.contains(&"stock:try:1".into())).await;
     let cancel = {
         let engine = engine.clone();
@@ -281,10 +236,7 @@ async fn an_operator_cancel_during_the_tries_rolls_the_transaction_back() {
     script.open_gate();
     cancel.await.unwrap().unwrap();
 
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::RolledBack
-    );
+    assert_eq!(status_of(&engine, id).await, SagaStatus::RolledBack);
     let calls = script.calls();
     assert!(calls.contains(&"funds:cancel:1".to_string()));
     assert!(!calls.iter().any(|c| c.starts_with("order:")));
@@ -299,16 +251,9 @@ async fn cancel_is_refused_once_the_commit_is_decided() {
         Behaviour::Fail(StepError::retryable("down")),
     );
     let (registry, saga) = seckill(&script, |b| b);
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Suspended
-    );
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let id = start_saga(&engine, &saga, &7).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
 
     let refused = engine.cancel(id, "ops", "too late").await.unwrap_err();
 
@@ -364,22 +309,15 @@ async fn two_phase_participants_commit_and_an_operator_compensates_them_later() 
     }
     let mut registry = Registry::new();
     let saga = registry.register(builder.build().unwrap()).unwrap();
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &1, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    assert_eq!(
-        engine.outcome(id).await.unwrap().status,
-        SagaStatus::Committed
-    );
+    let id = start_saga(&engine, &saga, &1).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     engine
         .compensate_now(id, "ops", "order refunded")
         .await
         .unwrap();
-    let outcome = engine.outcome(id).await.unwrap();
+    let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let calls = calls.lock().unwrap().clone();
@@ -420,14 +358,10 @@ async fn async_cancel_reports_the_outcome_once_the_rollback_decision_is_durable(
     );
     script.set("funds", Phase::Cancel, Behaviour::Gate);
     let (registry, saga) = seckill(&script, |b| b.async_cancel());
-    let engine = open(&Arc::new(MemStore::new()), registry).await;
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = engine
-        .start(&saga, &7, StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    let outcome = engine.outcome(id).await.unwrap();
+    let id = start_saga(&engine, &saga, &7).await;
+    let outcome = outcome_of(&engine, id).await;
     assert_eq!(outcome.status, SagaStatus::RollingBack);
 
     until_calls(&script, |calls| calls.contains(&"funds:cancel:1".into())).await;

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use sagalog::{
-    InDoubtPolicy, Phase, Registry, RetryPolicy, SagaDefinition, SagaRef, StepContext, StepError,
+    Engine, EngineConfig, InDoubtPolicy, MemStore, Outcome, Phase, Registry, RetryPolicy,
+    SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions, StepContext, StepError,
 };
+use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -213,4 +215,35 @@ pub async fn until_calls(script: &Script, done: impl Fn(&[String]) -> bool) {
         "the expected calls never happened; calls: {:?}",
         script.calls()
     );
+}
+
+/// Opens an engine with the default configuration over `store`; panics if
+/// it does not open.
+pub async fn open_mem(store: &Arc<MemStore>, registry: Registry) -> Engine {
+    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .expect("engine opens")
+}
+
+/// Starts `saga` with `input` and default options and returns its id;
+/// panics with the error if the start is refused.
+pub async fn start_saga<I: Serialize>(engine: &Engine, saga: &SagaRef<I>, input: &I) -> SagaId {
+    engine
+        .start(saga, input, StartOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("the saga did not start: {e}"))
+        .saga_id
+}
+
+/// Waits for the saga's outcome; panics with the error if there is none.
+pub async fn outcome_of(engine: &Engine, id: SagaId) -> Outcome {
+    engine
+        .outcome(id)
+        .await
+        .unwrap_or_else(|e| panic!("saga {id} has no outcome: {e}"))
+}
+
+/// The status in the saga's outcome (see [`outcome_of`]).
+pub async fn status_of(engine: &Engine, id: SagaId) -> SagaStatus {
+    outcome_of(engine, id).await.status
 }
