@@ -15,6 +15,7 @@
 //! | `sagalog_log_append_seconds` | histogram | | one group commit: atomic write plus flush |
 //! | `sagalog_log_batch_appends` | histogram | | appends that shared one group commit |
 //! | `sagalog_sagas_swept_total` | counter | | finished sagas deleted by retention |
+//! | `sagalog_log_writable` | gauge | | 1 while the log takes writes, 0 once a write could not be made durable (see `Engine::writable`) |
 //!
 //! The queue gauges count what this engine wrote since it opened, starting
 //! from the index at open; parked sagas are not in them.
@@ -37,6 +38,8 @@ pub const DELAY_QUEUE_DEPTH: &str = "sagalog_delay_queue_depth";
 pub const APPEND_SECONDS: &str = "sagalog_log_append_seconds";
 /// Histogram: appends per group commit.
 pub const BATCH_APPENDS: &str = "sagalog_log_batch_appends";
+/// Gauge: 1 while the log takes writes, 0 after a failed sync.
+pub const LOG_WRITABLE: &str = "sagalog_log_writable";
 /// Counter: finished sagas deleted by retention.
 pub const SAGAS_SWEPT: &str = "sagalog_sagas_swept_total";
 

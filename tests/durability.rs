@@ -4,14 +4,19 @@
 //! it acknowledges the write. `kill -9` cannot show a missing sync (the
 //! page cache survives it), so these tests check that the blob path is
 //! taken and reads back whole across a reopen; power loss is not covered
-//! here (DESIGN.md §10).
+//! here (DESIGN.md §10). A sync that fails is final: the engine reports
+//! that its log takes no more writes until it is reopened.
 
 mod common;
 
-use common::{start_saga, status_of, trip_registry, Script};
+use common::{open_mem, start_saga, status_of, trip_registry, Script};
 use sagalog::log::record::Record;
-use sagalog::{Engine, EngineConfig, InDoubtPolicy, SagaStatus};
+use sagalog::log::store::FaultTiming;
+use sagalog::{
+    Engine, EngineConfig, Error, InDoubtPolicy, MemStore, SagaStatus, StartOptions, StoreError,
+};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// 300 KiB: more than sled 0.34 keeps in a log segment (128 KiB of its
@@ -55,4 +60,54 @@ async fn a_saga_whose_input_sled_keeps_in_a_blob_file_reads_back_whole_after_a_r
     );
     assert!(history.iter().all(|entry| entry.record.is_ok()));
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An engine over a store whose next append's sync fails, and the saga
+/// type to start.
+async fn engine_whose_next_sync_fails(store: &Arc<MemStore>) -> (Engine, sagalog::SagaRef<String>) {
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = open_mem(store, registry).await;
+    store.fail_append(store.append_count() + 1, FaultTiming::FailedSync);
+    (engine, trip)
+}
+
+#[tokio::test]
+async fn after_a_failed_sync_the_engine_reports_its_log_unwritable_and_refuses_starts() {
+    let store = Arc::new(MemStore::new());
+    let (engine, trip) = engine_whose_next_sync_fails(&store).await;
+    assert!(engine.writable().is_ok());
+
+    let failed = engine.start(&trip, &"a".into(), StartOptions::new()).await;
+    assert!(
+        matches!(&failed, Err(Error::Store(StoreError::Backend(m))) if m.contains("could not be made durable")),
+        "{failed:?}"
+    );
+    let Err(Error::Store(StoreError::Backend(reason))) = engine.writable() else {
+        panic!("the engine must report that its log takes no writes");
+    };
+    assert!(reason.contains("takes no more writes"), "{reason}");
+    let refused = engine.start(&trip, &"b".into(), StartOptions::new()).await;
+    assert!(
+        matches!(&refused, Err(Error::Store(StoreError::Backend(m))) if m.contains("takes no more writes")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_engine_takes_writes_again_after_a_failed_sync() {
+    let store = Arc::new(MemStore::new());
+    let (engine, trip) = engine_whose_next_sync_fails(&store).await;
+    assert!(engine
+        .start(&trip, &"a".into(), StartOptions::new())
+        .await
+        .is_err());
+    engine.shutdown(Duration::ZERO).await;
+    drop(engine);
+
+    store.clear_faults(); // what reopening the database does
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = open_mem(&store, registry).await;
+    assert!(engine.writable().is_ok());
+    let id = start_saga(&engine, &trip, &"b".to_string()).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use sagalog::log::store::FaultTiming;
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, RetryPolicy,
     StartOptions, StepError,
@@ -19,7 +20,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_starts_finishes_retries_compensations_and_the_manual_queue() {
+async fn metrics_count_starts_finishes_retries_compensations_the_manual_queue_and_a_failed_sync() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).unwrap();
@@ -89,4 +90,19 @@ async fn metrics_count_starts_finishes_retries_compensations_and_the_manual_queu
     assert_eq!(get("sagalog_delay_queue_depth"), 0.0);
     assert!(get("sagalog_log_append_seconds_count") > 0.0);
     assert!(get(r#"sagalog_participant_call_seconds_count{phase="action",outcome="ok"}"#) >= 5.0);
+    assert_eq!(get("sagalog_log_writable"), 1.0);
+
+    // A sync fails: the gauge says the log takes no more writes.
+    let store = Arc::new(MemStore::new());
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    store.fail_append(store.append_count() + 1, FaultTiming::FailedSync);
+    assert!(engine
+        .start(&trip, &"lost".into(), StartOptions::new())
+        .await
+        .is_err());
+    let text = handle.render();
+    assert_eq!(sample(&text, "sagalog_log_writable"), Some(0.0), "{text}");
 }

@@ -942,6 +942,18 @@ impl Engine {
         self.inner.clock.now()
     }
 
+    /// `Ok` while the log takes writes. Once a write could not be made
+    /// durable (a failed `fdatasync` on the database's disk), every later
+    /// write is refused, so no saga can move on and no saga can start, until
+    /// the engine is opened again (recovery then reads what the disk really
+    /// holds). The error says what failed. A service should take itself
+    /// out of rotation when this fails and restart once the disk is fixed;
+    /// the `sagalog_log_writable` gauge (0 or 1) says the same to a
+    /// metrics scraper. Reads (views, history, listings) keep working.
+    pub fn writable(&self) -> Result<(), Error> {
+        Ok(self.inner.store.writable()?)
+    }
+
     /// Counters of the log writer (appends, flushes, entries written).
     pub fn log_stats(&self) -> Arc<WriterStats> {
         self.inner.writer.stats().clone()

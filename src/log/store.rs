@@ -279,6 +279,14 @@ pub trait LogStore: Send + Sync + 'static {
     /// caller believed; so is one named by a damaged batch. Returns how many
     /// sagas and keys were removed.
     fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError>;
+
+    /// `Ok` while the store takes writes. Once a write could not be made
+    /// durable (a failed `fdatasync`), the error that every later write
+    /// gets: the store takes none until it is opened again. Reads still
+    /// work. A store that never stops taking writes keeps the default.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A finished saga to delete, with the idempotency key its start record
@@ -819,6 +827,9 @@ macro_rules! impl_log_store {
             fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError> {
                 remove_finished(&self.kv, sagas)
             }
+            fn writable(&self) -> Result<(), StoreError> {
+                self.writable_now()
+            }
         }
     };
 }
@@ -874,11 +885,7 @@ impl DataSync {
     fn usable(&self) -> Result<(), StoreError> {
         match crate::sync::lock(&self.failed).as_ref() {
             None => Ok(()),
-            Some(first) => Err(StoreError::Backend(format!(
-                "an earlier write could not be made durable (fdatasync: {first}) and the \
-                 OS reports that only once, so no later write can be trusted either; \
-                 this store takes no more writes"
-            ))),
+            Some(first) => Err(refused_after_failed_sync(first)),
         }
     }
 
@@ -888,9 +895,7 @@ impl DataSync {
         self.usable()?;
         self.sync_files().map_err(|e| {
             *crate::sync::lock(&self.failed) = Some(e.to_string());
-            StoreError::Backend(format!(
-                "the write is flushed but could not be made durable (fdatasync): {e}"
-            ))
+            failed_sync(&e.to_string())
         })
     }
 
@@ -935,6 +940,22 @@ impl DataSync {
         *synced = present;
         Ok(())
     }
+}
+
+/// The error of the write whose sync failed.
+fn failed_sync(error: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "the write is flushed but could not be made durable (fdatasync): {error}"
+    ))
+}
+
+/// The error of every write after a failed sync (see [`DataSync`]).
+fn refused_after_failed_sync(first: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "an earlier write could not be made durable (fdatasync: {first}) and the \
+         OS reports that only once, so no later write can be trusted either; \
+         this store takes no more writes"
+    ))
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -1275,6 +1296,12 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    fn writable_now(&self) -> Result<(), StoreError> {
+        self.kv.sync.usable()
+    }
+}
+
 impl_log_store!(SledStore);
 
 // ---------------------------------------------------------------- memory
@@ -1287,6 +1314,11 @@ pub enum FaultTiming {
     /// The batch is written, then the append reports failure (as a flush
     /// that failed after the data reached the disk).
     AfterApply,
+    /// The batch is written, then its sync fails, and from then on the
+    /// store refuses every write, as a [`SledStore`] does after a failed
+    /// `fdatasync` ([`LogStore::writable`]). [`MemStore::clear_faults`]
+    /// stands for reopening it. Never drawn by [`MemStore::fail_randomly`].
+    FailedSync,
 }
 
 #[derive(Default)]
@@ -1369,6 +1401,8 @@ struct Faults {
     /// Fail each append with this chance (per mille), drawn from this state.
     random: Option<(u64, u32)>,
     failed: Vec<FailedAppend>,
+    /// Set by a `FailedSync` fault: what the failed sync reported.
+    refusing: Option<String>,
 }
 
 /// An in-memory store with the same keyspace and atomicity as [`SledStore`],
@@ -1407,11 +1441,20 @@ impl MemStore {
         self.faults().random = Some((seed | 1, per_mille.min(1000)));
     }
 
-    /// Stops injecting faults.
+    /// Stops injecting faults, and takes writes again after a
+    /// [`FaultTiming::FailedSync`] (as reopening a store would).
     pub fn clear_faults(&self) {
         let mut faults = self.faults();
         faults.at = None;
         faults.random = None;
+        faults.refusing = None;
+    }
+
+    fn writable_now(&self) -> Result<(), StoreError> {
+        match &self.faults().refusing {
+            None => Ok(()),
+            Some(first) => Err(refused_after_failed_sync(first)),
+        }
     }
 
     /// Every append an injected fault made fail, in order.
@@ -1458,6 +1501,7 @@ impl MemStore {
         batch: &[&SagaAppend],
         watermark: Option<SagaId>,
     ) -> Result<(), StoreError> {
+        self.writable_now()?;
         let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
         let timing = self.next_fault(number);
         let record_failure = |timing: FaultTiming| {
@@ -1483,6 +1527,12 @@ impl MemStore {
             return Err(StoreError::Injected(format!(
                 "append #{number} failed after applying"
             )));
+        }
+        if timing == Some(FaultTiming::FailedSync) {
+            record_failure(FaultTiming::FailedSync);
+            let reason = format!("injected write-back failure at append #{number}");
+            self.faults().refusing = Some(reason.clone());
+            return Err(failed_sync(&reason));
         }
         Ok(())
     }

@@ -298,6 +298,11 @@ fn run(
 ) {
     let mut durable: u64 = 0;
     let mut group = Vec::new();
+    metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if store.writable().is_ok() {
+        1.0
+    } else {
+        0.0
+    });
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;
         match first {
@@ -407,6 +412,7 @@ fn commit_group(
             rewritten + a.records.iter().map(|r| r.len()).sum::<usize>()
         })
         .sum();
+    let was_writable = store.writable().is_ok();
     let began = std::time::Instant::now();
     let result = store.append(&batch, index.watermark);
     metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
@@ -435,6 +441,11 @@ fn commit_group(
         Err(e) => {
             watermark.failed(index);
             tracing::error!(error = %e, appends = accepted.len(), "group commit failed");
+            // Said once, by the group whose sync failed.
+            if let (true, Err(refusal)) = (was_writable, store.writable()) {
+                metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);
+                tracing::error!(error = %refusal, "the log takes no more writes; restart the service once the disk is fixed");
+            }
             for waiter in accepted {
                 answer(waiter, Err(AppendError::Store(e.clone())));
             }
