@@ -867,6 +867,9 @@ struct DataSync {
     /// Test hook: the next sync fails as a failed write-back would.
     #[cfg(test)]
     fail_next: std::sync::atomic::AtomicBool,
+    /// Test hook: the next sled flush fails.
+    #[cfg(test)]
+    fail_flush_next: std::sync::atomic::AtomicBool,
 }
 
 impl DataSync {
@@ -878,6 +881,8 @@ impl DataSync {
             failed: Mutex::new(None),
             #[cfg(test)]
             fail_next: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_flush_next: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -893,10 +898,16 @@ impl DataSync {
     /// makes the store refuse every later write ([`DataSync::usable`]).
     fn sync(&self) -> Result<(), StoreError> {
         self.usable()?;
-        self.sync_files().map_err(|e| {
-            *crate::sync::lock(&self.failed) = Some(e.to_string());
-            failed_sync(&e.to_string())
-        })
+        self.sync_files()
+            .map_err(|e| self.fail(&format!("fdatasync: {e}")))
+    }
+
+    /// Records that written data may not have reached the disk (`what`
+    /// failed): from now on every write is refused. Returns the error for
+    /// the write that found out.
+    fn fail(&self, what: &str) -> StoreError {
+        *crate::sync::lock(&self.failed) = Some(what.to_string());
+        failed_sync(what)
     }
 
     fn sync_files(&self) -> std::io::Result<()> {
@@ -942,17 +953,18 @@ impl DataSync {
     }
 }
 
-/// The error of the write whose sync failed.
-fn failed_sync(error: &str) -> StoreError {
+/// The error of the write whose flush or sync failed (`what`: which, and
+/// what the OS said).
+fn failed_sync(what: &str) -> StoreError {
     StoreError::Backend(format!(
-        "the write is flushed but could not be made durable (fdatasync): {error}"
+        "the write is applied but could not be made durable ({what})"
     ))
 }
 
-/// The error of every write after a failed sync (see [`DataSync`]).
+/// The error of every write after a failed flush or sync (see [`DataSync`]).
 fn refused_after_failed_sync(first: &str) -> StoreError {
     StoreError::Backend(format!(
-        "an earlier write could not be made durable (fdatasync: {first}) and the \
+        "an earlier write could not be made durable ({first}) and the \
          OS reports that only once, so no later write can be trusted either; \
          this store takes no more writes"
     ))
@@ -973,7 +985,21 @@ impl Kv for SledKv {
             }
         }
         self.db.apply_batch(batch).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        #[cfg(test)]
+        let flushed = match self
+            .sync
+            .fail_flush_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            true => Err("injected flush failure".to_string()),
+            false => flushed,
+        };
+        if let Err(e) = flushed {
+            // sled writes with `pwrite` + `sync_file_range`: a failure there
+            // is a lost write-back as much as a failed `fdatasync` is.
+            return Err(self.sync.fail(&format!("sled's flush: {e}")));
+        }
         self.sync.sync()
     }
 
@@ -1530,7 +1556,7 @@ impl MemStore {
         }
         if timing == Some(FaultTiming::FailedSync) {
             record_failure(FaultTiming::FailedSync);
-            let reason = format!("injected write-back failure at append #{number}");
+            let reason = format!("fdatasync: injected write-back failure at append #{number}");
             self.faults().refusing = Some(reason.clone());
             return Err(failed_sync(&reason));
         }
@@ -1580,5 +1606,28 @@ mod tests {
         append_value(&store, saga, 2).unwrap();
         let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
         assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_failed_flush_refuses_every_later_write_as_a_failed_sync_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let saga = SagaId::new();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        store
+            .kv
+            .sync
+            .fail_flush_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = append_value(&store, saga, 0).unwrap_err();
+        assert!(
+            matches!(&failed, StoreError::Backend(m) if m.contains("sled's flush")),
+            "{failed}"
+        );
+        let refused = append_value(&store, saga, 1).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Backend(m) if m.contains("takes no more writes")),
+            "{refused}"
+        );
+        assert_eq!(store.writable(), Err(refused));
     }
 }
