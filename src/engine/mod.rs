@@ -943,7 +943,7 @@ impl Engine {
     }
 
     /// `Ok` while the log takes writes. Once a write could not be made
-    /// durable (a failed `fdatasync` on the database's disk), every later
+    /// durable (a failed flush or `fdatasync` on the database's disk), every later
     /// write is refused, so no saga can move on and no saga can start, until
     /// the engine is opened again (recovery then reads what the disk really
     /// holds). The error says what failed. A service should take itself

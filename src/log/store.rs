@@ -281,7 +281,7 @@ pub trait LogStore: Send + Sync + 'static {
     fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError>;
 
     /// `Ok` while the store takes writes. Once a write could not be made
-    /// durable (a failed `fdatasync`), the error that every later write
+    /// durable (a failed flush or `fdatasync`), the error that every later write
     /// gets: the store takes none until it is opened again. Reads still
     /// work. A store that never stops taking writes keeps the default.
     fn writable(&self) -> Result<(), StoreError> {
@@ -1320,9 +1320,7 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         self.kv.apply_durably(batch_ops(batch, watermark))
     }
-}
 
-impl SledStore {
     fn writable_now(&self) -> Result<(), StoreError> {
         self.kv.sync.usable()
     }
@@ -1342,7 +1340,7 @@ pub enum FaultTiming {
     AfterApply,
     /// The batch is written, then its sync fails, and from then on the
     /// store refuses every write, as a [`SledStore`] does after a failed
-    /// `fdatasync` ([`LogStore::writable`]). [`MemStore::clear_faults`]
+    /// flush or `fdatasync` ([`LogStore::writable`]). [`MemStore::clear_faults`]
     /// stands for reopening it. Never drawn by [`MemStore::fail_randomly`].
     FailedSync,
 }
