@@ -21,7 +21,55 @@
 // for that, glibc's arenas do.
 #[cfg(feature = "bench-mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
+#[cfg(not(feature = "bench-mimalloc"))]
+#[global_allocator]
+static ALLOCATOR: Counting<std::alloc::System> = Counting(std::alloc::System);
+
+/// Counts allocations and their bytes, then hands them to the allocator
+/// it wraps. Allocations per saga do not depend on how fast this VM's CPU
+/// is in a given hour, so they show a change in per-saga work that the
+/// throughput noise would hide.
+struct Counting<A>(A);
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ALLOCATED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is passed on unchanged to the wrapped allocator, which
+// upholds `GlobalAlloc`'s contract; the counters are only side effects.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation(layout.size());
+        // SAFETY: the caller's layout, passed on as `alloc` requires.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation(layout.size());
+        // SAFETY: as in `alloc`.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count_allocation(new);
+        // SAFETY: `ptr` and `layout` come from this allocator, as the caller promises.
+        unsafe { self.0.realloc(ptr, layout, new) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as in `realloc`.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+fn count_allocation(bytes: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ALLOCATIONS.fetch_add(1, Relaxed);
+    ALLOCATED_BYTES.fetch_add(bytes as u64, Relaxed);
+}
+
+/// Allocations (reallocations included) and bytes asked for so far.
+fn allocations() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (ALLOCATIONS.load(Relaxed), ALLOCATED_BYTES.load(Relaxed))
+}
 
 use clap::{Parser, ValueEnum};
 use sagalog::{
@@ -315,8 +363,13 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let saga = bench_saga(&mut registry, "bench", args.steps, None);
     let engine = open(&dir.join("log"), registry, args.concurrency.max(1024)).await;
     let cpu_before = cpu_secs();
+    let allocs_before = allocations();
     let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
     let cpu = cpu_secs() - cpu_before;
+    let allocs = allocations();
+    let per_saga = |n: u64| (n as f64 / args.sagas.max(1) as f64).round();
+    let allocs_per_saga = per_saga(allocs.0 - allocs_before.0);
+    let alloc_bytes_per_saga = per_saga(allocs.1 - allocs_before.1);
     let stats = engine.log_stats();
     engine.shutdown(Duration::from_secs(10)).await;
     drop(engine);
@@ -352,6 +405,8 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "peak_rss_mb": (rss_mb("VmHWM:") * 10.0).round() / 10.0,
         "cpu_us_per_saga": (cpu * 1e6 / args.sagas.max(1) as f64).round(),
         "cpu_cores_busy": (cpu / secs * 100.0).round() / 100.0,
+        "allocs_per_saga": allocs_per_saga,
+        "alloc_bytes_per_saga": alloc_bytes_per_saga,
         "disk_bytes_per_saga": disk / args.sagas.max(1) as u64,
         "baseline_entries_per_sec": baseline.round(),
         "baseline_flush_only_entries_per_sec": flush_only.round(),

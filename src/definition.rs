@@ -907,6 +907,17 @@ where
     }
 }
 
+/// A call's idempotency key, `"<saga id>/<step>/<phase>"`, built in one
+/// allocation of the right size (`format!` grows its buffer step by step).
+fn call_key(saga: SagaId, step: &str, phase: Phase) -> String {
+    use std::fmt::Write as _;
+    // A saga id prints as a hyphenated UUID: 36 characters.
+    let mut key = String::with_capacity(36 + step.len() + phase.as_str().len() + 2);
+    // Writing to a `String` cannot fail.
+    let _ = write!(key, "{saga}/{step}/{phase}");
+    key
+}
+
 impl<I> SagaDefinition<I>
 where
     I: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -929,7 +940,7 @@ where
             step: def.name.clone(),
             phase: call.phase,
             attempt: call.attempt,
-            key: format!("{}/{}/{}", call.saga_id, def.name, call.phase),
+            key: call_key(call.saga_id, def.name.as_str(), call.phase),
             input,
             names: self.names.clone(),
             outputs: call.outputs,

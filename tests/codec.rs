@@ -360,3 +360,63 @@ fn a_value_damaged_in_its_last_frame_reads_the_frames_before_it() {
         "reading it whole fails alike"
     );
 }
+
+#[test]
+fn the_step_started_example_of_the_design_encodes_to_its_documented_bytes() {
+    let frame = encode_record(
+        UnixMillis(1_700_000_000_123),
+        &Record::StepStarted(CallRef {
+            step: 2,
+            attempt: 1,
+        }),
+    )
+    .unwrap();
+    // DESIGN.md §3.2, byte for byte.
+    let expected = [
+        0x53, 0x47, 0x01, 0x02, 0x00, 0x00, 0x00, 0x0b, 0x5b, 0x25, 0x84, 0xae, 0xfd, 0x7b, 0x68,
+        0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x02, 0x01,
+    ];
+    assert_eq!(frame, expected);
+}
+
+#[test]
+fn every_record_kind_frames_exactly_the_bincode_bytes_of_its_timestamp_and_body() {
+    for record in every_kind() {
+        let frame = encode_record(UnixMillis(9), &record).unwrap();
+        let payload = &frame[HEADER_LEN..];
+        let declared = u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize;
+        assert_eq!(declared, payload.len());
+        // The payload is bincode's `(at, body)`, nothing more or less.
+        let expected = match &record {
+            Record::SagaStarted(b) => encode_value(&(9u64, b)),
+            Record::StepStarted(b)
+            | Record::CompensationStarted(b)
+            | Record::CompensationSucceeded(b)
+            | Record::ConfirmStarted(b)
+            | Record::ConfirmSucceeded(b) => encode_value(&(9u64, b)),
+            Record::StepSucceeded(b) => encode_value(&(9u64, b)),
+            Record::StepFailed(b) | Record::CompensationFailed(b) | Record::ConfirmFailed(b) => {
+                encode_value(&(9u64, b))
+            }
+            Record::Decided(b) => encode_value(&(9u64, b)),
+            Record::SagaSuspended(b) => encode_value(&(9u64, b)),
+            Record::SagaFinished(b) => encode_value(&(9u64, b)),
+            Record::TimerSet(b) => encode_value(&(9u64, b)),
+            Record::OperatorAction(b) => encode_value(&(9u64, b)),
+        }
+        .unwrap();
+        assert_eq!(payload, expected.as_slice(), "{record:?}");
+    }
+}
+
+#[test]
+fn an_oversized_record_is_refused_at_encoding() {
+    let Record::SagaStarted(mut start) = every_kind().remove(0) else {
+        panic!("every_kind starts with a start record");
+    };
+    start.input = vec![0u8; MAX_PAYLOAD + 1];
+    assert!(matches!(
+        encode_record(UnixMillis(1), &Record::SagaStarted(start)),
+        Err(EncodeError::TooLarge { .. })
+    ));
+}

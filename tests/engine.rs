@@ -647,3 +647,29 @@ async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
         "no call after the failed intent append"
     );
 }
+
+#[tokio::test]
+async fn a_calls_idempotency_key_is_its_saga_id_step_and_phase() {
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = keys.clone();
+    let definition = SagaDefinition::<String>::builder("keyed")
+        .step(
+            "reserve",
+            move |ctx| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.idempotency_key().to_string());
+                    Ok(())
+                }
+            },
+            |_ctx| async { Ok(()) },
+        )
+        .build()
+        .unwrap();
+    let mut registry = Registry::new();
+    let keyed = registry.register(definition).unwrap();
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let id = start_saga(&engine, &keyed, &"x".to_string()).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
+    assert_eq!(*keys.lock().unwrap(), [format!("{id}/reserve/action")]);
+}

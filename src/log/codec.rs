@@ -254,26 +254,72 @@ fn kind_of(record: &Record) -> u8 {
     }
 }
 
+/// Encodes `value` as the payload of a frame of `kind`, straight into the
+/// frame's buffer: one allocation (of about `size_hint` bytes, grown only if
+/// the payload is larger), where encoding first and framing after took one
+/// per growth step of the payload plus one for the frame. The bytes are the
+/// same as `frame(kind, encode_value(value)?)`.
+fn encode_framed<T: Serialize + ?Sized>(
+    kind: u8,
+    value: &T,
+    size_hint: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    out[..2].copy_from_slice(&MAGIC);
+    out[2] = FORMAT_VERSION;
+    out[3] = kind;
+    // Cannot truncate: checked against MAX_PAYLOAD (1 MiB) above.
+    out[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..8]);
+    crc.update(&out[HEADER_LEN..]);
+    out[8..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+    Ok(out)
+}
+
+/// Payload bytes to reserve for a record beyond its user bytes: enough for
+/// every fixed field of the small records.
+const RECORD_HINT: usize = 48;
+
 /// Encodes one log record with its timestamp into a checksummed frame.
 pub fn encode_record(at: UnixMillis, record: &Record) -> Result<Vec<u8>, EncodeError> {
-    let payload = match record {
-        Record::SagaStarted(body) => encode_value(&(at.0, body)),
+    let kind = kind_of(record);
+    match record {
+        Record::SagaStarted(body) => {
+            let hint = 4 * RECORD_HINT + body.input.len() + 32 * body.plan.steps.len();
+            encode_framed(kind, &(at.0, body), hint)
+        }
         Record::StepStarted(body)
         | Record::CompensationStarted(body)
         | Record::CompensationSucceeded(body)
         | Record::ConfirmStarted(body)
-        | Record::ConfirmSucceeded(body) => encode_value(&(at.0, body)),
-        Record::StepSucceeded(body) => encode_value(&(at.0, body)),
+        | Record::ConfirmSucceeded(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        Record::StepSucceeded(body) => {
+            encode_framed(kind, &(at.0, body), RECORD_HINT + body.output.len())
+        }
         Record::StepFailed(body)
         | Record::CompensationFailed(body)
-        | Record::ConfirmFailed(body) => encode_value(&(at.0, body)),
-        Record::Decided(body) => encode_value(&(at.0, body)),
-        Record::SagaSuspended(body) => encode_value(&(at.0, body)),
-        Record::SagaFinished(body) => encode_value(&(at.0, body)),
-        Record::TimerSet(body) => encode_value(&(at.0, body)),
-        Record::OperatorAction(body) => encode_value(&(at.0, body)),
-    }?;
-    frame(kind_of(record), payload)
+        | Record::ConfirmFailed(body) => encode_framed(
+            kind,
+            &(at.0, body),
+            RECORD_HINT + body.failure.message.len(),
+        ),
+        Record::Decided(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        Record::SagaSuspended(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        Record::SagaFinished(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        Record::TimerSet(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        Record::OperatorAction(body) => encode_framed(kind, &(at.0, body), 2 * RECORD_HINT),
+    }
 }
 
 fn body<T: DeserializeOwned>(payload: &[u8]) -> Result<(UnixMillis, T), DecodeError> {
@@ -392,7 +438,7 @@ pub fn split_finished_batch(value: &[u8]) -> (Vec<(SagaId, &[u8])>, Option<Decod
 
 /// Encodes an index entry (the value of an active or finished index key).
 pub fn encode_index_entry<T: Serialize>(entry: &T) -> Result<Vec<u8>, EncodeError> {
-    frame(KIND_INDEX_ENTRY, encode_value(entry)?)
+    encode_framed(KIND_INDEX_ENTRY, entry, 2 * RECORD_HINT)
 }
 
 /// Decodes a value written by [`encode_index_entry`].
