@@ -711,11 +711,12 @@ impl Engine {
                 parent,
             })),
         };
-        let mut state =
-            SagaState::from_start(&entry).map_err(|error| Error::Illegal { saga: id, error })?;
-        let mut staged = Staged::new(id, None);
         let frame = codec::encode_record(entry.at, &entry.record)
             .map_err(|e| Error::encode("record", e))?;
+        let at = entry.at;
+        let mut state = SagaState::from_start_owned(entry)
+            .map_err(|error| Error::Illegal { saga: id, error })?;
+        let mut staged = Staged::new(id, None);
         staged.stage_frame(frame);
         // A fresh saga's first decisions are its first steps: write those
         // intents with the start record, one flush instead of two.
@@ -725,11 +726,11 @@ impl Engine {
                 .iter()
                 .map(|(call, _): &(CallRef, _)| call.step)
                 .collect();
-            let NextAction::RunStep { step, attempt } = decide_live(&state, entry.at, &live) else {
+            let NextAction::RunStep { step, attempt } = decide_live(&state, at, &live) else {
                 break;
             };
             let call = CallRef { step, attempt };
-            staged.push(&mut state, entry.at, Record::StepStarted(call))?;
+            staged.push(&mut state, at, Record::StepStarted(call))?;
             pending_calls.push((call, run::CallKind::Forward));
         }
         let Some(mut append) = staged.take(&state)? else {

@@ -160,9 +160,17 @@ impl Staged {
             .open
             .take()
             .filter(|last| last.bytes.len() + added <= OPEN_VALUE_LIMIT);
-        // What the value will hold once this append is durable.
+        // What the value will hold once this append is durable (sized
+        // once: a clone then an extend would allocate twice).
         let mut written = match &extends {
-            Some(last) => last.clone(),
+            Some(last) => {
+                let mut bytes = Vec::with_capacity(last.bytes.len() + added);
+                bytes.extend_from_slice(&last.bytes);
+                LogValue {
+                    seq: last.seq,
+                    bytes,
+                }
+            }
             None => LogValue {
                 seq: self.first_seq,
                 bytes: Vec::with_capacity(added),

@@ -536,9 +536,14 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
             // One value per append: its frames back to back, keyed by the
             // sequence number of the first; or the saga's last value
             // rewritten with the frames added (DESIGN.md §4b).
+            let added: usize = append.records.iter().map(Vec::len).sum();
             let (seq, mut value) = match &append.extends {
-                Some(last) => (last.seq, last.bytes.clone()),
-                None => (append.first_seq, Vec::new()),
+                Some(last) => {
+                    let mut value = Vec::with_capacity(last.bytes.len() + added);
+                    value.extend_from_slice(&last.bytes);
+                    (last.seq, value)
+                }
+                None => (append.first_seq, Vec::with_capacity(added)),
             };
             for record in &append.records {
                 value.extend_from_slice(record);

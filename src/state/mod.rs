@@ -229,6 +229,27 @@ pub fn fold(entries: &[LogEntry]) -> Result<SagaState, IllegalTransition> {
 impl SagaState {
     /// The state after the first record, which must be `SagaStarted` at seq 0.
     pub fn from_start(entry: &LogEntry) -> Result<SagaState, IllegalTransition> {
+        let started = Self::check_start(entry)?;
+        Ok(Self::started(entry.at, started.clone()))
+    }
+
+    /// Like [`SagaState::from_start`], keeping the caller's start record
+    /// instead of a copy of it (a new saga's, which the engine builds).
+    pub fn from_start_owned(entry: LogEntry) -> Result<SagaState, IllegalTransition> {
+        Self::check_start(&entry)?;
+        match entry.record {
+            Record::SagaStarted(started) => Ok(Self::started(entry.at, *started)),
+            // `check_start` accepted it, so it is a start record.
+            _ => Err(IllegalTransition {
+                seq: entry.seq,
+                kind: entry.record.kind_name(),
+                reason: "the first record must be saga_started".into(),
+            }),
+        }
+    }
+
+    /// The start record of `entry`, if it may begin a saga's log.
+    fn check_start(entry: &LogEntry) -> Result<&SagaStarted, IllegalTransition> {
         let illegal = |reason: &str| IllegalTransition {
             seq: entry.seq,
             kind: entry.record.kind_name(),
@@ -260,10 +281,15 @@ impl SagaState {
                 ));
             }
         }
-        Ok(SagaState {
+        Ok(started)
+    }
+
+    /// The state right after a checked start record.
+    fn started(at: UnixMillis, started: SagaStarted) -> SagaState {
+        SagaState {
             steps: vec![StepState::new(started.plan.is_tcc()); started.plan.steps.len()],
-            started: started.as_ref().clone(),
-            started_at: entry.at,
+            started,
+            started_at: at,
             compensating: false,
             compensation_ordered: false,
             suspended: None,
@@ -273,9 +299,9 @@ impl SagaState {
             failure_at: None,
             timer: None,
             next_seq: 1,
-            last_at: entry.at,
+            last_at: at,
             decision: None,
-        })
+        }
     }
 
     /// The plan from the start record.

@@ -580,3 +580,25 @@ fn decide_is_deterministic_for_the_same_state_and_clock() {
         }
     }
 }
+
+#[test]
+fn a_start_record_the_caller_owns_gives_the_same_state_as_a_borrowed_one() {
+    let entry = LogEntry {
+        seq: 0,
+        at: UnixMillis(5),
+        record: start(InDoubtPolicy::Rerun),
+    };
+    let borrowed = SagaState::from_start(&entry).unwrap();
+    assert_eq!(SagaState::from_start_owned(entry), Ok(borrowed));
+}
+
+#[test]
+fn an_owned_record_that_cannot_start_a_saga_is_refused_like_a_borrowed_one() {
+    let entry = LogEntry {
+        seq: 0,
+        at: UnixMillis(5),
+        record: Record::StepStarted(call(0, 1)),
+    };
+    let borrowed = SagaState::from_start(&entry).unwrap_err();
+    assert_eq!(SagaState::from_start_owned(entry).unwrap_err(), borrowed);
+}
