@@ -160,31 +160,14 @@ impl Staged {
             .open
             .take()
             .filter(|last| last.bytes.len() + added <= OPEN_VALUE_LIMIT);
-        // What the value will hold once this append is durable (sized
-        // once: a clone then an extend would allocate twice).
-        let mut written = match &extends {
-            Some(last) => {
-                let mut bytes = Vec::with_capacity(last.bytes.len() + added);
-                bytes.extend_from_slice(&last.bytes);
-                LogValue {
-                    seq: last.seq,
-                    bytes,
-                }
-            }
-            None => LogValue {
-                seq: self.first_seq,
-                bytes: Vec::with_capacity(added),
-            },
-        };
-        for frame in &frames {
-            written.bytes.extend_from_slice(frame);
-        }
-        if written.bytes.len() < OPEN_VALUE_LIMIT {
-            self.open = Some(written);
-        }
         let mut append = SagaAppend::records(self.saga, self.first_seq, frames);
         append.extends = extends;
         append.index = index;
+        // What the value will hold once this append is durable.
+        let written = append.log_value();
+        if written.bytes.len() < OPEN_VALUE_LIMIT {
+            self.open = Some(written);
+        }
         if timer_changed {
             append.timer_delete = self.durable_timer.as_ref().map(|t| self.key_of(t));
             if let Some(timer) = &state.timer {

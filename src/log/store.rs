@@ -185,6 +185,24 @@ impl SagaAppend {
         }
     }
 
+    /// The log value this append writes: its records after the bytes of the
+    /// value it extends, under that value's key, or alone under
+    /// `first_seq` (DESIGN.md §4b). Built in one allocation of the right
+    /// size; the writer puts it, and the saga loop keeps it as its open value.
+    pub fn log_value(&self) -> LogValue {
+        let (seq, base): (u64, &[u8]) = match &self.extends {
+            Some(last) => (last.seq, &last.bytes),
+            None => (self.first_seq, &[]),
+        };
+        let added: usize = self.records.iter().map(Vec::len).sum();
+        let mut bytes = Vec::with_capacity(base.len() + added);
+        bytes.extend_from_slice(base);
+        for record in &self.records {
+            bytes.extend_from_slice(record);
+        }
+        LogValue { seq, bytes }
+    }
+
     /// How many values this append puts, leaving out its finished-index
     /// item: those of one write share one value (the finished batch).
     pub fn entry_count(&self) -> usize {
@@ -536,19 +554,8 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
             // One value per append: its frames back to back, keyed by the
             // sequence number of the first; or the saga's last value
             // rewritten with the frames added (DESIGN.md §4b).
-            let added: usize = append.records.iter().map(Vec::len).sum();
-            let (seq, mut value) = match &append.extends {
-                Some(last) => {
-                    let mut value = Vec::with_capacity(last.bytes.len() + added);
-                    value.extend_from_slice(&last.bytes);
-                    (last.seq, value)
-                }
-                None => (append.first_seq, Vec::with_capacity(added)),
-            };
-            for record in &append.records {
-                value.extend_from_slice(record);
-            }
-            ops.push(KvOp::Put(keys::log(append.saga, seq), value));
+            let value = append.log_value();
+            ops.push(KvOp::Put(keys::log(append.saga, value.seq), value.bytes));
         }
         if let Some(update) = &append.index {
             // A finished saga's item stays in its batch when an operator
