@@ -298,11 +298,11 @@ fn run(
 ) {
     let mut durable: u64 = 0;
     let mut group = Vec::new();
-    metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if store.writable().is_ok() {
-        1.0
-    } else {
-        0.0
-    });
+    // A store that stops taking writes never takes them again (until it
+    // is reopened, under a new writer): asked once here, then only when a
+    // group fails.
+    let mut writable = store.writable().is_ok();
+    metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if writable { 1.0 } else { 0.0 });
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;
         match first {
@@ -324,6 +324,7 @@ fn run(
                 &stats,
                 &mut durable,
                 &mut watermark,
+                &mut writable,
             );
         }
         if let Some(reply) = stop {
@@ -363,6 +364,7 @@ fn commit_group(
     stats: &WriterStats,
     durable: &mut u64,
     watermark: &mut Watermark,
+    writable: &mut bool,
 ) {
     let mut claimed: HashMap<IdempotencyKey, SagaId> = HashMap::new();
     let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
@@ -412,7 +414,6 @@ fn commit_group(
             rewritten + a.records.iter().map(|r| r.len()).sum::<usize>()
         })
         .sum();
-    let was_writable = store.writable().is_ok();
     let began = std::time::Instant::now();
     let result = store.append(&batch, index.watermark);
     metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
@@ -442,7 +443,8 @@ fn commit_group(
             watermark.failed(index);
             tracing::error!(error = %e, appends = accepted.len(), "group commit failed");
             // Said once, by the group whose sync failed.
-            if let (true, Err(refusal)) = (was_writable, store.writable()) {
+            if let (true, Err(refusal)) = (*writable, store.writable()) {
+                *writable = false;
                 metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);
                 tracing::error!(error = %refusal, "the log takes no more writes; restart the service once the disk is fixed");
             }
