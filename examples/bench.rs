@@ -358,6 +358,90 @@ fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync
     written as f64 / began.elapsed().as_secs_f64()
 }
 
+/// Bytes of one saga's item in a finished batch: its 16-byte id and the
+/// index entry frame of a saga of type `bench` (12-byte header, 26-byte
+/// payload), as written by this bench (DESIGN.md §3.3, §4c).
+const FINISHED_ITEM_BYTES: usize = 54;
+
+/// Raw sled writing sagalog's layout, without the engine: each saga's log
+/// key is new in one group and rewritten in each of the next `steps`
+/// groups (DESIGN.md §4b), and each group adds one finished batch (§4c).
+/// Values are `value_size` bytes; a group holds `batch` values (the
+/// finished batch included), as in the run being compared. Each group is
+/// flushed and `fdatasync`ed. Runs for about `sagas` sagas or 3 s. Its
+/// sagas per second are what any engine could get from this layout, on
+/// this disk, at this group size, right now, with the machine to itself.
+fn sled_layout_baseline(
+    dir: &Path,
+    value_size: usize,
+    batch: usize,
+    steps: usize,
+    sagas: u64,
+) -> LayoutBaseline {
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .cache_capacity(32 * 1024 * 1024)
+        .open()
+        .expect("layout baseline database opens");
+    let log_file = std::fs::File::open(dir.join("db")).expect("layout baseline log file opens");
+    let stages = steps as u64 + 1;
+    let per_group = (batch.saturating_sub(1) as u64 / stages).max(1);
+    let value = vec![0xA5u8; value_size.max(1)];
+    let finished = vec![0x5Au8; per_group as usize * FINISHED_ITEM_BYTES];
+    let key = |prefix: u8, id: u64| {
+        let mut k = [0u8; 25];
+        k[0] = prefix;
+        k[1..9].copy_from_slice(&id.to_be_bytes());
+        k
+    };
+    let mut out = LayoutBaseline::default();
+    let began = Instant::now();
+    let mut entered: u64 = 0;
+    let mut group: u64 = 0;
+    while entered < sagas.max(1) && began.elapsed() < Duration::from_secs(3) {
+        let mut b = sled::Batch::default();
+        // The sagas that entered `stage` groups ago write their next value.
+        for stage in 0..stages.min(group + 1) {
+            let first = entered - stage * per_group;
+            for id in first..first + per_group {
+                b.insert(&key(b'L', id)[..], &value[..]);
+            }
+        }
+        b.insert(&key(b'F', group)[..], &finished[..]);
+        let t0 = Instant::now();
+        db.apply_batch(b).expect("layout baseline batch");
+        let t1 = Instant::now();
+        db.flush().expect("layout baseline flush");
+        let t2 = Instant::now();
+        log_file.sync_data().expect("layout baseline fdatasync");
+        out.group_apply_ms += (t1 - t0).as_secs_f64() * 1000.0;
+        out.group_flush_ms += (t2 - t1).as_secs_f64() * 1000.0;
+        out.group_sync_ms += t2.elapsed().as_secs_f64() * 1000.0;
+        entered += per_group;
+        group += 1;
+    }
+    // Sagas finished: every one that has written all its values.
+    let finished = entered.saturating_sub((stages - 1) * per_group);
+    out.sagas_per_sec = finished as f64 / began.elapsed().as_secs_f64();
+    let groups = group.max(1) as f64;
+    out.group_apply_ms /= groups;
+    out.group_flush_ms /= groups;
+    out.group_sync_ms /= groups;
+    out
+}
+
+/// What [`sled_layout_baseline`] measured: its throughput, and the mean
+/// time of each part of its durable writes, comparable with the run's
+/// `group_apply_ms`, `group_flush_ms` and `group_sync_ms`.
+#[derive(Default)]
+struct LayoutBaseline {
+    sagas_per_sec: f64,
+    group_apply_ms: f64,
+    group_flush_ms: f64,
+    group_sync_ms: f64,
+}
+
 async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let mut registry = Registry::new();
     let saga = bench_saga(&mut registry, "bench", args.steps, None);
@@ -385,6 +469,22 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
     let batch = entries_per_flush.round() as usize;
     let baseline = sled_baseline(&dir.join("baseline"), mean_value, batch, entries, true);
     let flush_only = sled_baseline(&dir.join("flush-only"), mean_value, batch, entries, false);
+    // Only where a group holds a value of a saga in each stage: at one
+    // saga in flight a group is one value, and the floor that matters is
+    // latency (`latency_floor_ms`), not a pipeline of sagas.
+    let layout = (batch > args.steps + 1).then(|| {
+        sled_layout_baseline(
+            &dir.join("layout"),
+            mean_value,
+            batch,
+            args.steps,
+            args.sagas as u64,
+        )
+    });
+    // Mean milliseconds per durable group in each part of the write.
+    let per_group_ms = |nanos: &std::sync::atomic::AtomicU64| {
+        nanos.load(Ordering::Relaxed) as f64 / flushes as f64 / 1e6
+    };
     // One raw-sled durable write of this run's mean batch; a saga makes
     // steps + 1 of them one after another, so its latency cannot be lower.
     let write_ms = batch.max(1) as f64 / baseline * 1000.0;
@@ -399,6 +499,9 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "flushes_per_sec": (flushes as f64 / secs).round(),
         "entries_per_flush": (entries_per_flush * 10.0).round() / 10.0,
         "mean_value_bytes": mean_value,
+        "group_apply_ms": round3(per_group_ms(&stats.apply_nanos)),
+        "group_flush_ms": round3(per_group_ms(&stats.flush_nanos)),
+        "group_sync_ms": round3(per_group_ms(&stats.sync_nanos)),
         "p50_ms": (percentile(&latencies, 0.50) * 1000.0).round() / 1000.0,
         "p99_ms": (percentile(&latencies, 0.99) * 1000.0).round() / 1000.0,
         "p999_ms": (percentile(&latencies, 0.999) * 1000.0).round() / 1000.0,
@@ -413,6 +516,13 @@ async fn throughput(args: &Args, dir: &Path) -> serde_json::Value {
         "baseline_write_ms": round3(write_ms),
         "latency_floor_ms": round3(write_ms * (args.steps + 1) as f64),
         "ratio": ((entries_per_sec / baseline) * 1000.0).round() / 1000.0,
+        "baseline_layout_sagas_per_sec": layout.as_ref().map(|l| l.sagas_per_sec.round()),
+        "baseline_layout_group_ms": layout.as_ref().map(|l| json!({
+            "apply": round3(l.group_apply_ms),
+            "flush": round3(l.group_flush_ms),
+            "sync": round3(l.group_sync_ms),
+        })),
+        "layout_ratio": layout.as_ref().map(|l| ((args.sagas as f64 / secs / l.sagas_per_sec) * 1000.0).round() / 1000.0),
         "raw_fsync_per_sec": raw_fsync_per_sec(dir).round(),
     })
 }

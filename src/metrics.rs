@@ -13,6 +13,7 @@
 //! | `sagalog_manual_queue_depth` | gauge | | sagas suspended for an operator (set at open, then kept current) |
 //! | `sagalog_delay_queue_depth` | gauge | | sagas asleep on a durable timer (likewise) |
 //! | `sagalog_log_append_seconds` | histogram | | one group commit: atomic write plus flush |
+//! | `sagalog_log_write_phase_seconds` | histogram | `phase` | one durable group commit's parts: `apply` (building the write, CPU), `flush` (the data handed to the device), `sync` (the `fdatasync` that makes it survive a power cut) |
 //! | `sagalog_log_batch_appends` | histogram | | appends that shared one group commit |
 //! | `sagalog_sagas_swept_total` | counter | | finished sagas deleted by retention |
 //! | `sagalog_log_writable` | gauge | | 1 while the log takes writes, 0 once a write could not be made durable (see `Engine::writable`) |
@@ -36,6 +37,9 @@ pub const MANUAL_QUEUE_DEPTH: &str = "sagalog_manual_queue_depth";
 pub const DELAY_QUEUE_DEPTH: &str = "sagalog_delay_queue_depth";
 /// Histogram (seconds): one group commit, write plus flush.
 pub const APPEND_SECONDS: &str = "sagalog_log_append_seconds";
+/// Histogram (seconds), label `phase` (`apply`, `flush`, `sync`): the
+/// parts of one durable group commit (`log::store::WriteTimes`).
+pub const WRITE_PHASE_SECONDS: &str = "sagalog_log_write_phase_seconds";
 /// Histogram: appends per group commit.
 pub const BATCH_APPENDS: &str = "sagalog_log_batch_appends";
 /// Gauge: 1 while the log takes writes, 0 after a failed sync.
@@ -58,6 +62,11 @@ pub fn describe() {
         APPEND_SECONDS,
         Unit::Seconds,
         "One group commit of the log: atomic write plus flush"
+    );
+    describe_histogram!(
+        WRITE_PHASE_SECONDS,
+        Unit::Seconds,
+        "One durable group commit's parts: apply (CPU), flush (device write), sync (fdatasync)"
     );
     describe_histogram!(BATCH_APPENDS, "Appends that shared one group commit");
     describe_counter!(SAGAS_SWEPT, "Finished sagas deleted by retention");

@@ -111,3 +111,22 @@ async fn a_reopened_engine_takes_writes_again_after_a_failed_sync() {
     let id = start_saga(&engine, &trip, &"b".to_string()).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
 }
+
+#[tokio::test]
+async fn log_stats_add_up_the_flush_and_sync_time_of_every_durable_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = start_saga(&engine, &trip, &"ada".into()).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
+
+    let stats = engine.log_stats();
+    let total = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(total(&stats.flushes) >= 4, "one group per durable step");
+    // Each group's flush and sync are system calls on a real file.
+    assert!(total(&stats.flush_nanos) >= total(&stats.flushes));
+    assert!(total(&stats.sync_nanos) >= total(&stats.flushes));
+    engine.shutdown(Duration::from_secs(1)).await;
+}

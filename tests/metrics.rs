@@ -88,7 +88,16 @@ async fn metrics_count_starts_finishes_retries_compensations_the_manual_queue_an
     );
     assert_eq!(get("sagalog_manual_queue_depth"), 1.0);
     assert_eq!(get("sagalog_delay_queue_depth"), 0.0);
-    assert!(get("sagalog_log_append_seconds_count") > 0.0);
+    let groups = get("sagalog_log_append_seconds_count");
+    assert!(groups > 0.0);
+    for phase in ["apply", "flush", "sync"] {
+        let name = format!(r#"sagalog_log_write_phase_seconds_count{{phase="{phase}"}}"#);
+        assert_eq!(
+            get(&name),
+            groups,
+            "every durable group reports its {phase}"
+        );
+    }
     assert!(get(r#"sagalog_participant_call_seconds_count{phase="action",outcome="ok"}"#) >= 5.0);
     assert_eq!(get("sagalog_log_writable"), 1.0);
 

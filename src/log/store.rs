@@ -230,7 +230,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// watermark. The caller promises that after this write every saga
     /// below it that is not terminal has an active-index entry; sagas at
     /// or above it are found by [`LogStore::sagas_logged_from`].
-    fn append(&self, batch: &[&SagaAppend], watermark: Option<SagaId>) -> Result<(), StoreError>;
+    ///
+    /// On `Ok`, says how long each part of the write took ([`WriteTimes`]).
+    fn append(
+        &self,
+        batch: &[&SagaAppend],
+        watermark: Option<SagaId>,
+    ) -> Result<WriteTimes, StoreError>;
 
     /// The index watermark, or `None` if none was ever written (then every
     /// saga that is not terminal has an active-index entry).
@@ -329,6 +335,24 @@ pub struct FinishedBatch {
     /// Why the items after the last one could not be read, if the value
     /// is damaged.
     pub damage: Option<crate::log::codec::DecodeError>,
+}
+
+/// How long the parts of one durable write took, as reported by
+/// [`LogStore::append`]: where a group commit's time goes (CPU in `apply`,
+/// mostly the device in `flush` and `sync`). A store whose write has no
+/// such parts reports all of it as `apply`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteTimes {
+    /// Building the write in the store's memory ([`SledStore`]: sled's
+    /// `apply_batch`).
+    pub apply: Duration,
+    /// Handing it to the operating system and waiting for the device to
+    /// take the data ([`SledStore`]: sled's `flush`, a `pwrite` and a
+    /// `sync_file_range` on sled's I/O thread).
+    pub flush: Duration,
+    /// Making it survive a power cut ([`SledStore`]: the `fdatasync` of the
+    /// log file and the syncs of new blob files, DESIGN.md §4).
+    pub sync: Duration,
 }
 
 /// What [`LogStore::remove_finished`] deleted.
@@ -515,7 +539,7 @@ type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
 
 /// The ordered key-value operations the generic store needs.
 trait Kv: Send + Sync + 'static {
-    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError>;
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<WriteTimes, StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits keys with `prefix` in order until `visit` returns false.
     fn for_each_prefix(&self, prefix: &[u8], visit: Visitor<'_>) -> Result<(), StoreError> {
@@ -787,7 +811,7 @@ macro_rules! impl_log_store {
                 &self,
                 batch: &[&SagaAppend],
                 watermark: Option<SagaId>,
-            ) -> Result<(), StoreError> {
+            ) -> Result<WriteTimes, StoreError> {
                 self.append_batch(batch, watermark)
             }
             fn watermark(&self) -> Result<Option<SagaId>, StoreError> {
@@ -987,8 +1011,9 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 impl Kv for SledKv {
-    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<WriteTimes, StoreError> {
         self.sync.usable()?;
+        let began = Instant::now();
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -997,7 +1022,9 @@ impl Kv for SledKv {
             }
         }
         self.db.apply_batch(batch).map_err(backend)?;
+        let applied = Instant::now();
         let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flushed_at = Instant::now();
         #[cfg(test)]
         let flushed = match self
             .sync
@@ -1012,7 +1039,12 @@ impl Kv for SledKv {
             // is a lost write-back as much as a failed `fdatasync` is.
             return Err(self.sync.fail(&format!("sled's flush: {e}")));
         }
-        self.sync.sync()
+        self.sync.sync()?;
+        Ok(WriteTimes {
+            apply: applied - began,
+            flush: flushed_at - applied,
+            sync: flushed_at.elapsed(),
+        })
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1196,6 +1228,7 @@ impl SledStore {
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.kv
             .apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
+            .map(|_| ())
     }
 }
 
@@ -1314,7 +1347,9 @@ fn dir_size(path: &Path) -> std::io::Result<u64> {
 
 fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
     match kv.get(keys::FORMAT)? {
-        None => kv.apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![LAYOUT_VERSION])]),
+        None => kv
+            .apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![LAYOUT_VERSION])])
+            .map(|_| ()),
         Some(v) if v.as_slice() == [LAYOUT_VERSION] => Ok(()),
         Some(v) => Err(StoreError::FormatMismatch {
             path: path.to_path_buf(),
@@ -1329,7 +1364,7 @@ impl SledStore {
         &self,
         batch: &[&SagaAppend],
         watermark: Option<SagaId>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<WriteTimes, StoreError> {
         self.kv.apply_durably(batch_ops(batch, watermark))
     }
 
@@ -1378,7 +1413,8 @@ impl MemKv {
 }
 
 impl Kv for MemKv {
-    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
+    fn apply_durably(&self, ops: Vec<KvOp>) -> Result<WriteTimes, StoreError> {
+        let began = Instant::now();
         let mut map = self.lock();
         for op in ops {
             match op {
@@ -1390,7 +1426,11 @@ impl Kv for MemKv {
                 }
             }
         }
-        Ok(())
+        // Nothing to flush or sync: memory is all there is.
+        Ok(WriteTimes {
+            apply: began.elapsed(),
+            ..WriteTimes::default()
+        })
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1536,7 +1576,7 @@ impl MemStore {
         &self,
         batch: &[&SagaAppend],
         watermark: Option<SagaId>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<WriteTimes, StoreError> {
         self.writable_now()?;
         let number = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
         let timing = self.next_fault(number);
@@ -1557,7 +1597,7 @@ impl MemStore {
                 "append #{number} failed before applying"
             )));
         }
-        self.kv.apply_durably(batch_ops(batch, watermark))?;
+        let times = self.kv.apply_durably(batch_ops(batch, watermark))?;
         if timing == Some(FaultTiming::AfterApply) {
             record_failure(FaultTiming::AfterApply);
             return Err(StoreError::Injected(format!(
@@ -1570,7 +1610,7 @@ impl MemStore {
             self.faults().refusing = Some(reason.clone());
             return Err(failed_sync(&reason));
         }
-        Ok(())
+        Ok(times)
     }
 }
 
@@ -1582,7 +1622,7 @@ mod tests {
 
     fn append_value(store: &SledStore, saga: SagaId, seq: u64) -> Result<(), StoreError> {
         let append = SagaAppend::records(saga, seq, vec![vec![7; 16]]);
-        store.append(&[&append], None)
+        store.append(&[&append], None).map(|_| ())
     }
 
     #[test]
@@ -1639,5 +1679,28 @@ mod tests {
             "{refused}"
         );
         assert_eq!(store.writable(), Err(refused));
+    }
+
+    #[test]
+    fn a_sled_append_reports_the_time_of_its_flush_and_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let append = SagaAppend::records(SagaId::new(), 0, vec![vec![7; 16]]);
+
+        let times = store.append(&[&append], None).unwrap();
+
+        // Both are system calls on a real file: neither takes no time.
+        assert!(times.flush > Duration::ZERO, "{times:?}");
+        assert!(times.sync > Duration::ZERO, "{times:?}");
+    }
+
+    #[test]
+    fn a_memory_append_reports_no_flush_and_no_sync() {
+        let store = MemStore::new();
+        let append = SagaAppend::records(SagaId::new(), 0, vec![vec![7; 16]]);
+
+        let times = store.append(&[&append], None).unwrap();
+
+        assert_eq!((times.flush, times.sync), (Duration::ZERO, Duration::ZERO));
     }
 }

@@ -21,7 +21,7 @@
 //! That saves two writes per short saga (the active entry and its delete).
 
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
-use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError};
+use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError, WriteTimes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,6 +196,14 @@ struct GroupIndex {
     watermark: Option<SagaId>,
 }
 
+/// The durable group's parts, for `sagalog_log_write_phase_seconds`.
+fn record_write_times(times: &WriteTimes) {
+    use crate::metrics::WRITE_PHASE_SECONDS;
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "apply").record(times.apply.as_secs_f64());
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "flush").record(times.flush.as_secs_f64());
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "sync").record(times.sync.as_secs_f64());
+}
+
 /// Why an append was not made durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum AppendError {
@@ -225,6 +233,26 @@ pub struct WriterStats {
     pub log_value_bytes: AtomicU64,
     /// Log values written.
     pub log_values: AtomicU64,
+    /// Nanoseconds the durable group commits spent in the store's `apply`
+    /// part ([`WriteTimes::apply`]), summed.
+    pub apply_nanos: AtomicU64,
+    /// Likewise for [`WriteTimes::flush`].
+    pub flush_nanos: AtomicU64,
+    /// Likewise for [`WriteTimes::sync`].
+    pub sync_nanos: AtomicU64,
+}
+
+impl WriterStats {
+    /// Adds one durable group's [`WriteTimes`].
+    fn add_times(&self, times: &WriteTimes) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.apply_nanos
+            .fetch_add(nanos(times.apply), Ordering::Relaxed);
+        self.flush_nanos
+            .fetch_add(nanos(times.flush), Ordering::Relaxed);
+        self.sync_nanos
+            .fetch_add(nanos(times.sync), Ordering::Relaxed);
+    }
 }
 
 /// Handle to the writer thread. Cloning is cheap; all clones feed one writer.
@@ -420,8 +448,10 @@ fn commit_group(
     metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
     drop(batch);
     match result {
-        Ok(()) => {
+        Ok(times) => {
             watermark.committed(index);
+            record_write_times(&times);
+            stats.add_times(&times);
             stats.flushes.fetch_add(1, Ordering::Relaxed);
             stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
             stats
