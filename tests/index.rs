@@ -7,7 +7,7 @@ use common::{
     outcome_of, start_saga, status_of, trip_definition, trip_registry, until_calls, Behaviour,
     Script,
 };
-use sagalog::log::store::LogStore;
+use sagalog::log::store::{FaultTiming, LogStore};
 use sagalog::{
     Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaRef, SagaStatus, StartOptions,
 };
@@ -172,4 +172,90 @@ async fn verify_accepts_a_young_saga_without_an_index_entry() {
 
     assert!(report.is_clean(), "{:?}", report.problems);
     assert!(keys_with_prefix(&store, b'A').is_empty());
+}
+
+/// A `trip` waiting inside its hotel call (at the gate), on an engine with
+/// a 200 ms lag, whose active-index entry was due in a group that failed
+/// before anything of it was applied (the group that moved the watermark
+/// past it).
+async fn saga_whose_index_entry_was_in_a_failed_group() -> InFlight {
+    let script = Script::default();
+    script.set("hotel", Phase::Action, Behaviour::Gate);
+    let (mut registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let quick = registry
+        .register(trip_definition(
+            "quick",
+            &Script::default(),
+            InDoubtPolicy::Rerun,
+        ))
+        .unwrap();
+    let store = Arc::new(MemStore::new());
+    let engine =
+        Engine::open_with_store(store.clone(), registry, config(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    until_calls(&script, |calls| {
+        calls.contains(&"hotel:action:1".to_string())
+    })
+    .await;
+    assert!(
+        store.read_active(id).unwrap().is_none(),
+        "the saga took over 200 ms to reach its hotel call, so it is indexed already"
+    );
+    // Real time, so that the saga is older than the lag: the next group
+    // moves the watermark past it and writes its entry. That group fails.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    store.fail_append(store.append_count() + 1, FaultTiming::BeforeApply);
+    let failed = engine
+        .start(&quick, &"bob".to_string(), StartOptions::new())
+        .await;
+    assert!(failed.is_err(), "the armed append did not fail");
+    assert!(
+        store.read_active(id).unwrap().is_none(),
+        "nothing was applied"
+    );
+    InFlight {
+        script,
+        store,
+        engine,
+        id,
+        quick,
+    }
+}
+
+#[tokio::test]
+async fn a_saga_whose_index_entry_was_in_a_failed_group_is_still_listed() {
+    let InFlight { engine, id, .. } = saga_whose_index_entry_was_in_a_failed_group().await;
+
+    let listed = engine.list(Some(SagaStatus::Running)).unwrap();
+
+    assert_eq!(listed.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [id]);
+    engine.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_saga_whose_index_entry_was_in_a_failed_group_is_listed_once_when_it_finishes() {
+    let InFlight {
+        script,
+        store,
+        engine,
+        id,
+        ..
+    } = saga_whose_index_entry_was_in_a_failed_group().await;
+
+    script.open_gate();
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
+
+    let listed: Vec<SagaId> = engine
+        .list(None)
+        .unwrap()
+        .iter()
+        .map(|l| l.saga_id)
+        .collect();
+    assert_eq!(listed, [id]);
+    assert!(store.read_active(id).unwrap().is_none());
+    engine.shutdown(Duration::ZERO).await;
+    let report = sagalog::log::verify::verify(&*store).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
 }

@@ -22,7 +22,7 @@
 
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError, WriteTimes};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +63,11 @@ struct Watermark {
     /// engine is reopened, and no more entries are deferred.
     frozen: bool,
     deferred: Deferred,
+    /// Sagas whose active entry a failed group was to write: it may or may
+    /// not be in the store. Their deferred entry stays, so that listings
+    /// still show them, but they count as indexed: their next index change
+    /// goes to the store, and then the deferred entry goes.
+    uncertain: HashSet<SagaId>,
 }
 
 /// Longest time between two moves of the watermark.
@@ -77,6 +82,7 @@ impl Watermark {
             last_advance: None,
             frozen: plan.lag.is_zero(),
             deferred: plan.deferred,
+            uncertain: HashSet::new(),
         }
     }
 
@@ -110,9 +116,10 @@ impl Watermark {
             let Some(update) = append.index.as_mut() else {
                 continue;
             };
+            let uncertain = self.uncertain.contains(&id);
             let was_deferred = match after.get(&id) {
                 Some(state) => state.is_some(),
-                None => deferred.contains_key(&id),
+                None => deferred.contains_key(&id) && !uncertain,
             };
             match update.to {
                 IndexSet::Active => {
@@ -123,12 +130,19 @@ impl Watermark {
                         if let Some(update) = append.index.take() {
                             after.insert(id, Some(update.entry));
                         }
+                    } else if uncertain {
+                        // The store gets the entry now.
+                        after.insert(id, None);
                     }
                 }
                 IndexSet::Finished => {
                     if was_deferred {
                         // It never got an active entry: nothing to delete.
                         update.from = None;
+                        after.insert(id, None);
+                    } else if uncertain {
+                        // The delete of an entry that may be missing is
+                        // harmless.
                         after.insert(id, None);
                     }
                 }
@@ -138,7 +152,9 @@ impl Watermark {
             // Every deferred saga the new watermark passes gets its entry now.
             let mut passed: Vec<(SagaId, Vec<u8>)> = deferred
                 .iter()
-                .filter(|(id, _)| **id < candidate && !after.contains_key(id))
+                .filter(|(id, _)| {
+                    **id < candidate && !after.contains_key(id) && !self.uncertain.contains(id)
+                })
                 .map(|(id, entry)| (*id, entry.clone()))
                 .collect();
             for (id, state) in after.iter_mut() {
@@ -170,21 +186,24 @@ impl Watermark {
         for (id, state) in index.after {
             match state {
                 Some(entry) => deferred.insert(id, entry),
-                None => deferred.remove(&id),
+                None => {
+                    self.uncertain.remove(&id);
+                    deferred.remove(&id)
+                }
             };
         }
     }
 
     /// The group failed, and may or may not be on disk. Stop moving the
-    /// watermark, so that every saga above it stays where recovery looks;
-    /// forget the sagas the group would have indexed (they may have an
-    /// entry now, and a later delete of a missing entry is harmless).
+    /// watermark, so that every saga above it stays where recovery looks.
+    /// The sagas the group would have indexed may have an entry now: they
+    /// count as indexed from here on (a later delete of a missing entry is
+    /// harmless), and keep their deferred entry until their next index
+    /// change is durable, so that listings do not lose them meanwhile.
     fn failed(&mut self, index: GroupIndex) {
         self.frozen = true;
-        let mut deferred = crate::sync::lock(&self.deferred);
-        for append in &index.appends {
-            deferred.remove(&append.saga);
-        }
+        self.uncertain
+            .extend(index.appends.iter().map(|append| append.saga));
     }
 }
 
