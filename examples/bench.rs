@@ -319,6 +319,19 @@ fn raw_fsync_per_sec(dir: &Path) -> f64 {
     rate
 }
 
+/// Raw sled in `dir`, opened as sagalog opens it (no background flush)
+/// with a `cache_mb` cache, and its log file, for the `fdatasync`s.
+fn raw_sled(dir: &Path, cache_mb: u64) -> (sled::Db, std::fs::File) {
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .cache_capacity(cache_mb * 1024 * 1024)
+        .open()
+        .expect("baseline database opens");
+    let log_file = std::fs::File::open(dir.join("db")).expect("baseline log file opens");
+    (db, log_file)
+}
+
 /// Raw sled: atomic batches of `batch` values of `value_size` bytes, each
 /// flushed, for about `entries` values or 3 s. Returns entries per second.
 ///
@@ -327,13 +340,7 @@ fn raw_fsync_per_sec(dir: &Path) -> f64 {
 /// flush uses `sync_file_range`; DESIGN.md §4), so the ratio compares equal
 /// durability.
 fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync: bool) -> f64 {
-    let db = sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .cache_capacity(64 * 1024 * 1024)
-        .open()
-        .expect("baseline database opens");
-    let log_file = std::fs::File::open(dir.join("db")).expect("baseline log file opens");
+    let (db, log_file) = raw_sled(dir, 64);
     let value = vec![0xA5u8; value_size.max(1)];
     let batch = batch.max(1);
     let began = Instant::now();
@@ -378,13 +385,8 @@ fn sled_layout_baseline(
     steps: usize,
     sagas: u64,
 ) -> LayoutBaseline {
-    let db = sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .cache_capacity(32 * 1024 * 1024)
-        .open()
-        .expect("layout baseline database opens");
-    let log_file = std::fs::File::open(dir.join("db")).expect("layout baseline log file opens");
+    // sagalog's own cache size.
+    let (db, log_file) = raw_sled(dir, 32);
     let stages = steps as u64 + 1;
     let per_group = (batch.saturating_sub(1) as u64 / stages).max(1);
     let value = vec![0xA5u8; value_size.max(1)];

@@ -47,8 +47,14 @@ struct InFlight {
 }
 
 async fn saga_in_flight(lag: Duration) -> InFlight {
+    saga_in_hotel_call(lag, Behaviour::Hang).await
+}
+
+/// A `trip` inside its hotel call, which behaves as `hotel`, on an engine
+/// with `lag`; the engine also knows `quick`.
+async fn saga_in_hotel_call(lag: Duration, hotel: Behaviour) -> InFlight {
     let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Hang);
+    script.set("hotel", Phase::Action, hotel);
     let (mut registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let quick = registry
         .register(trip_definition(
@@ -179,28 +185,16 @@ async fn verify_accepts_a_young_saga_without_an_index_entry() {
 /// before anything of it was applied (the group that moved the watermark
 /// past it).
 async fn saga_whose_index_entry_was_in_a_failed_group() -> InFlight {
-    let script = Script::default();
-    script.set("hotel", Phase::Action, Behaviour::Gate);
-    let (mut registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let quick = registry
-        .register(trip_definition(
-            "quick",
-            &Script::default(),
-            InDoubtPolicy::Rerun,
-        ))
-        .unwrap();
-    let store = Arc::new(MemStore::new());
-    let engine =
-        Engine::open_with_store(store.clone(), registry, config(Duration::from_millis(200)))
-            .await
-            .unwrap();
-    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
-    until_calls(&script, |calls| {
-        calls.contains(&"hotel:action:1".to_string())
-    })
-    .await;
+    let in_flight = saga_in_hotel_call(Duration::from_millis(200), Behaviour::Gate).await;
+    let InFlight {
+        store,
+        engine,
+        id,
+        quick,
+        ..
+    } = &in_flight;
     assert!(
-        store.read_active(id).unwrap().is_none(),
+        store.read_active(*id).unwrap().is_none(),
         "the saga took over 200 ms to reach its hotel call, so it is indexed already"
     );
     // Real time, so that the saga is older than the lag: the next group
@@ -208,20 +202,14 @@ async fn saga_whose_index_entry_was_in_a_failed_group() -> InFlight {
     tokio::time::sleep(Duration::from_millis(250)).await;
     store.fail_append(store.append_count() + 1, FaultTiming::BeforeApply);
     let failed = engine
-        .start(&quick, &"bob".to_string(), StartOptions::new())
+        .start(quick, &"bob".to_string(), StartOptions::new())
         .await;
     assert!(failed.is_err(), "the armed append did not fail");
     assert!(
-        store.read_active(id).unwrap().is_none(),
+        store.read_active(*id).unwrap().is_none(),
         "nothing was applied"
     );
-    InFlight {
-        script,
-        store,
-        engine,
-        id,
-        quick,
-    }
+    in_flight
 }
 
 #[tokio::test]
