@@ -343,8 +343,8 @@ pub struct FinishedBatch {
 /// such parts reports all of it as `apply`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteTimes {
-    /// Building the write in the store's memory ([`SledStore`]: sled's
-    /// `apply_batch`).
+    /// Building the write in the store's memory ([`SledStore`]: building
+    /// sled's batch, which copies every key and value, and `apply_batch`).
     pub apply: Duration,
     /// Handing it to the operating system and waiting for the device to
     /// take the data ([`SledStore`]: sled's `flush`, a `pwrite` and a
