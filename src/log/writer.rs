@@ -116,10 +116,16 @@ impl Watermark {
             let Some(update) = append.index.as_mut() else {
                 continue;
             };
-            let uncertain = self.uncertain.contains(&id);
+            if self.uncertain.contains(&id) {
+                // A failed group may have written its entry, so it counts
+                // as indexed: this change goes to the store (a delete of a
+                // missing entry is harmless), and its deferred entry goes
+                // once the change is durable.
+                after.insert(id, None);
+            }
             let was_deferred = match after.get(&id) {
                 Some(state) => state.is_some(),
-                None => deferred.contains_key(&id) && !uncertain,
+                None => deferred.contains_key(&id),
             };
             match update.to {
                 IndexSet::Active => {
@@ -130,19 +136,12 @@ impl Watermark {
                         if let Some(update) = append.index.take() {
                             after.insert(id, Some(update.entry));
                         }
-                    } else if uncertain {
-                        // The store gets the entry now.
-                        after.insert(id, None);
                     }
                 }
                 IndexSet::Finished => {
                     if was_deferred {
                         // It never got an active entry: nothing to delete.
                         update.from = None;
-                        after.insert(id, None);
-                    } else if uncertain {
-                        // The delete of an entry that may be missing is
-                        // harmless.
                         after.insert(id, None);
                     }
                 }
