@@ -366,9 +366,20 @@ fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync
 }
 
 /// Bytes of one saga's item in a finished batch: its 16-byte id and the
-/// index entry frame of a saga of type `bench` (12-byte header, 26-byte
-/// payload), as written by this bench (DESIGN.md §3.3, §4c).
-const FINISHED_ITEM_BYTES: usize = 54;
+/// index entry frame of a committed saga of type `bench`, encoded as the
+/// store encodes it (DESIGN.md §3.3, §4c).
+fn finished_item_bytes() -> usize {
+    let now = sagalog::UnixMillis::now();
+    let entry = sagalog::log::store::IndexEntry {
+        saga_type: sagalog::SagaType::new("bench"),
+        status: sagalog::SagaStatus::Committed,
+        started_at: now,
+        next_wake: None,
+        changed_at: now,
+    };
+    let frame = sagalog::log::codec::encode_index_entry(&entry).expect("an index entry encodes");
+    16 + frame.len()
+}
 
 /// Raw sled writing sagalog's layout, without the engine: each saga's log
 /// key is new in one group and rewritten in each of the next `steps`
@@ -390,7 +401,7 @@ fn sled_layout_baseline(
     let stages = steps as u64 + 1;
     let per_group = (batch.saturating_sub(1) as u64 / stages).max(1);
     let value = vec![0xA5u8; value_size.max(1)];
-    let finished = vec![0x5Au8; per_group as usize * FINISHED_ITEM_BYTES];
+    let finished = vec![0x5Au8; per_group as usize * finished_item_bytes()];
     let key = |prefix: u8, id: u64| {
         let mut k = [0u8; 25];
         k[0] = prefix;
