@@ -17,6 +17,13 @@ impl SagaId {
         SagaId(uuid::Uuid::now_v7())
     }
 
+    /// Appends the id as it displays (a lowercase hyphenated UUID, 36
+    /// characters) to `out`, without going through `fmt`.
+    pub(crate) fn push_to(self, out: &mut String) {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.push_str(self.0.hyphenated().encode_lower(&mut buf));
+    }
+
     /// The id's 16 bytes in big-endian order, as used in store keys.
     pub fn to_bytes(self) -> [u8; 16] {
         *self.0.as_bytes()
