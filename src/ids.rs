@@ -58,6 +58,14 @@ impl Default for SagaId {
     }
 }
 
+/// A hash map keyed by ids on the hot path (saga ids, task ids): foldhash,
+/// seeded once per process, instead of std's SipHash, which cost about 4 %
+/// of the engine's instructions per saga. Build one with `default()`.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The set counterpart of [`IdMap`].
+pub(crate) type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 impl fmt::Display for SagaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0.hyphenated(), f)

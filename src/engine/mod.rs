@@ -28,7 +28,7 @@ pub use retention::{Retention, SweepReport};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry, SagaRef};
 use crate::error::Error;
-use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::ids::{IdMap, IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted};
 use crate::log::store::{
@@ -42,7 +42,6 @@ use crate::sync::lock;
 use crate::timers::{DelayQueue, WINDOW};
 use run::{LoopEnd, Staged};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -214,10 +213,10 @@ pub(crate) struct Inner {
     /// dropped and left in doubt for recovery.
     aborting: CancellationToken,
     /// Sagas some task owns, each with its mailbox of operator commands.
-    running: Mutex<HashMap<SagaId, Vec<Command>>>,
+    running: Mutex<IdMap<SagaId, Vec<Command>>>,
     /// Callers of `outcome` waiting for a saga to stop.
-    waiters: Mutex<HashMap<SagaId, OutcomeSender>>,
-    parked: Mutex<HashMap<SagaId, String>>,
+    waiters: Mutex<IdMap<SagaId, OutcomeSender>>,
+    parked: Mutex<IdMap<SagaId, String>>,
     delay_queue: DelayQueue,
     on_suspend: Option<SuspendHook>,
     around_call: Option<CallHook>,
@@ -324,9 +323,9 @@ impl Engine {
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             aborting: CancellationToken::new(),
-            running: Mutex::new(HashMap::new()),
-            waiters: Mutex::new(HashMap::new()),
-            parked: Mutex::new(HashMap::new()),
+            running: Mutex::new(IdMap::default()),
+            waiters: Mutex::new(IdMap::default()),
+            parked: Mutex::new(IdMap::default()),
             delay_queue: DelayQueue::new(),
             on_suspend: config.on_suspend.clone(),
             around_call: config.around_call.clone(),
@@ -1062,8 +1061,8 @@ fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
 fn young_sagas(
     store: &dyn LogStore,
     mark: Option<SagaId>,
-) -> Result<HashMap<SagaId, Vec<u8>>, Error> {
-    let mut found = HashMap::new();
+) -> Result<IdMap<SagaId, Vec<u8>>, Error> {
+    let mut found = IdMap::default();
     let Some(mark) = mark else {
         return Ok(found);
     };

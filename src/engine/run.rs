@@ -542,7 +542,7 @@ struct Launched {
 #[derive(Default)]
 struct Calls {
     set: tokio::task::JoinSet<Result<Vec<u8>, StepError>>,
-    meta: std::collections::HashMap<tokio::task::Id, Launched>,
+    meta: crate::ids::IdMap<tokio::task::Id, Launched>,
 }
 
 impl Calls {

@@ -20,9 +20,8 @@
 //! Recovery finds the deferred sagas by scanning the log from the watermark.
 //! That saves two writes per short saga (the active entry and its delete).
 
-use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::ids::{IdMap, IdSet, IdempotencyKey, SagaId, UnixMillis};
 use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError, WriteTimes};
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +38,7 @@ pub type DurableHook = Arc<dyn Fn(u64) + Send + Sync>;
 /// Encoded index entries of the sagas that have no active-index entry yet
 /// (not terminal, at or above the watermark), shared by the writer (which
 /// keeps it) and the engine (which lists from it).
-pub(crate) type Deferred = Arc<Mutex<HashMap<SagaId, Vec<u8>>>>;
+pub(crate) type Deferred = Arc<Mutex<IdMap<SagaId, Vec<u8>>>>;
 
 /// Where the writer starts from with the index watermark.
 pub(crate) struct IndexPlan {
@@ -67,7 +66,7 @@ struct Watermark {
     /// not be in the store. Their deferred entry stays, so that listings
     /// still show them, but they count as indexed: their next index change
     /// goes to the store, and then the deferred entry goes.
-    uncertain: HashSet<SagaId>,
+    uncertain: IdSet<SagaId>,
 }
 
 /// Longest time between two moves of the watermark.
@@ -82,7 +81,7 @@ impl Watermark {
             last_advance: None,
             frozen: plan.lag.is_zero(),
             deferred: plan.deferred,
-            uncertain: HashSet::new(),
+            uncertain: IdSet::default(),
         }
     }
 
@@ -110,7 +109,7 @@ impl Watermark {
         let mark = out.watermark.or(self.mark);
         let deferred = crate::sync::lock(&self.deferred);
         // The state after this group: Some(entry) deferred, None not.
-        let mut after: HashMap<SagaId, Option<Vec<u8>>> = HashMap::new();
+        let mut after: IdMap<SagaId, Option<Vec<u8>>> = IdMap::default();
         for (append, _) in group.iter_mut() {
             let id = append.saga;
             let Some(update) = append.index.as_mut() else {
@@ -209,7 +208,7 @@ impl Watermark {
 /// How one group changes the index watermark and the deferred entries.
 #[derive(Default)]
 struct GroupIndex {
-    after: HashMap<SagaId, Option<Vec<u8>>>,
+    after: IdMap<SagaId, Option<Vec<u8>>>,
     appends: Vec<SagaAppend>,
     watermark: Option<SagaId>,
 }
@@ -412,7 +411,7 @@ fn commit_group(
     watermark: &mut Watermark,
     writable: &mut bool,
 ) {
-    let mut claimed: HashMap<IdempotencyKey, SagaId> = HashMap::new();
+    let mut claimed: IdMap<IdempotencyKey, SagaId> = IdMap::default();
     let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
     for waiter in group {
         let append = &waiter.0;
