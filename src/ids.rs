@@ -81,14 +81,31 @@ impl fmt::Debug for SagaId {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        pub struct $name(String);
+        ///
+        /// Cloning one shares the text instead of copying it (names are
+        /// cloned into every record, index entry and call context).
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
+
+        // Written as a plain string, exactly as the `String` it wrapped
+        // before, so the log's bytes do not depend on how a name is held.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map(|name| $name(name.into()))
+            }
+        }
 
         impl $name {
             /// Wraps a name. Validation (non-empty, length) happens where the
             /// name is used, so that every problem is reported together.
             pub fn new(name: impl Into<String>) -> Self {
-                $name(name.into())
+                $name(name.into().into())
             }
 
             /// The name as text.
@@ -111,13 +128,13 @@ macro_rules! name_type {
 
         impl From<&str> for $name {
             fn from(name: &str) -> Self {
-                $name(name.to_owned())
+                $name(name.into())
             }
         }
 
         impl From<String> for $name {
             fn from(name: String) -> Self {
-                $name(name)
+                $name(name.into())
             }
         }
     };

@@ -12,7 +12,10 @@ use sagalog::log::record::{
     Suspended, TimerSet, WaitPurpose,
 };
 use sagalog::log::store::IndexEntry;
-use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaId, SagaStatus, UnixMillis};
+use sagalog::{
+    CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaId, SagaStatus, SagaType, StepName,
+    UnixMillis,
+};
 
 fn every_kind() -> Vec<Record> {
     let call = CallRef {
@@ -377,6 +380,23 @@ fn the_step_started_example_of_the_design_encodes_to_its_documented_bytes() {
         0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x02, 0x01,
     ];
     assert_eq!(frame, expected);
+}
+
+#[test]
+fn a_name_is_written_as_the_plain_string_it_holds_and_read_back() {
+    // Names are shared, not copied, in memory; the log must not see that.
+    let saga_type = encode_value(&SagaType::new("order")).unwrap();
+    assert_eq!(saga_type, encode_value("order").unwrap());
+    assert_eq!(
+        decode_value::<SagaType>(&saga_type).unwrap(),
+        SagaType::new("order")
+    );
+    let step = encode_value(&StepName::new("charge")).unwrap();
+    assert_eq!(step, encode_value("charge").unwrap());
+    assert_eq!(
+        decode_value::<StepName>(&step).unwrap(),
+        StepName::new("charge")
+    );
 }
 
 #[test]
