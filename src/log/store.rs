@@ -190,17 +190,27 @@ impl SagaAppend {
     /// `first_seq` (DESIGN.md §4b). Built in one allocation of the right
     /// size; the writer puts it, and the saga loop keeps it as its open value.
     pub fn log_value(&self) -> LogValue {
+        let mut bytes = Vec::new();
+        let seq = self.write_log_value(&mut bytes);
+        LogValue { seq, bytes }
+    }
+
+    /// Like [`SagaAppend::log_value`], into `out` (cleared first, then
+    /// grown once to the value's size); returns the value's seq. The store
+    /// reuses one buffer for every append of a write.
+    pub fn write_log_value(&self, out: &mut Vec<u8>) -> u64 {
         let (seq, base): (u64, &[u8]) = match &self.extends {
             Some(last) => (last.seq, &last.bytes),
             None => (self.first_seq, &[]),
         };
         let added: usize = self.records.iter().map(Vec::len).sum();
-        let mut bytes = Vec::with_capacity(base.len() + added);
-        bytes.extend_from_slice(base);
+        out.clear();
+        out.reserve_exact(base.len() + added);
+        out.extend_from_slice(base);
         for record in &self.records {
-            bytes.extend_from_slice(record);
+            out.extend_from_slice(record);
         }
-        LogValue { seq, bytes }
+        seq
     }
 
     /// How many values this append puts, leaving out its finished-index
@@ -383,11 +393,14 @@ pub(crate) mod keys {
     pub const FORMAT: &[u8] = b"Mformat";
     pub const WATERMARK: &[u8] = b"Mwatermark";
 
-    pub fn log(saga: SagaId, seq: u64) -> Vec<u8> {
-        let mut key = Vec::with_capacity(25);
-        key.push(LOG);
-        key.extend_from_slice(&saga.to_bytes());
-        key.extend_from_slice(&seq.to_be_bytes());
+    // The keys a write puts are arrays: sled copies a key into a value of
+    // its own anyway, so a `Vec` would be one more allocation per key on
+    // the writer's thread.
+    pub fn log(saga: SagaId, seq: u64) -> [u8; LOG_KEY_LEN] {
+        let mut key = [0; LOG_KEY_LEN];
+        key[0] = LOG;
+        key[1..17].copy_from_slice(&saga.to_bytes());
+        key[17..].copy_from_slice(&seq.to_be_bytes());
         key
     }
 
@@ -398,19 +411,19 @@ pub(crate) mod keys {
         key
     }
 
-    pub fn index(prefix: u8, saga: SagaId) -> Vec<u8> {
-        let mut key = Vec::with_capacity(17);
-        key.push(prefix);
-        key.extend_from_slice(&saga.to_bytes());
+    pub fn index(prefix: u8, saga: SagaId) -> [u8; INDEX_KEY_LEN] {
+        let mut key = [0; INDEX_KEY_LEN];
+        key[0] = prefix;
+        key[1..].copy_from_slice(&saga.to_bytes());
         key
     }
 
-    pub fn timer(key: &super::TimerKey) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33);
-        out.push(TIMER);
-        out.extend_from_slice(&key.due.0.to_be_bytes());
-        out.extend_from_slice(&key.saga.to_bytes());
-        out.extend_from_slice(&key.seq.to_be_bytes());
+    pub fn timer(key: &super::TimerKey) -> [u8; TIMER_KEY_LEN] {
+        let mut out = [0; TIMER_KEY_LEN];
+        out[0] = TIMER;
+        out[1..9].copy_from_slice(&key.due.0.to_be_bytes());
+        out[9..25].copy_from_slice(&key.saga.to_bytes());
+        out[25..].copy_from_slice(&key.seq.to_be_bytes());
         out
     }
 
@@ -448,7 +461,7 @@ pub mod raw_keys {
 
     /// The key of the log value whose first record is `seq` of `saga`'s log.
     pub fn log_key(saga: SagaId, seq: u64) -> Vec<u8> {
-        super::keys::log(saga, seq)
+        super::keys::log(saga, seq).to_vec()
     }
 }
 
@@ -522,10 +535,22 @@ fn scan_timers<K: Kv>(
     Ok((out, complete))
 }
 
-/// One write in an atomic batch.
+/// One write in an atomic batch, in sled's own byte type: a write's keys
+/// and values are copied once, from the bytes they are built in, instead of
+/// into a `Vec` first and then again by sled.
 enum KvOp {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
+    Put(sled::IVec, sled::IVec),
+    Delete(sled::IVec),
+}
+
+impl KvOp {
+    fn put(key: &[u8], value: &[u8]) -> Self {
+        KvOp::Put(key.into(), value.into())
+    }
+
+    fn delete(key: &[u8]) -> Self {
+        KvOp::Delete(key.into())
+    }
 }
 
 /// Key-value pairs in key order.
@@ -566,32 +591,31 @@ trait Kv: Send + Sync + 'static {
 fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
     let mut ops = Vec::with_capacity(batch.iter().map(|a| a.entry_count() + 1).sum::<usize>() + 1);
     if let Some(mark) = watermark {
-        ops.push(KvOp::Put(
-            keys::WATERMARK.to_vec(),
-            mark.to_bytes().to_vec(),
-        ));
+        ops.push(KvOp::put(keys::WATERMARK, &mark.to_bytes()));
     }
     // One finished batch for the whole write (DESIGN.md §4c).
     let mut finished = Vec::new();
+    // Each log value is built here, then copied by sled into its own.
+    let mut value = Vec::new();
     for append in batch {
         if !append.records.is_empty() {
             // One value per append: its frames back to back, keyed by the
             // sequence number of the first; or the saga's last value
             // rewritten with the frames added (DESIGN.md §4b).
-            let value = append.log_value();
-            ops.push(KvOp::Put(keys::log(append.saga, value.seq), value.bytes));
+            let seq = append.write_log_value(&mut value);
+            ops.push(KvOp::put(&keys::log(append.saga, seq), &value));
         }
         if let Some(update) = &append.index {
             // A finished saga's item stays in its batch when an operator
             // reopens it: the active entry hides it, and the next finish
             // writes a newer one.
             if update.from == Some(IndexSet::Active) && update.to != IndexSet::Active {
-                ops.push(KvOp::Delete(keys::index(keys::ACTIVE, append.saga)));
+                ops.push(KvOp::delete(&keys::index(keys::ACTIVE, append.saga)));
             }
             match update.to {
-                IndexSet::Active => ops.push(KvOp::Put(
-                    keys::index(keys::ACTIVE, append.saga),
-                    update.entry.clone(),
+                IndexSet::Active => ops.push(KvOp::put(
+                    &keys::index(keys::ACTIVE, append.saga),
+                    &update.entry,
                 )),
                 IndexSet::Finished => {
                     crate::log::codec::push_finished_item(&mut finished, append.saga, &update.entry)
@@ -599,23 +623,20 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
             }
         }
         if let Some(key) = &append.timer_delete {
-            ops.push(KvOp::Delete(keys::timer(key)));
+            ops.push(KvOp::delete(&keys::timer(key)));
         }
         if let Some((key, purpose)) = &append.timer_put {
-            ops.push(KvOp::Put(keys::timer(key), purpose.clone()));
+            ops.push(KvOp::put(&keys::timer(key), purpose));
         }
         if let Some(key) = &append.claim_key {
-            ops.push(KvOp::Put(
-                keys::idempotency(key),
-                append.saga.to_bytes().to_vec(),
-            ));
+            ops.push(KvOp::put(&keys::idempotency(key), &append.saga.to_bytes()));
         }
     }
     if !finished.is_empty() {
         // A fresh UUIDv7: batches sort in the order they were written.
-        ops.push(KvOp::Put(
-            keys::index(keys::FINISHED, SagaId::new()),
-            finished,
+        ops.push(KvOp::put(
+            &keys::index(keys::FINISHED, SagaId::new()),
+            &finished,
         ));
     }
     ops
@@ -761,12 +782,12 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
         }
         let before = ops.len();
         kv.for_each_prefix(&keys::log_prefix(saga), &mut |key, _| {
-            ops.push(KvOp::Delete(key.to_vec()));
+            ops.push(KvOp::delete(key));
             Ok(true)
         })?;
         if let Some(key) = &removal.idempotency_key {
             if key_owner(kv, key)? == Some(saga) {
-                ops.push(KvOp::Delete(keys::idempotency(key)));
+                ops.push(KvOp::delete(&keys::idempotency(key)));
             }
         }
         gone.insert(saga);
@@ -784,14 +805,14 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
         }
         let key = keys::index(keys::FINISHED, batch);
         if kept.is_empty() {
-            ops.push(KvOp::Delete(key));
+            ops.push(KvOp::delete(&key));
             removed.keys += 1;
         } else {
             let mut value = Vec::new();
             for (saga, entry) in kept {
                 crate::log::codec::push_finished_item(&mut value, *saga, entry);
             }
-            ops.push(KvOp::Put(key, value));
+            ops.push(KvOp::put(&key, &value));
         }
     }
     if !ops.is_empty() {
@@ -1227,7 +1248,7 @@ impl SledStore {
     /// tests and repair tools only: it can make a saga unreadable.
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.kv
-            .apply_durably(vec![KvOp::Put(key.to_vec(), value.to_vec())])
+            .apply_durably(vec![KvOp::put(key, value)])
             .map(|_| ())
     }
 }
@@ -1348,7 +1369,7 @@ fn dir_size(path: &Path) -> std::io::Result<u64> {
 fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
     match kv.get(keys::FORMAT)? {
         None => kv
-            .apply_durably(vec![KvOp::Put(keys::FORMAT.to_vec(), vec![LAYOUT_VERSION])])
+            .apply_durably(vec![KvOp::put(keys::FORMAT, &[LAYOUT_VERSION])])
             .map(|_| ()),
         Some(v) if v.as_slice() == [LAYOUT_VERSION] => Ok(()),
         Some(v) => Err(StoreError::FormatMismatch {
@@ -1419,10 +1440,10 @@ impl Kv for MemKv {
         for op in ops {
             match op {
                 KvOp::Put(k, v) => {
-                    map.insert(k, v);
+                    map.insert(k.to_vec(), v.to_vec());
                 }
                 KvOp::Delete(k) => {
-                    map.remove(&k);
+                    map.remove(k.as_ref());
                 }
             }
         }
@@ -1623,6 +1644,53 @@ mod tests {
     fn append_value(store: &SledStore, saga: SagaId, seq: u64) -> Result<(), StoreError> {
         let append = SagaAppend::records(saga, seq, vec![vec![7; 16]]);
         store.append(&[&append], None).map(|_| ())
+    }
+
+    #[test]
+    fn write_log_value_replaces_the_buffer_with_the_value_log_value_builds() {
+        let saga = SagaId::new();
+        let mut append = SagaAppend::records(saga, 3, vec![vec![1; 4], vec![2; 2]]);
+        let mut buffer = vec![9; 64];
+        assert_eq!(append.write_log_value(&mut buffer), 3);
+        assert_eq!(buffer, append.log_value().bytes);
+        assert_eq!(buffer, [1, 1, 1, 1, 2, 2]);
+        append.extends = Some(LogValue {
+            seq: 1,
+            bytes: vec![5; 3],
+        });
+        assert_eq!(append.write_log_value(&mut buffer), 1);
+        assert_eq!(buffer, [5, 5, 5, 1, 1, 1, 1, 2, 2]);
+        assert_eq!(
+            append.log_value(),
+            LogValue {
+                seq: 1,
+                bytes: buffer
+            }
+        );
+    }
+
+    #[test]
+    fn each_log_value_of_one_write_holds_only_its_own_bytes() {
+        // The store builds every log value of a write in one reused buffer:
+        // a short value after a long one must not keep the long one's tail.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let (long, short) = (SagaId::new(), SagaId::new());
+        let long_append = SagaAppend::records(long, 0, vec![vec![1; 300]]);
+        let mut short_append = SagaAppend::records(short, 2, vec![vec![2; 5]]);
+        short_append.extends = Some(LogValue {
+            seq: 0,
+            bytes: vec![3; 7],
+        });
+        store.append(&[&long_append, &short_append], None).unwrap();
+        assert_eq!(
+            store.kv.get(&keys::log(long, 0)).unwrap(),
+            Some(vec![1; 300])
+        );
+        let mut expected = vec![3; 7];
+        expected.extend([2; 5]);
+        assert_eq!(store.kv.get(&keys::log(short, 0)).unwrap(), Some(expected));
+        assert_eq!(store.kv.get(&keys::log(short, 2)).unwrap(), None);
     }
 
     #[test]
