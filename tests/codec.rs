@@ -383,6 +383,15 @@ fn the_step_started_example_of_the_design_encodes_to_its_documented_bytes() {
 }
 
 #[test]
+fn framing_a_records_payload_gives_the_records_own_frame() {
+    for record in every_kind() {
+        let frame = encode_record(UnixMillis(9), &record).unwrap();
+        let framed = sagalog::log::codec::frame_payload(frame[3], &frame[HEADER_LEN..]).unwrap();
+        assert_eq!(framed, frame, "{record:?}");
+    }
+}
+
+#[test]
 fn a_name_is_written_as_the_plain_string_it_holds_and_read_back() {
     // Names are shared, not copied, in memory; the log must not see that.
     let saga_type = encode_value(&SagaType::new("order")).unwrap();

@@ -172,27 +172,32 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError>
 /// checksum), without checking that they decode. For tools and fuzzing:
 /// it lets a test reach the payload decoder past the checksum.
 pub fn frame_payload(kind: u8, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
-    frame(kind, payload.to_vec())
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.extend_from_slice(payload);
+    seal_frame(kind, out)
 }
 
-fn frame(kind: u8, payload: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
-    if payload.len() > MAX_PAYLOAD {
+/// Fills in the header of `out`, a reserved `HEADER_LEN` bytes followed by
+/// the payload: magic, version, `kind`, the payload's length and the
+/// checksum. Refuses a payload over `MAX_PAYLOAD`.
+fn seal_frame(kind: u8, mut out: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_PAYLOAD {
         return Err(EncodeError::TooLarge {
-            len: payload.len(),
+            len,
             max: MAX_PAYLOAD,
         });
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(kind);
+    out[..2].copy_from_slice(&MAGIC);
+    out[2] = FORMAT_VERSION;
+    out[3] = kind;
     // Cannot truncate: checked against MAX_PAYLOAD (1 MiB) above.
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out[4..8].copy_from_slice(&(len as u32).to_be_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[..8]);
-    crc.update(&payload);
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
-    out.extend_from_slice(&payload);
+    crc.update(&out[HEADER_LEN..]);
+    out[8..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
     Ok(out)
 }
 
@@ -258,7 +263,7 @@ fn kind_of(record: &Record) -> u8 {
 /// frame's buffer: one allocation (of about `size_hint` bytes, grown only if
 /// the payload is larger), where encoding first and framing after took one
 /// per growth step of the payload plus one for the frame. The bytes are the
-/// same as `frame(kind, encode_value(value)?)`.
+/// same as `frame_payload(kind, &encode_value(value)?)`.
 fn encode_framed<T: Serialize + ?Sized>(
     kind: u8,
     value: &T,
@@ -268,23 +273,7 @@ fn encode_framed<T: Serialize + ?Sized>(
     out.extend_from_slice(&[0; HEADER_LEN]);
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
         .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    let len = out.len() - HEADER_LEN;
-    if len > MAX_PAYLOAD {
-        return Err(EncodeError::TooLarge {
-            len,
-            max: MAX_PAYLOAD,
-        });
-    }
-    out[..2].copy_from_slice(&MAGIC);
-    out[2] = FORMAT_VERSION;
-    out[3] = kind;
-    // Cannot truncate: checked against MAX_PAYLOAD (1 MiB) above.
-    out[4..8].copy_from_slice(&(len as u32).to_be_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[..8]);
-    crc.update(&out[HEADER_LEN..]);
-    out[8..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
-    Ok(out)
+    seal_frame(kind, out)
 }
 
 /// Payload bytes to reserve for a record beyond its user bytes: enough for
