@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
+use common::{open_mem, outcome_of, start_saga, trip_registry, Behaviour, Script};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sagalog::log::store::FaultTiming;
 use sagalog::{
-    CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, RetryPolicy,
-    StartOptions, StepError,
+    CompensationStrategy, InDoubtPolicy, MemStore, Phase, RetryPolicy, StartOptions, StepError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +26,7 @@ async fn metrics_count_starts_finishes_retries_compensations_the_manual_queue_an
 
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine =
-        Engine::open_with_store(Arc::new(MemStore::new()), registry, EngineConfig::default())
-            .await
-            .unwrap();
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
     let ok = start_saga(&engine, &trip, &"ok".into()).await;
     outcome_of(&engine, ok).await;
     script.set(
@@ -104,9 +100,7 @@ async fn metrics_count_starts_finishes_retries_compensations_the_manual_queue_an
     // A sync fails: the gauge says the log takes no more writes.
     let store = Arc::new(MemStore::new());
     let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     store.fail_append(store.append_count() + 1, FaultTiming::FailedSync);
     assert!(engine
         .start(&trip, &"lost".into(), StartOptions::new())
