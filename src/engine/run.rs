@@ -33,6 +33,7 @@ use crate::log::writer::AppendError;
 use crate::state::{decide_live, NextAction, PendingTimer, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -390,7 +391,9 @@ impl Inner {
         }
     }
 
-    /// Spawns the participant call for `call`, whose intent is durable.
+    /// Starts the participant call for `call`, whose intent is durable: polls
+    /// it once here, and spawns it into `calls` if it has to wait. A panic
+    /// of the participant, on that poll or later, is its call's error.
     fn launch(
         self: &Arc<Self>,
         code: &SagaCode,
@@ -433,26 +436,63 @@ impl Inner {
             .steps
             .get(step as usize)
             .and_then(|s| s.child.clone());
-        let future: crate::definition::BoxFuture<Result<Vec<u8>, StepError>> = match child {
-            Some(child_type) => {
-                let engine = crate::engine::Engine {
-                    inner: self.clone(),
-                };
-                let input = (kind == CallKind::Forward)
-                    .then(|| code.definition.child_input(spec, &code.input));
-                Box::pin(engine.run_child(id, step, child_type, input))
-            }
-            None => code.definition.call(spec, &code.input),
+        let began = std::time::Instant::now();
+        let deadline = timeout.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let launched = Launched {
+            call,
+            kind,
+            phase,
+            number,
+            began,
         };
-        let future = future.instrument(span);
+        // The participant's code runs first here, in this loop's task: a
+        // call that is ready at once (a local step, a cached reply) is
+        // reported without a task of its own. A call that has to wait is
+        // then spawned, so that it makes progress while this loop waits for
+        // its own writes, and runs in parallel with its sibling calls.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let future: crate::definition::BoxFuture<Result<Vec<u8>, StepError>> = match child {
+                Some(child_type) => {
+                    let engine = crate::engine::Engine {
+                        inner: self.clone(),
+                    };
+                    let input = (kind == CallKind::Forward)
+                        .then(|| code.definition.child_input(spec, &code.input));
+                    Box::pin(engine.run_child(id, step, child_type, input))
+                }
+                None => code.definition.call(spec, &code.input),
+            };
+            let mut future = future.instrument(span);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::Pin::new(&mut future).poll(&mut cx) {
+                std::task::Poll::Ready(result) => Ok(result),
+                std::task::Poll::Pending => Err(future),
+            }
+        }));
+        let future = match first {
+            Ok(Ok(result)) => {
+                calls.ready.push_back((launched, result));
+                return;
+            }
+            Ok(Err(pending)) => pending,
+            Err(panic) => {
+                let result = Err(StepError::unknown(format!(
+                    "the participant panicked: {}",
+                    panic_message(panic.as_ref())
+                )));
+                calls.ready.push_back((launched, result));
+                return;
+            }
+        };
         let timed = async move {
-            match timeout {
+            match deadline {
                 None => future.await,
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), future)
+                Some(at) => tokio::time::timeout_at(at, future)
                     .await
                     .unwrap_or_else(|_| {
                         Err(StepError::unknown(format!(
-                            "no reply within {ms} ms; the call may have taken effect"
+                            "no reply within {} ms; the call may have taken effect",
+                            timeout.unwrap_or_default()
                         )))
                     }),
             }
@@ -460,16 +500,18 @@ impl Inner {
         // Spawned so that a panicking participant is an error, not a dead
         // saga task; aborted when the set is dropped (hard shutdown).
         let handle = calls.set.spawn(timed);
-        calls.meta.insert(
-            handle.id(),
-            Launched {
-                call,
-                kind,
-                phase,
-                number,
-                began: std::time::Instant::now(),
-            },
-        );
+        calls.meta.insert(handle.id(), launched);
+    }
+}
+
+/// The text a panic carries, for the error that reports it.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(no message)"
     }
 }
 
@@ -538,24 +580,43 @@ struct Launched {
     began: std::time::Instant,
 }
 
-/// The participant calls of one saga that are running now.
+/// The participant calls of one saga that are running now, and those that
+/// finished on their first poll and are not reported yet.
 #[derive(Default)]
 struct Calls {
     set: tokio::task::JoinSet<Result<Vec<u8>, StepError>>,
     meta: crate::ids::IdMap<tokio::task::Id, Launched>,
+    ready: std::collections::VecDeque<(Launched, Result<Vec<u8>, StepError>)>,
 }
 
 impl Calls {
     fn live(&self) -> impl Iterator<Item = StepIndex> + '_ {
-        self.meta.values().map(|l| l.call.step)
+        let ready = self.ready.iter().map(|(l, _)| l.call.step);
+        self.meta.values().map(|l| l.call.step).chain(ready)
     }
 
     fn is_empty(&self) -> bool {
-        self.meta.is_empty()
+        self.meta.is_empty() && self.ready.is_empty()
     }
 
-    /// The next call to report. Never returns while none runs.
+    /// The next call to report: one that finished on its first poll, in
+    /// launch order, else the next spawned one to finish. Never returns
+    /// while none runs.
     async fn next(&mut self) -> (CallRef, CallKind, u64, Result<Vec<u8>, StepError>) {
+        let (launched, result) = match self.ready.pop_front() {
+            Some(done) => done,
+            None => self.join_next().await,
+        };
+        metrics::histogram!(
+            crate::metrics::CALL_SECONDS,
+            "phase" => launched.phase.as_str(),
+            "outcome" => if result.is_ok() { "ok" } else { "error" }
+        )
+        .record(launched.began.elapsed().as_secs_f64());
+        (launched.call, launched.kind, launched.number, result)
+    }
+
+    async fn join_next(&mut self) -> (Launched, Result<Vec<u8>, StepError>) {
         loop {
             let (id, result) = match self.set.join_next_with_id().await {
                 None => std::future::pending().await,
@@ -567,16 +628,9 @@ impl Calls {
                     ))),
                 ),
             };
-            let Some(launched) = self.meta.remove(&id) else {
-                continue;
-            };
-            metrics::histogram!(
-                crate::metrics::CALL_SECONDS,
-                "phase" => launched.phase.as_str(),
-                "outcome" => if result.is_ok() { "ok" } else { "error" }
-            )
-            .record(launched.began.elapsed().as_secs_f64());
-            return (launched.call, launched.kind, launched.number, result);
+            if let Some(launched) = self.meta.remove(&id) {
+                return (launched, result);
+            }
         }
     }
 }
