@@ -6,6 +6,7 @@ mod common;
 
 use common::{start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
 use sagalog::log::codec::decode_records;
+use sagalog::log::store::FaultTiming;
 use sagalog::log::store::LogStore;
 use sagalog::{Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
 use std::sync::Arc;
@@ -95,4 +96,48 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
     assert_eq!(value_seqs(&store, id), [0, 4]);
     assert_whole_history(&engine, id);
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Fails the saga's second append (flight's result and hotel's intent)
+/// with `timing`, reopens, and returns the values' first seqs once the
+/// saga has committed.
+async fn values_after_a_failed_second_append(timing: FaultTiming) -> Vec<u64> {
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let store = Arc::new(MemStore::new());
+    store.fail_append(2, timing);
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    assert!(
+        engine.outcome(id).await.is_err(),
+        "the failed write stops the loop"
+    );
+    engine.shutdown(Duration::ZERO).await;
+
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
+    assert_whole_history(&engine, id);
+    engine.shutdown(Duration::from_secs(1)).await;
+    value_seqs(&store, id)
+}
+
+#[tokio::test]
+async fn a_value_whose_rewrite_failed_after_landing_is_never_extended_again() {
+    // The rewrite landed (start, flight's intent and result, hotel's
+    // intent at seqs 0-3) though the writer reported a failure: recovery
+    // goes on at seq 4 in a value of its own.
+    let seqs = values_after_a_failed_second_append(FaultTiming::AfterApply).await;
+    assert_eq!(seqs, [0, 4]);
+}
+
+#[tokio::test]
+async fn a_value_whose_rewrite_failed_before_landing_keeps_its_durable_records() {
+    // The rewrite never landed: the value keeps the start and flight's
+    // intent (seqs 0-1), and recovery goes on at seq 2 in a new value.
+    let seqs = values_after_a_failed_second_append(FaultTiming::BeforeApply).await;
+    assert_eq!(seqs, [0, 2]);
 }

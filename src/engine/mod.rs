@@ -743,7 +743,7 @@ impl Engine {
             return Err(Error::ShuttingDown(id));
         }
         match self.inner.writer.append(append).await {
-            Ok(()) => {}
+            Ok(append) => staged.written(append),
             Err(AppendError::KeyTaken(owner)) => {
                 return Ok(Started {
                     saga_id: owner,

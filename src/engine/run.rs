@@ -56,11 +56,15 @@ pub(crate) const OPEN_VALUE_LIMIT: usize = 2048;
 pub(crate) struct Staged {
     saga: SagaId,
     first_seq: u64,
-    frames: Vec<Vec<u8>>,
-    /// The saga's last log value as this loop wrote it, while it is under
-    /// [`OPEN_VALUE_LIMIT`]: the next append rewrites it with its frames
-    /// added, so a short saga keeps its whole log in one key.
-    open: Option<LogValue>,
+    /// The value the next append writes: the saga's last log value as this
+    /// loop wrote it (its first `durable_len` bytes, while it is under
+    /// [`OPEN_VALUE_LIMIT`]), followed by the frames staged since, each
+    /// encoded straight into it. The append rewrites the whole value under
+    /// its key, so a short saga keeps its whole log in one key (§4b).
+    value: LogValue,
+    /// How many leading bytes of `value` are durable: 0 when the next
+    /// append starts a new value at `first_seq`.
+    durable_len: usize,
     durable_status: Option<SagaStatus>,
     durable_timer: Option<PendingTimer>,
     durable_decision: Option<Decision>,
@@ -69,11 +73,15 @@ pub(crate) struct Staged {
 impl Staged {
     /// `state` is what is durable now (`None` before the start record).
     pub(crate) fn new(saga: SagaId, state: Option<&SagaState>) -> Self {
+        let first_seq = state.map_or(0, |s| s.next_seq);
         Staged {
             saga,
-            first_seq: state.map_or(0, |s| s.next_seq),
-            frames: Vec::new(),
-            open: None,
+            first_seq,
+            value: LogValue {
+                seq: first_seq,
+                bytes: Vec::new(),
+            },
+            durable_len: 0,
             durable_status: state.map(|s| s.status()),
             durable_timer: state.and_then(|s| s.timer.clone()),
             durable_decision: state.and_then(|s| s.decision),
@@ -83,15 +91,18 @@ impl Staged {
     /// The same, going on from the last log value another `Staged` of this
     /// saga wrote and made durable (the start, handing over to the loop).
     pub(crate) fn resume(saga: SagaId, state: &SagaState, open: Option<LogValue>) -> Self {
-        Staged {
-            open,
-            ..Staged::new(saga, Some(state))
+        let mut staged = Staged::new(saga, Some(state));
+        if let Some(open) = open {
+            staged.durable_len = open.bytes.len();
+            staged.value = open;
         }
+        staged
     }
 
-    /// The last log value this `Staged` wrote, if it may still grow.
+    /// The last log value this `Staged` wrote, if it may still grow and
+    /// nothing is staged after it.
     pub(crate) fn into_open(self) -> Option<LogValue> {
-        self.open
+        (self.durable_len > 0 && self.durable_len == self.value.bytes.len()).then_some(self.value)
     }
 
     /// Applies `record` to `state` and stages its frame.
@@ -110,8 +121,8 @@ impl Staged {
             saga: self.saga,
             error,
         })?;
-        self.frames
-            .push(codec::encode_record(at, &entry.record).map_err(|e| Error::encode("record", e))?);
+        codec::encode_record_into(&mut self.value.bytes, at, &entry.record)
+            .map_err(|e| Error::encode("record", e))?;
         Ok(())
     }
 
@@ -132,13 +143,18 @@ impl Staged {
 
     /// Stages an already-encoded frame (the start record, applied by the caller).
     pub(crate) fn stage_frame(&mut self, frame: Vec<u8>) {
-        self.frames.push(frame);
+        if self.value.bytes.is_empty() {
+            self.value.bytes = frame;
+        } else {
+            self.value.bytes.extend_from_slice(&frame);
+        }
     }
 
     /// Turns the staged frames into one append, with the index and timer
-    /// changes that the new state requires.
+    /// changes that the new state requires. The staged value goes with the
+    /// append; [`Staged::written`] takes it back once it is durable.
     pub(crate) fn take(&mut self, state: &SagaState) -> Result<Option<SagaAppend>, Error> {
-        if self.frames.is_empty() {
+        if self.value.bytes.len() == self.durable_len {
             return Ok(None);
         }
         let status = state.status();
@@ -155,20 +171,27 @@ impl Staged {
         } else {
             None
         };
-        let frames = std::mem::take(&mut self.frames);
-        let added: usize = frames.iter().map(|f| f.len()).sum();
-        let extends = self
-            .open
-            .take()
-            .filter(|last| last.bytes.len() + added <= OPEN_VALUE_LIMIT);
-        let mut append = SagaAppend::records(self.saga, self.first_seq, frames);
-        append.extends = extends;
-        append.index = index;
-        // What the value will hold once this append is durable.
-        let written = append.log_value();
-        if written.bytes.len() < OPEN_VALUE_LIMIT {
-            self.open = Some(written);
+        let mut value = std::mem::replace(
+            &mut self.value,
+            LogValue {
+                seq: state.next_seq,
+                bytes: Vec::new(),
+            },
+        );
+        let mut added_from = std::mem::take(&mut self.durable_len);
+        if added_from == 0 {
+            value.seq = self.first_seq;
+        } else if value.bytes.len() > OPEN_VALUE_LIMIT {
+            // The open value would grow past the limit: the new frames
+            // start a value of their own instead.
+            value.bytes.drain(..added_from);
+            value.seq = self.first_seq;
+            added_from = 0;
         }
+        let mut append = SagaAppend::records(self.saga, self.first_seq, Vec::new());
+        append.value = value;
+        append.added_from = added_from;
+        append.index = index;
         if timer_changed {
             append.timer_delete = self.durable_timer.as_ref().map(|t| self.key_of(t));
             if let Some(timer) = &state.timer {
@@ -182,6 +205,21 @@ impl Staged {
         self.durable_timer = state.timer.clone();
         self.durable_decision = state.decision;
         Ok(Some(append))
+    }
+
+    /// `append`, taken from this `Staged`, is durable: its log value, while
+    /// under [`OPEN_VALUE_LIMIT`], becomes the open value the next append
+    /// extends. Only an acknowledged write may be extended (§4b), so the
+    /// caller hands the append back only after the writer's `Ok`.
+    pub(crate) fn written(&mut self, append: SagaAppend) {
+        let value = append.value;
+        if self.value.bytes.is_empty()
+            && !value.bytes.is_empty()
+            && value.bytes.len() < OPEN_VALUE_LIMIT
+        {
+            self.durable_len = value.bytes.len();
+            self.value = value;
+        }
     }
 
     fn key_of(&self, timer: &PendingTimer) -> TimerKey {
@@ -201,7 +239,8 @@ impl Inner {
         match staged.take(state)? {
             None => Ok(()),
             Some(append) => match self.writer.append(append).await {
-                Ok(()) => {
+                Ok(append) => {
+                    staged.written(append);
                     record_transition(before, state);
                     if undecided && reports_at_decision(state) {
                         // asyncConfirm / asyncCancel: the caller learns the

@@ -175,30 +175,31 @@ pub fn frame_payload(kind: u8, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.extend_from_slice(payload);
-    seal_frame(kind, out)
+    seal_frame(kind, &mut out)?;
+    Ok(out)
 }
 
-/// Fills in the header of `out`, a reserved `HEADER_LEN` bytes followed by
-/// the payload: magic, version, `kind`, the payload's length and the
+/// Fills in the header of `frame`, a reserved `HEADER_LEN` bytes followed
+/// by the payload: magic, version, `kind`, the payload's length and the
 /// checksum. Refuses a payload over `MAX_PAYLOAD`.
-fn seal_frame(kind: u8, mut out: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
-    let len = out.len() - HEADER_LEN;
+fn seal_frame(kind: u8, frame: &mut [u8]) -> Result<(), EncodeError> {
+    let len = frame.len() - HEADER_LEN;
     if len > MAX_PAYLOAD {
         return Err(EncodeError::TooLarge {
             len,
             max: MAX_PAYLOAD,
         });
     }
-    out[..2].copy_from_slice(&MAGIC);
-    out[2] = FORMAT_VERSION;
-    out[3] = kind;
+    frame[..2].copy_from_slice(&MAGIC);
+    frame[2] = FORMAT_VERSION;
+    frame[3] = kind;
     // Cannot truncate: checked against MAX_PAYLOAD (1 MiB) above.
-    out[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+    frame[4..8].copy_from_slice(&(len as u32).to_be_bytes());
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[..8]);
-    crc.update(&out[HEADER_LEN..]);
-    out[8..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
-    Ok(out)
+    crc.update(&frame[..8]);
+    crc.update(&frame[HEADER_LEN..]);
+    frame[8..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+    Ok(())
 }
 
 /// Checks a frame's header and checksum; returns its kind and payload.
@@ -269,11 +270,30 @@ fn encode_framed<T: Serialize + ?Sized>(
     value: &T,
     size_hint: usize,
 ) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(HEADER_LEN + size_hint);
+    let mut out = Vec::new();
+    encode_framed_into(&mut out, kind, value, size_hint)?;
+    Ok(out)
+}
+
+/// Like [`encode_framed`], adding the frame at the end of `out`. On an
+/// error `out` is left as it was.
+fn encode_framed_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    kind: u8,
+    value: &T,
+    size_hint: usize,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.reserve(HEADER_LEN + size_hint);
     out.extend_from_slice(&[0; HEADER_LEN]);
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    seal_frame(kind, out)
+    let sealed =
+        bincode::serde::encode_into_std_write(value, &mut *out, bincode::config::standard())
+            .map_err(|e| EncodeError::Serialize(e.to_string()))
+            .and_then(|_| seal_frame(kind, &mut out[start..]));
+    if sealed.is_err() {
+        out.truncate(start);
+    }
+    sealed
 }
 
 /// Payload bytes to reserve for a record beyond its user bytes: enough for
@@ -282,32 +302,50 @@ const RECORD_HINT: usize = 48;
 
 /// Encodes one log record with its timestamp into a checksummed frame.
 pub fn encode_record(at: UnixMillis, record: &Record) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    encode_record_into(&mut out, at, record)?;
+    Ok(out)
+}
+
+/// Like [`encode_record`], adding the frame at the end of `out` (a log
+/// value being built: frames lie back to back). The bytes added are the
+/// ones `encode_record` returns. On an error `out` is left as it was.
+pub fn encode_record_into(
+    out: &mut Vec<u8>,
+    at: UnixMillis,
+    record: &Record,
+) -> Result<(), EncodeError> {
     let kind = kind_of(record);
     match record {
         Record::SagaStarted(body) => {
             let hint = 4 * RECORD_HINT + body.input.len() + 32 * body.plan.steps.len();
-            encode_framed(kind, &(at.0, body), hint)
+            encode_framed_into(out, kind, &(at.0, body), hint)
         }
         Record::StepStarted(body)
         | Record::CompensationStarted(body)
         | Record::CompensationSucceeded(body)
         | Record::ConfirmStarted(body)
-        | Record::ConfirmSucceeded(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
+        | Record::ConfirmSucceeded(body) => {
+            encode_framed_into(out, kind, &(at.0, body), RECORD_HINT)
+        }
         Record::StepSucceeded(body) => {
-            encode_framed(kind, &(at.0, body), RECORD_HINT + body.output.len())
+            encode_framed_into(out, kind, &(at.0, body), RECORD_HINT + body.output.len())
         }
         Record::StepFailed(body)
         | Record::CompensationFailed(body)
-        | Record::ConfirmFailed(body) => encode_framed(
+        | Record::ConfirmFailed(body) => encode_framed_into(
+            out,
             kind,
             &(at.0, body),
             RECORD_HINT + body.failure.message.len(),
         ),
-        Record::Decided(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
-        Record::SagaSuspended(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
-        Record::SagaFinished(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
-        Record::TimerSet(body) => encode_framed(kind, &(at.0, body), RECORD_HINT),
-        Record::OperatorAction(body) => encode_framed(kind, &(at.0, body), 2 * RECORD_HINT),
+        Record::Decided(body) => encode_framed_into(out, kind, &(at.0, body), RECORD_HINT),
+        Record::SagaSuspended(body) => encode_framed_into(out, kind, &(at.0, body), RECORD_HINT),
+        Record::SagaFinished(body) => encode_framed_into(out, kind, &(at.0, body), RECORD_HINT),
+        Record::TimerSet(body) => encode_framed_into(out, kind, &(at.0, body), RECORD_HINT),
+        Record::OperatorAction(body) => {
+            encode_framed_into(out, kind, &(at.0, body), 2 * RECORD_HINT)
+        }
     }
 }
 
@@ -371,6 +409,19 @@ pub fn decode_records_prefix(value: &[u8]) -> (Vec<(UnixMillis, Record)>, Option
             return (records, None);
         }
     }
+}
+
+/// The frames of a log value, in order, split by their declared lengths
+/// without checking them further (see [`decode_records_prefix`] for that).
+/// A tail that is not a whole frame is left out.
+pub fn frames_of(value: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    let mut rest = value;
+    while let Ok((frame, after)) = split_frame(rest) {
+        frames.push(frame);
+        rest = after;
+    }
+    frames
 }
 
 /// The first frame of `bytes` (by its declared length, unchecked) and the

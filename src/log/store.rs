@@ -151,15 +151,20 @@ pub struct LogValue {
 pub struct SagaAppend {
     /// The saga.
     pub saga: SagaId,
-    /// Sequence number of the first record; the rest follow without gaps.
+    /// Sequence number of the first record this append adds; the rest
+    /// follow without gaps.
     pub first_seq: u64,
-    /// Encoded record frames.
-    pub records: Vec<Vec<u8>>,
-    /// The saga's last log value, exactly as it is durable: the records are
-    /// added to it and the value is rewritten under its own key, instead of
-    /// going to a new value at `first_seq`. Only the loop that wrote that
-    /// value, and saw its write acknowledged, may set this (DESIGN.md §4b).
-    pub extends: Option<LogValue>,
+    /// The log value this append writes, whole, under `value.seq`: the
+    /// record frames it adds (from byte `added_from` on), after the bytes
+    /// of the saga's last value when it extends that one (DESIGN.md §4b).
+    /// Empty when the append adds no record (an index change alone).
+    pub value: LogValue,
+    /// Where this append's own frames start in `value.bytes`. Non-zero only
+    /// when the append extends the saga's last value: then the bytes before
+    /// it are that value exactly as it is durable, `value.seq` is its key,
+    /// and only the loop that wrote it, and saw its write acknowledged, may
+    /// build such an append.
+    pub added_from: usize,
     /// Index change, if the status changed.
     pub index: Option<IndexUpdate>,
     /// Idempotency key to map to this saga (only with the start record).
@@ -171,13 +176,17 @@ pub struct SagaAppend {
 }
 
 impl SagaAppend {
-    /// An append of `records` with no index, key or timer change.
+    /// An append of `records` (frames), as a new value at `first_seq`, with
+    /// no index, key or timer change.
     pub fn records(saga: SagaId, first_seq: u64, records: Vec<Vec<u8>>) -> Self {
         SagaAppend {
             saga,
             first_seq,
-            records,
-            extends: None,
+            value: LogValue {
+                seq: first_seq,
+                bytes: records.concat(),
+            },
+            added_from: 0,
             index: None,
             claim_key: None,
             timer_put: None,
@@ -185,38 +194,20 @@ impl SagaAppend {
         }
     }
 
-    /// The log value this append writes: its records after the bytes of the
-    /// value it extends, under that value's key, or alone under
-    /// `first_seq` (DESIGN.md §4b). Built in one allocation of the right
-    /// size; the writer puts it, and the saga loop keeps it as its open value.
-    pub fn log_value(&self) -> LogValue {
-        let mut bytes = Vec::new();
-        let seq = self.write_log_value(&mut bytes);
-        LogValue { seq, bytes }
+    /// The record frames this append adds, back to back.
+    pub fn added(&self) -> &[u8] {
+        self.value.bytes.get(self.added_from..).unwrap_or_default()
     }
 
-    /// Like [`SagaAppend::log_value`], into `out` (cleared first, then
-    /// grown once to the value's size); returns the value's seq. The store
-    /// reuses one buffer for every append of a write.
-    pub fn write_log_value(&self, out: &mut Vec<u8>) -> u64 {
-        let (seq, base): (u64, &[u8]) = match &self.extends {
-            Some(last) => (last.seq, &last.bytes),
-            None => (self.first_seq, &[]),
-        };
-        let added: usize = self.records.iter().map(Vec::len).sum();
-        out.clear();
-        out.reserve_exact(base.len() + added);
-        out.extend_from_slice(base);
-        for record in &self.records {
-            out.extend_from_slice(record);
-        }
-        seq
+    /// Whether the append writes a log value (it adds records).
+    pub fn writes_log_value(&self) -> bool {
+        !self.added().is_empty()
     }
 
     /// How many values this append puts, leaving out its finished-index
     /// item: those of one write share one value (the finished batch).
     pub fn entry_count(&self) -> usize {
-        usize::from(!self.records.is_empty())
+        usize::from(self.writes_log_value())
             + usize::from(
                 self.index
                     .as_ref()
@@ -595,15 +586,14 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
     }
     // One finished batch for the whole write (DESIGN.md §4c).
     let mut finished = Vec::new();
-    // Each log value is built here, then copied by sled into its own.
-    let mut value = Vec::new();
     for append in batch {
-        if !append.records.is_empty() {
+        if append.writes_log_value() {
             // One value per append: its frames back to back, keyed by the
             // sequence number of the first; or the saga's last value
-            // rewritten with the frames added (DESIGN.md §4b).
-            let seq = append.write_log_value(&mut value);
-            ops.push(KvOp::put(&keys::log(append.saga, seq), &value));
+            // rewritten with the frames added (DESIGN.md §4b). The saga's
+            // loop built it whole; sled copies it once, into its own.
+            let value = &append.value;
+            ops.push(KvOp::put(&keys::log(append.saga, value.seq), &value.bytes));
         }
         if let Some(update) = &append.index {
             // A finished saga's item stays in its batch when an operator
@@ -1607,7 +1597,10 @@ impl MemStore {
                 faults.failed.push(FailedAppend {
                     saga: append.saga,
                     first_seq: append.first_seq,
-                    records: append.records.clone(),
+                    records: crate::log::codec::frames_of(append.added())
+                        .into_iter()
+                        .map(<[u8]>::to_vec)
+                        .collect(),
                     timing,
                 });
             }
@@ -1646,51 +1639,68 @@ mod tests {
         store.append(&[&append], None).map(|_| ())
     }
 
-    #[test]
-    fn write_log_value_replaces_the_buffer_with_the_value_log_value_builds() {
-        let saga = SagaId::new();
-        let mut append = SagaAppend::records(saga, 3, vec![vec![1; 4], vec![2; 2]]);
-        let mut buffer = vec![9; 64];
-        assert_eq!(append.write_log_value(&mut buffer), 3);
-        assert_eq!(buffer, append.log_value().bytes);
-        assert_eq!(buffer, [1, 1, 1, 1, 2, 2]);
-        append.extends = Some(LogValue {
-            seq: 1,
-            bytes: vec![5; 3],
-        });
-        assert_eq!(append.write_log_value(&mut buffer), 1);
-        assert_eq!(buffer, [5, 5, 5, 1, 1, 1, 1, 2, 2]);
-        assert_eq!(
-            append.log_value(),
-            LogValue {
-                seq: 1,
-                bytes: buffer
-            }
-        );
+    /// An append that extends `last` (the saga's durable value at seq 0)
+    /// with `added`, as a saga loop builds it.
+    fn extending(saga: SagaId, last: &[u8], first_seq: u64, added: &[u8]) -> SagaAppend {
+        let mut append = SagaAppend::records(saga, first_seq, Vec::new());
+        append.value = LogValue {
+            seq: 0,
+            bytes: [last, added].concat(),
+        };
+        append.added_from = last.len();
+        append
     }
 
     #[test]
-    fn each_log_value_of_one_write_holds_only_its_own_bytes() {
-        // The store builds every log value of a write in one reused buffer:
-        // a short value after a long one must not keep the long one's tail.
+    fn an_append_that_extends_a_value_rewrites_it_whole_under_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
-        let (long, short) = (SagaId::new(), SagaId::new());
-        let long_append = SagaAppend::records(long, 0, vec![vec![1; 300]]);
-        let mut short_append = SagaAppend::records(short, 2, vec![vec![2; 5]]);
-        short_append.extends = Some(LogValue {
-            seq: 0,
-            bytes: vec![3; 7],
-        });
-        store.append(&[&long_append, &short_append], None).unwrap();
-        assert_eq!(
-            store.kv.get(&keys::log(long, 0)).unwrap(),
-            Some(vec![1; 300])
-        );
+        let (fresh, grown) = (SagaId::new(), SagaId::new());
+        let new_value = SagaAppend::records(fresh, 4, vec![vec![1; 300], vec![4; 2]]);
+        let extended = extending(grown, &[3; 7], 2, &[2; 5]);
+        assert_eq!(extended.added(), [2; 5]);
+        store.append(&[&new_value, &extended], None).unwrap();
+        let mut expected = vec![1; 300];
+        expected.extend([4; 2]);
+        assert_eq!(store.kv.get(&keys::log(fresh, 4)).unwrap(), Some(expected));
         let mut expected = vec![3; 7];
         expected.extend([2; 5]);
-        assert_eq!(store.kv.get(&keys::log(short, 0)).unwrap(), Some(expected));
-        assert_eq!(store.kv.get(&keys::log(short, 2)).unwrap(), None);
+        assert_eq!(store.kv.get(&keys::log(grown, 0)).unwrap(), Some(expected));
+        assert_eq!(store.kv.get(&keys::log(grown, 2)).unwrap(), None);
+    }
+
+    #[test]
+    fn an_append_without_records_writes_no_log_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let saga = SagaId::new();
+        let append = SagaAppend::records(saga, 0, Vec::new());
+        assert!(!append.writes_log_value());
+        store.append(&[&append], None).unwrap();
+        assert_eq!(store.read_log(saga).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_failed_append_reports_only_the_frames_it_adds() {
+        use crate::log::codec::encode_record;
+        use crate::log::record::{CallRef, Record};
+        let frame = |step| {
+            encode_record(
+                UnixMillis(1),
+                &Record::StepStarted(CallRef { step, attempt: 1 }),
+            )
+            .unwrap()
+        };
+        let store = MemStore::new();
+        store.fail_append(1, FaultTiming::BeforeApply);
+        let saga = SagaId::new();
+        let added = [frame(1), frame(2)].concat();
+        let append = extending(saga, &frame(0), 5, &added);
+        assert!(store.append(&[&append], None).is_err());
+        let failed = store.failed_appends();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].first_seq, 5);
+        assert_eq!(failed[0].records, [frame(1), frame(2)]);
     }
 
     #[test]

@@ -301,15 +301,17 @@ impl Writer {
         })
     }
 
-    /// Appends durably; resolves once the append is flushed, or failed.
-    pub(crate) async fn append(&self, append: SagaAppend) -> Result<(), AppendError> {
+    /// Appends durably; resolves once the append is flushed, with the
+    /// append handed back, or failed.
+    pub(crate) async fn append(&self, append: SagaAppend) -> Result<SagaAppend, AppendError> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Message::Append(append, reply))
             .map_err(|_| AppendError::Store(StoreError::Closed))?;
         match wait.await {
-            // The append is dropped here, by the task that built it.
-            Ok((_append, result)) => result,
+            // The append comes back to the task that built it, which keeps
+            // its log value or drops it.
+            Ok((append, result)) => result.map(|()| append),
             Err(_) => Err(AppendError::Store(StoreError::Closed)),
         }
     }
@@ -450,14 +452,11 @@ fn commit_group(
         .any(|a| a.index.as_ref().is_some_and(|i| i.to == IndexSet::Finished));
     let entries: usize =
         batch.iter().map(|a| a.entry_count()).sum::<usize>() + usize::from(finishes);
-    let log_values = batch.iter().filter(|a| !a.records.is_empty()).count();
+    let log_values = batch.iter().filter(|a| a.writes_log_value()).count();
     let log_value_bytes: usize = batch
         .iter()
-        .filter(|a| !a.records.is_empty())
-        .map(|a| {
-            let rewritten = a.extends.as_ref().map_or(0, |last| last.bytes.len());
-            rewritten + a.records.iter().map(|r| r.len()).sum::<usize>()
-        })
+        .filter(|a| a.writes_log_value())
+        .map(|a| a.value.bytes.len())
         .sum();
     let began = std::time::Instant::now();
     let result = store.append(&batch, index.watermark);
