@@ -217,6 +217,33 @@ async fn shutdown_lets_a_running_call_finish_and_records_its_result() {
 }
 
 #[tokio::test]
+async fn every_caller_waiting_for_a_saga_gets_its_outcome() {
+    let script = Script::default();
+    script.set("flight", Phase::Action, Behaviour::Gate);
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    script.entered.notified().await; // flight's action is running
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.outcome(id).await })
+        })
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await; // each caller starts waiting
+    }
+
+    script.open_gate();
+
+    for caller in waiting {
+        let outcome = caller.await.unwrap().unwrap();
+        assert_eq!(outcome.status, SagaStatus::Committed);
+    }
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
+}
+
+#[tokio::test]
 async fn unknown_saga_type_is_parked_and_other_sagas_proceed() {
     let store = Arc::new(MemStore::new());
     let script = Script::default();

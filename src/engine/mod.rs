@@ -45,7 +45,7 @@ use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -195,7 +195,8 @@ impl Clock {
     }
 }
 
-type OutcomeSender = watch::Sender<Option<Result<Outcome, Error>>>;
+/// The callers of [`Engine::outcome`] waiting for one saga, each told once.
+type OutcomeWaiters = Vec<oneshot::Sender<Result<Outcome, Error>>>;
 
 /// An operator action waiting for a saga's loop, with where to reply.
 pub(crate) type Command = (OperatorAction, oneshot::Sender<Result<(), Error>>);
@@ -215,7 +216,7 @@ pub(crate) struct Inner {
     /// Sagas some task owns, each with its mailbox of operator commands.
     running: Mutex<IdMap<SagaId, Vec<Command>>>,
     /// Callers of `outcome` waiting for a saga to stop.
-    waiters: Mutex<IdMap<SagaId, OutcomeSender>>,
+    waiters: Mutex<IdMap<SagaId, OutcomeWaiters>>,
     parked: Mutex<IdMap<SagaId, String>>,
     delay_queue: DelayQueue,
     on_suspend: Option<SuspendHook>,
@@ -783,42 +784,46 @@ impl Engine {
     /// parked saga, [`Error::ShuttingDown`] if the engine stops first, or the
     /// store error that stopped the saga's loop.
     pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
-        // Subscribe before looking, so that a loop ending in between is not missed.
-        let mut receiver = lock(&self.inner.waiters)
-            .entry(id)
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        // Register before looking, so that a loop ending in between is not missed.
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.waiters).entry(id).or_default().push(tx);
+        match self.outcome_at_once(id) {
+            Some(result) => {
+                drop(rx);
+                self.inner.forget_closed_waiters(id);
+                result
+            }
+            None => rx.await.unwrap_or(Err(Error::ShuttingDown(id))),
+        }
+    }
+
+    /// The outcome of saga `id` if it is known without waiting: the saga
+    /// is parked, unknown, stopped, or reports at its TCC decision, or the
+    /// engine is stopping. `None` while a loop drives it (or will).
+    fn outcome_at_once(&self, id: SagaId) -> Option<Result<Outcome, Error>> {
         if let Some(reason) = lock(&self.inner.parked).get(&id) {
-            return Err(Error::Parked {
+            return Some(Err(Error::Parked {
                 saga: id,
                 reason: reason.clone(),
-            });
+            }));
         }
-        let owned = lock(&self.inner.running).contains_key(&id);
-        if !owned {
-            let (view, state) = match self.view_and_state(id) {
-                Ok(found) => found,
-                Err(e) => {
-                    lock(&self.inner.waiters).remove(&id);
-                    return Err(e);
-                }
-            };
-            if view.status.is_terminal() || view.status == SagaStatus::Suspended {
-                return Ok(view.outcome());
-            }
-            if state.as_ref().is_some_and(run::reports_at_decision) {
-                lock(&self.inner.waiters).remove(&id);
-                return Ok(view.outcome());
-            }
-            if self.inner.stopping.is_cancelled() {
-                return Err(Error::ShuttingDown(id));
-            }
+        if lock(&self.inner.running).contains_key(&id) {
+            return None;
         }
-        let result = match receiver.wait_for(|v| v.is_some()).await {
-            Ok(value) => value.clone().unwrap_or(Err(Error::ShuttingDown(id))),
-            Err(_) => Err(Error::ShuttingDown(id)),
+        let (view, state) = match self.view_and_state(id) {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
         };
-        result
+        if view.status.is_terminal() || view.status == SagaStatus::Suspended {
+            return Some(Ok(view.outcome()));
+        }
+        if state.as_ref().is_some_and(run::reports_at_decision) {
+            return Some(Ok(view.outcome()));
+        }
+        if self.inner.stopping.is_cancelled() {
+            return Some(Err(Error::ShuttingDown(id)));
+        }
+        None
     }
 
     /// The current state of saga `id`, read from the log.
@@ -985,8 +990,10 @@ impl Engine {
         }
         self.inner.writer.stop().await;
         let waiters: Vec<_> = lock(&self.inner.waiters).drain().collect();
-        for (id, tx) in waiters {
-            tx.send_replace(Some(Err(Error::ShuttingDown(id))));
+        for (id, senders) in waiters {
+            for tx in senders {
+                let _ = tx.send(Err(Error::ShuttingDown(id)));
+            }
         }
     }
 }
@@ -994,8 +1001,27 @@ impl Engine {
 impl Inner {
     /// Tells everyone waiting for saga `id` how it stopped.
     fn notify_waiters(&self, id: SagaId, result: Result<Outcome, Error>) {
-        if let Some(tx) = lock(&self.waiters).remove(&id) {
-            tx.send_replace(Some(result));
+        let Some(mut senders) = lock(&self.waiters).remove(&id) else {
+            return;
+        };
+        let last = senders.pop();
+        for tx in senders {
+            let _ = tx.send(result.clone());
+        }
+        if let Some(tx) = last {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Drops the waiters of saga `id` that stopped waiting (a caller of
+    /// `outcome` that got its answer at once), and the entry once empty.
+    fn forget_closed_waiters(&self, id: SagaId) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(senders) = waiters.get_mut(&id) {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&id);
+            }
         }
     }
 }
