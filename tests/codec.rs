@@ -392,6 +392,43 @@ fn framing_a_records_payload_gives_the_records_own_frame() {
 }
 
 #[test]
+fn encoding_into_a_value_adds_exactly_the_records_own_frame() {
+    let mut value = vec![7; 5];
+    let mut expected = value.clone();
+    for record in every_kind() {
+        sagalog::log::codec::encode_record_into(&mut value, UnixMillis(9), &record).unwrap();
+        expected.extend(encode_record(UnixMillis(9), &record).unwrap());
+        assert_eq!(value, expected, "{record:?}");
+    }
+}
+
+#[test]
+fn a_record_too_large_to_encode_leaves_the_value_as_it_was() {
+    let mut value = encode_record(
+        UnixMillis(1),
+        &Record::StepStarted(CallRef {
+            step: 0,
+            attempt: 1,
+        }),
+    )
+    .unwrap();
+    let before = value.clone();
+    let huge = Record::StepSucceeded(CallSucceeded {
+        call: CallRef {
+            step: 0,
+            attempt: 1,
+        },
+        output: vec![1; MAX_PAYLOAD + 1],
+    });
+    let error = sagalog::log::codec::encode_record_into(&mut value, UnixMillis(2), &huge);
+    assert!(
+        matches!(error, Err(EncodeError::TooLarge { .. })),
+        "{error:?}"
+    );
+    assert_eq!(value, before);
+}
+
+#[test]
 fn a_name_is_written_as_the_plain_string_it_holds_and_read_back() {
     // Names are shared, not copied, in memory; the log must not see that.
     let saga_type = encode_value(&SagaType::new("order")).unwrap();
