@@ -476,7 +476,8 @@ impl Inner {
             .get(step as usize)
             .and_then(|s| s.child.clone());
         let began = std::time::Instant::now();
-        let deadline = timeout.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let deadline =
+            timeout.map(|ms| (ms, tokio::time::Instant::now() + Duration::from_millis(ms)));
         let launched = Launched {
             call,
             kind,
@@ -526,12 +527,11 @@ impl Inner {
         let timed = async move {
             match deadline {
                 None => future.await,
-                Some(at) => tokio::time::timeout_at(at, future)
+                Some((ms, at)) => tokio::time::timeout_at(at, future)
                     .await
                     .unwrap_or_else(|_| {
                         Err(StepError::unknown(format!(
-                            "no reply within {} ms; the call may have taken effect",
-                            timeout.unwrap_or_default()
+                            "no reply within {ms} ms; the call may have taken effect"
                         )))
                     }),
             }
