@@ -400,7 +400,7 @@ fn sled_layout_baseline(
     let (db, log_file) = raw_sled(dir, 32);
     let stages = steps as u64 + 1;
     let per_group = (batch.saturating_sub(1) as u64 / stages).max(1);
-    let value = vec![0xA5u8; value_size.max(1)];
+    let values = stage_values(value_size, stages);
     let finished = vec![0x5Au8; per_group as usize * finished_item_bytes()];
     let key = |prefix: u8, id: u64| {
         let mut k = [0u8; 25];
@@ -421,7 +421,7 @@ fn sled_layout_baseline(
         for stage in 0..stages.min(group + 1) {
             let first = entered - stage * per_group;
             for id in first..first + per_group {
-                b.insert(&key(b'L', id)[..], &value[..]);
+                b.insert(&key(b'L', id)[..], &values[stage as usize][..]);
             }
         }
         b.insert(&key(b'F', group)[..], &finished[..]);
@@ -444,6 +444,17 @@ fn sled_layout_baseline(
     out.group_flush_ms /= groups;
     out.group_sync_ms /= groups;
     out
+}
+
+/// The value each stage of [`sled_layout_baseline`] writes: `value_size`
+/// bytes, with different contents in each stage. sled skips a put whose
+/// value equals the one stored (`Tree::insert_inner` returns early on a
+/// no-op set), so rewriting a key with the same bytes would cost it
+/// nothing, while sagalog's rewrite of a log value always adds records.
+fn stage_values(value_size: usize, stages: u64) -> Vec<Vec<u8>> {
+    (0..stages)
+        .map(|stage| vec![0xA5u8.wrapping_add(stage as u8); value_size.max(1)])
+        .collect()
 }
 
 /// What [`sled_layout_baseline`] measured: its throughput, and the mean
@@ -870,6 +881,21 @@ async fn run(args: Args) {
         if ratio < min {
             eprintln!("guard: ratio {ratio} is below {min}");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_of_the_layout_baseline_rewrites_its_key_with_different_bytes() {
+        let values = stage_values(212, 4);
+        assert_eq!(values.len(), 4);
+        for pair in values.windows(2) {
+            assert_eq!(pair[0].len(), 212);
+            assert_ne!(pair[0], pair[1], "sled would skip this rewrite as a no-op");
         }
     }
 }
