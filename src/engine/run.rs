@@ -329,13 +329,14 @@ impl Inner {
         // Intents staged (or, for a fresh saga, already durable) whose
         // calls have not been launched yet.
         let mut ready: Vec<(CallRef, CallKind)> = pending_calls;
+        // The steps with a call running or about to be launched; one buffer
+        // for the loop's life instead of a new one per turn.
+        let mut live: Vec<StepIndex> = Vec::new();
         loop {
             self.apply_commands(id, &mut state, &mut staged).await?;
             let now = self.clock.now();
-            let live: Vec<StepIndex> = calls
-                .live()
-                .chain(ready.iter().map(|(call, _)| call.step))
-                .collect();
+            live.clear();
+            live.extend(calls.live().chain(ready.iter().map(|(call, _)| call.step)));
             let next = decide_live(&state, now, &live);
             let starts = match next {
                 NextAction::RunStep { step, attempt } => Some((step, attempt, CallKind::Forward)),
