@@ -147,6 +147,14 @@ name_type!(
     SagaType
 );
 
+impl SagaType {
+    /// The shared text itself, for a metrics label, which takes it without
+    /// copying.
+    pub(crate) fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
+    }
+}
+
 name_type!(
     /// The name of one step inside a saga definition (e.g. `"charge"`).
     StepName

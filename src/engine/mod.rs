@@ -754,7 +754,7 @@ impl Engine {
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
         }
         tracing::info!(saga_id = %id, %saga_type, "saga started");
-        metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga_type.to_string())
+        metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga_type.shared())
             .increment(1);
         // A fresh id: nobody else can own it.
         self.claim(id);

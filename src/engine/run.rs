@@ -709,7 +709,7 @@ fn record_transition(before: (Option<SagaStatus>, bool), state: &SagaState) {
     if status.is_terminal() && !before.0.is_some_and(SagaStatus::is_terminal) {
         metrics::counter!(
             SAGAS_FINISHED,
-            "saga_type" => state.saga_type().to_string(),
+            "saga_type" => state.saga_type().shared(),
             "status" => status.name()
         )
         .increment(1);
