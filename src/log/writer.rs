@@ -413,7 +413,10 @@ fn commit_group(
     watermark: &mut Watermark,
     writable: &mut bool,
 ) {
-    let mut claimed: IdMap<IdempotencyKey, SagaId> = IdMap::default();
+    // Keyed by caller-chosen text, so std's SipHash rather than `IdMap`
+    // (whose fast hash is for ids the engine makes).
+    let mut claimed: std::collections::HashMap<IdempotencyKey, SagaId> =
+        std::collections::HashMap::new();
     let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
     for waiter in group {
         let append = &waiter.0;
