@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
+use common::{open_mem, start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
 use sagalog::log::codec::decode_records;
 use sagalog::log::store::FaultTiming;
 use sagalog::log::store::LogStore;
-use sagalog::{Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
+use sagalog::{Engine, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +35,7 @@ fn assert_whole_history(engine: &Engine, id: SagaId) {
 async fn run_trip(input: String) -> (Arc<MemStore>, Engine, SagaId) {
     let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     let id = start_saga(&engine, &trip, &input).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     (store, engine, id)
@@ -75,9 +73,7 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
     script.set("hotel", Phase::Action, Behaviour::Hang);
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     until_calls(&script, |calls| {
         calls.contains(&"hotel:action:1".to_string())
@@ -89,9 +85,7 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
 
     // The new loop did not write the value, so it never rewrites it.
     let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(value_seqs(&store, id), [0, 4]);
     assert_whole_history(&engine, id);
@@ -105,9 +99,7 @@ async fn values_after_a_failed_second_append(timing: FaultTiming) -> Vec<u64> {
     let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
     let store = Arc::new(MemStore::new());
     store.fail_append(2, timing);
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     let id = start_saga(&engine, &trip, &"ada".to_string()).await;
     assert!(
         engine.outcome(id).await.is_err(),
@@ -116,9 +108,7 @@ async fn values_after_a_failed_second_append(timing: FaultTiming) -> Vec<u64> {
     engine.shutdown(Duration::ZERO).await;
 
     let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let engine = open_mem(&store, registry).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_whole_history(&engine, id);
     engine.shutdown(Duration::from_secs(1)).await;
