@@ -13,7 +13,7 @@
 //!
 //! The writer also keeps the *index watermark* (DESIGN.md §4a). A saga whose
 //! id is at or above the durable watermark gets no active-index entry while
-//! it is young: its entry waits in memory ([`Deferred`]), and if it finishes
+//! it is young: its entry waits in memory (`Deferred`), and if it finishes
 //! first only its finished-index entry is ever written. Every so often the
 //! writer moves the watermark up to `now - lag`, writing in the same batch
 //! an active-index entry for each deferred saga the new watermark passes.
