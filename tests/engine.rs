@@ -700,3 +700,24 @@ async fn a_calls_idempotency_key_is_its_saga_id_step_and_phase() {
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(*keys.lock().unwrap(), [format!("{id}/reserve/action")]);
 }
+
+#[tokio::test]
+async fn dropping_the_last_engine_handle_releases_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let saga = start_saga(&engine, &trip, &"ada".to_string()).await;
+    let second = engine.clone();
+    drop(engine);
+    assert_eq!(status_of(&second, saga).await, SagaStatus::Committed);
+    drop(second);
+
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let reopened = Engine::open(dir.path(), registry, EngineConfig::default())
+        .await
+        .expect("the directory is free once every handle is dropped");
+    assert_eq!(reopened.saga(saga).unwrap().status, SagaStatus::Committed);
+}

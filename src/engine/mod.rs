@@ -246,9 +246,46 @@ pub(crate) struct SagaRun {
 
 /// A running saga orchestrator over one store. Cheap to clone; all clones
 /// share the engine. Must be used inside a tokio runtime.
+///
+/// Dropping the last clone without [`Engine::shutdown`] shuts the engine
+/// down in the background with no grace period: calls still running are
+/// left in doubt for recovery, and the store (and its directory lock) is
+/// released once the background tasks have ended.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Shared by the clones the caller holds, never by the engine's own
+    /// tasks: when the last one drops, the engine shuts down.
+    _handle: Option<Arc<UserHandle>>,
+}
+
+/// Shuts the engine down when the caller's last [`Engine`] drops.
+struct UserHandle {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl Drop for UserHandle {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        inner.stopping.cancel();
+        inner.aborting.cancel();
+        let engine = Engine {
+            inner,
+            _handle: None,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { engine.shutdown(Duration::ZERO).await });
+            }
+            // No runtime: its tasks are gone with it; what is left is
+            // released as this handle drops.
+            Err(_) => {
+                engine.inner.tracker.close();
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -334,12 +371,17 @@ impl Engine {
             admin_only,
             sweeper: Mutex::new(None),
         });
-        let engine = Engine { inner };
+        let engine = Engine {
+            _handle: Some(Arc::new(UserHandle {
+                inner: Arc::downgrade(&inner),
+            })),
+            inner,
+        };
         if admin_only {
             return Ok(engine);
         }
         engine.recover()?;
-        let queue = engine.clone();
+        let queue = engine.background();
         engine.inner.tracker.spawn(
             async move { queue.run_delay_queue().await }
                 .instrument(tracing::info_span!("delay_queue")),
@@ -404,6 +446,15 @@ impl Engine {
         metrics::gauge!(crate::metrics::DELAY_QUEUE_DEPTH).set(sleeping as f64);
         metrics::gauge!(crate::metrics::MANUAL_QUEUE_DEPTH).set(suspended as f64);
         Ok(())
+    }
+
+    /// A clone for the engine's own tasks: it does not keep the engine
+    /// running once the caller has dropped every handle.
+    pub(crate) fn background(&self) -> Engine {
+        Engine {
+            inner: self.inner.clone(),
+            _handle: None,
+        }
     }
 
     /// Takes ownership of saga `id`; false if some task owns it already.
@@ -499,7 +550,7 @@ impl Engine {
     /// already taken (by `start`) or to be taken by the loop.
     fn spawn_owned_with(&self, run: SagaRun, permit: Option<OwnedSemaphorePermit>) {
         let inner = self.inner.clone();
-        let engine = self.clone();
+        let engine = self.background();
         let span =
             tracing::info_span!("saga", saga_id = %run.id, saga_type = %run.state.saga_type());
         self.inner.tracker.spawn(

@@ -194,7 +194,10 @@ impl Sweeper {
                     _ => return,
                 }
                 let Some(inner) = inner.upgrade() else { return };
-                let engine = Engine { inner };
+                let engine = Engine {
+                    inner,
+                    _handle: None,
+                };
                 let swept = runtime
                     .block_on(engine.sweep_finished(retention.keep_finished, retention.batch));
                 if let Err(e) = swept {

@@ -495,6 +495,7 @@ impl Inner {
             let future: crate::definition::BoxFuture<Result<Vec<u8>, StepError>> = match child {
                 Some(child_type) => {
                     let engine = crate::engine::Engine {
+                        _handle: None,
                         inner: self.clone(),
                     };
                     let input = (kind == CallKind::Forward)
