@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 |ctx| async move {
                     match ctx.input().cents {
                         // Always refused: compensated after its retries.
-                        c if c % 5 == 0 => Err(StepError::retryable("bank busy")),
+                        c if c.is_multiple_of(5) => Err(StepError::retryable("bank busy")),
                         _ => Ok(()),
                     }
                 },

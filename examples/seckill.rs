@@ -551,7 +551,7 @@ async fn run_bulk(
                 if k >= total {
                     return Ok::<_, sagalog::Error>(counts);
                 }
-                let user = if k % 9 == 0 {
+                let user = if k.is_multiple_of(9) {
                     "pauper".to_string()
                 } else {
                     format!("bulk-{}", k % 8)

@@ -198,9 +198,11 @@ pub(crate) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-12-01T22:08:47.123Z`.
 impl fmt::Display for UnixMillis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0);
+        write!(f, "{}", humantime::format_rfc3339_millis(at))
     }
 }
 

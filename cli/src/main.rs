@@ -98,8 +98,10 @@ enum Command {
     },
     /// Counts per status, the oldest saga in flight, queue depths.
     Stats,
-    /// Decode every stored value and report the damaged ones with their keys.
+    /// Decode every stored value and report the damaged ones with their keys, what cannot be read, and acknowledged writes that are missing.
     Verify,
+    /// Repair a damaged database: rebuild its witness, set sled's snapshots aside, or copy every readable saga into DIR.salvaged. Never deletes the original.
+    Repair,
     /// Delete sagas finished longer ago than --older-than (their space is reused by new writes).
     Sweep {
         /// Age of a finished saga to delete (e.g. 7d, 12h).
@@ -208,32 +210,30 @@ fn status(text: &str) -> Result<SagaStatus, Failure> {
         })
 }
 
-/// Refuses a directory without a database: opening would create one.
-fn existing(db: &std::path::Path) -> Result<(), Failure> {
-    if db.join("db").exists() || db.join("conf").exists() {
-        return Ok(());
+/// How the tool opens sled: never creating a database, and waiting only
+/// briefly for a lock.
+fn sled_options() -> SledOptions {
+    SledOptions {
+        lock_wait: Duration::from_millis(500),
+        create: false,
+        ..SledOptions::default()
     }
-    Err(Failure(format!(
-        "{} holds no sagalog database (no sled files); pass the directory the service opens",
-        db.display()
-    )))
+}
+
+/// A store error in words for the operator.
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Locked { path } => locked(&path),
+        other => other.into(),
+    }
 }
 
 async fn open(cli: &Cli) -> Result<(Engine, Arc<SledStore>), Failure> {
-    existing(&cli.db)?;
     let path = cli.db.clone();
-    let options = SledOptions {
-        lock_wait: Duration::from_millis(500),
-        ..SledOptions::default()
-    };
-    let opened = tokio::task::spawn_blocking(move || SledStore::open(path, options))
+    let opened = tokio::task::spawn_blocking(move || SledStore::open(path, sled_options()))
         .await
         .map_err(|e| Failure(format!("the open task failed: {e}")))?;
-    let store = match opened {
-        Ok(store) => Arc::new(store),
-        Err(StoreError::Locked { path }) => return Err(locked(&path)),
-        Err(e) => return Err(e.into()),
-    };
+    let store = Arc::new(opened.map_err(store_failure)?);
     let engine = Engine::open_admin_with_store(store.clone()).await?;
     Ok((engine, store))
 }
@@ -248,22 +248,47 @@ fn locked(path: &std::path::Path) -> Failure {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    if let Command::Compact = cli.command {
-        existing(&cli.db)?;
-        let path = cli.db.clone();
-        let compacted =
-            tokio::task::spawn_blocking(move || SledStore::compact(&path, SledOptions::default()))
-                .await
-                .map_err(|e| Failure(format!("the compaction task failed: {e}")))?;
-        let compacted = match compacted {
-            Err(StoreError::Locked { path }) => return Err(locked(&path)),
-            other => other?,
-        };
-        render::Output { json: cli.json }.compacted(&compacted);
-        return Ok(ExitCode::SUCCESS);
+    let out = render::Output { json: cli.json };
+    let path = cli.db.clone();
+    match cli.command {
+        Command::Compact => {
+            let compacted =
+                tokio::task::spawn_blocking(move || SledStore::compact(&path, sled_options()))
+                    .await
+                    .map_err(|e| Failure(format!("the compaction task failed: {e}")))?;
+            out.compacted(&compacted.map_err(store_failure)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Verify => {
+            // Opened for inspection: lost writes are reported, not refused,
+            // and nothing is written.
+            let report = tokio::task::spawn_blocking(move || {
+                let store = SledStore::open_for_inspection(&path, sled_options())?;
+                sagalog::log::verify::verify(&store)
+            })
+            .await
+            .map_err(|e| Failure(format!("the verify task failed: {e}")))?
+            .map_err(store_failure)?;
+            out.verify(&report);
+            return Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Repair => {
+            let report = tokio::task::spawn_blocking(move || {
+                sagalog::log::repair::repair(&path, sled_options())
+            })
+            .await
+            .map_err(|e| Failure(format!("the repair task failed: {e}")))?
+            .map_err(store_failure)?;
+            out.repaired(&report);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let (engine, store) = open(&cli).await?;
-    let out = render::Output { json: cli.json };
     let code = match &cli.command {
         Command::List {
             status: wanted,
@@ -348,15 +373,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out.stats(&engine.stats()?);
             ExitCode::SUCCESS
         }
-        Command::Verify => {
-            let report = engine.verify()?;
-            out.verify(&report);
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
         Command::Sweep { older_than, batch } => {
             let age = duration(older_than)?;
             let before = store.size_on_disk()?;
@@ -365,7 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out.sweep(&report, before, after);
             ExitCode::SUCCESS
         }
-        Command::Compact => ExitCode::SUCCESS,
+        Command::Compact | Command::Verify | Command::Repair => ExitCode::SUCCESS,
     };
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(code)

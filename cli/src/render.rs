@@ -526,4 +526,52 @@ impl Output {
             compacted.keys, compacted.bytes_before, compacted.bytes_after
         );
     }
+
+    pub fn repaired(&self, report: &sagalog::log::repair::RepairReport) {
+        use sagalog::log::repair::RepairOutcome;
+        let salvage = match &report.outcome {
+            RepairOutcome::Healthy => None,
+            RepairOutcome::Salvaged(salvage) => Some(salvage),
+        };
+        if self.json {
+            return print_json(json!({
+                "witness_rebuilt": report.witness_rebuilt,
+                "set_aside": report.set_aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "outcome": if salvage.is_some() { "salvaged" } else { "healthy" },
+                "salvaged_into": salvage.map(|s| s.into.display().to_string()),
+                "keys_copied": salvage.map(|s| s.keys),
+                "reason": salvage.map(|s| s.reason.clone()),
+                "incomplete_sagas": salvage.map(|s| s.incomplete.iter().map(|id| id.to_string()).collect::<Vec<_>>()),
+                "problems": salvage.map(|s| s.problems.clone()),
+            }));
+        }
+        if report.witness_rebuilt {
+            println!("rebuilt the witness file from sled's group mark (the damaged one is kept beside it)");
+        }
+        for path in &report.set_aside {
+            println!("set aside {}", path.display());
+        }
+        let Some(salvage) = salvage else {
+            println!("the database opens and every value reads: nothing more to do");
+            return;
+        };
+        println!("the database still does not open whole: {}", salvage.reason);
+        println!(
+            "copied {} readable keys into {} (the original is untouched)",
+            salvage.keys,
+            salvage.into.display()
+        );
+        for problem in &salvage.problems {
+            println!("  {problem}");
+        }
+        if !salvage.incomplete.is_empty() {
+            println!("sagas not copied whole (they are parked when the copy opens):");
+            for id in &salvage.incomplete {
+                println!("  {id}");
+            }
+        }
+        println!(
+            "next: check the report, then stop the service, move the original away and the copy into its place"
+        );
+    }
 }

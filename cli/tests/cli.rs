@@ -468,12 +468,86 @@ fn a_directory_without_a_database_is_refused_and_left_empty() {
         let output = sagalog(empty.path(), &[command]);
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("holds no sagalog database"), "{stderr}");
+        assert!(stderr.contains("there is no sagalog database"), "{stderr}");
     }
     assert_eq!(
         std::fs::read_dir(empty.path().join("log")).unwrap().count(),
         0
     );
+}
+
+/// Each file under `dir` with its bytes, in path order.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push((entry.path(), std::fs::read(entry.path()).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_foreign_sled_database_is_refused_by_every_command_and_left_as_it_was() {
+    // The orders example's ledger is a sled database of its own.
+    let db = copy_of_fixture();
+    let ledger = db.path().join("ledger");
+    let before = contents(&ledger);
+    assert!(!before.is_empty());
+    for command in ["list", "verify", "compact", "repair", "manual", "stats"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+            .arg("--db")
+            .arg(&ledger)
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("is not a sagalog database"),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(contents(&ledger) == before, "not one byte changed");
+}
+
+#[test]
+fn list_during_a_compaction_is_locked_out_and_the_compaction_completes() {
+    let db = copy_of_fixture();
+    let compact = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .arg("--db")
+        .arg(db.path().join("log"))
+        .arg("compact")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = compact.id();
+    let mut lists = 0;
+    while Path::new(&format!("/proc/{pid}/status")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .contains("zombie")
+    {
+        let _ = sagalog(db.path(), &["list"]);
+        lists += 1;
+    }
+    let output = compact.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "compaction failed after {lists} lists: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(lists > 0);
+    let (manual, sleeping, _) = roles(db.path());
+    assert!(!manual.is_empty() && !sleeping.is_empty());
 }
 
 /// A tiny seedable generator for kill times (xorshift64).

@@ -81,7 +81,7 @@ fn bulk_order(k: usize, scheduled_delay_ms: u64) -> (CompensationStrategy, Order
             delay_ms: scheduled_delay_ms.min(100),
         },
     };
-    let customer = if k % 5 == 0 {
+    let customer = if k.is_multiple_of(5) {
         "pauper".to_string()
     } else {
         format!("bulk-{}", k % 8)

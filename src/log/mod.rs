@@ -7,6 +7,8 @@
 
 pub mod codec;
 pub mod record;
+pub mod repair;
 pub mod store;
 pub mod verify;
+pub mod witness;
 pub mod writer;

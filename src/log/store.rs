@@ -18,12 +18,14 @@
 //! | `b'T'` ++ due (u64 BE) ++ saga id (16) ++ seq (u64 BE) | wait purpose frame |
 //! | `b"Mformat"`                           | format version (1 byte)    |
 //! | `b"Mwatermark"`                        | saga id (16): the index watermark |
+//! | `b"Mgroup"`                            | group mark (48, `log::witness`) |
 //!
 //! A saga that is not terminal has an `'A'` entry, unless its id is at or
 //! above the watermark: the writer defers the entries of young sagas, and
 //! most finish before they need one (see [`LogStore::append`]).
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
+use crate::log::witness::{Mark, OpenError as WitnessError, Witness};
 use crate::status::SagaStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,8 +40,10 @@ use std::time::{Duration, Instant};
 /// a parallelism limit; TCC record kinds 11..=14. 5: the index watermark
 /// (sagas at or above it may have no active-index entry). 6: the finished
 /// index holds one value per group (a finished batch), not one per saga.
+/// 7: every write stores its group mark under `"Mgroup"`, checked against
+/// the witness file (`log::witness`).
 /// Frames have their own version byte (`codec::FORMAT_VERSION`).
-pub const LAYOUT_VERSION: u8 = 6;
+pub const LAYOUT_VERSION: u8 = 7;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +64,47 @@ pub enum StoreError {
         /// Version this build reads.
         expected: u8,
     },
+    /// The directory holds something that is not a sagalog database.
+    /// Nothing was written to it.
+    #[error("{path} is not a sagalog database: it is not empty ({}) and has no {witness} file, which every sagalog database has; nothing was written to it. Open the directory your service uses, or an empty or missing one to create a new database", found.join(", "), witness = crate::log::witness::FILE_NAME)]
+    NotSagalog {
+        /// The directory.
+        path: PathBuf,
+        /// Some of the names found in it.
+        found: Vec<String>,
+    },
+    /// There is no database to open, and the caller asked not to create one.
+    #[error("there is no sagalog database at {path} (the directory is missing or empty); pass the directory your service opens")]
+    NoDatabase {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Writes that were made durable and acknowledged are missing: sled
+    /// dropped them at open, which it does silently when its log is
+    /// damaged. Nothing was written to the database.
+    #[error("the database at {path} has lost acknowledged writes: its witness file says group commit {acknowledged} (written {acknowledged_at}) was durable, but sled now holds only up to group {found}{}; {} group commit(s) are missing, so sagas they started or moved on would run again. Nothing was written. Do not start the service on it: run `sagalog verify --db {path}` to see what is readable, then `sagalog repair --db {path}`, which copies every readable saga into a fresh database beside this one and names what it could not", found_at.map(|at| format!(" (written {at})")).unwrap_or_default(), acknowledged - found)]
+    LostWrites {
+        /// Database directory.
+        path: PathBuf,
+        /// The last group the witness says was acknowledged.
+        acknowledged: u64,
+        /// When that group was written.
+        acknowledged_at: UnixMillis,
+        /// The last group sled still holds (0: none).
+        found: u64,
+        /// When that group was written, if sled holds one.
+        found_at: Option<UnixMillis>,
+    },
+    /// The database's files are damaged in a way sled or sagalog detects
+    /// (sled's "Read corrupted data", a panic inside sled, a damaged
+    /// witness). Restarting does not help.
+    #[error("the database at {path} is damaged: {detail}. Restarting will not help: run `sagalog repair --db {path}`, which first sets sled's snapshot files aside (sled then rebuilds its state from its log) and, if that is not enough, copies every readable saga into a fresh database beside this one; it never deletes the original")]
+    Damaged {
+        /// Database directory.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
     /// A value in an index has an impossible shape.
     #[error("corrupt store value under key {key:02x?}: {reason}")]
     Corrupt {
@@ -78,6 +123,15 @@ pub enum StoreError {
     /// The engine is shutting down and no longer accepts appends.
     #[error("the log writer has stopped (engine shut down); open the engine again to continue")]
     Closed,
+    /// The store was opened for inspection ([`SledStore::open_for_inspection`])
+    /// and takes no writes.
+    #[error(
+        "the database at {path} is open for inspection only (verify, repair) and takes no writes"
+    )]
+    ReadOnly {
+        /// Database directory.
+        path: PathBuf,
+    },
 }
 
 /// The summary kept for each saga in the active or finished index, written
@@ -296,6 +350,26 @@ pub trait LogStore: Send + Sync + 'static {
     /// `visit` returns false. For `verify`: it never decodes anything.
     fn for_each_raw(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
 
+    /// Like [`LogStore::for_each_raw`], but a stretch of keys the store
+    /// cannot read does not end the visit: `unreadable` gets the last key
+    /// read before it (if any) and the error, and the visit goes on from
+    /// the first key past it that can be read. For `verify` and `repair`.
+    fn for_each_raw_salvaging(
+        &self,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        unreadable: &mut dyn FnMut(Option<&[u8]>, StoreError),
+    ) -> Result<(), StoreError> {
+        let _ = unreadable;
+        self.for_each_raw(visit)
+    }
+
+    /// What opening found wrong with the store that it did not refuse it
+    /// for (a store opened for inspection, [`SledStore::open_for_inspection`]):
+    /// `verify` reports it first.
+    fn open_finding(&self) -> Option<StoreError> {
+        None
+    }
+
     /// Deletes finished sagas for good, as one atomic and durable write:
     /// every log value, the saga's items in the finished batches named in
     /// its removal (a batch left empty is deleted, the others rewritten),
@@ -383,6 +457,13 @@ pub(crate) mod keys {
 
     pub const FORMAT: &[u8] = b"Mformat";
     pub const WATERMARK: &[u8] = b"Mwatermark";
+    pub const GROUP: &[u8] = b"Mgroup";
+
+    /// Keys that belong to one database and are never copied into another
+    /// (the format marker and the group mark).
+    pub fn is_metadata(key: &[u8]) -> bool {
+        key == FORMAT || key == GROUP
+    }
 
     // The keys a write puts are arrays: sled copies a key into a value of
     // its own anyway, so a `Vec` would be one more allocation per key on
@@ -811,6 +892,62 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
     Ok(removed)
 }
 
+/// The raw visit of [`LogStore::for_each_raw_salvaging`]. After an error
+/// it restarts past the last key read (or past where the failed attempt
+/// started) at ever coarser steps: past that saga's log, then past ids
+/// sharing its first 8, 4 and 1 bytes, then past its keyspace. A read
+/// that keeps failing ends the visit once every step is tried.
+fn for_each_raw_salvaging<K: Kv>(
+    kv: &K,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    unreadable: &mut dyn FnMut(Option<&[u8]>, StoreError),
+) {
+    /// Lengths of the key prefixes to step past, finest first.
+    const STEPS: [usize; 5] = [17, 9, 5, 2, 1];
+    let mut start: Vec<u8> = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut step = 0;
+    loop {
+        let mut read_any = false;
+        let result = kv.for_each_prefix_from(&[], &start, &mut |key, value| {
+            read_any = true;
+            last = Some(key.to_vec());
+            Ok(visit(key, value))
+        });
+        let Err(e) = result else { return };
+        if read_any || step == 0 {
+            unreadable(last.as_deref(), e);
+        }
+        step = if read_any { 0 } else { step + 1 };
+        let anchor = match (&last, read_any) {
+            (Some(key), true) => key.clone(),
+            _ => start.clone(),
+        };
+        let next = STEPS
+            .iter()
+            .skip(step)
+            .filter_map(|len| past_prefix(&anchor, *len))
+            .find(|candidate| *candidate > start);
+        match next {
+            Some(next) => start = next,
+            None => return,
+        }
+    }
+}
+
+/// The smallest key above every key that shares `key`'s first `len` bytes
+/// (`None` if there is none, or `key` is shorter).
+fn past_prefix(key: &[u8], len: usize) -> Option<Vec<u8>> {
+    let mut prefix = key.get(..len)?.to_vec();
+    while let Some(byte) = prefix.pop() {
+        if byte < u8::MAX {
+            prefix.push(byte + 1);
+            return Some(prefix);
+        }
+    }
+    None
+}
+
 fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
     read_saga_id(kv, keys::idempotency(key), "idempotency index value", "")
 }
@@ -871,6 +1008,17 @@ macro_rules! impl_log_store {
             ) -> Result<(), StoreError> {
                 self.kv.for_each_prefix(&[], &mut |k, v| Ok(visit(k, v)))
             }
+            fn for_each_raw_salvaging(
+                &self,
+                visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+                unreadable: &mut dyn FnMut(Option<&[u8]>, StoreError),
+            ) -> Result<(), StoreError> {
+                for_each_raw_salvaging(&self.kv, visit, unreadable);
+                Ok(())
+            }
+            fn open_finding(&self) -> Option<StoreError> {
+                self.finding()
+            }
             fn remove_finished(&self, sagas: &[Removal]) -> Result<Removed, StoreError> {
                 remove_finished(&self.kv, sagas)
             }
@@ -886,6 +1034,15 @@ macro_rules! impl_log_store {
 struct SledKv {
     db: sled::Db,
     sync: DataSync,
+    path: PathBuf,
+    /// The directory lock and the last group acknowledged (`log::witness`).
+    witness: Witness,
+    /// The mark of the last group applied to sled. Held while a write takes
+    /// the next number and applies its batch, so that sled's order of
+    /// writes is the order of their numbers.
+    applied: Mutex<Mark>,
+    /// Opened for inspection: every write is refused.
+    read_only: bool,
 }
 
 /// What sled's `flush` leaves undone. On Linux sled 0.34 writes its log
@@ -1021,8 +1178,31 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A sled error in database `path`: damage that sled detects (its
+/// checksums) is [`StoreError::Damaged`], the rest [`StoreError::Backend`].
+fn sled_error(path: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("sled reports {e}"),
+        },
+        other => backend(other),
+    }
+}
+
+impl SledKv {
+    fn err(&self, e: sled::Error) -> StoreError {
+        sled_error(&self.path, e)
+    }
+}
+
 impl Kv for SledKv {
     fn apply_durably(&self, ops: Vec<KvOp>) -> Result<WriteTimes, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
         self.sync.usable()?;
         let began = Instant::now();
         let mut batch = sled::Batch::default();
@@ -1032,7 +1212,18 @@ impl Kv for SledKv {
                 KvOp::Delete(k) => batch.remove(k),
             }
         }
-        self.db.apply_batch(batch).map_err(backend)?;
+        let mark = {
+            let mut applied = crate::sync::lock(&self.applied);
+            let mark = Mark {
+                group: applied.group + 1,
+                at: UnixMillis::now(),
+                ..*applied
+            };
+            batch.insert(keys::GROUP, &mark.encode()[..]);
+            self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+            *applied = mark;
+            mark
+        };
         let applied = Instant::now();
         let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
         let flushed_at = Instant::now();
@@ -1051,6 +1242,12 @@ impl Kv for SledKv {
             return Err(self.sync.fail(&format!("sled's flush: {e}")));
         }
         self.sync.sync()?;
+        // Durable: the witness may now say so. A witness that cannot be
+        // written would let later damage go unnoticed: treat it as a
+        // failed sync.
+        self.witness
+            .record(mark)
+            .map_err(|e| self.sync.fail(&format!("writing the witness file: {e}")))?;
         Ok(WriteTimes {
             apply: applied - began,
             flush: flushed_at - applied,
@@ -1059,7 +1256,11 @@ impl Kv for SledKv {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
     }
 
     fn for_each_prefix_from(
@@ -1069,7 +1270,7 @@ impl Kv for SledKv {
         visit: Visitor<'_>,
     ) -> Result<(), StoreError> {
         for item in self.db.range(start..) {
-            let (k, v) = item.map_err(backend)?;
+            let (k, v) = item.map_err(|e| self.err(e))?;
             if !k.starts_with(prefix) || !visit(&k, &v)? {
                 break;
             }
@@ -1080,10 +1281,14 @@ impl Kv for SledKv {
 
 /// The durable store: one sled database, opened with `flush_every_ms(None)`
 /// so that the only durability point is the explicit flush at the end of
-/// each group commit.
+/// each group commit, and a witness file beside sled's files that lets
+/// opening detect acknowledged writes sled has lost (`log::witness`).
 pub struct SledStore {
     kv: SledKv,
     path: PathBuf,
+    /// Found by [`SledStore::open_for_inspection`]: what a normal open would
+    /// have refused the database for.
+    finding: Option<StoreError>,
 }
 
 /// Settings for opening a [`SledStore`].
@@ -1102,6 +1307,10 @@ pub struct SledOptions {
     /// briefly see its own previous handle; another process holding the
     /// database still gets `Locked`, after this wait.
     pub lock_wait: Duration,
+    /// Whether `open` creates a database in a missing or empty directory.
+    /// Default true; with false, such a directory is
+    /// [`StoreError::NoDatabase`] (what an operator's tool wants).
+    pub create: bool,
 }
 
 impl Default for SledOptions {
@@ -1109,60 +1318,100 @@ impl Default for SledOptions {
         SledOptions {
             cache_capacity: 32 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
+            create: true,
         }
     }
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the database in directory `path`.
+    /// Opens (creating if needed, see [`SledOptions::create`]) the database
+    /// in directory `path`.
     ///
-    /// Fails with [`StoreError::Locked`] if another process (or another
-    /// store in this process) has it open, and with
-    /// [`StoreError::FormatMismatch`] if it was written in another format.
+    /// Nothing in the directory is touched before its lock is held. Fails
+    /// with [`StoreError::Locked`] if another process (or another store in
+    /// this process) has it open; [`StoreError::NotSagalog`] if the
+    /// directory holds anything but a sagalog database (then nothing is
+    /// written to it); [`StoreError::FormatMismatch`] if it was written in
+    /// another format; [`StoreError::LostWrites`] if sled no longer holds
+    /// writes that were acknowledged; [`StoreError::Damaged`] if sled
+    /// reports damage or panics while opening it.
     pub fn open(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        finish_interrupted_compaction(&path).map_err(|e| {
-            StoreError::Backend(format!(
-                "opening {}: could not settle an interrupted compaction: {e}; check the directory's permissions",
-                path.display()
-            ))
-        })?;
-        discard_torn_sled_snapshots(&path).map_err(|e| {
-            StoreError::Backend(format!(
-                "opening {}: could not clear an unfinished sled snapshot: {e}; check the directory's permissions",
-                path.display()
-            ))
-        })?;
-        let deadline = Instant::now() + options.lock_wait;
-        let db = loop {
-            let opened = sled_config(&path, &options).open();
-            match opened {
-                Ok(db) => break db,
-                Err(sled::Error::Io(ref io))
-                    if io.to_string().contains("could not acquire lock") =>
-                {
-                    if Instant::now() >= deadline {
-                        return Err(StoreError::Locked { path });
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(other) => {
-                    return Err(StoreError::Backend(format!(
-                        "opening {}: {other}",
-                        path.display()
-                    )))
-                }
-            }
+        Self::open_checked(path.as_ref(), &options, false)
+    }
+
+    /// Opens the database in `path` to read it whatever its checks say (for
+    /// `verify` and `repair`): lost writes or a witness of another database
+    /// are reported by [`SledStore::finding`] instead of refused. It takes
+    /// the lock like [`SledStore::open`], never creates a database, and
+    /// takes no writes ([`StoreError::ReadOnly`]).
+    pub fn open_for_inspection(
+        path: impl AsRef<Path>,
+        options: SledOptions,
+    ) -> Result<Self, StoreError> {
+        let options = SledOptions {
+            create: false,
+            ..options
         };
-        let sync = DataSync::open(&path).map_err(|e| {
+        Self::open_checked(path.as_ref(), &options, true)
+    }
+
+    /// What [`SledStore::open_for_inspection`] found that [`SledStore::open`]
+    /// refuses (lost writes, a witness of another database); `None` for a
+    /// store that passed its checks.
+    pub fn finding(&self) -> Option<StoreError> {
+        self.finding.clone()
+    }
+
+    fn open_checked(path: &Path, options: &SledOptions, inspect: bool) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let io = |what: &str, e: std::io::Error| {
             StoreError::Backend(format!(
-                "opening {}: could not open sled's log file to sync it: {e}; check the directory's permissions",
+                "opening {}: {what}: {e}; check the directory's permissions",
                 path.display()
             ))
-        })?;
-        let kv = SledKv { db, sync };
-        check_format(&kv, &path)?;
-        Ok(SledStore { kv, path })
+        };
+        let (witness, created) = claim_directory(&path, options)?;
+        // The lock is held: from here on the directory is ours to tidy.
+        finish_interrupted_compaction(&path)
+            .map_err(|e| io("could not settle an interrupted compaction", e))?;
+        discard_torn_sled_snapshots(&path)
+            .map_err(|e| io("could not clear an unfinished sled snapshot", e))?;
+        let db = open_sled(&path, options)?;
+        let sync = DataSync::open(&path)
+            .map_err(|e| io("could not open sled's log file to sync it", e))?;
+        let witnessed = witness.mark();
+        let kv = SledKv {
+            db,
+            sync,
+            path: path.clone(),
+            witness,
+            applied: Mutex::new(witnessed),
+            read_only: inspect,
+        };
+        let finding = match check_database(&kv, &path, witnessed, created) {
+            Ok(Some(found)) => {
+                *crate::sync::lock(&kv.applied) = found;
+                if !inspect {
+                    kv.witness
+                        .record(found)
+                        .map_err(|e| io("could not write the witness file", e))?;
+                }
+                None
+            }
+            Ok(None) => {
+                // A new database: its first write stores the format marker
+                // and group 1.
+                if !inspect {
+                    kv.apply_durably(vec![KvOp::put(keys::FORMAT, &[LAYOUT_VERSION])])?;
+                }
+                None
+            }
+            Err(e @ (StoreError::LostWrites { .. } | StoreError::Damaged { .. })) if inspect => {
+                Some(e)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(SledStore { kv, path, finding })
     }
 
     /// The database directory.
@@ -1172,26 +1421,38 @@ impl SledStore {
 
     /// Bytes the database occupies on disk, as sled reports it.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.kv.db.size_on_disk().map_err(backend)
+        self.kv.db.size_on_disk().map_err(|e| self.kv.err(e))
     }
 
     /// Rewrites the closed database in `path` into a fresh one holding the
     /// same keys and values, which gives back to the filesystem the space
     /// that deleted sagas left (sled 0.34 reuses freed space for new writes
-    /// but never shrinks its file). Needs the database closed, like `open`.
+    /// but never shrinks its file). Needs the database closed, like `open`,
+    /// and refuses one that `open` refuses.
     ///
     /// Crash-safe: the copy is written beside the database
     /// (`<dir>.compacting`) and flushed, then takes its place by two
     /// renames; a crash at any point leaves either the original or the
     /// complete copy under `path`, and the next `open` clears the rest.
+    /// Both directories' locks are held until the end, so no other open
+    /// sees a half-finished compaction.
     pub fn compact(path: impl AsRef<Path>, options: SledOptions) -> Result<Compacted, StoreError> {
         let path = path.as_ref().to_path_buf();
         let io = |what: &str, e: std::io::Error| {
             StoreError::Backend(format!("compacting {}: {what}: {e}", path.display()))
         };
+        let options = SledOptions {
+            create: false,
+            ..options
+        };
         let source = SledStore::open(&path, options.clone())?;
         let bytes_before = dir_size(&path).map_err(|e| io("measuring", e))?;
         let (copy_path, original) = compaction_paths(&path);
+        std::fs::create_dir(&copy_path).map_err(|e| io("creating the copy", e))?;
+        // The copy is the same database: the same id and group mark.
+        let mark = *crate::sync::lock(&source.kv.applied);
+        let copy_witness =
+            Witness::create(&copy_path, mark).map_err(|e| io("creating the copy's witness", e))?;
         let copy = sled_config(&copy_path, &options)
             .open()
             .map_err(|e| io("creating the copy", std::io::Error::other(e.to_string())))?;
@@ -1199,7 +1460,7 @@ impl SledStore {
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
         for item in source.kv.db.iter() {
-            let (k, v) = item.map_err(backend)?;
+            let (k, v) = item.map_err(|e| source.kv.err(e))?;
             batch.insert(k, v);
             keys += 1;
             in_batch += 1;
@@ -1212,7 +1473,6 @@ impl SledStore {
         copy.apply_batch(batch).map_err(backend)?;
         copy.flush().map_err(backend)?;
         drop(copy);
-        drop(source);
         // sled's background threads may hold the files a moment longer.
         std::thread::sleep(Duration::from_millis(100));
         // sled's flush does not make the copy durable (see `DataSync`):
@@ -1226,6 +1486,8 @@ impl SledStore {
             }
         }
         std::fs::remove_dir_all(&original).map_err(|e| io("removing the original", e))?;
+        drop(source);
+        drop(copy_witness);
         let bytes_after = dir_size(&path).map_err(|e| io("measuring", e))?;
         Ok(Compacted {
             keys,
@@ -1240,6 +1502,279 @@ impl SledStore {
         self.kv
             .apply_durably(vec![KvOp::put(key, value)])
             .map(|_| ())
+    }
+
+    /// Puts raw pairs as one durable write (repair's salvage).
+    pub(crate) fn put_raw(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let ops = pairs.iter().map(|(k, v)| KvOp::put(k, v)).collect();
+        self.kv.apply_durably(ops).map(|_| ())
+    }
+
+    /// Takes the directory lock of the database in `path` without opening
+    /// sled (repair, while it moves sled's files); released on drop.
+    pub(crate) fn lock_only(path: &Path) -> Result<impl Drop, StoreError> {
+        let options = SledOptions {
+            create: false,
+            lock_wait: Duration::ZERO,
+            ..SledOptions::default()
+        };
+        claim_directory(path, &options).map(|(witness, _)| witness)
+    }
+}
+
+/// Takes the lock of database directory `path` (its witness file) before
+/// anything in it is touched, creating a new database's witness when the
+/// directory is missing or empty and `options.create` allows. Returns the
+/// witness and whether it was just created. A directory that holds
+/// anything without a witness is [`StoreError::NotSagalog`], and is left
+/// as it was.
+fn claim_directory(path: &Path, options: &SledOptions) -> Result<(Witness, bool), StoreError> {
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Backend(format!(
+            "opening {}: {what}: {e}; check the directory's permissions",
+            path.display()
+        ))
+    };
+    let opened = |dir: &Path| {
+        match Witness::open(dir, options.lock_wait) {
+        Ok(witness) => Ok(Some(witness)),
+        Err(WitnessError::Missing) => Ok(None),
+        Err(WitnessError::Locked) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(WitnessError::Damaged(why)) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!(
+                "its witness file {} is damaged ({why}), so sagalog cannot tell whether sled lost acknowledged writes",
+                crate::log::witness::FILE_NAME
+            ),
+        }),
+        Err(WitnessError::Io(e)) => Err(io("could not open the witness file", e)),
+    }
+    };
+    // A compaction interrupted between its two renames left the original
+    // aside and nothing in its place: take the original's lock, put it back.
+    let (_, original) = compaction_paths(path);
+    if !path.exists() && original.exists() {
+        if let Some(witness) = opened(&original)? {
+            tracing::warn!(path = %path.display(), "restoring the database set aside by an interrupted compaction");
+            std::fs::rename(&original, path).map_err(|e| {
+                io(
+                    "could not restore the database an interrupted compaction set aside",
+                    e,
+                )
+            })?;
+            return Ok((witness, false));
+        }
+    }
+    loop {
+        if let Some(witness) = opened(path)? {
+            return Ok((witness, false));
+        }
+        let found = dir_entries(path).map_err(|e| io("could not list the directory", e))?;
+        if !found.is_empty() && holds_group_marks(path) {
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "its witness file {} is missing, although sled's files hold sagalog's group marks, so sagalog cannot tell whether sled lost acknowledged writes",
+                    crate::log::witness::FILE_NAME
+                ),
+            });
+        }
+        if !found.is_empty() {
+            return Err(StoreError::NotSagalog {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        if !options.create {
+            return Err(StoreError::NoDatabase {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(path).map_err(|e| io("could not create the directory", e))?;
+        match Witness::create(path, Mark::new_database(UnixMillis::now())) {
+            Ok(witness) => return Ok((witness, true)),
+            // Another opener created it first: open theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("could not create the witness file", e)),
+        }
+    }
+}
+
+/// Reads every key and value once, so that damage sled would report on a
+/// later read (its "Read corrupted data" when a page's checksum fails, or
+/// a panic) is found at open instead of in the middle of recovery or of a
+/// saga. sled reads its pages lazily: a damaged page that the log no
+/// longer replays passes every check before this one.
+fn read_every_page(kv: &SledKv, path: &Path) -> Result<(), StoreError> {
+    let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut keys = 0u64;
+        for item in kv.db.iter() {
+            match item {
+                Ok(_) => keys += 1,
+                Err(e) => return Err((keys, e.to_string())),
+            }
+        }
+        Ok(())
+    }));
+    let (keys, what) = match scanned {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(failed)) => failed,
+        Err(_) => (0, "sled panicked while reading it".to_string()),
+    };
+    Err(StoreError::Damaged {
+        path: path.to_path_buf(),
+        detail: format!("sled cannot read part of it after {keys} readable keys ({what})"),
+    })
+}
+
+/// Whether the first 4 MiB of sled's log file in `path` hold the key of
+/// sagalog's group mark: a sagalog database whose witness is missing,
+/// rather than another program's. Read only; never opens sled, which
+/// writes at open.
+fn holds_group_marks(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path.join("db")) else {
+        return false;
+    };
+    let mut head = Vec::new();
+    if std::io::Read::read_to_end(&mut std::io::Read::take(file, 4 << 20), &mut head).is_err() {
+        return false;
+    }
+    head.windows(keys::GROUP.len()).any(|w| w == keys::GROUP)
+}
+
+/// Up to eight names in directory `path` (none if it is missing).
+fn dir_entries(path: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    let more = names.len().saturating_sub(8);
+    names.truncate(8);
+    if more > 0 {
+        names.push(format!("and {more} more"));
+    }
+    Ok(names)
+}
+
+/// Opens sled in `path`, whose witness lock is held. sled's own lock may
+/// still be held for a moment by this process's previous handle (see
+/// [`SledOptions::lock_wait`]). Damage sled reports, and a panic inside
+/// sled, are [`StoreError::Damaged`].
+fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + options.lock_wait;
+    loop {
+        let config = sled_config(path, options);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match opened {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(ref io)))
+                if io.to_string().contains("could not acquire lock") =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(Err(e @ sled::Error::Corruption { .. })) => return Err(sled_error(path, e)),
+            // sled reads its `conf` file first and calls one it cannot
+            // parse a database of an old sled version.
+            Ok(Err(sled::Error::Unsupported(what))) => {
+                return Err(StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: format!("sled cannot read its conf file ({what})"),
+                })
+            }
+            Ok(Err(other)) => {
+                return Err(StoreError::Backend(format!(
+                    "opening {}: {other}",
+                    path.display()
+                )))
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                return Err(StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: format!("sled panicked while opening it ({what})"),
+                });
+            }
+        }
+    }
+}
+
+/// Checks an opened database against its witness. `Ok(Some(mark))`: a
+/// database whose group mark is `mark` (at or above the witness's);
+/// `Ok(None)`: a new, empty database.
+fn check_database(
+    kv: &SledKv,
+    path: &Path,
+    witnessed: Mark,
+    created: bool,
+) -> Result<Option<Mark>, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let first = kv.db.iter().next().transpose().map_err(|e| kv.err(e))?;
+    if first.is_none() && (created || witnessed.group == 0) {
+        return Ok(None);
+    }
+    match kv.get(keys::FORMAT)? {
+        Some(v) if v.as_slice() == [LAYOUT_VERSION] => {}
+        Some(v) => {
+            return Err(StoreError::FormatMismatch {
+                path: path.to_path_buf(),
+                found: v.first().copied().unwrap_or(0),
+                expected: LAYOUT_VERSION,
+            })
+        }
+        None if first.is_some() => {
+            return Err(damaged(
+                "sled holds keys but no sagalog format marker".into(),
+            ))
+        }
+        None => {}
+    }
+    let found = match kv.get(keys::GROUP)? {
+        None => None,
+        Some(bytes) => Some(
+            Mark::decode(&bytes)
+                .map_err(|why| damaged(format!("sled's group mark is unreadable ({why})")))?,
+        ),
+    };
+    if let Some(found) = found {
+        if found.database != witnessed.database {
+            return Err(damaged(format!(
+                "its witness file belongs to database {}, but sled's files to database {}: files of two databases were mixed",
+                witnessed.database, found.database
+            )));
+        }
+    }
+    match found {
+        Some(found) if found.group >= witnessed.group => {
+            read_every_page(kv, path)?;
+            Ok(Some(found))
+        }
+        _ => Err(StoreError::LostWrites {
+            path: path.to_path_buf(),
+            acknowledged: witnessed.group,
+            acknowledged_at: witnessed.at,
+            found: found.map_or(0, |f| f.group),
+            found_at: found.map(|f| f.at),
+        }),
     }
 }
 
@@ -1356,20 +1891,6 @@ fn dir_size(path: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-fn check_format<K: Kv>(kv: &K, path: &Path) -> Result<(), StoreError> {
-    match kv.get(keys::FORMAT)? {
-        None => kv
-            .apply_durably(vec![KvOp::put(keys::FORMAT, &[LAYOUT_VERSION])])
-            .map(|_| ()),
-        Some(v) if v.as_slice() == [LAYOUT_VERSION] => Ok(()),
-        Some(v) => Err(StoreError::FormatMismatch {
-            path: path.to_path_buf(),
-            found: v.first().copied().unwrap_or(0),
-            expected: LAYOUT_VERSION,
-        }),
-    }
-}
-
 impl SledStore {
     fn append_batch(
         &self,
@@ -1380,6 +1901,11 @@ impl SledStore {
     }
 
     fn writable_now(&self) -> Result<(), StoreError> {
+        if self.kv.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
         self.kv.sync.usable()
     }
 }
@@ -1535,6 +2061,10 @@ impl MemStore {
         faults.at = None;
         faults.random = None;
         faults.refusing = None;
+    }
+
+    fn finding(&self) -> Option<StoreError> {
+        None
     }
 
     fn writable_now(&self) -> Result<(), StoreError> {
