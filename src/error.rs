@@ -48,6 +48,15 @@ pub enum Error {
     /// No saga has this id.
     #[error("no saga with id {0} exists in this store")]
     NotFound(SagaId),
+    /// `start` was given an idempotency key that belongs to a saga started
+    /// with another saga type or input. Nothing was started.
+    #[error("idempotency key '{key}' already belongs to saga {saga}, which was started with another saga type or input; nothing was started. Use a new key for a new operation, or StartOptions::attach_on_conflict to get that saga")]
+    IdempotencyConflict {
+        /// The key.
+        key: crate::ids::IdempotencyKey,
+        /// The saga it belongs to.
+        saga: SagaId,
+    },
     /// The saga is parked: it cannot run until the cause is fixed.
     #[error("saga {saga} is parked: {reason}")]
     Parked {

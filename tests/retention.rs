@@ -150,7 +150,12 @@ async fn a_swept_sagas_idempotency_key_starts_a_new_saga() {
     let store = Arc::new(MemStore::new());
     let f = four_sagas(&store).await;
     let (engine, trip) = reopen(&store, T0 + 8 * DAY).await;
-    let options = || StartOptions::new().idempotency_key("committed");
+    // Another input than the swept saga's: attach to it while it exists.
+    let options = || {
+        StartOptions::new()
+            .idempotency_key("committed")
+            .attach_on_conflict()
+    };
     let before = engine
         .start(&trip, &"again".into(), options())
         .await

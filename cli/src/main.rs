@@ -50,11 +50,18 @@ enum Command {
         /// Only sagas not finished although they started this long ago (e.g. 10m, 2h, 7d).
         #[arg(long, value_name = "DURATION")]
         unfinished_for: Option<String>,
+        /// Only the saga this idempotency key belongs to.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
     },
     /// Show one saga: summary, steps, and its full timeline.
     Show {
         /// The saga's id.
-        saga: String,
+        #[arg(required_unless_present = "key", conflicts_with = "key")]
+        saga: Option<String>,
+        /// Find the saga by the idempotency key it was started with instead.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
     },
     /// The manual queue: sagas waiting for an operator.
     Manual,
@@ -296,8 +303,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             started_after,
             started_before,
             unfinished_for,
+            key,
         } => {
             let mut filter = SagaFilter::new();
+            if let Some(key) = key {
+                filter = filter.idempotency_key(key.as_str());
+            }
             if let Some(s) = wanted {
                 filter = filter.status(status(s)?);
             }
@@ -315,11 +326,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if let Some(age) = unfinished_for {
                 filter = filter.unfinished_for(duration(age)?);
             }
-            out.list(&engine.find(&filter)?);
+            let sagas = engine.find(&filter)?;
+            let keys: Vec<Option<String>> = match cli.json {
+                true => sagas
+                    .iter()
+                    .map(|s| engine.saga(s.saga_id).ok().and_then(|v| v.idempotency_key))
+                    .collect(),
+                false => Vec::new(),
+            };
+            out.list(&sagas, &keys);
             ExitCode::SUCCESS
         }
-        Command::Show { saga } => {
-            let id = saga_id(saga)?;
+        Command::Show { saga, key } => {
+            let id = match (saga, key) {
+                (Some(saga), _) => saga_id(saga)?,
+                (None, Some(key)) => engine.find_by_key(&key.as_str().into())?.map(|v| v.saga_id).ok_or_else(|| {
+                    Failure(format!("no saga was started with idempotency key '{key}'; `sagalog list --json` shows each saga's key"))
+                })?,
+                (None, None) => return Err(Failure("name a saga id or --key".into())),
+            };
             let view = engine.saga(id)?;
             let history = engine.history(id)?;
             out.show(&view, &history);

@@ -174,13 +174,17 @@ fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
 }
 
 impl Output {
-    pub fn list(&self, sagas: &[SagaListing]) {
+    /// `keys` holds each saga's idempotency key (JSON only: reading them
+    /// costs a log read per saga).
+    pub fn list(&self, sagas: &[SagaListing], keys: &[Option<String>]) {
         if self.json {
             let rows: Vec<Value> = sagas
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
                     json!({
                         "saga_id": s.saga_id.to_string(),
+                        "idempotency_key": keys.get(i).cloned().flatten(),
                         "saga_type": s.saga_type.as_str(),
                         "status": s.status.name(),
                         "started_at": s.started_at.0,

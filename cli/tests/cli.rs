@@ -240,6 +240,20 @@ fn list_unfinished_for_leaves_out_finished_sagas() {
 }
 
 #[test]
+fn show_key_finds_the_saga_its_idempotency_key_belongs_to() {
+    let listed = json(fixture(), &["list"]);
+    let first = &listed["sagas"][0];
+    let key = first["idempotency_key"].as_str().expect("orders use keys");
+
+    let view = json(fixture(), &["show", "--key", key]);
+    let only = json(fixture(), &["list", "--key", key]);
+
+    assert_eq!(view["saga_id"], first["saga_id"]);
+    assert_eq!(only["sagas"].as_array().unwrap().len(), 1);
+    assert_eq!(only["sagas"][0]["saga_id"], first["saga_id"]);
+}
+
+#[test]
 fn show_json_has_the_steps_and_the_timeline() {
     let (manual, _, _) = roles(fixture());
     let view = json(fixture(), &["show", &manual]);

@@ -32,7 +32,8 @@ use crate::ids::{IdMap, IdempotencyKey, SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::{CallRef, LogEntry, OperatorAction, Record, SagaStarted};
 use crate::log::store::{
-    IndexEntry, LogStore, LogValue, SledOptions, SledStore, StoreError, TimerKey,
+    input_fingerprint, Claim, IndexEntry, KeyClaim, LogStore, LogValue, SledOptions, SledStore,
+    StoreError, TimerKey,
 };
 use crate::log::writer::{AppendError, Deferred, DurableHook, IndexPlan, Writer, WriterStats};
 use crate::policy::CompensationStrategy;
@@ -141,6 +142,7 @@ impl std::fmt::Debug for EngineConfig {
 pub struct StartOptions {
     idempotency_key: Option<IdempotencyKey>,
     strategy: Option<CompensationStrategy>,
+    attach_on_conflict: bool,
 }
 
 impl StartOptions {
@@ -149,10 +151,21 @@ impl StartOptions {
         Self::default()
     }
 
-    /// Makes the start idempotent: if a saga with this key exists, `start`
-    /// returns it instead of creating another.
+    /// Makes the start idempotent: if a saga with this key exists and was
+    /// started with the same saga type and input, `start` returns it instead
+    /// of creating another. With another type or input, `start` fails with
+    /// [`Error::IdempotencyConflict`] (as a payment API answers a reused key
+    /// with another body), unless [`StartOptions::attach_on_conflict`].
     pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// With an idempotency key that already belongs to a saga started with
+    /// another type or input, returns that saga (`existing: true`) instead
+    /// of failing with [`Error::IdempotencyConflict`].
+    pub fn attach_on_conflict(mut self) -> Self {
+        self.attach_on_conflict = true;
         self
     }
 
@@ -161,6 +174,32 @@ impl StartOptions {
     pub fn strategy(mut self, strategy: CompensationStrategy) -> Self {
         self.strategy = Some(strategy);
         self
+    }
+}
+
+/// How a start treats an idempotency key that belongs to a saga already.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conflict {
+    /// This start's fingerprint (`input_fingerprint`).
+    pub fingerprint: u64,
+    /// Return the existing saga even if it was started with another input.
+    pub attach: bool,
+}
+
+impl Conflict {
+    /// The answer to a start whose `key` is claimed by `claim`.
+    pub(crate) fn resolve(&self, key: &IdempotencyKey, claim: KeyClaim) -> Result<Started, Error> {
+        let same = claim.fingerprint.is_none_or(|f| f == self.fingerprint);
+        if same || self.attach {
+            return Ok(Started {
+                saga_id: claim.saga,
+                existing: true,
+            });
+        }
+        Err(Error::IdempotencyConflict {
+            key: key.clone(),
+            saga: claim.saga,
+        })
     }
 }
 
@@ -681,7 +720,9 @@ impl Engine {
     /// the start record (with the first step's intent) is durable; the steps
     /// run in the background (wait with [`Engine::outcome`]). With an idempotency key
     /// that already belongs to a saga, starts nothing and returns that saga
-    /// with `existing: true`, whatever its input was.
+    /// with `existing: true` if it was started with the same type and input,
+    /// and fails with [`Error::IdempotencyConflict`] otherwise (see
+    /// [`StartOptions::idempotency_key`]).
     pub async fn start<I: Serialize>(
         &self,
         saga: &SagaRef<I>,
@@ -697,12 +738,14 @@ impl Engine {
             .get(saga.saga_type())
             .cloned()
             .ok_or_else(|| Error::UnknownSagaType(saga.saga_type().clone()))?;
+        let input_bytes = codec::encode_value(input).map_err(|e| Error::encode("input", e))?;
+        let on_conflict = Conflict {
+            fingerprint: input_fingerprint(saga.saga_type().as_str(), &input_bytes),
+            attach: options.attach_on_conflict,
+        };
         if let Some(key) = &options.idempotency_key {
-            if let Some(owner) = self.inner.store.key_owner(key)? {
-                return Ok(Started {
-                    saga_id: owner,
-                    existing: true,
-                });
+            if let Some(claim) = self.inner.store.key_claim(key)? {
+                return on_conflict.resolve(key, claim);
             }
         }
         // Backpressure: a new saga waits for a free slot before it is
@@ -722,13 +765,12 @@ impl Engine {
             }
             plan.strategy = strategy;
         }
-        let input_bytes = codec::encode_value(input).map_err(|e| Error::encode("input", e))?;
         self.start_encoded(
             saga.saga_type(),
             definition,
             plan,
             input_bytes,
-            options.idempotency_key,
+            options.idempotency_key.map(|key| (key, on_conflict)),
             None,
             Some(permit),
         )
@@ -746,10 +788,11 @@ impl Engine {
         definition: Arc<dyn ErasedSaga>,
         plan: crate::log::record::SagaPlan,
         input_bytes: Vec<u8>,
-        idempotency_key: Option<IdempotencyKey>,
+        key: Option<(IdempotencyKey, Conflict)>,
         parent: Option<crate::log::record::ParentLink>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Started, Error> {
+        let (idempotency_key, on_conflict) = key.unzip();
         let erased_input = definition
             .decode_input(&input_bytes)
             .map_err(|e| Error::Encode {
@@ -797,17 +840,26 @@ impl Engine {
                 reason: "nothing was staged".into(),
             });
         };
-        append.claim_key = idempotency_key;
+        append.claim = idempotency_key
+            .clone()
+            .zip(on_conflict)
+            .map(|(key, c)| Claim {
+                key,
+                fingerprint: c.fingerprint,
+            });
         if self.inner.stopping.is_cancelled() {
             return Err(Error::ShuttingDown(id));
         }
         match self.inner.writer.append(append).await {
             Ok(append) => staged.written(append),
             Err(AppendError::KeyTaken(owner)) => {
-                return Ok(Started {
-                    saga_id: owner,
-                    existing: true,
-                })
+                return match (idempotency_key, on_conflict) {
+                    (Some(key), Some(on_conflict)) => on_conflict.resolve(&key, owner),
+                    _ => Ok(Started {
+                        saga_id: owner.saga,
+                        existing: true,
+                    }),
+                }
             }
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
         }

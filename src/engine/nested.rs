@@ -64,12 +64,18 @@ impl Engine {
                 })?;
                 let plan = definition.plan();
                 let link = ParentLink { saga: parent, step };
+                // A parent's step that runs again after a crash finds its
+                // child by the key, whatever input it computes this time.
+                let on_conflict = crate::engine::Conflict {
+                    fingerprint: crate::log::store::input_fingerprint(child_type.as_str(), &input),
+                    attach: true,
+                };
                 self.start_encoded(
                     &child_type,
                     definition,
                     plan,
                     input,
-                    Some(key),
+                    Some((key, on_conflict)),
                     Some(link),
                     None,
                 )

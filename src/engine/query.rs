@@ -20,6 +20,7 @@ pub struct SagaFilter {
     started_from: Option<UnixMillis>,
     started_before: Option<UnixMillis>,
     unfinished_for: Option<Duration>,
+    idempotency_key: Option<crate::ids::IdempotencyKey>,
 }
 
 impl SagaFilter {
@@ -51,6 +52,12 @@ impl SagaFilter {
     /// (by the engine's clock): the ones to look at first.
     pub fn unfinished_for(mut self, age: Duration) -> Self {
         self.unfinished_for = Some(age);
+        self
+    }
+
+    /// Only the saga this idempotency key belongs to.
+    pub fn idempotency_key(mut self, key: impl Into<crate::ids::IdempotencyKey>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -107,13 +114,34 @@ impl Engine {
     /// Every saga (active and finished) that `filter` accepts, oldest first.
     pub fn find(&self, filter: &SagaFilter) -> Result<Vec<SagaListing>, Error> {
         let now = self.now();
-        let mut out: Vec<SagaListing> = self
-            .index_rows()?
+        let rows = match &filter.idempotency_key {
+            Some(key) => match self.inner.store.key_owner(key)? {
+                Some(id) => self
+                    .index_rows()?
+                    .into_iter()
+                    .filter(|l| l.saga_id == id)
+                    .collect(),
+                None => Vec::new(),
+            },
+            None => self.index_rows()?,
+        };
+        let mut out: Vec<SagaListing> = rows
             .into_iter()
             .filter(|l| filter.accepts(l, now))
             .collect();
         out.sort_by_key(|l| l.saga_id);
         Ok(out)
+    }
+
+    /// The saga the idempotency key `key` belongs to, if any.
+    pub fn find_by_key(
+        &self,
+        key: &crate::ids::IdempotencyKey,
+    ) -> Result<Option<crate::engine::view::SagaView>, Error> {
+        match self.inner.store.key_owner(key)? {
+            Some(id) => self.saga(id).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Counts per status, the oldest saga in flight, and the depth of the

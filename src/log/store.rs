@@ -199,6 +199,39 @@ pub struct LogValue {
     pub bytes: Vec<u8>,
 }
 
+/// An idempotency key claimed by a start, with the fingerprint of what was
+/// started (`input_fingerprint`): a later start with the same key and
+/// another fingerprint is a conflict, not a repeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The key.
+    pub key: IdempotencyKey,
+    /// The start's fingerprint.
+    pub fingerprint: u64,
+}
+
+/// What an idempotency key is mapped to in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// The saga the key belongs to.
+    pub saga: SagaId,
+    /// The fingerprint of the start that claimed it; `None` for a claim
+    /// stored without one.
+    pub fingerprint: Option<u64>,
+}
+
+/// The fingerprint of starting a saga of `saga_type` with the encoded
+/// `input`: the CRC32 of both (the type's bytes, a zero byte, the input) in
+/// the high half and the input's length in the low half. Stable across
+/// releases: it is stored with each claim.
+pub fn input_fingerprint(saga_type: &str, input: &[u8]) -> u64 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(saga_type.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(input);
+    (u64::from(hasher.finalize()) << 32) | (input.len() as u64 & 0xFFFF_FFFF)
+}
+
 /// Records to append to one saga's log, with the index changes that go in
 /// the same atomic write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +255,7 @@ pub struct SagaAppend {
     /// Index change, if the status changed.
     pub index: Option<IndexUpdate>,
     /// Idempotency key to map to this saga (only with the start record).
-    pub claim_key: Option<IdempotencyKey>,
+    pub claim: Option<Claim>,
     /// Timer to add, with its encoded purpose.
     pub timer_put: Option<(TimerKey, Vec<u8>)>,
     /// Timer to remove (the saga woke up).
@@ -242,7 +275,7 @@ impl SagaAppend {
             },
             added_from: 0,
             index: None,
-            claim_key: None,
+            claim: None,
             timer_put: None,
             timer_delete: None,
         }
@@ -267,7 +300,7 @@ impl SagaAppend {
                     .as_ref()
                     .is_some_and(|i| i.to == IndexSet::Active),
             )
-            + usize::from(self.claim_key.is_some())
+            + usize::from(self.claim.is_some())
             + usize::from(self.timer_put.is_some())
             + usize::from(self.timer_delete.is_some())
     }
@@ -331,7 +364,13 @@ pub trait LogStore: Send + Sync + 'static {
     fn scan_finished_batches(&self, from: SagaId) -> Result<Vec<FinishedBatch>, StoreError>;
 
     /// The saga an idempotency key belongs to, if any.
-    fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError>;
+    fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
+        Ok(self.key_claim(key)?.map(|claim| claim.saga))
+    }
+
+    /// The saga an idempotency key belongs to, with the fingerprint of the
+    /// start that claimed it.
+    fn key_claim(&self, key: &IdempotencyKey) -> Result<Option<KeyClaim>, StoreError>;
 
     /// The saga's encoded active-index entry, if any. A finished saga's
     /// entry is found by [`LogStore::scan_finished`], or from its log.
@@ -699,8 +738,11 @@ fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec<KvOp> {
         if let Some((key, purpose)) = &append.timer_put {
             ops.push(KvOp::put(&keys::timer(key), purpose));
         }
-        if let Some(key) = &append.claim_key {
-            ops.push(KvOp::put(&keys::idempotency(key), &append.saga.to_bytes()));
+        if let Some(claim) = &append.claim {
+            let mut value = [0; 24];
+            value[..16].copy_from_slice(&append.saga.to_bytes());
+            value[16..].copy_from_slice(&claim.fingerprint.to_le_bytes());
+            ops.push(KvOp::put(&keys::idempotency(&claim.key), &value));
         }
     }
     if !finished.is_empty() {
@@ -949,7 +991,34 @@ fn past_prefix(key: &[u8], len: usize) -> Option<Vec<u8>> {
 }
 
 fn key_owner<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
-    read_saga_id(kv, keys::idempotency(key), "idempotency index value", "")
+    Ok(key_claim(kv, key)?.map(|claim| claim.saga))
+}
+
+/// An idempotency value: the saga id (16 bytes), then the fingerprint of
+/// its start (u64 LE) unless the claim was stored without one.
+fn key_claim<K: Kv>(kv: &K, key: &IdempotencyKey) -> Result<Option<KeyClaim>, StoreError> {
+    let raw = keys::idempotency(key);
+    let Some(value) = kv.get(&raw)? else {
+        return Ok(None);
+    };
+    parse_key_claim(&value).map(Some).ok_or_else(|| StoreError::Corrupt {
+        key: raw,
+        reason: format!(
+            "idempotency index value is {} bytes, expected a 16-byte saga id and an optional 8-byte fingerprint",
+            value.len()
+        ),
+    })
+}
+
+/// Decodes an idempotency value (see `key_claim`).
+pub(crate) fn parse_key_claim(value: &[u8]) -> Option<KeyClaim> {
+    let saga = SagaId::from_bytes(value.get(..16)?.try_into().ok()?);
+    let fingerprint = match value.len() {
+        16 => None,
+        24 => Some(u64::from_le_bytes(value[16..24].try_into().ok()?)),
+        _ => return None,
+    };
+    Some(KeyClaim { saga, fingerprint })
 }
 
 macro_rules! impl_log_store {
@@ -989,8 +1058,8 @@ macro_rules! impl_log_store {
             ) -> Result<Vec<FinishedBatch>, StoreError> {
                 scan_finished_batches(&self.kv, from)
             }
-            fn key_owner(&self, key: &IdempotencyKey) -> Result<Option<SagaId>, StoreError> {
-                key_owner(&self.kv, key)
+            fn key_claim(&self, key: &IdempotencyKey) -> Result<Option<KeyClaim>, StoreError> {
+                key_claim(&self.kv, key)
             }
             fn read_active(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
                 read_active(&self.kv, saga)

@@ -162,24 +162,27 @@ pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
                     }
                 }
                 Some(&keys::IDEMPOTENCY) => {
-                    let owner = <[u8; 16]>::try_from(value).ok().map(SagaId::from_bytes);
-                    if let Some(id) = owner {
-                        named.entry(id).or_insert("idempotency key");
-                    }
-                    if owner.is_some_and(|id| !indexed.contains(&id) && !unindexed_ok(&id)) {
-                        problem(
-                            "idempotency key",
-                            "names a saga that has no index entry".into(),
-                        );
-                    }
-                    if value.len() != 16 {
-                        problem(
-                            "idempotency key",
-                            format!("value of {} bytes, expected a 16-byte saga id", value.len()),
-                        );
-                    }
+                let owner = crate::log::store::parse_key_claim(value).map(|claim| claim.saga);
+                if let Some(id) = owner {
+                    named.entry(id).or_insert("idempotency key");
                 }
-                Some(&keys::TIMER) => {
+                if owner.is_some_and(|id| !indexed.contains(&id) && !unindexed_ok(&id)) {
+                    problem(
+                        "idempotency key",
+                        "names a saga that has no index entry".into(),
+                    );
+                }
+                if owner.is_none() {
+                    problem(
+                        "idempotency key",
+                        format!(
+                            "value of {} bytes, expected a 16-byte saga id and an optional 8-byte fingerprint",
+                            value.len()
+                        ),
+                    );
+                }
+            }
+            Some(&keys::TIMER) => {
                     if saga.is_none() {
                         problem(
                             "timer",

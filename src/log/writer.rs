@@ -21,7 +21,9 @@
 //! That saves two writes per short saga (the active entry and its delete).
 
 use crate::ids::{IdMap, IdSet, IdempotencyKey, SagaId, UnixMillis};
-use crate::log::store::{IndexSet, IndexUpdate, LogStore, SagaAppend, StoreError, WriteTimes};
+use crate::log::store::{
+    Claim, IndexSet, IndexUpdate, KeyClaim, LogStore, SagaAppend, StoreError, WriteTimes,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,8 +227,9 @@ fn record_write_times(times: &WriteTimes) {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum AppendError {
     Store(StoreError),
-    /// The claimed idempotency key already belongs to this saga.
-    KeyTaken(SagaId),
+    /// The claimed idempotency key already belongs to a saga: this one,
+    /// claimed by a start with this fingerprint.
+    KeyTaken(KeyClaim),
 }
 
 // Nearly every message is an append; boxing it to shrink the one stop
@@ -415,15 +418,15 @@ fn commit_group(
 ) {
     // Keyed by caller-chosen text, so std's SipHash rather than `IdMap`
     // (whose fast hash is for ids the engine makes).
-    let mut claimed: std::collections::HashMap<IdempotencyKey, SagaId> =
+    let mut claimed: std::collections::HashMap<IdempotencyKey, KeyClaim> =
         std::collections::HashMap::new();
     let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
     for waiter in group {
         let append = &waiter.0;
-        if let Some(key) = &append.claim_key {
+        if let Some(Claim { key, fingerprint }) = &append.claim {
             let owner = match claimed.get(key) {
                 Some(owner) => Ok(Some(*owner)),
-                None => store.key_owner(key),
+                None => store.key_claim(key),
             };
             match owner {
                 Ok(Some(owner)) => {
@@ -431,7 +434,11 @@ fn commit_group(
                     continue;
                 }
                 Ok(None) => {
-                    claimed.insert(key.clone(), append.saga);
+                    let claim = KeyClaim {
+                        saga: append.saga,
+                        fingerprint: Some(*fingerprint),
+                    };
+                    claimed.insert(key.clone(), claim);
                 }
                 Err(e) => {
                     answer(waiter, Err(AppendError::Store(e)));
