@@ -376,6 +376,7 @@ fn finished_item_bytes() -> usize {
         started_at: now,
         next_wake: None,
         changed_at: now,
+        pending: None,
     };
     let frame = sagalog::log::codec::encode_index_entry(&entry).expect("an index entry encodes");
     16 + frame.len()

@@ -211,3 +211,95 @@ async fn retry_now_on_a_finished_saga_is_refused() {
         "{refused:?}"
     );
 }
+
+/// A suspended saga (manual strategy), abandoned through an admin engine
+/// while the service is stopped; returns the saga and the admin engine.
+async fn abandoned_offline(store: &Arc<MemStore>) -> (SagaId, Engine) {
+    let id = leave_one_saga(
+        store,
+        CompensationStrategy::Manual,
+        StepError::permanent("sold out"),
+    )
+    .await;
+    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    admin.abandon(id, "ada", "customer left").await.unwrap();
+    (id, admin)
+}
+
+#[tokio::test]
+async fn an_action_after_a_pending_abandon_is_refused_naming_the_abandon() {
+    let store = Arc::new(MemStore::new());
+    let (id, admin) = abandoned_offline(&store).await;
+
+    let compensate = admin.compensate_now(id, "bob", "undo it").await;
+    let again = admin.abandon(id, "bob", "twice").await;
+
+    for refused in [compensate, again] {
+        let Err(Error::Illegal { error, .. }) = refused else {
+            panic!("expected a refusal, got {refused:?}");
+        };
+        assert!(
+            error
+                .reason
+                .contains("abandon by ada (customer left) is recorded and not yet carried out"),
+            "{}",
+            error.reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pending_abandon_is_shown_as_pending_in_show_list_and_manual() {
+    let store = Arc::new(MemStore::new());
+    let (id, admin) = abandoned_offline(&store).await;
+
+    let view = admin.saga(id).unwrap();
+    let listed = admin.find(&sagalog::SagaFilter::new()).unwrap();
+    let manual = admin.manual_queue().unwrap();
+
+    assert_eq!(view.pending, ["abandon by ada: customer left"]);
+    assert_eq!(listed[0].pending.as_deref(), Some("abandon"));
+    assert_eq!(manual.len(), 1);
+    assert_eq!(manual[0].pending, ["abandon by ada: customer left"]);
+}
+
+#[tokio::test]
+async fn the_service_carries_out_a_pending_abandon_and_it_is_pending_no_more() {
+    let store = Arc::new(MemStore::new());
+    let (id, admin) = abandoned_offline(&store).await;
+    admin.shutdown(Duration::ZERO).await;
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
+        .await
+        .unwrap();
+
+    let outcome = outcome_of(&engine, id).await;
+
+    assert_eq!(outcome.status, SagaStatus::Failed);
+    assert!(engine.saga(id).unwrap().pending.is_empty());
+    let listed = engine.find(&sagalog::SagaFilter::new()).unwrap();
+    assert_eq!(listed[0].pending, None);
+}
+
+#[tokio::test]
+async fn marking_two_steps_compensated_offline_is_accepted() {
+    let store = Arc::new(MemStore::new());
+    let id = leave_one_saga(
+        &store,
+        CompensationStrategy::Manual,
+        StepError::permanent("sold out"),
+    )
+    .await;
+    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+
+    admin
+        .mark_compensated(id, "flight", "ada", "refunded")
+        .await
+        .unwrap();
+    admin
+        .mark_compensated(id, "hotel", "ada", "refunded")
+        .await
+        .unwrap();
+
+    assert_eq!(admin.saga(id).unwrap().pending.len(), 2);
+}

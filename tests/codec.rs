@@ -149,6 +149,7 @@ fn index_entry_round_trips() {
         started_at: UnixMillis(5),
         next_wake: Some(UnixMillis(9)),
         changed_at: UnixMillis(7),
+        pending: None,
     };
     let bytes = encode_index_entry(&entry).unwrap();
     assert_eq!(decode_index_entry::<IndexEntry>(&bytes), Ok(entry));

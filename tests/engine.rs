@@ -831,3 +831,53 @@ async fn dropping_the_last_engine_handle_releases_the_directory() {
         .expect("the directory is free once every handle is dropped");
     assert_eq!(reopened.saga(saga).unwrap().status, SagaStatus::Committed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_step_given_up_under_the_compensate_policy_says_it_was_in_doubt() {
+    let store = Arc::new(MemStore::new());
+    let (id, _) = leave_hotel_in_doubt(&store, InDoubtPolicy::Compensate).await;
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Compensate);
+    let engine = open_mem(&store, registry).await;
+
+    let outcome = outcome_of(&engine, id).await;
+
+    let (step, failure) = outcome.failure.expect("a give-up says why");
+    assert_eq!(step.as_str(), "hotel");
+    assert_eq!(failure.class, ErrorClass::Unknown);
+    assert!(failure.message.contains("in doubt"), "{}", failure.message);
+    let view = engine.saga(id).unwrap();
+    assert_eq!(view.steps[1].last_error.as_ref(), Some(&failure));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_whose_attempts_restarts_used_up_says_so() {
+    let store = Arc::new(MemStore::new());
+    let (id, _) = leave_hotel_in_doubt(&store, InDoubtPolicy::Rerun).await;
+    // Two more restarts, each while hotel's action runs: 3 attempts in doubt.
+    for attempt in 2..=3 {
+        let script = Script::default();
+        script.set("hotel", Phase::Action, Behaviour::Hang);
+        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+        let engine = open_mem(&store, registry).await;
+        let call = format!("hotel:action:{attempt}");
+        while !script.calls().contains(&call) {
+            script.entered.notified().await;
+        }
+        engine.shutdown(Duration::ZERO).await;
+    }
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = open_mem(&store, registry).await;
+
+    let outcome = outcome_of(&engine, id).await;
+
+    assert_eq!(outcome.status, SagaStatus::Compensated);
+    let (step, failure) = outcome.failure.expect("a give-up says why");
+    assert_eq!(step.as_str(), "hotel");
+    assert!(
+        failure
+            .message
+            .contains("attempts used up: 3 attempts, the last left in doubt by a restart"),
+        "{}",
+        failure.message
+    );
+}

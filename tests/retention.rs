@@ -311,6 +311,7 @@ fn removing_one_saga_of_a_shared_finished_batch_keeps_the_other_listed() {
             started_at: UnixMillis(1),
             next_wake: None,
             changed_at: UnixMillis(2),
+            pending: None,
         };
         let record = Record::SagaFinished(Finished {
             status: SagaStatus::Committed,

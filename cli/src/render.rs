@@ -191,6 +191,7 @@ impl Output {
                         "changed_at": s.changed_at.0,
                         "next_wake": s.next_wake.map(|t| t.0),
                         "parked": s.parked,
+                        "pending": s.pending,
                     })
                 })
                 .collect();
@@ -202,7 +203,10 @@ impl Output {
                 vec![
                     s.saga_id.to_string(),
                     s.saga_type.to_string(),
-                    s.status.name().to_string(),
+                    match &s.pending {
+                        Some(pending) => format!("{} ({pending} pending)", s.status.name()),
+                        None => s.status.name().to_string(),
+                    },
                     time(s.started_at),
                     time(s.changed_at),
                     s.next_wake.map_or("-".into(), time),
@@ -262,6 +266,7 @@ impl Output {
                     "step": step.as_str(), "class": format!("{:?}", f.class), "message": f.message,
                 })),
                 "reason": view.reason,
+                "pending": view.pending,
                 "parent": view.parent.map(|p| json!({"saga_id": p.saga.to_string(), "step": p.step})),
                 "children": view.children.iter().map(|(step, id)| json!({"step": step.as_str(), "saga_id": id.to_string()})).collect::<Vec<_>>(),
                 "steps": steps,
@@ -291,6 +296,12 @@ impl Output {
         }
         if let Some(reason) = &view.reason {
             summary.push(("reason", reason.clone()));
+        }
+        for pending in &view.pending {
+            summary.push((
+                "pending",
+                format!("{pending} (recorded; the service does it when it next runs)"),
+            ));
         }
         if let Some(parent) = &view.parent {
             summary.push((
@@ -357,6 +368,7 @@ impl Output {
                         "error": m.failed_step.as_ref().map(|(_, f)| f.message.clone()),
                         "to_compensate": m.to_compensate,
                         "reason": m.reason,
+                        "pending": m.pending,
                     })
                 })
                 .collect();
@@ -377,10 +389,12 @@ impl Output {
                     } else {
                         m.to_compensate.join(", ")
                     },
-                    if m.parked {
-                        format!("PARKED: {}", m.reason)
-                    } else {
-                        m.reason.clone()
+                    match (m.parked, m.pending.is_empty()) {
+                        (true, _) => format!("PARKED: {}", m.reason),
+                        (false, true) => m.reason.clone(),
+                        (false, false) => {
+                            format!("{} (pending: {})", m.reason, m.pending.join("; "))
+                        }
                     },
                 ]
             })

@@ -387,6 +387,43 @@ fn resolve_abandon_records_that_the_operator_gave_up() {
 }
 
 #[test]
+fn an_action_after_an_offline_abandon_is_refused_and_the_abandon_shows_as_pending() {
+    let db = copy_of_fixture();
+    let (manual, _, _) = roles(db.path());
+    stdout(&sagalog(
+        db.path(),
+        &["resolve", &manual, "--abandon", "--reason", "written off"],
+    ));
+
+    let compensate = sagalog(db.path(), &["compensate", &manual, "--reason", "undo"]);
+    let again = sagalog(
+        db.path(),
+        &["resolve", &manual, "--abandon", "--reason", "again"],
+    );
+
+    for refused in [compensate, again] {
+        assert_eq!(refused.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("abandon by"), "{stderr}");
+        assert!(stderr.contains("not yet carried out"), "{stderr}");
+    }
+    let queue = json(db.path(), &["manual"]);
+    let item = &queue["manual_queue"][0];
+    assert_eq!(item["saga_id"].as_str(), Some(manual.as_str()));
+    assert!(item["pending"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("abandon by"));
+    let view = json(db.path(), &["show", &manual]);
+    assert!(view["pending"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("abandon by"));
+    let listed = stdout(&sagalog(db.path(), &["list"]));
+    assert!(listed.contains("SUSPENDED (abandon pending)"), "{listed}");
+}
+
+#[test]
 fn cancel_is_recorded_in_the_sagas_log() {
     let db = copy_of_fixture();
     let (_, sleeping, _) = roles(db.path());

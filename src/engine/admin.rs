@@ -38,6 +38,9 @@ pub struct ManualItem {
     /// operator actions are refused until the cause is fixed and the engine
     /// reopened.
     pub parked: bool,
+    /// Operator actions recorded and not yet carried out: the service does
+    /// them when it next runs the saga (see [`crate::SagaView::pending`]).
+    pub pending: Vec<String>,
 }
 
 /// A saga asleep on a durable timer.
@@ -239,6 +242,7 @@ impl Engine {
                 to_compensate: Vec::new(),
                 since: listing.changed_at,
                 parked: true,
+                pending: Vec::new(),
             };
             if let Some(reason) = &listing.parked {
                 items.push(parked(reason.clone()));
@@ -251,8 +255,15 @@ impl Engine {
                     continue;
                 }
             };
-            let Some(reason) = state.suspended.clone() else {
-                continue;
+            // A suspended saga an operator has acted on, while the service
+            // was stopped, stays listed until the service carries it out.
+            let pending = crate::engine::view::pending_of(&state);
+            let reason = match (state.suspended.clone(), pending.first()) {
+                (Some(reason), _) => reason,
+                (None, Some(first)) => {
+                    format!("waiting for the service to carry out the operator's {first}")
+                }
+                (None, None) => continue,
             };
             items.push(ManualItem {
                 saga_id: listing.saga_id,
@@ -262,6 +273,7 @@ impl Engine {
                 to_compensate: to_compensate(&state),
                 since: state.last_at,
                 parked: false,
+                pending,
             });
         }
         Ok(items)

@@ -983,6 +983,7 @@ impl Engine {
                     reason: Some(parked.unwrap_or_else(|| e.to_string())),
                     parent: None,
                     children: Vec::new(),
+                    pending: Vec::new(),
                 };
                 Ok((view, None))
             }
@@ -1225,6 +1226,7 @@ fn young_sagas(
                     started_at: UnixMillis(0),
                     next_wake: None,
                     changed_at: UnixMillis(0),
+                    pending: None,
                 }
             }
         };

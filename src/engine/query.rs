@@ -205,6 +205,7 @@ impl Engine {
                         changed_at: entry.changed_at,
                         next_wake: entry.next_wake,
                         parked: reason,
+                        pending: entry.pending,
                     },
                     Err(e) => SagaListing {
                         saga_id: id,
@@ -213,6 +214,7 @@ impl Engine {
                         started_at: UnixMillis(0),
                         changed_at: UnixMillis(0),
                         next_wake: None,
+                        pending: None,
                         parked: Some(
                             reason.unwrap_or_else(|| format!("index entry unreadable: {e}")),
                         ),

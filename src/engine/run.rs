@@ -68,6 +68,8 @@ pub(crate) struct Staged {
     durable_status: Option<SagaStatus>,
     durable_timer: Option<PendingTimer>,
     durable_decision: Option<Decision>,
+    /// Whether the durable state has operator actions not yet carried out.
+    durable_pending: bool,
 }
 
 impl Staged {
@@ -85,6 +87,7 @@ impl Staged {
             durable_status: state.map(|s| s.status()),
             durable_timer: state.and_then(|s| s.timer.clone()),
             durable_decision: state.and_then(|s| s.decision),
+            durable_pending: state.is_some_and(|s| !s.pending.is_empty()),
         }
     }
 
@@ -159,7 +162,12 @@ impl Staged {
         }
         let status = state.status();
         let timer_changed = self.durable_timer != state.timer;
-        let index = if self.durable_status != Some(status) || timer_changed {
+        let pending = !state.pending.is_empty();
+        let index = if self.durable_status != Some(status)
+            || timer_changed
+            || pending
+            || self.durable_pending
+        {
             let entry = index_entry(state);
             let bytes =
                 codec::encode_index_entry(&entry).map_err(|e| Error::encode("index entry", e))?;
@@ -204,6 +212,7 @@ impl Staged {
         self.durable_status = Some(status);
         self.durable_timer = state.timer.clone();
         self.durable_decision = state.decision;
+        self.durable_pending = pending;
         Ok(Some(append))
     }
 
@@ -725,6 +734,7 @@ pub(crate) fn index_entry(state: &SagaState) -> IndexEntry {
         started_at: state.started_at,
         next_wake: state.timer.as_ref().map(|t| t.due),
         changed_at: state.last_at,
+        pending: state.pending_summary(),
     }
 }
 

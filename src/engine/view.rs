@@ -1,8 +1,9 @@
 //! What the read API returns: plain data, detached from the engine.
 
-use crate::ids::{Attempt, SagaId, SagaType, StepName, UnixMillis};
+use crate::ids::{Attempt, SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec::DecodeError;
 use crate::log::record::{ParentLink, Record, StepFailure};
+use crate::policy::InDoubtPolicy;
 use crate::state::{CallState, SagaState};
 use crate::status::SagaStatus;
 
@@ -116,21 +117,30 @@ pub struct SagaView {
     pub parent: Option<ParentLink>,
     /// The sub-sagas its steps started, by step name.
     pub children: Vec<(StepName, SagaId)>,
+    /// Operator actions recorded and not yet carried out (see
+    /// [`SagaListing::pending`]), each as "NAME by ACTOR at TIME: REASON".
+    pub pending: Vec<String>,
 }
 
 impl SagaView {
     pub(crate) fn from_state(saga_id: SagaId, state: &SagaState) -> Self {
         let plan = state.plan();
+        let in_doubt = given_up_in_doubt(state);
         let steps = state
             .steps
             .iter()
             .zip(plan.steps.iter())
-            .map(|(s, name)| {
+            .enumerate()
+            .map(|(index, (s, name))| {
                 let last_error = match (&s.compensation, &s.forward) {
                     (CallState::Failed { failure, .. }, _) => Some(failure.clone()),
                     (CallState::NotStarted, CallState::Failed { failure, .. }) => {
                         Some(failure.clone())
                     }
+                    (_, CallState::InFlight { .. }) => in_doubt
+                        .as_ref()
+                        .filter(|(step, _)| *step as usize == index)
+                        .map(|(_, failure)| failure.clone()),
                     _ => None,
                 };
                 StepView {
@@ -157,6 +167,7 @@ impl SagaView {
             reason: state.suspended.clone(),
             parent: state.started.parent,
             children: Vec::new(),
+            pending: pending_of(state),
         }
     }
 
@@ -171,13 +182,80 @@ impl SagaView {
     }
 }
 
+/// The operator actions `state` holds that are not yet carried out, each as
+/// "NAME by ACTOR: REASON".
+pub(crate) fn pending_of(state: &SagaState) -> Vec<String> {
+    state
+        .pending
+        .iter()
+        .map(|a| {
+            let step = match a.command {
+                crate::log::record::OperatorCommand::MarkCompensated { step } => state
+                    .plan()
+                    .steps
+                    .get(step as usize)
+                    .map(|p| format!(" {}", p.name))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            format!("{}{step} by {}: {}", a.command.name(), a.actor, a.reason)
+        })
+        .collect()
+}
+
+/// The forward failure that made the saga give up: the one in its log, or,
+/// for a step given up while its call was in doubt (no result was ever
+/// written), one that says so.
 pub(crate) fn failure_of(state: &SagaState) -> Option<(StepName, StepFailure)> {
-    state.failure.as_ref().and_then(|(step, failure)| {
-        state
-            .plan()
-            .steps
-            .get(*step as usize)
-            .map(|plan| (plan.name.clone(), failure.clone()))
+    let (step, failure) = match &state.failure {
+        Some((step, failure)) => (*step, failure.clone()),
+        None => given_up_in_doubt(state)?,
+    };
+    state
+        .plan()
+        .steps
+        .get(step as usize)
+        .map(|plan| (plan.name.clone(), failure))
+}
+
+/// The step the saga gave up on while its call was in doubt, with why: the
+/// in-doubt policy is to compensate, or restarts used up its attempts.
+/// `None` while the saga still goes forward, or when it stopped for another
+/// reason (a failure in its log, an operator's order).
+fn given_up_in_doubt(state: &SagaState) -> Option<(StepIndex, StepFailure)> {
+    if state.failure.is_some() || state.compensation_ordered {
+        return None;
+    }
+    if matches!(
+        state.status(),
+        SagaStatus::Created | SagaStatus::Running | SagaStatus::Committing | SagaStatus::Committed
+    ) {
+        return None;
+    }
+    let plan = state.plan();
+    state.steps.iter().enumerate().find_map(|(index, step)| {
+        let CallState::InFlight { attempt, .. } = step.forward else {
+            return None;
+        };
+        let index = index as StepIndex;
+        let max = plan.retry_of(index).max_attempts;
+        let used = attempt.saturating_sub(step.forward_base);
+        let message = match plan.in_doubt {
+            InDoubtPolicy::Compensate => format!(
+                "in doubt: the process stopped during attempt {attempt} and its result was never written; the saga's in-doubt policy is to compensate rather than run it again"
+            ),
+            InDoubtPolicy::Rerun if used >= max => format!(
+                "attempts used up: {used} attempts, the last left in doubt by a restart (the process stopped while it ran); the retry policy allows {max}"
+            ),
+            InDoubtPolicy::Rerun => return None,
+        };
+        Some((
+            index,
+            StepFailure {
+                class: crate::log::record::ErrorClass::Unknown,
+                message,
+            },
+        ))
     })
 }
 
@@ -199,6 +277,10 @@ pub struct SagaListing {
     pub next_wake: Option<UnixMillis>,
     /// Why it is parked, if it is.
     pub parked: Option<String>,
+    /// Operator actions recorded and not yet carried out, by name (e.g.
+    /// `"abandon"`): a tool recorded them while the service was stopped,
+    /// and the service does them when it next runs the saga.
+    pub pending: Option<String>,
 }
 
 /// One record of a saga's history. A log value that cannot be decoded is

@@ -152,6 +152,9 @@ pub struct IndexEntry {
     /// status or the timer last changed. For a finished saga, when it
     /// finished; retention counts its age from here.
     pub changed_at: UnixMillis,
+    /// Operator actions recorded and not yet carried out, by name
+    /// (`SagaState::pending_summary`).
+    pub pending: Option<String>,
 }
 
 /// Which index a saga's entry lives in.

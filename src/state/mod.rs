@@ -192,6 +192,10 @@ pub struct SagaState {
     pub suspended: Option<String>,
     /// An operator abandoned the saga, for this reason.
     pub abandoned: Option<String>,
+    /// Operator actions recorded since the engine last wrote a record of
+    /// its own: recorded (by a tool, while the service was stopped) and not
+    /// yet carried out. A later action is judged against them.
+    pub pending: Vec<OperatorAction>,
     /// The terminal status, once written.
     pub finished: Option<SagaStatus>,
     /// The forward failure that made the saga give up going forward.
@@ -294,6 +298,7 @@ impl SagaState {
             compensation_ordered: false,
             suspended: None,
             abandoned: None,
+            pending: Vec::new(),
             finished: None,
             failure: None,
             failure_at: None,
@@ -349,6 +354,10 @@ impl SagaState {
         }
         // Any record ends the sleep a timer stood for.
         self.timer = None;
+        // A record of the engine's own: the actions before it are carried out.
+        if !matches!(entry.record, Record::OperatorAction(_)) {
+            self.pending.clear();
+        }
         match &entry.record {
             Record::SagaStarted(_) => {
                 return Err(illegal("saga_started may only be the first record".into()))
@@ -416,8 +425,11 @@ impl SagaState {
                 });
             }
             Record::OperatorAction(action) => {
+                self.refuse_against_pending(action.command)
+                    .map_err(illegal)?;
                 self.operator_action(action, entry.at).map_err(illegal)?;
                 self.suspended = None;
+                self.pending.push(action.clone());
             }
             Record::Decided(decided) => self.decided(decided.decision).map_err(illegal)?,
             Record::ConfirmStarted(call) => {
@@ -653,6 +665,45 @@ impl SagaState {
     /// True when every branch's confirm succeeded.
     pub fn all_confirmed(&self) -> bool {
         self.steps.iter().all(|s| s.confirm.is_succeeded())
+    }
+
+    /// Refuses `command` when an action recorded and not yet carried out
+    /// ([`SagaState::pending`]) repeats it or contradicts it: after a
+    /// pending abandon nothing more can be ordered, a compensate or cancel
+    /// is not ordered twice, and a retry and a compensation exclude each
+    /// other. Marking further steps compensated stays possible.
+    fn refuse_against_pending(&self, command: OperatorCommand) -> Result<(), String> {
+        use OperatorCommand::*;
+        for earlier in &self.pending {
+            let refused = match (earlier.command, command) {
+                (Abandon, _) => true,
+                (MarkCompensated { .. }, _) | (_, MarkCompensated { .. }) => false,
+                (CompensateNow | Cancel, CompensateNow | Cancel | RetryStep) => true,
+                (RetryStep, CompensateNow | Cancel | RetryStep) => true,
+                (CompensateNow | Cancel | RetryStep, Abandon) => false,
+            };
+            if refused {
+                return Err(format!(
+                    "{} by {} ({}) is recorded and not yet carried out: the service does it when it next runs this saga, so {} now would {} it",
+                    earlier.command.name(),
+                    earlier.actor,
+                    earlier.reason,
+                    command.name(),
+                    if earlier.command == command { "repeat" } else { "contradict" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pending operator actions (see [`SagaState::pending`]) by name,
+    /// e.g. `"abandon"`, or `None` if there are none.
+    pub fn pending_summary(&self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = self.pending.iter().map(|a| a.command.name()).collect();
+        Some(names.join(", "))
     }
 
     fn operator_action(&mut self, action: &OperatorAction, at: UnixMillis) -> Result<(), String> {
