@@ -100,6 +100,16 @@ impl StepError {
         }
     }
 
+    /// The call may have taken effect and trying again cannot help (e.g.
+    /// its output can never be stored). Not retried; the step is
+    /// compensated.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::InDoubt,
+            message: message.into(),
+        }
+    }
+
     /// What the failure says about the call's effect.
     pub fn class(&self) -> ErrorClass {
         self.class
@@ -474,10 +484,13 @@ where
             let call = action(ctx);
             Box::pin(async move {
                 let output = call.await?;
-                // The action ran; if its output cannot be logged the effect
-                // is unknown, so it is retried and, failing that, compensated.
-                codec::encode_value(&output).map_err(|e| {
-                    StepError::unknown(format!("the step's output could not be stored: {e}"))
+                // The action ran, so its effect may have happened; an output
+                // that cannot be logged never will be, so running it again
+                // cannot help: settle it in doubt, to be compensated.
+                codec::encode_output(&output).map_err(|e| {
+                    StepError::in_doubt(format!(
+                        "the step's output could not be stored, so the step is not run again and is compensated: {e}"
+                    ))
                 })
             })
         });

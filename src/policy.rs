@@ -25,8 +25,10 @@ pub enum CompensationStrategy {
     /// queue, where an operator runs the compensation, marks steps
     /// compensated by hand, retries the failed step, or abandons the saga.
     Manual,
-    /// Retry the failed step under `policy` (instead of the saga's retry
-    /// policy), then compensate at once.
+    /// The step's attempts follow `policy` instead of the saga's retry
+    /// policy (`policy.max_attempts` in all, the first call included; a
+    /// step's own retry policy still wins); once they are used up,
+    /// compensate at once.
     RetryThenCompensate {
         /// The retry policy of the failed step.
         policy: RetryPolicy,

@@ -120,12 +120,18 @@ impl Staged {
             at,
             record,
         };
-        state.apply(&entry).map_err(|error| Error::Illegal {
-            saga: self.saga,
-            error,
-        })?;
+        // Encoded first: a record that cannot be encoded leaves both the
+        // value and the state as they were.
+        let before = self.value.bytes.len();
         codec::encode_record_into(&mut self.value.bytes, at, &entry.record)
             .map_err(|e| Error::encode("record", e))?;
+        if let Err(error) = state.apply(&entry) {
+            self.value.bytes.truncate(before);
+            return Err(Error::Illegal {
+                saga: self.saga,
+                error,
+            });
+        }
         Ok(())
     }
 
@@ -388,7 +394,19 @@ impl Inner {
                     if let Some(hook) = &self.around_call {
                         hook(CallPoint::AfterCall, number);
                     }
-                    staged.push(&mut state, self.clock.now(), kind.result(call, result))?;
+                    let at = self.clock.now();
+                    match staged.push(&mut state, at, kind.result(call, result)) {
+                        // The call ran, but its result cannot be written:
+                        // settle it in doubt, here and now, instead of
+                        // leaving the saga stuck until a restart re-runs it.
+                        Err(Error::Encode { reason, .. }) => {
+                            let failure = StepError::in_doubt(format!(
+                                "the call's result could not be stored ({reason}), so it is not run again and its effect counts as possible"
+                            ));
+                            staged.push(&mut state, at, kind.result(call, Err(failure)))?;
+                        }
+                        other => other?,
+                    }
                 }
                 NextAction::Decide { decision } => {
                     tracing::info!(?decision, "transaction decided");

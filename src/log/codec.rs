@@ -33,18 +33,30 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted, checked before anything is decoded: 1 MiB.
+/// The limit counts encoded bytes, on encode and decode alike.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Largest encoded step output: the payload limit less room for the rest of
+/// the record that carries it (`StepSucceeded`: the call's step and attempt
+/// and the output's length), so that an output that is accepted can always
+/// be written.
+pub const MAX_OUTPUT: usize = MAX_PAYLOAD - 64;
+/// How much memory bincode may claim while decoding one payload of at most
+/// [`MAX_PAYLOAD`] bytes. Only a guard against a length prefix that claims
+/// more elements than any valid payload holds: it counts in-memory size
+/// (a `Vec<u64>` of 200,000 small numbers is about 200 KB encoded and
+/// 1.6 MB in memory), so it is far above the encoded limit.
+const DECODE_MEMORY_LIMIT: usize = 64 * MAX_PAYLOAD;
 /// Kind byte of an index entry (active / finished index values).
 pub const KIND_INDEX_ENTRY: u8 = 0x80;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<MAX_PAYLOAD>,
+    bincode::config::Limit<DECODE_MEMORY_LIMIT>,
 >;
 
 fn config() -> Config {
-    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
+    bincode::config::standard().with_limit::<DECODE_MEMORY_LIMIT>()
 }
 
 /// A value could not be turned into bytes.
@@ -141,6 +153,19 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeE
         return Err(EncodeError::TooLarge {
             len: bytes.len(),
             max: MAX_PAYLOAD,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Encodes a step output: like [`encode_value`], with the limit
+/// [`MAX_OUTPUT`], so that the record that carries it always fits.
+pub fn encode_output<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let bytes = encode_value(value)?;
+    if bytes.len() > MAX_OUTPUT {
+        return Err(EncodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_OUTPUT,
         });
     }
     Ok(bytes)

@@ -342,6 +342,22 @@ pub enum ErrorClass {
     /// The call may have taken effect (timeout, lost reply): retried under
     /// the policy, and compensated if the saga compensates.
     Unknown,
+    /// The call may have taken effect and trying again cannot help (its
+    /// output can never be stored): not retried; compensated.
+    InDoubt,
+}
+
+impl ErrorClass {
+    /// Whether the call may have taken effect, so that its step needs
+    /// compensating.
+    pub fn maybe_applied(self) -> bool {
+        matches!(self, ErrorClass::Unknown | ErrorClass::InDoubt)
+    }
+
+    /// Whether trying the call again may help.
+    pub fn retries(self) -> bool {
+        matches!(self, ErrorClass::Retryable | ErrorClass::Unknown)
+    }
 }
 
 /// Why a saga waits for an operator.

@@ -3,7 +3,7 @@
 //! clock value always give the same answer (invariant I6).
 
 use crate::ids::{Attempt, StepIndex, UnixMillis};
-use crate::log::record::{Decision, ErrorClass, WaitPurpose};
+use crate::log::record::{Decision, WaitPurpose};
 use crate::policy::{CompensationStrategy, InDoubtPolicy};
 use crate::state::{CallState, Retry, SagaState};
 use crate::status::SagaStatus;
@@ -328,7 +328,7 @@ fn next_confirm(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextA
                 failure,
                 at,
             } => {
-                if failure.class == ErrorClass::Permanent || used >= policy.max_attempts {
+                if !failure.class.retries() || used >= policy.max_attempts {
                     choice.suspend(format!(
                         "confirm of branch '{name}' failed {used} times, last: {}; an operator must fix the cause and order a retry",
                         failure.message
@@ -481,7 +481,7 @@ fn next_compensation(
                 failure,
                 at,
             } => {
-                if failure.class == ErrorClass::Permanent {
+                if !failure.class.retries() {
                     choice.suspend(format!(
                         "compensation of step '{name}' failed permanently on attempt {attempt}: {}; an operator must compensate it by hand and mark it compensated",
                         failure.message

@@ -15,8 +15,8 @@ pub use decide::{decide, decide_live, to_compensate, NextAction};
 
 use crate::ids::{Attempt, IdempotencyKey, SagaType, StepIndex, UnixMillis};
 use crate::log::record::{
-    CallRef, Decision, ErrorClass, LogEntry, OperatorAction, OperatorCommand, Record, SagaPlan,
-    SagaStarted, StepFailure, WaitPurpose,
+    CallRef, Decision, LogEntry, OperatorAction, OperatorCommand, Record, SagaPlan, SagaStarted,
+    StepFailure, WaitPurpose,
 };
 use crate::status::SagaStatus;
 
@@ -142,7 +142,7 @@ impl StepState {
             || match &self.forward {
                 CallState::NotStarted => false,
                 CallState::InFlight { .. } | CallState::Succeeded { .. } => true,
-                CallState::Failed { failure, .. } => failure.class == ErrorClass::Unknown,
+                CallState::Failed { failure, .. } => failure.class.maybe_applied(),
             }
     }
 
@@ -373,7 +373,7 @@ impl SagaState {
             }
             Record::StepFailed(result) => {
                 let step = self.forward_in_flight(result.call).map_err(illegal)?;
-                if result.failure.class == ErrorClass::Unknown {
+                if result.failure.class.maybe_applied() {
                     step.earlier_attempt_in_doubt = true;
                 }
                 step.forward = CallState::Failed {
@@ -499,9 +499,7 @@ impl SagaState {
             CallState::InFlight { attempt, .. } => attempt.saturating_add(1),
             CallState::Failed {
                 attempt, failure, ..
-            } if failure.class != ErrorClass::Permanent || step.retry_granted => {
-                attempt.saturating_add(1)
-            }
+            } if failure.class.retries() || step.retry_granted => attempt.saturating_add(1),
             CallState::Failed { .. } => {
                 return Err("the step failed permanently and may not be retried".into())
             }
@@ -866,7 +864,7 @@ impl SagaState {
         if state.retry_granted {
             return Retry::Now;
         }
-        if failure.class == ErrorClass::Permanent {
+        if !failure.class.retries() {
             return Retry::No;
         }
         let policy = self.plan().retry_of(step);

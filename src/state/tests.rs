@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::log::record::{
-    CallFailed, CallSucceeded, Finished, OperatorAction, OperatorCommand, Suspended, TimerSet,
-    WaitPurpose,
+    CallFailed, CallSucceeded, ErrorClass, Finished, OperatorAction, OperatorCommand, Suspended,
+    TimerSet, WaitPurpose,
 };
 use crate::policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 
