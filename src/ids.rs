@@ -11,10 +11,23 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SagaId(uuid::Uuid);
 
+/// The UUIDv7 counter state shared by every id this process makes, so that
+/// two ids made by one process are strictly increasing.
+static ID_CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+    std::sync::Mutex::new(uuid::ContextV7::new());
+
 impl SagaId {
     /// A new, time-ordered id. Two ids made by one process are strictly increasing.
+    ///
+    /// Never panics: a system clock before 1970 counts as 1970 (uuid's own
+    /// `now_v7` panics there). Opening a store or an engine refuses such a
+    /// clock ([`crate::StoreError::ClockBeforeEpoch`]).
     pub fn new() -> Self {
-        SagaId(uuid::Uuid::now_v7())
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = uuid::Timestamp::from_unix(&ID_CONTEXT, since.as_secs(), since.subsec_nanos());
+        SagaId(uuid::Uuid::new_v7(at))
     }
 
     /// Appends the id as it displays (a lowercase hyphenated UUID, 36
@@ -191,6 +204,20 @@ impl UnixMillis {
     pub fn now() -> Self {
         Self::from_system_time(std::time::SystemTime::now()).unwrap_or(UnixMillis(0))
     }
+
+    /// The system clock now, or [`crate::StoreError::ClockBeforeEpoch`] if
+    /// it reads before 1970: the log's times and ids would be wrong.
+    pub fn checked_now() -> Result<Self, crate::StoreError> {
+        Self::checked(std::time::SystemTime::now())
+    }
+
+    /// `t` as milliseconds since the epoch, or
+    /// [`crate::StoreError::ClockBeforeEpoch`] if it is before 1970.
+    pub fn checked(t: std::time::SystemTime) -> Result<Self, crate::StoreError> {
+        Self::from_system_time(t).ok_or_else(|| crate::StoreError::ClockBeforeEpoch {
+            behind: std::time::UNIX_EPOCH.duration_since(t).unwrap_or_default(),
+        })
+    }
 }
 
 /// `d` in whole milliseconds, saturating at `u64::MAX`.
@@ -211,3 +238,27 @@ pub type StepIndex = u32;
 
 /// Attempt number of one call, counting from 1.
 pub type Attempt = u32;
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_before_1970_is_a_typed_error_that_says_to_set_it() {
+        let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(5);
+
+        let error = UnixMillis::checked(before).unwrap_err();
+
+        assert!(matches!(
+            error,
+            crate::StoreError::ClockBeforeEpoch { behind } if behind == std::time::Duration::from_secs(5)
+        ));
+        assert!(error.to_string().contains("set the clock"), "{error}");
+    }
+
+    #[test]
+    fn ids_made_one_after_another_increase() {
+        let ids: Vec<SagaId> = (0..1000).map(|_| SagaId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+}

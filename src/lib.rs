@@ -56,8 +56,8 @@ pub use definition::{
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
-    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, Retention, SagaFilter,
-    StartOptions, Started, Stats, SuspendHook, SweepReport,
+    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, Recovery, Retention,
+    SagaFilter, StartOptions, Started, Stats, SuspendHook, SweepReport,
 };
 pub use error::Error;
 pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};

@@ -146,9 +146,39 @@ impl Who {
 #[derive(Debug)]
 struct Failure(String);
 
-impl From<Error> for Failure {
+/// An argument that is not what the command takes: exit status 2, as for
+/// the arguments clap itself refuses.
+#[derive(Debug)]
+struct Usage(String);
+
+/// A command's failure: exit status 1, or 2 for bad arguments.
+#[derive(Debug)]
+enum Failed {
+    Command(Failure),
+    Usage(Usage),
+}
+
+impl From<Failure> for Failed {
+    fn from(f: Failure) -> Self {
+        Failed::Command(f)
+    }
+}
+
+impl From<Usage> for Failed {
+    fn from(u: Usage) -> Self {
+        Failed::Usage(u)
+    }
+}
+
+impl From<Error> for Failed {
     fn from(e: Error) -> Self {
-        Failure(e.to_string())
+        Failed::Command(Failure(e.to_string()))
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Command(Failure(e.to_string()))
     }
 }
 
@@ -158,8 +188,27 @@ impl From<StoreError> for Failure {
     }
 }
 
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(e.to_string())
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // With --json, a refused argument is a JSON error too.
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
+            let message = e.kind().to_string();
+            let detail = e.to_string();
+            eprintln!(
+                "{}",
+                serde_json::json!({ "error": message, "detail": detail.trim(), "exit_code": 2 })
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,47 +219,55 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(Failure(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
+    let json = cli.json;
+    let (message, code) = match runtime.block_on(run(cli)) {
+        Ok(code) => return code,
+        Err(Failed::Command(Failure(message))) => (message, 1),
+        Err(Failed::Usage(Usage(message))) => (message, 2),
+    };
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "error": message, "exit_code": code })
+        );
+    } else {
+        eprintln!("error: {message}");
     }
+    ExitCode::from(code)
 }
 
-fn saga_id(text: &str) -> Result<SagaId, Failure> {
+fn saga_id(text: &str) -> Result<SagaId, Usage> {
     SagaId::parse(text).ok_or_else(|| {
-        Failure(format!(
+        Usage(format!(
             "'{text}' is not a saga id; ids look like 019a6c1e-8f00-7abc-9def-0123456789ab (see `sagalog list`)"
         ))
     })
 }
 
-fn duration(text: &str) -> Result<Duration, Failure> {
+fn duration(text: &str) -> Result<Duration, Usage> {
     humantime::parse_duration(text).map_err(|e| {
-        Failure(format!(
+        Usage(format!(
             "'{text}' is not a duration ({e}); try 30s, 10m, 2h or 7d"
         ))
     })
 }
 
-fn time(text: &str) -> Result<UnixMillis, Failure> {
+fn time(text: &str) -> Result<UnixMillis, Usage> {
     let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        Failure(format!(
+        Usage(format!(
             "'{text}' is not a time ({e}); use RFC 3339, e.g. 2026-11-21T08:00:00Z"
         ))
     })?;
-    UnixMillis::from_system_time(at).ok_or_else(|| Failure(format!("'{text}' is before 1970")))
+    UnixMillis::from_system_time(at).ok_or_else(|| Usage(format!("'{text}' is before 1970")))
 }
 
-fn status(text: &str) -> Result<SagaStatus, Failure> {
+fn status(text: &str) -> Result<SagaStatus, Usage> {
     SagaStatus::ALL
         .into_iter()
         .find(|s| s.name().eq_ignore_ascii_case(text))
         .ok_or_else(|| {
             let names: Vec<_> = SagaStatus::ALL.iter().map(|s| s.name()).collect();
-            Failure(format!(
+            Usage(format!(
                 "'{text}' is not a status; one of {}",
                 names.join(", ")
             ))
@@ -254,7 +311,7 @@ fn locked(path: &std::path::Path) -> Failure {
     ))
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+async fn run(cli: Cli) -> Result<ExitCode, Failed> {
     let out = render::Output { json: cli.json };
     let path = cli.db.clone();
     match cli.command {
@@ -343,7 +400,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 (None, Some(key)) => engine.find_by_key(&key.as_str().into())?.map(|v| v.saga_id).ok_or_else(|| {
                     Failure(format!("no saga was started with idempotency key '{key}'; `sagalog list --json` shows each saga's key"))
                 })?,
-                (None, None) => return Err(Failure("name a saga id or --key".into())),
+                (None, None) => return Err(Usage("name a saga id or --key".into()).into()),
             };
             let view = engine.saga(id)?;
             let history = engine.history(id)?;

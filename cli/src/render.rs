@@ -1,5 +1,21 @@
 //! Rendering: every command's result as an aligned table, or as JSON.
 
+/// `println!` that exits quietly (status 0) when stdout is closed, as when
+/// the output is piped into `head`, instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: could not write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 use sagalog::log::record::{Record, WaitPurpose};
 use sagalog::log::verify::VerifyReport;
 use sagalog::{
@@ -50,7 +66,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn print_json(value: Value) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
@@ -68,9 +84,50 @@ fn step_name(steps: &[String], i: u32) -> String {
         .unwrap_or_else(|| format!("#{i}"))
 }
 
+/// The words for a saga's calls: a saga's steps have an action and a
+/// compensation; a TCC transaction's branches a try, a confirm and a
+/// cancel (a compensation once the transaction committed).
+#[derive(Clone, Copy)]
+struct Words {
+    forward: &'static str,
+    backward: &'static str,
+}
+
+impl Words {
+    const SAGA: Words = Words {
+        forward: "action",
+        backward: "compensation",
+    };
+
+    /// The words for each record of `history`, in order.
+    fn of_history(tcc: bool, history: &[HistoryEntry]) -> Vec<Words> {
+        let mut committed = false;
+        history
+            .iter()
+            .map(|e| {
+                if let Ok((_, Record::Decided(d))) = &e.record {
+                    committed = d.decision == sagalog::Decision::Commit;
+                }
+                match (tcc, committed) {
+                    (false, _) => Words::SAGA,
+                    (true, false) => Words {
+                        forward: "try",
+                        backward: "cancel",
+                    },
+                    (true, true) => Words {
+                        forward: "try",
+                        backward: "compensation",
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 /// One record in words, with step names from the saga's plan.
-fn describe(record: &Record, steps: &[String]) -> String {
+fn describe(record: &Record, steps: &[String], words: Words) -> String {
     let step = |i: u32| step_name(steps, i);
+    let (forward, backward) = (words.forward, words.backward);
     match record {
         Record::SagaStarted(s) => {
             let key = s
@@ -83,7 +140,7 @@ fn describe(record: &Record, steps: &[String]) -> String {
                 .map(|p| format!(", sub-saga of {} step #{}", p.saga, p.step))
                 .unwrap_or_default();
             let kind = if s.plan.is_tcc() {
-                "TCC".to_string()
+                "TCC (try / confirm / cancel)".to_string()
             } else {
                 format!("strategy {}", s.plan.strategy.name())
             };
@@ -92,31 +149,31 @@ fn describe(record: &Record, steps: &[String]) -> String {
                 s.saga_type, s.version
             )
         }
-        Record::StepStarted(c) => format!("{} action, attempt {}: intent", step(c.step), c.attempt),
+        Record::StepStarted(c) => {
+            format!("{} {forward}, attempt {}: intent", step(c.step), c.attempt)
+        }
         Record::StepSucceeded(r) => format!(
-            "{} action, attempt {}: succeeded",
+            "{} {forward}, attempt {}: succeeded",
             step(r.call.step),
             r.call.attempt
         ),
         Record::StepFailed(f) => format!(
-            "{} action, attempt {}: failed ({:?}): {}",
+            "{} {forward}, attempt {}: failed ({:?}): {}",
             step(f.call.step),
             f.call.attempt,
             f.failure.class,
             f.failure.message
         ),
-        Record::CompensationStarted(c) => format!(
-            "{} compensation, attempt {}: intent",
-            step(c.step),
-            c.attempt
-        ),
+        Record::CompensationStarted(c) => {
+            format!("{} {backward}, attempt {}: intent", step(c.step), c.attempt)
+        }
         Record::CompensationSucceeded(c) => format!(
-            "{} compensation, attempt {}: succeeded",
+            "{} {backward}, attempt {}: succeeded",
             step(c.step),
             c.attempt
         ),
         Record::CompensationFailed(f) => format!(
-            "{} compensation, attempt {}: failed ({:?}): {}",
+            "{} {backward}, attempt {}: failed ({:?}): {}",
             step(f.call.step),
             f.call.attempt,
             f.failure.class,
@@ -156,21 +213,8 @@ fn describe(record: &Record, steps: &[String]) -> String {
 }
 
 fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
-    let step = |i: u32| step_name(steps, i);
-    match purpose {
-        WaitPurpose::RetryBackoff { step: s, attempt } => {
-            format!("retry {} (attempt {attempt})", step(*s))
-        }
-        WaitPurpose::ScheduledCompensation { step: s } => {
-            format!("scheduled compensation after {} failed", step(*s))
-        }
-        WaitPurpose::CompensationBackoff { step: s, attempt } => {
-            format!("retry compensation of {} (attempt {attempt})", step(*s))
-        }
-        WaitPurpose::ConfirmBackoff { step: s, attempt } => {
-            format!("retry confirm of {} (attempt {attempt})", step(*s))
-        }
-    }
+    let names: Vec<&str> = steps.iter().map(String::as_str).collect();
+    purpose.describe(&names)
 }
 
 impl Output {
@@ -213,42 +257,64 @@ impl Output {
                 ]
             })
             .collect();
-        println!(
+        say!(
             "{}",
             table(
                 &["SAGA", "TYPE", "STATUS", "STARTED", "CHANGED", "WAKES"],
                 &rows
             )
         );
-        println!("({})", plural(sagas.len(), "saga", "sagas"));
+        say!("({})", plural(sagas.len(), "saga", "sagas"));
     }
 
     pub fn show(&self, view: &SagaView, history: &[HistoryEntry]) {
         let names: Vec<String> = view.steps.iter().map(|s| s.name.to_string()).collect();
+        let words = Words::of_history(view.tcc, history);
+        let word = |i: usize| words.get(i).copied().unwrap_or(Words::SAGA);
+        let strategy = if view.tcc {
+            "try / confirm / cancel (TCC)".to_string()
+        } else {
+            view.strategy.to_string()
+        };
         if self.json {
             let steps: Vec<Value> = view
                 .steps
                 .iter()
                 .map(|s| {
-                    json!({
-                        "name": s.name.as_str(),
-                        "summary": s.summary(),
-                        "action": format!("{:?}", s.action),
-                        "action_attempts": s.action_attempts,
-                        "compensation": format!("{:?}", s.compensation),
-                        "compensation_attempts": s.compensation_attempts,
-                        "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
-                    })
+                    if view.tcc {
+                        json!({
+                            "name": s.name.as_str(),
+                            "summary": s.tcc_summary(),
+                            "try": format!("{:?}", s.action),
+                            "try_attempts": s.action_attempts,
+                            "confirm": format!("{:?}", s.confirm),
+                            "confirm_attempts": s.confirm_attempts,
+                            "cancel": format!("{:?}", s.compensation),
+                            "cancel_attempts": s.compensation_attempts,
+                            "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
+                        })
+                    } else {
+                        json!({
+                            "name": s.name.as_str(),
+                            "summary": s.summary(),
+                            "action": format!("{:?}", s.action),
+                            "action_attempts": s.action_attempts,
+                            "compensation": format!("{:?}", s.compensation),
+                            "compensation_attempts": s.compensation_attempts,
+                            "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
+                        })
+                    }
                 })
                 .collect();
             let timeline: Vec<Value> = history
                 .iter()
-                .map(|e| match &e.record {
+                .enumerate()
+                .map(|(i, e)| match &e.record {
                     Ok((at, record)) => json!({
                         "seq": e.seq,
                         "at": at.0,
                         "kind": record.kind_name(),
-                        "text": describe(record, &names),
+                        "text": describe(record, &names, word(i)),
                     }),
                     Err(error) => json!({"seq": e.seq, "unreadable": error.to_string()}),
                 })
@@ -258,7 +324,8 @@ impl Output {
                 "saga_type": view.saga_type.as_str(),
                 "version": view.version,
                 "status": view.status.name(),
-                "strategy": view.strategy,
+                "strategy": strategy,
+                "tcc": view.tcc,
                 "idempotency_key": view.idempotency_key,
                 "started_at": view.started_at.0,
                 "updated_at": view.updated_at.0,
@@ -280,7 +347,7 @@ impl Output {
                 format!("{} (version {})", view.saga_type, view.version),
             ),
             ("status", view.status.name().to_string()),
-            ("strategy", view.strategy.to_string()),
+            ("strategy", strategy),
             (
                 "key",
                 view.idempotency_key.clone().unwrap_or_else(|| "-".into()),
@@ -316,34 +383,58 @@ impl Output {
             ));
         }
         for (label, value) in summary {
-            println!("{label:<9} {value}");
+            say!("{label:<9} {value}");
         }
         let steps: Vec<Vec<String>> = view
             .steps
             .iter()
             .map(|s| {
-                vec![
-                    s.name.to_string(),
-                    s.summary().to_string(),
-                    s.action_attempts.to_string(),
-                    s.compensation_attempts.to_string(),
-                    s.last_error
-                        .as_ref()
-                        .map_or("-".into(), |e| e.message.clone()),
-                ]
+                let error = s
+                    .last_error
+                    .as_ref()
+                    .map_or("-".into(), |e| e.message.clone());
+                if view.tcc {
+                    vec![
+                        s.name.to_string(),
+                        s.tcc_summary().to_string(),
+                        s.action_attempts.to_string(),
+                        s.confirm_attempts.to_string(),
+                        s.compensation_attempts.to_string(),
+                        error,
+                    ]
+                } else {
+                    vec![
+                        s.name.to_string(),
+                        s.summary().to_string(),
+                        s.action_attempts.to_string(),
+                        s.compensation_attempts.to_string(),
+                        error,
+                    ]
+                }
             })
             .collect();
-        println!(
-            "\n{}",
-            table(
-                &["STEP", "STATE", "ACTION TRIES", "COMP TRIES", "LAST ERROR"],
-                &steps
-            )
-        );
+        let headers: &[&str] = if view.tcc {
+            &[
+                "BRANCH",
+                "STATE",
+                "TRIES",
+                "CONFIRMS",
+                "CANCELS",
+                "LAST ERROR",
+            ]
+        } else {
+            &["STEP", "STATE", "ACTION TRIES", "COMP TRIES", "LAST ERROR"]
+        };
+        say!("\n{}", table(headers, &steps));
         let timeline: Vec<Vec<String>> = history
             .iter()
-            .map(|e| match &e.record {
-                Ok((at, record)) => vec![e.seq.to_string(), time(*at), describe(record, &names)],
+            .enumerate()
+            .map(|(i, e)| match &e.record {
+                Ok((at, record)) => vec![
+                    e.seq.to_string(),
+                    time(*at),
+                    describe(record, &names, word(i)),
+                ],
                 Err(error) => vec![
                     e.seq.to_string(),
                     "?".into(),
@@ -351,7 +442,7 @@ impl Output {
                 ],
             })
             .collect();
-        println!("\n{}", table(&["SEQ", "TIME", "RECORD"], &timeline));
+        say!("\n{}", table(&["SEQ", "TIME", "RECORD"], &timeline));
     }
 
     pub fn manual(&self, items: &[ManualItem]) {
@@ -399,7 +490,7 @@ impl Output {
                 ]
             })
             .collect();
-        println!(
+        say!(
             "{}",
             table(
                 &[
@@ -413,7 +504,7 @@ impl Output {
                 &rows
             )
         );
-        println!("({} waiting)", items.len());
+        say!("({} waiting)", items.len());
     }
 
     pub fn recorded(&self, saga: SagaId, actions: &[String], actor: &str) {
@@ -425,9 +516,9 @@ impl Output {
             }));
         }
         for action in actions {
-            println!("recorded {action} on saga {saga} by {actor}");
+            say!("recorded {action} on saga {saga} by {actor}");
         }
-        println!("the service carries it out at its next start");
+        say!("the service carries it out at its next start");
     }
 
     pub fn stats(&self, stats: &Stats) {
@@ -452,14 +543,14 @@ impl Output {
             .iter()
             .map(|(s, n)| vec![s.name().to_string(), n.to_string()])
             .collect();
-        println!("{}", table(&["STATUS", "SAGAS"], &rows));
+        say!("{}", table(&["STATUS", "SAGAS"], &rows));
         match stats.oldest_in_flight {
-            Some((id, at)) => println!("\noldest in flight   {id} (started {})", time(at)),
-            None => println!("\noldest in flight   -"),
+            Some((id, at)) => say!("\noldest in flight   {id} (started {})", time(at)),
+            None => say!("\noldest in flight   -"),
         }
-        println!("delay queue depth  {}", stats.delay_queue_depth);
-        println!("manual queue depth {}", stats.manual_queue_depth);
-        println!("parked             {}", stats.parked);
+        say!("delay queue depth  {}", stats.delay_queue_depth);
+        say!("manual queue depth {}", stats.manual_queue_depth);
+        say!("parked             {}", stats.parked);
     }
 
     pub fn verify(&self, report: &VerifyReport) {
@@ -485,12 +576,15 @@ impl Output {
                 "corrupt": problems,
             }));
         }
-        println!(
+        say!(
             "checked {} keys: {} log values ({} records), {} index entries",
-            report.keys, report.log_values, report.records, report.index_entries
+            report.keys,
+            report.log_values,
+            report.records,
+            report.index_entries
         );
         if report.is_clean() {
-            println!("no damaged value found");
+            say!("no damaged value found");
             return;
         }
         let rows: Vec<Vec<String>> = report
@@ -505,8 +599,8 @@ impl Output {
                 ]
             })
             .collect();
-        println!("{}", table(&["KEY (HEX)", "SAGA", "WHAT", "ERROR"], &rows));
-        println!(
+        say!("{}", table(&["KEY (HEX)", "SAGA", "WHAT", "ERROR"], &rows));
+        say!(
             "{} damaged: the sagas named are parked by the service until repaired (see DESIGN.md, Recovery)",
             report.problems.len()
         );
@@ -523,12 +617,15 @@ impl Output {
                 "bytes_on_disk_after": after,
             }));
         }
-        println!(
+        say!(
             "removed {} of {} finished sagas old enough ({} keys; {} skipped)",
-            report.removed, report.eligible, report.keys_removed, report.skipped
+            report.removed,
+            report.eligible,
+            report.keys_removed,
+            report.skipped
         );
-        println!("disk size before {before} bytes, after {after} bytes");
-        println!("sled reuses the freed space for new writes; `sagalog compact` returns it to the filesystem");
+        say!("disk size before {before} bytes, after {after} bytes");
+        say!("sled reuses the freed space for new writes; `sagalog compact` returns it to the filesystem");
     }
 
     pub fn compacted(&self, compacted: &sagalog::Compacted) {
@@ -539,9 +636,11 @@ impl Output {
                 "bytes_on_disk_after": compacted.bytes_after,
             }));
         }
-        println!(
+        say!(
             "copied {} keys; disk size before {} bytes, after {} bytes",
-            compacted.keys, compacted.bytes_before, compacted.bytes_after
+            compacted.keys,
+            compacted.bytes_before,
+            compacted.bytes_after
         );
     }
 
@@ -564,31 +663,31 @@ impl Output {
             }));
         }
         if report.witness_rebuilt {
-            println!("rebuilt the witness file from sled's group mark (the damaged one is kept beside it)");
+            say!("rebuilt the witness file from sled's group mark (the damaged one is kept beside it)");
         }
         for path in &report.set_aside {
-            println!("set aside {}", path.display());
+            say!("set aside {}", path.display());
         }
         let Some(salvage) = salvage else {
-            println!("the database opens and every value reads: nothing more to do");
+            say!("the database opens and every value reads: nothing more to do");
             return;
         };
-        println!("the database still does not open whole: {}", salvage.reason);
-        println!(
+        say!("the database still does not open whole: {}", salvage.reason);
+        say!(
             "copied {} readable keys into {} (the original is untouched)",
             salvage.keys,
             salvage.into.display()
         );
         for problem in &salvage.problems {
-            println!("  {problem}");
+            say!("  {problem}");
         }
         if !salvage.incomplete.is_empty() {
-            println!("sagas not copied whole (they are parked when the copy opens):");
+            say!("sagas not copied whole (they are parked when the copy opens):");
             for id in &salvage.incomplete {
-                println!("  {id}");
+                say!("  {id}");
             }
         }
-        println!(
+        say!(
             "next: check the report, then stop the service, move the original away and the copy into its place"
         );
     }

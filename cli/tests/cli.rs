@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 /// The orders example, built by cargo first (tests do not build examples).
 fn orders_binary() -> PathBuf {
+    example_binary("orders")
+}
+
+/// Example `name`, built by cargo first.
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
@@ -23,12 +28,12 @@ fn orders_binary() -> PathBuf {
         .expect("test binary lives in target/<profile>/deps");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "sagalog", "--example", "orders"]);
+    build.args(["build", "--quiet", "-p", "sagalog", "--example", name]);
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
     assert!(build.status().expect("cargo runs").success());
-    profile_dir.join("examples").join("orders")
+    profile_dir.join("examples").join(name)
 }
 
 /// Runs the orders example on `dir` with `args`; gives up after a minute.
@@ -254,6 +259,72 @@ fn show_key_finds_the_saga_its_idempotency_key_belongs_to() {
 }
 
 #[test]
+fn a_tcc_transaction_is_shown_in_try_confirm_cancel_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = Command::new(example_binary("seckill"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let listed = json(dir.path(), &["list", "--status", "rolled_back"]);
+    let id = listed["sagas"][0]["saga_id"].as_str().unwrap().to_string();
+
+    let shown = stdout(&sagalog(dir.path(), &["show", &id]));
+
+    assert!(
+        shown.contains("strategy  try / confirm / cancel (TCC)"),
+        "{shown}"
+    );
+    assert!(shown.contains("BRANCH"), "{shown}");
+    assert!(shown.contains("cancelled"), "{shown}");
+    assert!(shown.contains("try, attempt 1: intent"), "{shown}");
+    assert!(shown.contains("cancel, attempt 1: succeeded"), "{shown}");
+    assert!(!shown.contains("action"), "{shown}");
+    assert!(!shown.contains("compensation"), "{shown}");
+}
+
+#[test]
+fn the_run_after_a_crash_says_what_it_recovered_and_that_the_books_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let orders = |args: &[&str]| {
+        Command::new(orders_binary())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--json", "--scheduled-delay-ms", "50"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let crashed = orders(&["--crash-after", "12"]);
+    assert!(!crashed.status.success(), "it aborted");
+
+    let rerun = orders(&[]);
+
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let summary = String::from_utf8_lossy(&rerun.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|doc| doc.get("recovered").is_some())
+        .expect("a recovery line");
+    let recovered = &summary["recovered"];
+    let total: u64 = ["resumed", "sleeping", "parked", "suspended"]
+        .iter()
+        .map(|k| recovered[k].as_u64().unwrap())
+        .sum();
+    assert!(total >= 1, "{summary}");
+    assert_eq!(summary["books_balance"], true);
+}
+
+#[test]
 fn show_json_has_the_steps_and_the_timeline() {
     let (manual, _, _) = roles(fixture());
     let view = json(fixture(), &["show", &manual]);
@@ -448,9 +519,43 @@ fn retry_of_a_finished_saga_is_refused_with_the_reason() {
 #[test]
 fn a_malformed_saga_id_is_refused_with_an_example_of_a_good_one() {
     let output = sagalog(fixture(), &["show", "not-an-id"]);
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "a bad argument");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a saga id"), "{stderr}");
+}
+
+#[test]
+fn with_json_an_error_is_a_json_document() {
+    let bad_id = sagalog(fixture(), &["--json", "show", "not-an-id"]);
+    let unknown_flag = sagalog(fixture(), &["--json", "list", "--no-such-flag"]);
+
+    for (output, code) in [(bad_id, 2), (unknown_flag, 2)] {
+        assert_eq!(output.status.code(), Some(code));
+        let error: Value = serde_json::from_slice(&output.stderr).expect("stderr is JSON");
+        assert!(error["error"].is_string(), "{error}");
+        assert_eq!(error["exit_code"], code);
+    }
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let (manual, _, _) = roles(fixture());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .arg("--db")
+        .arg(fixture().join("log"))
+        .args(["show", &manual])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `sagalog show ID | head -0`: the reader is gone before the output.
+    drop(child.stdout.take());
+
+    let output = child.wait_with_output().unwrap();
+
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -51,6 +51,30 @@ pub struct Books {
     pub shipments: Shipments,
 }
 
+impl Books {
+    /// `Ok` when every account and product adds up; else the first that
+    /// does not.
+    pub fn balance(&self) -> Result<(), String> {
+        for (name, a) in &self.accounts {
+            if a.initial != a.balance + a.held + a.paid {
+                return Err(format!(
+                    "account {name}: initial {} != balance {} + held {} + paid {}",
+                    a.initial, a.balance, a.held, a.paid
+                ));
+            }
+        }
+        for (name, p) in &self.products {
+            if p.initial != p.available + p.reserved + p.sold {
+                return Err(format!(
+                    "product {name}: initial {} != available {} + reserved {} + sold {}",
+                    p.initial, p.available, p.reserved, p.sold
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a business operation was refused.
 pub enum Refusal {
     /// A business rule says no (no stock, no funds, bad address).

@@ -519,6 +519,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     let engine = Engine::open(args.data_dir.join("log"), registry, config).await?;
+    let recovered = engine.recovery();
+    if !args.json {
+        println!(
+            "sagalog orders example (data in {})\n",
+            args.data_dir.display()
+        );
+        let from_before =
+            recovered.resumed + recovered.sleeping + recovered.parked + recovered.suspended;
+        if from_before > 0 {
+            let sagas = if from_before == 1 { "saga" } else { "sagas" };
+            println!(
+                "recovered {from_before} {sagas} in flight from the last run: {} resumed, {} asleep on a timer, {} waiting for an operator, {} parked\n",
+                recovered.resumed, recovered.sleeping, recovered.suspended, recovered.parked
+            );
+        }
+    }
 
     // Start every scenario (sequentially, so that a run's appends come in a
     // fixed order for --crash-after) and wait until each has stopped:
@@ -540,7 +556,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The queues as they stand: the scheduled saga sleeps, the manual one waits.
     let delay_queue = engine.delay_queue(100)?;
     let manual_queue = engine.manual_queue()?;
-    print_queues(args.json, engine.now(), &delay_queue, &manual_queue)?;
+    let waits: Vec<String> = delay_queue
+        .iter()
+        .map(|d| {
+            let steps = engine.saga(d.saga_id).map(|v| v.steps).unwrap_or_default();
+            let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+            d.purpose
+                .as_ref()
+                .map_or("(unreadable purpose)".into(), |p| p.describe(&names))
+        })
+        .collect();
+    print_queues(args.json, engine.now(), &delay_queue, &waits, &manual_queue)?;
 
     // The operator resolves the manual queue: compensate now.
     for item in &manual_queue {
@@ -568,6 +594,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     engine.shutdown(Duration::from_secs(10)).await;
     let books = ledger.books()?;
+    let balanced = books.balance();
 
     if args.json {
         for line in &lines {
@@ -577,13 +604,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let summary = serde_json::json!({"total": args.bulk, "committed": committed, "compensated": compensated});
             println!("{}", serde_json::json!({ "bulk": summary }));
         }
+        println!(
+            "{}",
+            serde_json::json!({ "recovered": {
+                "resumed": recovered.resumed,
+                "sleeping": recovered.sleeping,
+                "parked": recovered.parked,
+                "suspended": recovered.suspended,
+            }, "books_balance": balanced.is_ok() })
+        );
+        // The ledger comes last (the crash tests read it there).
         println!("{}", serde_json::json!({ "ledger": books }));
         return Ok(());
     }
-    println!(
-        "sagalog orders example (data in {})\n",
-        args.data_dir.display()
-    );
+
     println!(
         "{:<22} {:<22} {:<12} {:<37} STEPS",
         "SCENARIO", "STRATEGY", "STATUS", "SAGA"
@@ -603,14 +637,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             steps.join(" ")
         );
     }
+    // The bulk accounts and product are used only with --bulk.
+    let used = |name: &str| args.bulk > 0 || !name.starts_with("bulk-");
     println!("\nLEDGER");
-    for (name, p) in &books.products {
+    for (name, p) in books.products.iter().filter(|(n, _)| used(n)) {
         println!(
             "  product {name:<8} initial {:>5} = available {:>5} + reserved {:>3} + sold {:>3}",
             p.initial, p.available, p.reserved, p.sold
         );
     }
-    for (name, a) in &books.accounts {
+    for (name, a) in books.accounts.iter().filter(|(n, _)| used(n)) {
         println!(
             "  account {name:<8} initial {:>5} = balance   {:>5} + held     {:>3} + paid {:>3}",
             a.initial, a.balance, a.held, a.paid
@@ -620,6 +656,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "  shipments created {}, cancelled {}",
         books.shipments.created, books.shipments.cancelled
     );
+    match balanced {
+        Ok(()) => println!(
+            "  the books balance: nothing was lost or counted twice (every account: initial = balance + held + paid; every product: initial = available + reserved + sold)"
+        ),
+        Err(why) => println!("  THE BOOKS DO NOT BALANCE: {why}"),
+    }
     Ok(())
 }
 
@@ -641,16 +683,20 @@ async fn wait_until_asleep_or_done(engine: &Engine, id: SagaId) -> Result<(), sa
     }
 }
 
+/// Prints the delay queue (with each wait's purpose in words, `waits`)
+/// and the manual queue.
 fn print_queues(
     json: bool,
     now: UnixMillis,
     delayed: &[DelayedItem],
+    waits: &[String],
     manual: &[ManualItem],
 ) -> Result<(), serde_json::Error> {
     if json {
         let delayed: Vec<_> = delayed
             .iter()
-            .map(|d| serde_json::json!({"saga_id": d.saga_id.to_string(), "due_ms": d.due.0, "purpose": format!("{:?}", d.purpose)}))
+            .zip(waits)
+            .map(|(d, wait)| serde_json::json!({"saga_id": d.saga_id.to_string(), "due": d.due.to_string(), "due_ms": d.due.0, "purpose": wait}))
             .collect();
         let manual: Vec<_> = manual
             .iter()
@@ -668,9 +714,9 @@ fn print_queues(
         return Ok(());
     }
     println!("DELAY QUEUE ({} sleeping)", delayed.len());
-    for d in delayed {
+    for (d, wait) in delayed.iter().zip(waits) {
         let in_secs = d.due.0.saturating_sub(now.0) as f64 / 1000.0;
-        println!("  {}  due in {in_secs:.1} s  {:?}", d.saga_id, d.purpose);
+        println!("  {}  due in {in_secs:.1} s ({})  {wait}", d.saga_id, d.due);
     }
     println!("MANUAL QUEUE ({} waiting)", manual.len());
     for m in manual {

@@ -234,6 +234,20 @@ impl Clock {
     }
 }
 
+/// What recovery found in the log when the engine opened
+/// ([`Engine::recovery`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Sagas in flight whose loops were started again.
+    pub resumed: usize,
+    /// Sagas asleep on a durable timer, left to the delay queue.
+    pub sleeping: usize,
+    /// Sagas that cannot run (see [`Engine::saga`] for why).
+    pub parked: usize,
+    /// Sagas waiting for an operator.
+    pub suspended: usize,
+}
+
 /// The callers of [`Engine::outcome`] waiting for one saga, each told once.
 type OutcomeWaiters = Vec<oneshot::Sender<Result<Outcome, Error>>>;
 
@@ -267,6 +281,8 @@ pub(crate) struct Inner {
     sweeper: Mutex<Option<retention::Sweeper>>,
     /// Index entries of young sagas, not written yet (see `log::writer`).
     deferred: Deferred,
+    /// What recovery found at open.
+    recovery: Mutex<Recovery>,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -382,6 +398,9 @@ impl Engine {
         config: EngineConfig,
         admin_only: bool,
     ) -> Result<Engine, Error> {
+        if config.start_time.is_none() {
+            UnixMillis::checked_now()?;
+        }
         let mark = store.watermark()?;
         let deferred: Deferred = Arc::new(Mutex::new(young_sagas(&*store, mark)?));
         let plan = IndexPlan {
@@ -409,6 +428,7 @@ impl Engine {
             calls: std::sync::atomic::AtomicU64::new(0),
             admin_only,
             sweeper: Mutex::new(None),
+            recovery: Mutex::new(Recovery::default()),
         });
         let engine = Engine {
             _handle: Some(Arc::new(UserHandle {
@@ -482,9 +502,22 @@ impl Engine {
             suspended,
             "recovery scanned the active sagas"
         );
+        *lock(&self.inner.recovery) = Recovery {
+            resumed,
+            sleeping,
+            parked,
+            suspended,
+        };
         metrics::gauge!(crate::metrics::DELAY_QUEUE_DEPTH).set(sleeping as f64);
         metrics::gauge!(crate::metrics::MANUAL_QUEUE_DEPTH).set(suspended as f64);
         Ok(())
+    }
+
+    /// What recovery found in the log when this engine opened: how many
+    /// sagas in flight it resumed, left asleep, parked or found waiting for
+    /// an operator. All zero for a new store and for an admin engine.
+    pub fn recovery(&self) -> Recovery {
+        *lock(&self.inner.recovery)
     }
 
     /// A clone for the engine's own tasks: it does not keep the engine
@@ -975,6 +1008,7 @@ impl Engine {
                     version: 0,
                     status: SagaStatus::Suspended,
                     strategy: "?",
+                    tcc: false,
                     idempotency_key: None,
                     started_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
                     updated_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),

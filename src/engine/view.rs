@@ -68,6 +68,10 @@ pub struct StepView {
     pub compensation: CallStatus,
     /// Attempts of the compensation.
     pub compensation_attempts: Attempt,
+    /// The confirm (TCC branches only; `NotStarted` otherwise).
+    pub confirm: CallStatus,
+    /// Attempts of the confirm.
+    pub confirm_attempts: Attempt,
     /// The last error of either call, if the last attempt failed.
     pub last_error: Option<StepFailure>,
 }
@@ -86,6 +90,24 @@ impl StepView {
             (CallStatus::NotStarted, CallStatus::Succeeded) => "done",
         }
     }
+
+    /// One word for a TCC branch's state, in TCC words: `pending`,
+    /// `trying`, `tried`, `try_failed`, `confirming`, `confirmed`,
+    /// `confirm_failed`, `cancelling`, `cancelled`, `cancel_failed`.
+    pub fn tcc_summary(&self) -> &'static str {
+        match (self.compensation, self.confirm, self.action) {
+            (CallStatus::Succeeded, _, _) => "cancelled",
+            (CallStatus::InFlight, _, _) => "cancelling",
+            (CallStatus::Failed, _, _) => "cancel_failed",
+            (_, CallStatus::Succeeded, _) => "confirmed",
+            (_, CallStatus::InFlight, _) => "confirming",
+            (_, CallStatus::Failed, _) => "confirm_failed",
+            (_, _, CallStatus::NotStarted) => "pending",
+            (_, _, CallStatus::InFlight) => "trying",
+            (_, _, CallStatus::Failed) => "try_failed",
+            (_, _, CallStatus::Succeeded) => "tried",
+        }
+    }
 }
 
 /// A saga's current state, for display.
@@ -101,6 +123,9 @@ pub struct SagaView {
     pub status: SagaStatus,
     /// Compensation strategy name.
     pub strategy: &'static str,
+    /// A TCC transaction (try / confirm / cancel branches), not a saga of
+    /// steps.
+    pub tcc: bool,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
     /// When it started.
@@ -149,6 +174,8 @@ impl SagaView {
                     action_attempts: s.forward.attempts(),
                     compensation: CallStatus::of(&s.compensation),
                     compensation_attempts: s.compensation.attempts(),
+                    confirm: CallStatus::of(&s.confirm),
+                    confirm_attempts: s.confirm.attempts(),
                     last_error,
                 }
             })
@@ -159,6 +186,7 @@ impl SagaView {
             version: state.started.version,
             status: state.status(),
             strategy: plan.strategy.name(),
+            tcc: plan.is_tcc(),
             idempotency_key: state.idempotency_key().map(|k| k.as_str().to_owned()),
             started_at: state.started_at,
             updated_at: state.last_at,

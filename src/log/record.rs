@@ -414,6 +414,33 @@ pub enum WaitPurpose {
     },
 }
 
+impl WaitPurpose {
+    /// The purpose in words, naming the step by its name in `steps` (the
+    /// plan's step names, in order), e.g. "scheduled compensation after
+    /// create_shipment failed".
+    pub fn describe(&self, steps: &[&str]) -> String {
+        let step = |i: StepIndex| {
+            steps
+                .get(i as usize)
+                .map_or_else(|| format!("step #{i}"), |name| (*name).to_string())
+        };
+        match self {
+            WaitPurpose::RetryBackoff { step: s, attempt } => {
+                format!("retry {} (attempt {attempt})", step(*s))
+            }
+            WaitPurpose::ScheduledCompensation { step: s } => {
+                format!("scheduled compensation after {} failed", step(*s))
+            }
+            WaitPurpose::CompensationBackoff { step: s, attempt } => {
+                format!("retry compensation of {} (attempt {attempt})", step(*s))
+            }
+            WaitPurpose::ConfirmBackoff { step: s, attempt } => {
+                format!("retry confirm of {} (attempt {attempt})", step(*s))
+            }
+        }
+    }
+}
+
 /// What an operator did, who, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorAction {

@@ -123,6 +123,13 @@ pub enum StoreError {
     /// The engine is shutting down and no longer accepts appends.
     #[error("the log writer has stopped (engine shut down); open the engine again to continue")]
     Closed,
+    /// The system clock reads before 1970, so the log's times and ids
+    /// would be wrong. Nothing was opened.
+    #[error("the system clock reads {behind:?} before 1970-01-01, so saga times and ids would be wrong; set the clock (NTP) and open again")]
+    ClockBeforeEpoch {
+        /// How far before the epoch the clock reads.
+        behind: Duration,
+    },
     /// The store was opened for inspection ([`SledStore::open_for_inspection`])
     /// and takes no writes.
     #[error(
@@ -1435,6 +1442,7 @@ impl SledStore {
     }
 
     fn open_checked(path: &Path, options: &SledOptions, inspect: bool) -> Result<Self, StoreError> {
+        UnixMillis::checked_now()?;
         let path = path.to_path_buf();
         let io = |what: &str, e: std::io::Error| {
             StoreError::Backend(format!(

@@ -89,7 +89,7 @@ pub struct StepState {
     /// The action's output, once it succeeded.
     pub output: Option<Vec<u8>>,
     /// Some earlier attempt of the action may have taken effect (it was left
-    /// in doubt, or failed with [`ErrorClass::Unknown`]).
+    /// in doubt, or failed with [`ErrorClass::Unknown`](crate::ErrorClass::Unknown) or [`InDoubt`](crate::ErrorClass::InDoubt)).
     pub earlier_attempt_in_doubt: bool,
     /// Action attempts made before the last operator retry; the retry
     /// budget counts attempts after it.
