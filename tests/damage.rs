@@ -137,6 +137,46 @@ fn modify(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, bytes).unwrap();
 }
 
+fn zero_a_block(w: &Written) {
+    modify(&file(&w.path, "db"), |bytes| {
+        let at = (bytes.len() / 2) & !4095;
+        bytes[at..at + 4096].fill(0);
+    })
+}
+
+fn flip_bytes(w: &Written) {
+    modify(&file(&w.path, "db"), |bytes| {
+        let len = bytes.len();
+        for i in 0..16 {
+            bytes[len / 3 + i * 7919] ^= 0xA5;
+        }
+    })
+}
+
+fn flip_a_bit_in_the_oldest_segment(w: &Written) {
+    modify(&file(&w.path, "db"), |bytes| bytes[100_000] ^= 0x08)
+}
+
+fn damage_the_snapshots(w: &Written) {
+    for snap in snapshots(&w.path) {
+        modify(&snap, |bytes| {
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0xFF;
+        });
+    }
+}
+
+fn damage_conf(w: &Written) {
+    modify(&file(&w.path, "conf"), |bytes| {
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xFF;
+    })
+}
+
+fn damage_the_witness(w: &Written) {
+    modify(&file(&w.path, WITNESS), |bytes| bytes[35] ^= 1)
+}
+
 /// Prints the outcome as one row of the damage table.
 fn report(kind: &str, outcome: &Outcome) {
     let said = match outcome {
@@ -149,11 +189,7 @@ fn report(kind: &str, outcome: &Outcome) {
 #[test]
 fn a_zeroed_block_in_the_log_ends_in_full_recovery_or_a_typed_refusal() {
     let written = written();
-    let db = file(&written.path, "db");
-    modify(&db, |bytes| {
-        let at = (bytes.len() / 2) & !4095;
-        bytes[at..at + 4096].fill(0);
-    });
+    zero_a_block(&written);
     let outcome = reopen(&written);
     report("zeroed 4 KiB block mid-log", &outcome);
     assert!(
@@ -165,14 +201,7 @@ fn a_zeroed_block_in_the_log_ends_in_full_recovery_or_a_typed_refusal() {
 #[test]
 fn flipped_bytes_in_the_log_end_in_full_recovery_or_a_typed_refusal() {
     let written = written();
-    let db = file(&written.path, "db");
-    modify(&db, |bytes| {
-        let len = bytes.len();
-        for i in 0..16 {
-            let at = len / 3 + i * 7919;
-            bytes[at] ^= 0xA5;
-        }
-    });
+    flip_bytes(&written);
     let outcome = reopen(&written);
     report("16 flipped bytes", &outcome);
     assert!(
@@ -184,8 +213,7 @@ fn flipped_bytes_in_the_log_end_in_full_recovery_or_a_typed_refusal() {
 #[test]
 fn a_flipped_bit_in_the_oldest_segment_ends_in_full_recovery_or_a_typed_refusal() {
     let written = written();
-    let db = file(&written.path, "db");
-    modify(&db, |bytes| bytes[100_000] ^= 0x08);
+    flip_a_bit_in_the_oldest_segment(&written);
     let outcome = reopen(&written);
     report("one flipped bit in the oldest segment", &outcome);
     assert!(
@@ -235,14 +263,11 @@ fn a_truncated_newest_segment_is_refused_as_lost_writes() {
 #[test]
 fn a_damaged_snapshot_ends_in_full_recovery_or_a_typed_refusal() {
     let written = written();
-    let snaps = snapshots(&written.path);
-    assert!(!snaps.is_empty(), "sled wrote a snapshot");
-    for snap in snaps {
-        modify(&snap, |bytes| {
-            let at = bytes.len() / 2;
-            bytes[at] ^= 0xFF;
-        });
-    }
+    assert!(
+        !snapshots(&written.path).is_empty(),
+        "sled wrote a snapshot"
+    );
+    damage_the_snapshots(&written);
     let outcome = reopen(&written);
     report("a damaged snap.* file", &outcome);
     assert!(
@@ -265,10 +290,7 @@ fn a_deleted_snapshot_ends_in_full_recovery() {
 #[test]
 fn a_damaged_conf_ends_in_full_recovery_or_a_typed_refusal() {
     let written = written();
-    modify(&file(&written.path, "conf"), |bytes| {
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0xFF;
-    });
+    damage_conf(&written);
     let outcome = reopen(&written);
     report("a damaged conf file", &outcome);
     assert!(
@@ -280,7 +302,7 @@ fn a_damaged_conf_ends_in_full_recovery_or_a_typed_refusal() {
 #[test]
 fn a_damaged_witness_is_refused_as_damage() {
     let written = written();
-    modify(&file(&written.path, WITNESS), |bytes| bytes[35] ^= 1);
+    damage_the_witness(&written);
     let outcome = reopen(&written);
     report("a damaged witness file", &outcome);
     assert!(
@@ -338,7 +360,7 @@ fn repair_sets_a_damaged_snapshot_aside_and_every_write_is_back() {
 #[test]
 fn repair_rebuilds_a_damaged_witness_from_sleds_group_mark() {
     let written = written();
-    modify(&file(&written.path, WITNESS), |bytes| bytes[35] ^= 1);
+    damage_the_witness(&written);
 
     let report = repair(&written.path, SledOptions::default()).unwrap();
 
@@ -390,4 +412,50 @@ fn verify_of_lost_writes_reports_them_first() {
     assert!(report.problems[0]
         .error
         .contains("lost acknowledged writes"));
+}
+
+/// A kind of damage, by name, and how to apply it.
+type Damage = (&'static str, fn(&Written));
+
+/// Each kind of damage to sled's files, applied to `written`.
+fn damage_kinds() -> Vec<Damage> {
+    vec![
+        ("zeroed 4 KiB block mid-log", zero_a_block),
+        ("16 flipped bytes", flip_bytes),
+        (
+            "a flipped bit in the oldest segment",
+            flip_a_bit_in_the_oldest_segment,
+        ),
+        ("the newest segment cut short", cut_short),
+        ("a damaged snapshot", damage_the_snapshots),
+        ("a damaged conf", damage_conf),
+        ("a damaged witness", damage_the_witness),
+    ]
+}
+
+#[test]
+fn repair_leaves_a_database_that_opens_after_each_kind_of_damage() {
+    for (kind, damage) in damage_kinds() {
+        let written = written();
+        damage(&written);
+
+        let report = repair(&written.path, SledOptions::default())
+            .unwrap_or_else(|e| panic!("{kind}: repair failed: {e}"));
+
+        let usable = match &report.outcome {
+            RepairOutcome::Healthy => written.path.clone(),
+            RepairOutcome::Salvaged(salvage) => salvage.into.clone(),
+        };
+        let store = SledStore::open(&usable, SledOptions::default())
+            .unwrap_or_else(|e| panic!("{kind}: the repaired database does not open: {e}"));
+        let kept = present(&store, &written);
+        println!(
+            "repair | {kind} | {} | {kept} of {} sagas",
+            match report.outcome {
+                RepairOutcome::Healthy => "in place",
+                RepairOutcome::Salvaged(_) => "salvaged",
+            },
+            written.acknowledged.len()
+        );
+    }
 }

@@ -12,8 +12,20 @@
 //! 3. If the database still does not open whole (sled lost acknowledged
 //!    writes, or cannot read part of its data), every key that can be read
 //!    is copied into a fresh database beside it, `<dir>.salvaged`, and the
-//!    sagas whose logs could not be copied are named. The operator checks
-//!    the report, then moves the copy into place.
+//!    sagas whose logs could not be copied are named. When sled cannot open
+//!    or read the database (it panics on some damage to its log), copies
+//!    of it in `<dir>.salvage-work` are tried with one 512 KiB log segment
+//!    zeroed at a time (sled takes a zeroed segment for an unused one; the
+//!    damaged one often holds only superseded pages), for logs of up to
+//!    about 45 MiB, and the keys are read from the copy that yields most;
+//!    the work copy is removed afterwards. The operator checks the report
+//!    (lost writes show against the witness), then moves the copy into
+//!    place.
+//!
+//! sled rewrites its log from a damaged spot on when it opens it, so the
+//! first open after the damage (the service's, refused) can already have
+//! destroyed what lay beyond it: a copy of the directory taken before any
+//! open gives the salvage the most to work with.
 
 use crate::ids::SagaId;
 use crate::log::store::{SledOptions, SledStore, StoreError};
@@ -53,8 +65,12 @@ pub struct Salvage {
     /// copied, or whose log was only partly readable: they are parked when
     /// the copy is opened, and need an operator.
     pub incomplete: Vec<SagaId>,
-    /// Every problem `verify` reports for the original, as text.
+    /// Every problem `verify` reports for what was read, as text.
     pub problems: Vec<String>,
+    /// When the keys were read from a copy whose log has one 512 KiB
+    /// segment zeroed (sled could not open or read the original): that
+    /// segment's offset in sled's log file.
+    pub zeroed_segment: Option<u64>,
 }
 
 /// Repairs the closed database in `path` (see the module docs). Fails like
@@ -182,13 +198,7 @@ fn set_aside_snapshots(path: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 /// Step 3: copies every readable key into `<dir>.salvaged`.
 fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage, StoreError> {
-    let into = {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "db".into());
-        path.with_file_name(format!("{name}.salvaged"))
-    };
+    let into = sibling(path, "salvaged");
     if into.exists() {
         return Err(damaged(
             path,
@@ -198,7 +208,8 @@ fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage
             ),
         ));
     }
-    let source = SledStore::open_for_inspection(path, options.clone())?;
+    let work = sibling(path, "salvage-work");
+    let (source, zeroed_segment) = salvage_source(path, &work, options)?;
     let report = crate::log::verify::verify(&source)?;
     let copy = SledStore::open(
         &into,
@@ -232,6 +243,12 @@ fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage
         return Err(e);
     }
     copy.put_raw(pairs)?;
+    drop(source);
+    if zeroed_segment.is_some() {
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            tracing::warn!(path = %work.display(), error = %e, "could not remove the salvage's work copy");
+        }
+    }
     let mut incomplete: Vec<SagaId> = report.problems.iter().filter_map(|p| p.saga).collect();
     incomplete.sort();
     incomplete.dedup();
@@ -248,5 +265,150 @@ fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage
                 format!("{}: {saga}{}", p.what, p.error)
             })
             .collect(),
+        zeroed_segment,
     })
+}
+
+/// sled's log segment size (sagalog never changes sled's default).
+const SEGMENT: u64 = 512 * 1024;
+
+/// `<dir>.<suffix>` beside database directory `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    path.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// The store to salvage from: the original, opened for inspection, when
+/// sled reads it whole; else whichever of the original and a copy in
+/// `work` with one log segment zeroed (`zeroed_segment_copy`) yields more
+/// readable keys, with that segment's offset. sled panics at open on some
+/// damage, and a damaged page can hide every key from a scan, while the
+/// rest of the log still holds them.
+fn salvage_source(
+    path: &Path,
+    work: &Path,
+    options: &SledOptions,
+) -> Result<(SledStore, Option<u64>), StoreError> {
+    let original = match SledStore::open_for_inspection(path, options.clone()) {
+        Ok(store) if !matches!(store.finding(), Some(StoreError::Damaged { .. })) => {
+            return Ok((store, None))
+        }
+        Ok(store) => Ok(store),
+        Err(e @ StoreError::Damaged { .. }) => Err(e),
+        Err(e) => return Err(e),
+    };
+    let copy = {
+        // Hold the original while it is copied.
+        let _lock = match &original {
+            Ok(_) => None,
+            Err(_) => Some(SledStore::lock_only(path)?),
+        };
+        zeroed_segment_copy(path, work, options)?
+    };
+    match (original, copy) {
+        (Ok(original), Some((copy, offset))) => {
+            if readable_keys(&copy) > readable_keys(&original) {
+                Ok((copy, Some(offset)))
+            } else {
+                drop(copy);
+                let _ = std::fs::remove_dir_all(work);
+                Ok((original, None))
+            }
+        }
+        (Ok(original), None) => Ok((original, None)),
+        (Err(_), Some((copy, offset))) => Ok((copy, Some(offset))),
+        (Err(unopenable), None) => Err(unopenable),
+    }
+}
+
+/// How many keys a salvaging scan of `store` reads.
+fn readable_keys(store: &SledStore) -> u64 {
+    let mut keys = 0;
+    let _ = crate::log::store::LogStore::for_each_raw_salvaging(
+        store,
+        &mut |_, _| {
+            keys += 1;
+            true
+        },
+        &mut |_, _| {},
+    );
+    keys
+}
+
+/// Most bytes [`zeroed_segment_copy`] copies in all (one copy of the log
+/// per segment): it tries logs of up to about 45 MiB.
+const MAX_SALVAGE_COPY: u64 = 2 << 30;
+
+/// Tries, for each 512 KiB segment of the log of database `path`, a fresh
+/// copy in `work` (witness, blobs and log; no snapshot or `conf`) with that
+/// segment zeroed, which sled takes for an unused segment. Keeps the copy
+/// from which the most keys can be read, with the zeroed segment's offset;
+/// `None` if no copy opens, or the log is too large to try.
+fn zeroed_segment_copy(
+    path: &Path,
+    work: &Path,
+    options: &SledOptions,
+) -> Result<Option<(SledStore, u64)>, StoreError> {
+    let io = |what: &str, e: std::io::Error| damaged(path, format!("{what}: {e}"));
+    let log_len = std::fs::metadata(path.join("db"))
+        .map_err(|e| io("reading the size of sled's log", e))?
+        .len();
+    let segments = log_len.div_ceil(SEGMENT);
+    if segments.saturating_mul(log_len) > MAX_SALVAGE_COPY {
+        tracing::warn!(path = %path.display(), log_len, "the log is too large to try zeroing each segment");
+        return Ok(None);
+    }
+    let attempt = |zeroed: Option<u64>| -> Result<Option<SledStore>, StoreError> {
+        if work.exists() {
+            std::fs::remove_dir_all(work).map_err(|e| io("clearing the work copy", e))?;
+        }
+        copy_with_zeroed(path, work, zeroed.map(|j| j * SEGMENT))
+            .map_err(|e| io("copying the log", e))?;
+        Ok(SledStore::open_for_inspection(work, options.clone()).ok())
+    };
+    let mut best: Option<(u64, u64)> = None;
+    for segment in 0..segments {
+        if let Some(store) = attempt(Some(segment))? {
+            let keys = readable_keys(&store);
+            if best.is_none_or(|(_, most)| keys > most) {
+                best = Some((segment, keys));
+            }
+        }
+    }
+    let Some((segment, _)) = best else {
+        let _ = std::fs::remove_dir_all(work);
+        return Ok(None);
+    };
+    tracing::warn!(path = %path.display(), offset = segment * SEGMENT, "salvaging from a copy of the log with one segment zeroed");
+    Ok(attempt(Some(segment))?.map(|store| (store, segment * SEGMENT)))
+}
+
+/// Copies database directory `from` into a new directory `to`: its
+/// witness, its blob files and sled's log, with the 512 KiB segment at
+/// offset `zeroed` (if any) as zeros; not its snapshots or `conf`, which
+/// sled writes anew.
+fn copy_with_zeroed(from: &Path, to: &Path, zeroed: Option<u64>) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    std::fs::copy(from.join(witness::FILE_NAME), to.join(witness::FILE_NAME))?;
+    let blobs = from.join("blobs");
+    if blobs.is_dir() {
+        std::fs::create_dir(to.join("blobs"))?;
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join("blobs").join(entry.file_name()))?;
+        }
+    }
+    std::fs::copy(from.join("db"), to.join("db"))?;
+    if let Some(offset) = zeroed {
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .open(to.join("db"))?;
+        let len = log.metadata()?.len();
+        let zeros = vec![0u8; SEGMENT.min(len.saturating_sub(offset)) as usize];
+        std::os::unix::fs::FileExt::write_all_at(&log, &zeros, offset)?;
+    }
+    Ok(())
 }
