@@ -212,9 +212,9 @@ async fn retry_now_on_a_finished_saga_is_refused() {
     );
 }
 
-/// A suspended saga (manual strategy), abandoned through an admin engine
-/// while the service is stopped; returns the saga and the admin engine.
-async fn abandoned_offline(store: &Arc<MemStore>) -> (SagaId, Engine) {
+/// A suspended saga (manual strategy) and an admin engine over its store,
+/// as the CLI opens it while the service is stopped.
+async fn suspended_with_admin(store: &Arc<MemStore>) -> (SagaId, Engine) {
     let id = leave_one_saga(
         store,
         CompensationStrategy::Manual,
@@ -222,6 +222,12 @@ async fn abandoned_offline(store: &Arc<MemStore>) -> (SagaId, Engine) {
     )
     .await;
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    (id, admin)
+}
+
+/// The same, with the saga abandoned through the admin engine.
+async fn abandoned_offline(store: &Arc<MemStore>) -> (SagaId, Engine) {
+    let (id, admin) = suspended_with_admin(store).await;
     admin.abandon(id, "ada", "customer left").await.unwrap();
     (id, admin)
 }
@@ -284,13 +290,7 @@ async fn the_service_carries_out_a_pending_abandon_and_it_is_pending_no_more() {
 #[tokio::test]
 async fn marking_two_steps_compensated_offline_is_accepted() {
     let store = Arc::new(MemStore::new());
-    let id = leave_one_saga(
-        &store,
-        CompensationStrategy::Manual,
-        StepError::permanent("sold out"),
-    )
-    .await;
-    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let (id, admin) = suspended_with_admin(&store).await;
 
     admin
         .mark_compensated(id, "flight", "ada", "refunded")

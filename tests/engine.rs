@@ -86,18 +86,34 @@ async fn permanent_failure_compensates_completed_steps_in_reverse_order() {
     );
 }
 
-#[tokio::test]
-async fn second_start_with_the_same_key_returns_the_existing_saga() {
+/// An engine that ran one trip for "ada" under key "order-42" to its end:
+/// the engine, the trip, the start, and the script of calls.
+async fn one_keyed_trip() -> (
+    sagalog::Engine,
+    sagalog::SagaRef<String>,
+    sagalog::Started,
+    Script,
+) {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
-
-    let options = StartOptions::new().idempotency_key("order-42");
     let first = engine
-        .start(&trip, &"ada".to_string(), options.clone())
+        .start(&trip, &"ada".to_string(), key_42())
         .await
         .unwrap();
     outcome_of(&engine, first.saga_id).await;
+    (engine, trip, first, script)
+}
+
+fn key_42() -> StartOptions {
+    StartOptions::new().idempotency_key("order-42")
+}
+
+#[tokio::test]
+async fn second_start_with_the_same_key_returns_the_existing_saga() {
+    let (engine, trip, first, script) = one_keyed_trip().await;
+    let options = key_42();
+
     let second = engine
         .start(&trip, &"ada".to_string(), options)
         .await
@@ -111,17 +127,9 @@ async fn second_start_with_the_same_key_returns_the_existing_saga() {
 
 #[tokio::test]
 async fn second_start_with_the_same_key_and_another_input_is_an_idempotency_conflict() {
-    let script = Script::default();
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
-    let options = StartOptions::new().idempotency_key("order-42");
-    let first = engine
-        .start(&trip, &"ada".to_string(), options.clone())
-        .await
-        .unwrap();
-    outcome_of(&engine, first.saga_id).await;
+    let (engine, trip, first, script) = one_keyed_trip().await;
 
-    let second = engine.start(&trip, &"bob".to_string(), options).await;
+    let second = engine.start(&trip, &"bob".to_string(), key_42()).await;
 
     let Err(Error::IdempotencyConflict { key, saga }) = second else {
         panic!("expected a conflict, got {second:?}");
@@ -132,17 +140,10 @@ async fn second_start_with_the_same_key_and_another_input_is_an_idempotency_conf
 
 #[tokio::test]
 async fn attach_on_conflict_returns_the_saga_started_with_another_input() {
-    let script = Script::default();
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
-    let options = StartOptions::new().idempotency_key("order-42");
-    let first = engine
-        .start(&trip, &"ada".to_string(), options.clone())
-        .await
-        .unwrap();
+    let (engine, trip, first, _) = one_keyed_trip().await;
 
     let second = engine
-        .start(&trip, &"bob".to_string(), options.attach_on_conflict())
+        .start(&trip, &"bob".to_string(), key_42().attach_on_conflict())
         .await
         .unwrap();
 
