@@ -303,3 +303,27 @@ async fn marking_two_steps_compensated_offline_is_accepted() {
 
     assert_eq!(admin.saga(id).unwrap().pending.len(), 2);
 }
+
+#[tokio::test]
+async fn a_saga_compensated_by_an_operators_order_says_who_ordered_it_and_why() {
+    let store = Arc::new(MemStore::new());
+    let (id, admin) = suspended_with_admin(&store).await;
+    admin
+        .compensate_now(id, "alice", "customer cancelled")
+        .await
+        .unwrap();
+    admin.shutdown(Duration::ZERO).await;
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
+        .await
+        .unwrap();
+
+    let outcome = outcome_of(&engine, id).await;
+
+    assert_eq!(outcome.status, SagaStatus::Compensated);
+    let reason = outcome.reason.expect("it says why");
+    assert!(
+        reason.contains("compensate_now by alice: customer cancelled"),
+        "{reason}"
+    );
+}

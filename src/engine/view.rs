@@ -26,8 +26,24 @@ impl Outcome {
             saga_id,
             status: state.status(),
             failure: failure_of(state),
-            reason: state.suspended.clone(),
+            reason: reason_of(state),
         }
+    }
+}
+
+/// Why the saga waits or stopped, when a step failure does not say it: its
+/// suspension, or the operator order that ended or turned it back.
+pub(crate) fn reason_of(state: &SagaState) -> Option<String> {
+    if let Some(suspended) = &state.suspended {
+        return Some(suspended.clone());
+    }
+    let stopped = !matches!(
+        state.status(),
+        SagaStatus::Created | SagaStatus::Running | SagaStatus::Committing | SagaStatus::Committed
+    );
+    match &state.ordered_by {
+        Some(order) if stopped => Some(format!("ordered by an operator: {order}")),
+        _ => None,
     }
 }
 
@@ -192,7 +208,7 @@ impl SagaView {
             updated_at: state.last_at,
             steps,
             failure: failure_of(state),
-            reason: state.suspended.clone(),
+            reason: reason_of(state),
             parent: state.started.parent,
             children: Vec::new(),
             pending: pending_of(state),

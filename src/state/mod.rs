@@ -192,6 +192,10 @@ pub struct SagaState {
     pub suspended: Option<String>,
     /// An operator abandoned the saga, for this reason.
     pub abandoned: Option<String>,
+    /// The last operator order that ended or turned the saga back
+    /// (`compensate_now`, `cancel`, `abandon`), as "NAME by ACTOR: REASON":
+    /// why a saga that no step failure explains stopped.
+    pub ordered_by: Option<String>,
     /// Operator actions recorded since the engine last wrote a record of
     /// its own: recorded (by a tool, while the service was stopped) and not
     /// yet carried out. A later action is judged against them.
@@ -298,6 +302,7 @@ impl SagaState {
             compensation_ordered: false,
             suspended: None,
             abandoned: None,
+            ordered_by: None,
             pending: Vec::new(),
             finished: None,
             failure: None,
@@ -705,6 +710,17 @@ impl SagaState {
     }
 
     fn operator_action(&mut self, action: &OperatorAction, at: UnixMillis) -> Result<(), String> {
+        if matches!(
+            action.command,
+            OperatorCommand::CompensateNow | OperatorCommand::Cancel | OperatorCommand::Abandon
+        ) {
+            self.ordered_by = Some(format!(
+                "{} by {}: {}",
+                action.command.name(),
+                action.actor,
+                action.reason
+            ));
+        }
         match action.command {
             OperatorCommand::CompensateNow => {
                 if self.decision == Some(Decision::Commit) && self.finished.is_none() {
