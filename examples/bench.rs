@@ -16,7 +16,7 @@
 //! record is flushed before the step that follows it runs.
 
 // With `--features bench-mimalloc`: the allocator choice a service makes
-// for itself (README, "Benchmarks"). The engine's tasks and sled's threads
+// for itself (docs/benchmarks.md). The engine's tasks and sled's threads
 // free each other's blocks; mimalloc's thread-local free lists take no lock
 // for that, glibc's arenas do.
 #[cfg(feature = "bench-mimalloc")]

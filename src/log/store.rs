@@ -1390,6 +1390,14 @@ pub struct SledOptions {
     /// Default true; with false, such a directory is
     /// [`StoreError::NoDatabase`] (what an operator's tool wants).
     pub create: bool,
+    /// Whether `open` reads every key once, so that a page sled cannot read
+    /// is [`StoreError::Damaged`] at open rather than a read error later,
+    /// in recovery or in a saga. Default true. It costs a scan of the
+    /// whole database per open (measured: recovery with a million finished
+    /// sagas, 730 MB, takes 2.4 s, 1.9 s of it sled's open and this read);
+    /// with false, such damage surfaces when the page is read, and
+    /// `sagalog verify` finds it.
+    pub read_all_on_open: bool,
 }
 
 impl Default for SledOptions {
@@ -1398,6 +1406,7 @@ impl Default for SledOptions {
             cache_capacity: 32 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
             create: true,
+            read_all_on_open: true,
         }
     }
 }
@@ -1468,7 +1477,7 @@ impl SledStore {
             applied: Mutex::new(witnessed),
             read_only: inspect,
         };
-        let finding = match check_database(&kv, &path, witnessed, created) {
+        let finding = match check_database(&kv, &path, witnessed, created, options) {
             Ok(Some(found)) => {
                 *crate::sync::lock(&kv.applied) = found;
                 if !inspect {
@@ -1803,6 +1812,7 @@ fn check_database(
     path: &Path,
     witnessed: Mark,
     created: bool,
+    options: &SledOptions,
 ) -> Result<Option<Mark>, StoreError> {
     let damaged = |detail: String| StoreError::Damaged {
         path: path.to_path_buf(),
@@ -1845,7 +1855,9 @@ fn check_database(
     }
     match found {
         Some(found) if found.group >= witnessed.group => {
-            read_every_page(kv, path)?;
+            if options.read_all_on_open {
+                read_every_page(kv, path)?;
+            }
             Ok(Some(found))
         }
         _ => Err(StoreError::LostWrites {
