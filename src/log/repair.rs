@@ -28,7 +28,7 @@
 //! open gives the salvage the most to work with.
 
 use crate::ids::SagaId;
-use crate::log::store::{SledOptions, SledStore, StoreError};
+use crate::log::store::{sibling, SledOptions, SledStore, StoreError};
 use crate::log::witness::{self, Mark, Witness};
 use std::path::{Path, PathBuf};
 
@@ -271,15 +271,6 @@ fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage
 
 /// sled's log segment size (sagalog never changes sled's default).
 const SEGMENT: u64 = 512 * 1024;
-
-/// `<dir>.<suffix>` beside database directory `path`.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "db".into());
-    path.with_file_name(format!("{name}.{suffix}"))
-}
 
 /// The store to salvage from: the original, opened for inspection, when
 /// sled reads it whole; else whichever of the original and a copy in

@@ -1942,14 +1942,17 @@ pub struct Compacted {
 /// Sibling paths used while compacting `path`: the copy being written, and
 /// the original while the copy takes its place.
 fn compaction_paths(path: &Path) -> (PathBuf, PathBuf) {
+    (sibling(path, "compacting"), sibling(path, "before-compact"))
+}
+
+/// `<dir>.<suffix>` beside database directory `path`: where compaction
+/// and repair put the directories they make.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "db".into());
-    (
-        path.with_file_name(format!("{name}.compacting")),
-        path.with_file_name(format!("{name}.before-compact")),
-    )
+    path.with_file_name(format!("{name}.{suffix}"))
 }
 
 /// Settles a compaction that a crash interrupted, so that `path` holds one
