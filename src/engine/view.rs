@@ -282,16 +282,18 @@ fn given_up_in_doubt(state: &SagaState) -> Option<(StepIndex, StepFailure)> {
             return None;
         };
         let index = index as StepIndex;
-        let max = plan.retry_of(index).max_attempts;
-        let used = attempt.saturating_sub(step.forward_base);
+        if state.reruns_in_doubt(index, attempt) {
+            return None;
+        }
         let message = match plan.in_doubt {
             InDoubtPolicy::Compensate => format!(
                 "in doubt: the process stopped during attempt {attempt} and its result was never written; the saga's in-doubt policy is to compensate rather than run it again"
             ),
-            InDoubtPolicy::Rerun if used >= max => format!(
-                "attempts used up: {used} attempts, the last left in doubt by a restart (the process stopped while it ran); the retry policy allows {max}"
+            InDoubtPolicy::Rerun => format!(
+                "attempts used up: {} attempts, the last left in doubt by a restart (the process stopped while it ran); the retry policy allows {}",
+                attempt.saturating_sub(step.forward_base),
+                plan.retry_of(index).max_attempts
             ),
-            InDoubtPolicy::Rerun => return None,
         };
         Some((
             index,

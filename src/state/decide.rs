@@ -4,7 +4,7 @@
 
 use crate::ids::{Attempt, StepIndex, UnixMillis};
 use crate::log::record::{Decision, WaitPurpose};
-use crate::policy::{CompensationStrategy, InDoubtPolicy};
+use crate::policy::CompensationStrategy;
 use crate::state::{CallState, Retry, SagaState};
 use crate::status::SagaStatus;
 
@@ -217,11 +217,7 @@ fn next_forward(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> Forwa
                 // engine never decides about its own running call. Re-runs
                 // count toward the budget, so a participant that kills the
                 // process every time cannot loop.
-                let policy = state.plan().retry_of(index);
-                let used = attempt.saturating_sub(step.forward_base);
-                let rerun = state.plan().in_doubt == InDoubtPolicy::Rerun
-                    && used < policy.max_attempts
-                    && state.failure.is_none();
+                let rerun = state.reruns_in_doubt(index, *attempt) && state.failure.is_none();
                 if !rerun {
                     return Forward::GaveUp(index, *since);
                 }

@@ -865,6 +865,16 @@ impl SagaState {
 
     /// What the retry policy allows after step `step`'s action failed.
     /// Only meaningful when its forward state is `Failed`.
+    /// Whether step `step`'s action, left in doubt at `attempt` (a restart
+    /// found its intent without a result), runs again: the in-doubt policy
+    /// re-runs and the step's retry policy has attempts left. Otherwise
+    /// the saga gives up on the step.
+    pub(crate) fn reruns_in_doubt(&self, step: StepIndex, attempt: Attempt) -> bool {
+        let base = self.steps.get(step as usize).map_or(0, |s| s.forward_base);
+        self.plan().in_doubt == crate::policy::InDoubtPolicy::Rerun
+            && attempt.saturating_sub(base) < self.plan().retry_of(step).max_attempts
+    }
+
     pub(crate) fn forward_retry(&self, step: StepIndex) -> Retry {
         let Some(state) = self.steps.get(step as usize) else {
             return Retry::No;
