@@ -225,6 +225,16 @@ async fn suspended_with_admin(store: &Arc<MemStore>) -> (SagaId, Engine) {
     (id, admin)
 }
 
+/// Stops `admin` and opens the service's engine over `store`, as a restart
+/// of the service after an operator's offline action.
+async fn service_after(admin: Engine, store: &Arc<MemStore>) -> Engine {
+    admin.shutdown(Duration::ZERO).await;
+    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    Engine::open_with_store(store.clone(), registry, config_at(T0))
+        .await
+        .unwrap()
+}
+
 /// The same, with the saga abandoned through the admin engine.
 async fn abandoned_offline(store: &Arc<MemStore>) -> (SagaId, Engine) {
     let (id, admin) = suspended_with_admin(store).await;
@@ -273,11 +283,7 @@ async fn a_pending_abandon_is_shown_as_pending_in_show_list_and_manual() {
 async fn the_service_carries_out_a_pending_abandon_and_it_is_pending_no_more() {
     let store = Arc::new(MemStore::new());
     let (id, admin) = abandoned_offline(&store).await;
-    admin.shutdown(Duration::ZERO).await;
-    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
-        .await
-        .unwrap();
+    let engine = service_after(admin, &store).await;
 
     let outcome = outcome_of(&engine, id).await;
 
@@ -312,11 +318,7 @@ async fn a_saga_compensated_by_an_operators_order_says_who_ordered_it_and_why() 
         .compensate_now(id, "alice", "customer cancelled")
         .await
         .unwrap();
-    admin.shutdown(Duration::ZERO).await;
-    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
-        .await
-        .unwrap();
+    let engine = service_after(admin, &store).await;
 
     let outcome = outcome_of(&engine, id).await;
 

@@ -222,29 +222,18 @@ impl Witness {
             state.written = mark;
             state.dirty = true;
         }
-        if state.dirty && state.synced_at.elapsed() >= SYNC_EVERY {
-            self.file.sync_data()?;
-            state.synced_at = Instant::now();
-            state.dirty = false;
-        }
-        Ok(())
-    }
-
-    /// Replaces the mark with `mark` whatever it held (repair only), and
-    /// syncs it.
-    pub fn overwrite(&self, mark: Mark) -> std::io::Result<()> {
-        let mut state = crate::sync::lock(&self.state);
-        self.file.write_all_at(&mark.encode(), 0)?;
-        self.file.sync_data()?;
-        state.written = mark;
-        state.dirty = false;
-        Ok(())
+        let due = state.synced_at.elapsed() >= SYNC_EVERY;
+        self.sync_dirty(&mut state, due)
     }
 
     /// Syncs the file if it changed since its last sync.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut state = crate::sync::lock(&self.state);
-        if state.dirty {
+        self.sync_dirty(&mut crate::sync::lock(&self.state), true)
+    }
+
+    /// Syncs the file when it changed since its last sync and `due`.
+    fn sync_dirty(&self, state: &mut State, due: bool) -> std::io::Result<()> {
+        if state.dirty && due {
             self.file.sync_data()?;
             state.synced_at = Instant::now();
             state.dirty = false;
