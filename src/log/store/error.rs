@@ -1,0 +1,101 @@
+//! What can go wrong in a store, each with what to do about it.
+
+use crate::ids::UnixMillis;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A store operation failed. The message says what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error("the database at {path} is locked by another process; only one process may open it at a time: stop that process, or act through its admin API")]
+    Locked {
+        /// Database directory.
+        path: PathBuf,
+    },
+    /// The database was written in a format this build does not read.
+    #[error("the database at {path} has layout version {found}, this build reads version {expected}; open it with the release that wrote it")]
+    FormatMismatch {
+        /// Database directory.
+        path: PathBuf,
+        /// Version found on disk.
+        found: u8,
+        /// Version this build reads.
+        expected: u8,
+    },
+    /// The directory holds something that is not a sagalog database.
+    /// Nothing was written to it.
+    #[error("{path} is not a sagalog database: it is not empty ({}) and has no {witness} file, which every sagalog database has; nothing was written to it. Open the directory your service uses, or an empty or missing one to create a new database", found.join(", "), witness = crate::log::witness::FILE_NAME)]
+    NotSagalog {
+        /// The directory.
+        path: PathBuf,
+        /// Some of the names found in it.
+        found: Vec<String>,
+    },
+    /// There is no database to open, and the caller asked not to create one.
+    #[error("there is no sagalog database at {path} (the directory is missing or empty); pass the directory your service opens")]
+    NoDatabase {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Writes that were made durable and acknowledged are missing: sled
+    /// dropped them at open, which it does silently when its log is
+    /// damaged. Nothing was written to the database.
+    #[error("the database at {path} has lost acknowledged writes: its witness file says group commit {acknowledged} (written {acknowledged_at}) was durable, but sled now holds only up to group {found}{}; {} group commit(s) are missing, so sagas they started or moved on would run again. Nothing was written. Do not start the service on it: run `sagalog verify --db {path}` to see what is readable, then `sagalog repair --db {path}`, which copies every readable saga into a fresh database beside this one and names what it could not", found_at.map(|at| format!(" (written {at})")).unwrap_or_default(), acknowledged - found)]
+    LostWrites {
+        /// Database directory.
+        path: PathBuf,
+        /// The last group the witness says was acknowledged.
+        acknowledged: u64,
+        /// When that group was written.
+        acknowledged_at: UnixMillis,
+        /// The last group sled still holds (0: none).
+        found: u64,
+        /// When that group was written, if sled holds one.
+        found_at: Option<UnixMillis>,
+    },
+    /// The database's files are damaged in a way sled or sagalog detects
+    /// (sled's "Read corrupted data", a panic inside sled, a damaged
+    /// witness). Restarting does not help.
+    #[error("the database at {path} is damaged: {detail}. Restarting will not help: run `sagalog repair --db {path}`, which first sets sled's snapshot files aside (sled then rebuilds its state from its log) and, if that is not enough, copies every readable saga into a fresh database beside this one; it never deletes the original")]
+    Damaged {
+        /// Database directory.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// A value in an index has an impossible shape.
+    #[error("corrupt store value under key {key:02x?}: {reason}")]
+    Corrupt {
+        /// The raw key.
+        key: Vec<u8>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend failed (I/O error, disk full, ...). Nothing after the
+    /// failed operation can be assumed durable; restart to recover from the log.
+    #[error("log store failed: {0}; check the disk and restart the service, recovery resumes from the last durable record")]
+    Backend(String),
+    /// A fault injected by a test ([`MemStore::fail_append`]).
+    #[error("injected store fault: {0}")]
+    Injected(String),
+    /// The engine is shutting down and no longer accepts appends.
+    #[error("the log writer has stopped (engine shut down); open the engine again to continue")]
+    Closed,
+    /// The system clock reads before 1970, so the log's times and ids
+    /// would be wrong. Nothing was opened.
+    #[error("the system clock reads {behind:?} before 1970-01-01, so saga times and ids would be wrong; set the clock (NTP) and open again")]
+    ClockBeforeEpoch {
+        /// How far before the epoch the clock reads.
+        behind: Duration,
+    },
+    /// The store was opened for inspection ([`SledStore::open_for_inspection`])
+    /// and takes no writes.
+    #[error(
+        "the database at {path} is open for inspection only (verify, repair) and takes no writes"
+    )]
+    ReadOnly {
+        /// Database directory.
+        path: PathBuf,
+    },
+}
