@@ -1,7 +1,5 @@
-//! The persistent delay queue: every durable timer (retry backoff,
-//! scheduled compensation, compensation backoff) lives in the store's
-//! timers keyspace, ordered by due time. Only a window of the earliest
-//! [`WINDOW`] timers is held in memory, so a million sleeping sagas cost
+//! The in-memory window of the delay queue. Only the earliest
+//! [`WINDOW`] timers are held in memory, so a million sleeping sagas cost
 //! disk, not RAM.
 //!
 //! The window is *complete* when it holds every timer in the store. A new
@@ -17,7 +15,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 /// Most timers held in memory.
-pub const WINDOW: usize = 1024;
+pub(crate) const WINDOW: usize = 1024;
 
 struct Window {
     timers: BTreeSet<TimerKey>,

@@ -1,0 +1,91 @@
+//! Waiting for a saga to stop.
+
+use super::run;
+use super::view::Outcome;
+use super::{Engine, Inner};
+use crate::error::Error;
+use crate::ids::SagaId;
+use crate::status::SagaStatus;
+use crate::sync::lock;
+use tokio::sync::oneshot;
+
+impl Engine {
+    /// Waits until saga `id` is terminal or stops for an operator, and
+    /// returns how it ended. Returns at once for a saga that already has.
+    /// A saga asleep on a timer (a backoff, a scheduled compensation) is
+    /// waited for through its sleep.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown id, [`Error::Parked`] for a
+    /// parked saga, [`Error::ShuttingDown`] if the engine stops first, or the
+    /// store error that stopped the saga's loop.
+    pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
+        // Register before looking, so that a loop ending in between is not missed.
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.waiters).entry(id).or_default().push(tx);
+        match self.outcome_at_once(id) {
+            Some(result) => {
+                drop(rx);
+                self.inner.forget_closed_waiters(id);
+                result
+            }
+            None => rx.await.unwrap_or(Err(Error::ShuttingDown(id))),
+        }
+    }
+
+    /// The outcome of saga `id` if it is known without waiting: the saga
+    /// is parked, unknown, stopped, or reports at its TCC decision, or the
+    /// engine is stopping. `None` while a loop drives it (or will).
+    pub(super) fn outcome_at_once(&self, id: SagaId) -> Option<Result<Outcome, Error>> {
+        if let Some(reason) = lock(&self.inner.parked).get(&id) {
+            return Some(Err(Error::Parked {
+                saga: id,
+                reason: reason.clone(),
+            }));
+        }
+        if lock(&self.inner.running).contains_key(&id) {
+            return None;
+        }
+        let (view, state) = match self.view_and_state(id) {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        if view.status.is_terminal() || view.status == SagaStatus::Suspended {
+            return Some(Ok(view.outcome()));
+        }
+        if state.as_ref().is_some_and(run::reports_at_decision) {
+            return Some(Ok(view.outcome()));
+        }
+        if self.inner.stopping.is_cancelled() {
+            return Some(Err(Error::ShuttingDown(id)));
+        }
+        None
+    }
+}
+
+impl Inner {
+    /// Tells everyone waiting for saga `id` how it stopped.
+    pub(super) fn notify_waiters(&self, id: SagaId, result: Result<Outcome, Error>) {
+        let Some(mut senders) = lock(&self.waiters).remove(&id) else {
+            return;
+        };
+        let last = senders.pop();
+        for tx in senders {
+            let _ = tx.send(result.clone());
+        }
+        if let Some(tx) = last {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Drops the waiters of saga `id` that stopped waiting (a caller of
+    /// `outcome` that got its answer at once), and the entry once empty.
+    pub(super) fn forget_closed_waiters(&self, id: SagaId) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(senders) = waiters.get_mut(&id) {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading one saga (its view and history) and the engine's own state.
+
+use super::view::{HistoryEntry, SagaListing, SagaView};
+use super::{Engine, SagaFilter};
+use crate::error::Error;
+use crate::ids::{SagaId, UnixMillis};
+use crate::log::codec;
+use crate::log::record::LogEntry;
+use crate::log::store::{IndexEntry, LogStore};
+use crate::log::writer::WriterStats;
+use crate::state::{fold, SagaState};
+use crate::status::SagaStatus;
+use crate::sync::lock;
+use std::sync::Arc;
+
+impl Engine {
+    /// The current state of saga `id`, read from the log.
+    ///
+    /// A parked saga whose log cannot be read is returned from its index
+    /// entry with status `Suspended` and the park reason.
+    pub fn saga(&self, id: SagaId) -> Result<SagaView, Error> {
+        self.view_and_state(id).map(|(view, _)| view)
+    }
+
+    /// The view of saga `id`, with the state it was made from when its log
+    /// could be read: one read of the log for both.
+    pub(super) fn view_and_state(
+        &self,
+        id: SagaId,
+    ) -> Result<(SagaView, Option<SagaState>), Error> {
+        let parked = lock(&self.inner.parked).get(&id).cloned();
+        match self.load_state(id) {
+            Ok(state) => {
+                let mut view = SagaView::from_state(id, &state);
+                for (step, plan) in state.plan().steps.iter().enumerate() {
+                    if plan.child.is_some() {
+                        if let Some(child) = self.child_of(id, step as u32)? {
+                            view.children.push((plan.name.clone(), child));
+                        }
+                    }
+                }
+                if let Some(reason) = parked {
+                    view.status = SagaStatus::Suspended;
+                    view.reason = Some(reason);
+                }
+                Ok((view, Some(state)))
+            }
+            Err(e @ (Error::Decode { .. } | Error::Illegal { .. })) => {
+                let entry = self.index_entry(id)?;
+                let view = SagaView {
+                    saga_id: id,
+                    saga_type: entry
+                        .as_ref()
+                        .map(|e| e.saga_type.clone())
+                        .unwrap_or_else(|| "?".into()),
+                    version: 0,
+                    status: SagaStatus::Suspended,
+                    strategy: "?",
+                    tcc: false,
+                    idempotency_key: None,
+                    started_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
+                    updated_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
+                    steps: Vec::new(),
+                    failure: None,
+                    reason: Some(parked.unwrap_or_else(|| e.to_string())),
+                    parent: None,
+                    children: Vec::new(),
+                    pending: Vec::new(),
+                };
+                Ok((view, None))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
+        let stored = self.inner.store.read_active(id)?;
+        let bytes = match stored.or_else(|| lock(&self.inner.deferred).get(&id).cloned()) {
+            Some(bytes) => Some(bytes),
+            // Only for a saga whose log cannot be read: no need to be quick.
+            None => self
+                .inner
+                .store
+                .scan_finished()?
+                .into_iter()
+                .find(|(saga, _)| *saga == id)
+                .map(|(_, bytes)| bytes),
+        };
+        Ok(bytes.and_then(|bytes| codec::decode_index_entry(&bytes).ok()))
+    }
+
+    /// Every saga's encoded index entry: the active and finished indexes,
+    /// and the entries the writer has not written yet.
+    pub(super) fn index_pairs(&self) -> Result<Vec<(SagaId, Vec<u8>)>, Error> {
+        // Deferred first: a saga that has just been indexed can be in both
+        // for a moment, and the store's entry is the newer one then.
+        let deferred = lock(&self.inner.deferred).clone();
+        let mut pairs = self.inner.store.scan_active()?;
+        pairs.extend(self.inner.store.scan_finished()?);
+        let stored: std::collections::HashSet<SagaId> = pairs.iter().map(|(id, _)| *id).collect();
+        pairs.extend(deferred.into_iter().filter(|(id, _)| !stored.contains(id)));
+        Ok(pairs)
+    }
+
+    /// Every record of saga `id` in order, with timestamps. Unreadable
+    /// records appear with their decode error.
+    pub fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
+        read_history(&*self.inner.store, id)
+    }
+
+    /// Every saga (active and finished), oldest first, optionally only
+    /// those with `status`. Parked sagas count as `Suspended`. See
+    /// [`Engine::find`] for more filters.
+    pub fn list(&self, status: Option<SagaStatus>) -> Result<Vec<SagaListing>, Error> {
+        let filter = match status {
+            Some(status) => SagaFilter::new().status(status),
+            None => SagaFilter::new(),
+        };
+        self.find(&filter)
+    }
+
+    /// Sagas parked because they cannot run, with the reason.
+    pub fn parked(&self) -> Vec<(SagaId, String)> {
+        let mut out: Vec<_> = lock(&self.inner.parked)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Decodes every value in the store and reports the ones that do not
+    /// decode, with their keys; see [`crate::log::verify::verify`].
+    pub fn verify(&self) -> Result<crate::log::verify::VerifyReport, Error> {
+        Ok(crate::log::verify::verify(self.inner.store.as_ref())?)
+    }
+
+    /// The engine's current time, as written into records.
+    pub fn now(&self) -> UnixMillis {
+        self.inner.clock.now()
+    }
+
+    /// `Ok` while the log takes writes. Once a write could not be made
+    /// durable (a failed flush or `fdatasync` on the database's disk), every later
+    /// write is refused, so no saga can move on and no saga can start, until
+    /// the engine is opened again (recovery then reads what the disk really
+    /// holds). The error says what failed. A service should take itself
+    /// out of rotation when this fails and restart once the disk is fixed;
+    /// the `sagalog_log_writable` gauge (0 or 1) says the same to a
+    /// metrics scraper. Reads (views, history, listings) keep working.
+    pub fn writable(&self) -> Result<(), Error> {
+        Ok(self.inner.store.writable()?)
+    }
+
+    /// Counters of the log writer (appends, flushes, entries written).
+    pub fn log_stats(&self) -> Arc<WriterStats> {
+        self.inner.writer.stats().clone()
+    }
+}
+
+/// Every record of saga `id` in order, with timestamps. In a damaged value,
+/// the records before the damage are read, and the rest of the value
+/// appears as one entry with its decode error.
+pub(super) fn read_history(store: &dyn LogStore, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
+    let raw = store.read_log(id)?;
+    if raw.is_empty() {
+        return Err(Error::NotFound(id));
+    }
+    let mut history = Vec::with_capacity(raw.len() * 4);
+    for (first_seq, value) in raw {
+        let (records, damage) = codec::decode_records_prefix(&value);
+        let mut seq = first_seq;
+        for record in records {
+            history.push(HistoryEntry {
+                seq,
+                record: Ok(record),
+            });
+            seq += 1;
+        }
+        if let Some(error) = damage {
+            history.push(HistoryEntry {
+                seq,
+                record: Err(error),
+            });
+        }
+    }
+    Ok(history)
+}
+
+/// The saga's records in order; the first unreadable value is an error.
+pub(super) fn load_entries(store: &dyn LogStore, id: SagaId) -> Result<Vec<LogEntry>, Error> {
+    read_history(store, id)?
+        .into_iter()
+        .map(|entry| match entry.record {
+            Ok((at, record)) => Ok(LogEntry {
+                seq: entry.seq,
+                at,
+                record,
+            }),
+            Err(error) => Err(Error::Decode {
+                saga: id,
+                seq: entry.seq,
+                error,
+            }),
+        })
+        .collect()
+}
+
+pub(crate) fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
+    let entries = load_entries(store, id)?;
+    fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
+}
