@@ -6,7 +6,7 @@
 //! on a saga nobody runs (suspended, asleep on a timer, finished) claims
 //! the saga, appends the record, and starts its loop.
 
-use crate::engine::run::Staged;
+use crate::engine::staged::Staged;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::ids::{SagaId, SagaType, StepIndex, StepName, UnixMillis};

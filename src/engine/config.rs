@@ -59,7 +59,7 @@ pub struct EngineConfig {
     /// writes each; the price is that recovery also reads the logs of the
     /// sagas started in the last `index_lag` before a crash. Default 500 ms;
     /// zero writes the entry with the start record. Correctness does not
-    /// depend on it (DESIGN.md §4a).
+    /// depend on it (DESIGN.md §4.2).
     pub index_lag: Duration,
 }
 

@@ -22,6 +22,7 @@
 //! nobody owns claims it, appends, and starts its loop.
 
 mod admin;
+mod calls;
 mod config;
 mod nested;
 mod outcome;
@@ -31,6 +32,7 @@ mod read;
 mod recovery;
 mod retention;
 mod run;
+mod staged;
 mod start;
 pub mod view;
 
@@ -104,7 +106,7 @@ pub(crate) struct SagaRun {
     /// Calls whose intents are already durable (a fresh saga's first
     /// steps, written with its start record): make them before deciding
     /// anything else.
-    pending_calls: Vec<(CallRef, run::CallKind)>,
+    pending_calls: Vec<(CallRef, calls::CallKind)>,
     /// The last log value the start wrote, for the loop to grow.
     open: Option<LogValue>,
 }

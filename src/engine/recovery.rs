@@ -1,7 +1,6 @@
 //! Opening an engine and recovering every saga in flight from the log.
 
 use super::read::load_state;
-use super::run;
 use super::{retention, Engine, EngineConfig, Inner, UserHandle};
 use crate::definition::Registry;
 use crate::error::Error;
@@ -249,7 +248,7 @@ pub(super) fn young_sagas(
         }
         let entry = match load_state(store, id) {
             Ok(state) if state.status().is_terminal() => continue,
-            Ok(state) => run::index_entry(&state),
+            Ok(state) => super::staged::index_entry(&state),
             Err(e) => {
                 tracing::error!(saga_id = %id, error = %e, "a young saga's log cannot be read; it will be parked");
                 IndexEntry {

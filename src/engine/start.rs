@@ -1,7 +1,8 @@
 //! Starting a saga: options, the idempotency claim, and the start record
 //! written with the first intents.
 
-use super::run::{self, Staged};
+use super::calls;
+use super::staged::Staged;
 use super::{Engine, SagaRun};
 use crate::definition::{ErasedSaga, SagaRef};
 use crate::error::Error;
@@ -211,7 +212,7 @@ impl Engine {
             };
             let call = CallRef { step, attempt };
             staged.push(&mut state, at, Record::StepStarted(call))?;
-            pending_calls.push((call, run::CallKind::Forward));
+            pending_calls.push((call, calls::CallKind::Forward));
         }
         let Some(mut append) = staged.take(&state)? else {
             return Err(Error::Encode {

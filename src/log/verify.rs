@@ -49,7 +49,7 @@ impl VerifyReport {
 /// keys, timers, the format marker and the index watermark. Also reports a
 /// log or an idempotency key whose saga has no index entry, unless the saga
 /// is at or above the watermark (young sagas get their entry late, see
-/// DESIGN.md §4a); below it, appends and deletes write them together, so one
+/// DESIGN.md §4.2); below it, appends and deletes write them together, so one
 /// without the other means damage. An index entry, key or timer whose saga
 /// has no log is reported too. First comes what opening found (lost
 /// writes: [`LogStore::open_finding`]); a stretch of keys the store cannot

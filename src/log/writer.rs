@@ -11,7 +11,7 @@
 //! Idempotency-key claims are checked here, inside the single writer, so two
 //! concurrent starts with one key cannot both succeed.
 //!
-//! The writer also keeps the *index watermark* (DESIGN.md §4a). A saga whose
+//! The writer also keeps the *index watermark* (DESIGN.md §4.2). A saga whose
 //! id is at or above the durable watermark gets no active-index entry while
 //! it is young: its entry waits in memory (`Deferred`), and if it finishes
 //! first only its finished-index entry is ever written. Every so often the

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 /// After an OS crash or a power cut the acknowledged tail of the log could
 /// then be gone. So every durable write ends with `fdatasync` of the new
 /// blob files, of the blob directory if it gained entries, and of the log
-/// file (DESIGN.md §4).
+/// file (DESIGN.md §4.1).
 ///
 /// A failed sync is final. The kernel reports a failed write-back once and
 /// may mark the pages clean, so a later `fdatasync` can succeed although

@@ -138,13 +138,13 @@ pub(super) fn batch_ops(batch: &[&SagaAppend], watermark: Option<SagaId>) -> Vec
     if let Some(mark) = watermark {
         ops.push(KvOp::put(keys::WATERMARK, &mark.to_bytes()));
     }
-    // One finished batch for the whole write (DESIGN.md §4c).
+    // One finished batch for the whole write (DESIGN.md §4.4).
     let mut finished = Vec::new();
     for append in batch {
         if append.writes_log_value() {
             // One value per append: its frames back to back, keyed by the
             // sequence number of the first; or the saga's last value
-            // rewritten with the frames added (DESIGN.md §4b). The saga's
+            // rewritten with the frames added (DESIGN.md §4.3). The saga's
             // loop built it whole; sled copies it once, into its own.
             let value = &append.value;
             ops.push(KvOp::put(&keys::log(append.saga, value.seq), &value.bytes));

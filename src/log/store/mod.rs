@@ -172,7 +172,7 @@ pub struct SagaAppend {
     pub first_seq: u64,
     /// The log value this append writes, whole, under `value.seq`: the
     /// record frames it adds (from byte `added_from` on), after the bytes
-    /// of the saga's last value when it extends that one (DESIGN.md §4b).
+    /// of the saga's last value when it extends that one (DESIGN.md §4.3).
     /// Empty when the append adds no record (an index change alone).
     pub value: LogValue,
     /// Where this append's own frames start in `value.bytes`. Non-zero only
@@ -394,7 +394,7 @@ pub struct WriteTimes {
     /// `sync_file_range` on sled's I/O thread).
     pub flush: Duration,
     /// Making it survive a power cut ([`SledStore`]: the `fdatasync` of the
-    /// log file and the syncs of new blob files, DESIGN.md §4).
+    /// log file and the syncs of new blob files, DESIGN.md §4.1).
     pub sync: Duration,
 }
 
