@@ -15,8 +15,11 @@
 //! Every mode prints one JSON object. Every saga is fully durable: each
 //! record is flushed before the step that follows it runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+#![allow(unsafe_code)] // the counting global allocator wraps the system one
+
 // With `--features bench-mimalloc`: the allocator choice a service makes
-// for itself (docs/benchmarks.md). The engine's tasks and sled's threads
+// for itself (docs/BENCHMARKS.md). The engine's tasks and sled's threads
 // free each other's blocks; mimalloc's thread-local free lists take no lock
 // for that, glibc's arenas do.
 #[cfg(feature = "bench-mimalloc")]
@@ -337,7 +340,7 @@ fn raw_sled(dir: &Path, cache_mb: u64) -> (sled::Db, std::fs::File) {
 ///
 /// With `sync`, each flush is followed by `fdatasync` of sled's log file,
 /// which is what sagalog's store does to make a write durable (sled's own
-/// flush uses `sync_file_range`; DESIGN.md §4), so the ratio compares equal
+/// flush uses `sync_file_range`; DESIGN.md §4.1), so the ratio compares equal
 /// durability.
 fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync: bool) -> f64 {
     let (db, log_file) = raw_sled(dir, 64);
@@ -367,10 +370,10 @@ fn sled_baseline(dir: &Path, value_size: usize, batch: usize, entries: u64, sync
 
 /// Bytes of one saga's item in a finished batch: its 16-byte id and the
 /// index entry frame of a committed saga of type `bench`, encoded as the
-/// store encodes it (DESIGN.md §3.3, §4c).
+/// store encodes it (DESIGN.md §3.3, §4.4).
 fn finished_item_bytes() -> usize {
     let now = sagalog::UnixMillis::now();
-    let entry = sagalog::log::store::IndexEntry {
+    let entry = sagalog::store::IndexEntry {
         saga_type: sagalog::SagaType::new("bench"),
         status: sagalog::SagaStatus::Committed,
         started_at: now,
@@ -378,13 +381,13 @@ fn finished_item_bytes() -> usize {
         changed_at: now,
         pending: None,
     };
-    let frame = sagalog::log::codec::encode_index_entry(&entry).expect("an index entry encodes");
+    let frame = sagalog::tools::encode_index_entry(&entry).expect("an index entry encodes");
     16 + frame.len()
 }
 
 /// Raw sled writing sagalog's layout, without the engine: each saga's log
 /// key is new in one group and rewritten in each of the next `steps`
-/// groups (DESIGN.md §4b), and each group adds one finished batch (§4c).
+/// groups (DESIGN.md §4.3), and each group adds one finished batch (§4.4).
 /// Values are `value_size` bytes; a group holds `batch` values (the
 /// finished batch included), as in the run being compared. Each group is
 /// flushed and `fdatasync`ed. Runs for about `sagas` sagas or 3 s. Its

@@ -6,6 +6,8 @@
 //! (some commit, some compensate after a retried step, one waits in the
 //! manual queue), and prints what a scrape would return.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Registry, RetryPolicy, SagaDefinition,

@@ -22,6 +22,8 @@
 //! The last line is the ledger:
 //! money and stock are conserved, and nothing stays frozen or reserved.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 use clap::Parser;
 use sagalog::barrier::{Barrier, BarrierError, BarrierPhase, Guarded};
 use sagalog::{
@@ -194,7 +196,7 @@ struct Shop {
 impl Shop {
     fn open(path: &Path) -> Result<Shop, String> {
         // sled 0.34 cannot reopen past a snapshot torn by a kill.
-        sagalog::log::store::discard_torn_sled_snapshots(path).map_err(|e| e.to_string())?;
+        sagalog::discard_torn_sled_snapshots(path).map_err(|e| e.to_string())?;
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(None)
@@ -278,6 +280,9 @@ impl Shop {
             Err(BarrierError::Corrupt { key, reason }) => Err(StepError::unknown(format!(
                 "barrier record {key:02x?} unreadable: {reason}"
             ))),
+            Err(_) => Err(StepError::unknown(
+                "the barrier failed in a way this example does not know",
+            )),
         }
     }
 

@@ -80,6 +80,7 @@ pub enum Guarded<T> {
 
 /// Why a guarded call failed. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BarrierError<E> {
     /// The business step returned this error; its changes were rolled back.
     #[error("the participant's step failed: {0}")]

@@ -9,6 +9,7 @@ use crate::state::IllegalTransition;
 /// Everything the engine's API can fail with. Messages say what happened
 /// and what to do.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The log store failed; see the inner error.
     #[error(transparent)]

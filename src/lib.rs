@@ -7,8 +7,8 @@
 //! compensates.
 //!
 //! The log is the saga: a saga's state is the fold of its records
-//! ([`state::fold`]), the next action is a pure function of that state and
-//! the clock ([`state::decide`]), and no participant is called before the
+//! (`fold`), the next action is a pure function of that state and
+//! the clock (`decide`), and no participant is called before the
 //! record announcing the call is durable.
 //!
 //! ```no_run
@@ -31,28 +31,53 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`definition`] (what a saga is), [`policy`] (retries, strategy),
-//! [`log`] (records, bytes, store, group commit), [`state`] (fold and
-//! decide), [`engine`] (the loop, recovery, the read API).
+//! # Layout
+//!
+//! Everything a service needs is at the crate root. Three modules are
+//! public on purpose: [`store`] holds what a store implementer needs (the
+//! [`store::LogStore`] trait and the values it moves), [`tools`] what
+//! operator tools use (verify, repair, the codec, the pure core), and
+//! [`metrics`] the names of every metric. Behind features: `barrier` (a
+//! participant-side guard on sled) and `testing` (fault injection for this
+//! crate's own tests).
+//!
+//! Inside, the source is organised by the question "is it a decision, a
+//! side effect, bytes, or time?":
+//!
+//! - `definition/`: what a saga is (steps, builder, registry);
+//! - `policy`: retry, in-doubt and compensation policies (pure data);
+//! - `log/`: records and their bytes (`record`, `codec`), the store
+//!   (`store/`), group commit (`writer`), damage (`witness`, `verify`,
+//!   `repair`);
+//! - `state/`: `fold` and `decide`, pure functions of the records;
+//! - `timers/`: the clock and the delay queue;
+//! - `engine/`: the loop, recovery, ownership, and the read and operator API.
+//!
+//! DESIGN.md describes each, with the on-disk format byte by byte.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "barrier")]
 pub mod barrier;
-pub mod definition;
-pub mod engine;
+mod definition;
+mod engine;
 mod error;
-pub mod ids;
-pub mod log;
+mod ids;
+mod log;
 pub mod metrics;
-pub mod policy;
-pub mod state;
+mod policy;
+mod state;
 mod status;
 mod sync;
 mod timers;
 
 pub use definition::{
-    DefinitionError, Phase, Registry, SagaBuilder, SagaDefinition, SagaRef, StepContext, StepError,
-    StepOptions, TwoPhaseParticipant, DEFAULT_MAX_PARALLEL,
+    DefinitionError, DuplicateSagaType, Phase, Registry, SagaBuilder, SagaDefinition, SagaRef,
+    StepContext, StepError, StepOptions, TwoPhaseParticipant, DEFAULT_MAX_PARALLEL, MAX_NAME_LEN,
+    MAX_STEPS,
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
@@ -60,12 +85,60 @@ pub use engine::{
     SagaFilter, StartOptions, Started, Stats, SuspendHook, SweepReport,
 };
 pub use error::Error;
-pub use ids::{IdempotencyKey, SagaId, SagaType, StepName, UnixMillis};
-pub use log::codec::DecodeError;
-pub use log::record::{Decision, ErrorClass, OperatorCommand, WaitPurpose};
-pub use log::store::{Compacted, MemStore, SledStore, StoreError};
+pub use ids::{Attempt, IdempotencyKey, SagaId, SagaType, StepIndex, StepName, UnixMillis};
+pub use log::codec::{DecodeError, EncodeError};
+pub use log::record::{
+    CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, LogEntry,
+    OperatorAction, OperatorCommand, ParentLink, PlanKind, Record, SagaPlan, SagaStarted,
+    StepFailure, StepPlan, Suspended, TimerSet, WaitPurpose,
+};
+pub use log::store::{
+    discard_torn_sled_snapshots, Compacted, MemStore, SledOptions, SledStore, StoreError,
+};
+pub use log::writer::{DurableHook, WriterStats};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;
+
+pub mod store {
+    //! What a log store implements: the [`LogStore`] trait the engine writes
+    //! through, and the values it moves. [`crate::SledStore`] and
+    //! [`crate::MemStore`] implement it; another store (a SQL database, a
+    //! test wrapper) implements it the same way and opens with
+    //! [`crate::Engine::open_with_store`].
+    pub use crate::log::store::{
+        input_fingerprint, BatchItems, Claim, FinishedBatch, IndexEntry, IndexSet, IndexUpdate,
+        KeyClaim, LogStore, LogValue, Removal, Removed, SagaAppend, TimerKey, TimerScan,
+        WriteTimes, LAYOUT_VERSION,
+    };
+}
+
+pub mod tools {
+    //! What operator tools use and a service does not need: checking and
+    //! repairing a database, the record codec, the keyspace's raw keys, and
+    //! the pure core (`fold` and `decide`) for model checking and fuzzing.
+    //! The `sagalog` command line is built on these.
+    pub use crate::log::codec::{
+        decode_index_entry, decode_record, decode_records, decode_records_prefix, decode_value,
+        encode_index_entry, encode_output, encode_record, encode_record_into, encode_value,
+        frames_of, FORMAT_VERSION, HEADER_LEN, KIND_INDEX_ENTRY, MAGIC, MAX_OUTPUT, MAX_PAYLOAD,
+    };
+    pub use crate::log::repair::{repair, RepairOutcome, RepairReport, Salvage};
+    pub use crate::log::verify::{verify, Problem, VerifyReport};
+    pub use crate::log::witness::{Mark as WitnessMark, FILE_NAME as WITNESS_FILE};
+    pub use crate::state::{
+        decide, decide_live, fold, to_compensate, CallState, IllegalTransition, NextAction,
+        PendingTimer, SagaState, StepState,
+    };
+}
+
+/// Fault injection and raw writes, for this crate's own tests (feature
+/// `testing`). Nothing here belongs in a service.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::log::codec::frame_payload;
+    pub use crate::log::store::raw_keys::log_key;
+    pub use crate::log::store::{FailedAppend, FaultTiming};
+}
 
 /// The README's quickstart, compiled and run as a doctest.
 #[cfg(doctest)]

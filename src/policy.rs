@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Every strategy first retries retryable and unknown errors under the
 /// step's retry policy; the strategy decides what happens after that.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum CompensationStrategy {
     /// Compensate started steps in reverse order at once.
     Immediate,
@@ -61,6 +62,7 @@ impl CompensationStrategy {
 /// is not (the process died during the call, so it may or may not have taken
 /// effect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum InDoubtPolicy {
     /// Call the action again with a new attempt number and the same
     /// idempotency key. The default: actions must be idempotent anyway.

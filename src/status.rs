@@ -10,6 +10,7 @@ use std::fmt;
 /// listing cheap, written in the same atomic batch as the record that
 /// changed it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SagaStatus {
     /// The start record is durable; no step has been attempted yet.
     Created,

@@ -2,6 +2,8 @@
 //! uses while the service is stopped) and retry-now. Timing runs on tokio's
 //! paused clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};

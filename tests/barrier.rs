@@ -2,6 +2,8 @@
 //! anti-hanging), alone and under concurrent calls, over a sled tree that
 //! also holds the participant's business state.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 use sagalog::barrier::{Barrier, BarrierError, BarrierPhase, Guarded};
 use sagalog::SagaId;
 use sled::transaction::TransactionalTree;

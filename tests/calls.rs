@@ -3,6 +3,8 @@
 //! that panics (building its future, on the first poll, or later) fails its
 //! call instead of killing its saga.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{call, open_mem, outcome_of, start_saga, CallFuture, Script};

@@ -1,17 +1,18 @@
 //! The record codec: every kind round-trips, every kind of bad bytes is a
 //! typed error, nothing panics.
 
-use sagalog::log::codec::{
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+use sagalog::store::IndexEntry;
+use sagalog::tools::{
     decode_index_entry, decode_record, decode_records, decode_records_prefix, decode_value,
-    encode_index_entry, encode_record, encode_value, DecodeError, EncodeError, HEADER_LEN,
-    MAX_PAYLOAD,
+    encode_index_entry, encode_record, encode_value, HEADER_LEN, MAX_PAYLOAD,
 };
-use sagalog::log::record::{
-    CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, OperatorAction,
-    OperatorCommand, ParentLink, PlanKind, Record, SagaPlan, SagaStarted, StepFailure, StepPlan,
-    Suspended, TimerSet, WaitPurpose,
+use sagalog::{
+    CallFailed, CallRef, CallSucceeded, Decided, Decision, DecodeError, EncodeError, ErrorClass,
+    Finished, OperatorAction, OperatorCommand, ParentLink, PlanKind, Record, SagaPlan, SagaStarted,
+    StepFailure, StepPlan, Suspended, TimerSet, WaitPurpose,
 };
-use sagalog::log::store::IndexEntry;
 use sagalog::{
     CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaId, SagaStatus, SagaType, StepName,
     UnixMillis,
@@ -325,7 +326,7 @@ fn start_record_with_nan_policy_fields_decodes_and_yields_sane_delays() {
         0, 0x01, // idempotency key, parent link: none
         0, 0,
     ];
-    let frame = sagalog::log::codec::frame_payload(1, &crash[1..]).unwrap();
+    let frame = sagalog::testing::frame_payload(1, &crash[1..]).unwrap();
     let (at, record) = decode_record(&frame).expect("the fuzzer's frame decodes");
     let once = encode_record(at, &record).unwrap();
     let (at2, record2) = decode_record(&once).unwrap();
@@ -387,7 +388,7 @@ fn the_step_started_example_of_the_design_encodes_to_its_documented_bytes() {
 fn framing_a_records_payload_gives_the_records_own_frame() {
     for record in every_kind() {
         let frame = encode_record(UnixMillis(9), &record).unwrap();
-        let framed = sagalog::log::codec::frame_payload(frame[3], &frame[HEADER_LEN..]).unwrap();
+        let framed = sagalog::testing::frame_payload(frame[3], &frame[HEADER_LEN..]).unwrap();
         assert_eq!(framed, frame, "{record:?}");
     }
 }
@@ -397,7 +398,7 @@ fn encoding_into_a_value_adds_exactly_the_records_own_frame() {
     let mut value = vec![7; 5];
     let mut expected = value.clone();
     for record in every_kind() {
-        sagalog::log::codec::encode_record_into(&mut value, UnixMillis(9), &record).unwrap();
+        sagalog::tools::encode_record_into(&mut value, UnixMillis(9), &record).unwrap();
         expected.extend(encode_record(UnixMillis(9), &record).unwrap());
         assert_eq!(value, expected, "{record:?}");
     }
@@ -421,7 +422,7 @@ fn a_record_too_large_to_encode_leaves_the_value_as_it_was() {
         },
         output: vec![1; MAX_PAYLOAD + 1],
     });
-    let error = sagalog::log::codec::encode_record_into(&mut value, UnixMillis(2), &huge);
+    let error = sagalog::tools::encode_record_into(&mut value, UnixMillis(2), &huge);
     assert!(
         matches!(error, Err(EncodeError::TooLarge { .. })),
         "{error:?}"
@@ -470,6 +471,7 @@ fn every_record_kind_frames_exactly_the_bincode_bytes_of_its_timestamp_and_body(
             Record::SagaFinished(b) => encode_value(&(9u64, b)),
             Record::TimerSet(b) => encode_value(&(9u64, b)),
             Record::OperatorAction(b) => encode_value(&(9u64, b)),
+            other => panic!("every_kind has a record kind this test does not cover: {other:?}"),
         }
         .unwrap();
         assert_eq!(payload, expected.as_slice(), "{record:?}");

@@ -2,11 +2,13 @@
 //! under a log key each park the affected saga with its decode error, let
 //! every other saga proceed, and never panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{start_saga, status_of, trip_registry, Behaviour, Script};
-use sagalog::log::store::raw_keys::log_key;
-use sagalog::log::store::LogStore;
+use sagalog::store::LogStore;
+use sagalog::testing::log_key;
 use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore};
 use std::path::Path;
 use std::time::Duration;
@@ -175,7 +177,7 @@ async fn verify_reports_damaged_values_and_a_log_without_an_index_entry() {
     }
     let store = SledStore::open(dir.path(), Default::default()).unwrap();
 
-    let report = sagalog::log::verify::verify(&store).unwrap();
+    let report = sagalog::tools::verify(&store).unwrap();
 
     let found: Vec<_> = report
         .problems

@@ -7,9 +7,11 @@
 //! (b) the ledger is conserved and nothing is left reserved or held, and
 //! (c) every participant call has a durable intent record in the saga log.
 
-use sagalog::log::codec::decode_records;
-use sagalog::log::record::Record;
-use sagalog::log::store::LogStore;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+use sagalog::store::LogStore;
+use sagalog::tools::decode_records;
+use sagalog::Record;
 use sagalog::{SagaId, SledStore};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -133,7 +135,7 @@ fn check(dir: &Path, stdout: &str, label: &str) {
         "{label}: no saga left active"
     );
     // Every terminal saga is in the finished index (one batch per write,
-    // DESIGN.md §4c), whichever write its crash point fell on.
+    // DESIGN.md §4.4), whichever write its crash point fell on.
     let finished: HashMap<SagaId, Vec<u8>> = store.scan_finished().unwrap().into_iter().collect();
     for line in &sagas {
         let id = SagaId::parse(line["saga_id"].as_str().expect("a saga id")).expect("a saga id");
@@ -330,7 +332,7 @@ fn every_crash_point_of(workload: Workload, flag: &str, marker: &str) -> u64 {
 
 /// The crash points above fall between the rewrites of one log value: a
 /// saga that runs without a pause writes its whole log as one value,
-/// rewritten with each append (DESIGN.md §4b). Checks that the run did so,
+/// rewritten with each append (DESIGN.md §4.3). Checks that the run did so,
 /// so that the crash tests do cover those rewrites.
 fn assert_grown_in_place(dir: &Path, stdout: &str) {
     let line: Value = stdout

@@ -2,9 +2,12 @@
 //! every acknowledged write or refuses with a typed error; never silence
 //! about lost writes, a panic or a hang.
 
-use sagalog::log::repair::{repair, RepairOutcome};
-use sagalog::log::store::{LogStore, SagaAppend, SledOptions};
-use sagalog::log::witness::{Mark, FILE_NAME as WITNESS};
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+use sagalog::store::{LogStore, SagaAppend};
+use sagalog::tools::{repair, RepairOutcome};
+use sagalog::tools::{WitnessMark as Mark, WITNESS_FILE as WITNESS};
+use sagalog::SledOptions;
 use sagalog::{SagaId, SledStore, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -443,7 +446,7 @@ fn verify_of_lost_writes_reports_them_first() {
     witness_ahead(&written, 3);
     let store = SledStore::open_for_inspection(&written.path, SledOptions::default()).unwrap();
 
-    let report = sagalog::log::verify::verify(&store).unwrap();
+    let report = sagalog::tools::verify(&store).unwrap();
 
     assert_eq!(report.problems[0].what, "witness");
     assert!(report.problems[0]
@@ -482,6 +485,7 @@ fn repair_leaves_a_database_that_opens_after_each_kind_of_damage() {
         let usable = match &report.outcome {
             RepairOutcome::Healthy => written.path.clone(),
             RepairOutcome::Salvaged(salvage) => salvage.into.clone(),
+            other => panic!("{kind}: an outcome this test does not know: {other:?}"),
         };
         let store = SledStore::open(&usable, SledOptions::default())
             .unwrap_or_else(|e| panic!("{kind}: the repaired database does not open: {e}"));
@@ -491,6 +495,7 @@ fn repair_leaves_a_database_that_opens_after_each_kind_of_damage() {
             match report.outcome {
                 RepairOutcome::Healthy => "in place",
                 RepairOutcome::Salvaged(_) => "salvaged",
+                _ => "other",
             },
             written.acknowledged.len()
         );

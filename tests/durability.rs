@@ -1,17 +1,19 @@
-//! What makes a write durable beyond sled's own flush (DESIGN.md §4): sled
+//! What makes a write durable beyond sled's own flush (DESIGN.md §4.1): sled
 //! 0.34 stores a value too large for its log segments in a `blobs/` file of
 //! its own and never syncs it; the store syncs it with the log file before
 //! it acknowledges the write. `kill -9` cannot show a missing sync (the
 //! page cache survives it), so these tests check that the blob path is
 //! taken and reads back whole across a reopen; power loss is not covered
-//! here (DESIGN.md §10). A sync that fails is final: the engine reports
+//! here (DESIGN.md §12). A sync that fails is final: the engine reports
 //! that its log takes no more writes until it is reopened.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
 mod common;
 
 use common::{open_mem, start_saga, status_of, trip_registry, Script};
-use sagalog::log::record::Record;
-use sagalog::log::store::FaultTiming;
+use sagalog::testing::FaultTiming;
+use sagalog::Record;
 use sagalog::{
     Engine, EngineConfig, Error, InDoubtPolicy, MemStore, SagaStatus, StartOptions, StoreError,
 };

@@ -1,10 +1,12 @@
 //! The engine end to end: success, compensation, idempotent start,
 //! recovery of in-doubt steps, parking, failed appends, retries, reads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{open_mem, outcome_of, start_saga, status_of, trip_registry, Behaviour, Script};
-use sagalog::log::store::FaultTiming;
+use sagalog::testing::FaultTiming;
 use sagalog::{
     Engine, EngineConfig, Error, ErrorClass, InDoubtPolicy, MemStore, Phase, Registry,
     SagaDefinition, SagaStatus, StartOptions, StepError,
@@ -46,13 +48,11 @@ async fn later_step_reads_an_earlier_steps_output() {
         .unwrap()
         .into_iter()
         .find_map(|e| match e.record {
-            Ok((_, sagalog::log::record::Record::StepSucceeded(s))) if s.call.step == 1 => {
-                Some(s.output)
-            }
+            Ok((_, sagalog::Record::StepSucceeded(s))) if s.call.step == 1 => Some(s.output),
             _ => None,
         })
         .unwrap();
-    let hotel: String = sagalog::log::codec::decode_value(&hotel_output).unwrap();
+    let hotel: String = sagalog::tools::decode_value(&hotel_output).unwrap();
     assert_eq!(hotel, "HO-for-FL-ada");
 }
 
@@ -411,7 +411,7 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
     drop(engine);
 
     let store = sagalog::SledStore::open(dir.path(), Default::default()).unwrap();
-    let key = sagalog::log::store::raw_keys::log_key(damaged, 0);
+    let key = sagalog::testing::log_key(damaged, 0);
     store.overwrite_raw(&key, b"SG\x01\x01garbage").unwrap();
     drop(store);
 

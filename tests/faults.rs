@@ -3,9 +3,11 @@
 //! append, surfaces the error, and a reopen without faults drives every
 //! saga to its outcome.
 
-use sagalog::log::codec::{decode_record, decode_value};
-use sagalog::log::record::{CallRef, Record};
-use sagalog::log::store::LogStore;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+use sagalog::store::LogStore;
+use sagalog::tools::{decode_record, decode_value};
+use sagalog::{CallRef, Record};
 use sagalog::{
     Engine, EngineConfig, Error, MemStore, Phase, Registry, SagaDefinition, SagaId, SagaRef,
     SagaStatus, StartOptions, StepError,

@@ -1,10 +1,12 @@
 //! The size limit counts encoded bytes, the same way on encode and decode;
 //! an output that can never be stored settles in doubt at once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{open_mem, outcome_of};
-use sagalog::log::codec::{MAX_OUTPUT, MAX_PAYLOAD};
+use sagalog::tools::{MAX_OUTPUT, MAX_PAYLOAD};
 use sagalog::{
     ErrorClass, MemStore, Registry, SagaDefinition, SagaStatus, StartOptions, StepError,
 };
@@ -42,7 +44,7 @@ async fn an_input_of_200000_small_numbers_starts_and_a_later_step_reads_it_as_an
         )
         .unwrap();
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
-    let encoded = sagalog::log::codec::encode_value(&numbers()).unwrap();
+    let encoded = sagalog::tools::encode_value(&numbers()).unwrap();
     assert!(encoded.len() < MAX_PAYLOAD / 4, "{} bytes", encoded.len());
 
     let started = engine

@@ -1,13 +1,15 @@
-//! A saga's log values grow in place (DESIGN.md §4b): while one loop drives
+//! A saga's log values grow in place (DESIGN.md §4.3): while one loop drives
 //! a saga, each append rewrites the saga's last value with its records
 //! added, up to 2 KiB, so a short saga's whole log is one key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
 mod common;
 
 use common::{open_mem, start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
-use sagalog::log::codec::decode_records;
-use sagalog::log::store::FaultTiming;
-use sagalog::log::store::LogStore;
+use sagalog::store::LogStore;
+use sagalog::testing::FaultTiming;
+use sagalog::tools::decode_records;
 use sagalog::{Engine, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
 use std::sync::Arc;
 use std::time::Duration;

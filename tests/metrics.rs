@@ -1,11 +1,13 @@
 //! The metrics facade: what a Prometheus scrape sees after a known workload.
 //! One test in its own binary, because the recorder is process-global.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{open_mem, outcome_of, start_saga, trip_registry, Behaviour, Script};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use sagalog::log::store::FaultTiming;
+use sagalog::testing::FaultTiming;
 use sagalog::{
     CompensationStrategy, InDoubtPolicy, MemStore, Phase, RetryPolicy, StartOptions, StepError,
 };

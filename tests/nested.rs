@@ -2,13 +2,15 @@
 //! compensating the parent compensates the child, the child's log links to
 //! the parent, and recovery restores both.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{call, open_mem, outcome_of, position, start_saga, until_calls, Behaviour, Script};
-use sagalog::log::record::{ParentLink, Record};
 use sagalog::{
     Engine, MemStore, Phase, Registry, SagaDefinition, SagaFilter, SagaRef, SagaStatus, StepError,
 };
+use sagalog::{ParentLink, Record};
 use std::sync::Arc;
 use std::time::Duration;
 

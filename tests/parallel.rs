@@ -1,6 +1,8 @@
 //! Steps that run in parallel: groups, dependencies, the per-saga limit,
 //! compensation in dependency order, and recovery of parallel calls.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{

@@ -1,5 +1,7 @@
 //! Operator queries: filters by status, type, start time and age; stats.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{outcome_of, start_saga, status_of, trip_definition, Behaviour, Script};

@@ -1,10 +1,12 @@
 //! Retention: finished sagas are deleted after their age, with their
 //! idempotency keys; sagas that are not finished are never touched.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{outcome_of, trip_registry, Behaviour, Script};
-use sagalog::log::store::{LogStore, Removal};
+use sagalog::store::{LogStore, Removal};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, Retention,
     SagaId, SagaStatus, StartOptions, StepError, UnixMillis,
@@ -294,13 +296,13 @@ async fn compaction_interrupted_between_its_renames_is_undone_at_the_next_open()
 }
 
 /// Two sagas finished in one write share one finished batch (DESIGN.md
-/// §4c); removing one rewrites the batch with the other, removing both
+/// §4.4); removing one rewrites the batch with the other, removing both
 /// deletes it.
 #[test]
 fn removing_one_saga_of_a_shared_finished_batch_keeps_the_other_listed() {
-    use sagalog::log::codec::{encode_index_entry, encode_record};
-    use sagalog::log::record::{Finished, Record};
-    use sagalog::log::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend};
+    use sagalog::store::{IndexEntry, IndexSet, IndexUpdate, SagaAppend};
+    use sagalog::tools::{encode_index_entry, encode_record};
+    use sagalog::{Finished, Record};
     use sagalog::{SagaStatus, SagaType, UnixMillis};
 
     let store = MemStore::new();

@@ -3,6 +3,8 @@
 //! policies and timeouts; escalation, post-commit compensation, cancel.
 //! Timing runs on tokio's paused clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{outcome_of, start_saga, status_of, trip_registry, Behaviour, Script};
@@ -219,7 +221,7 @@ async fn manual_queue_survives_a_restart_and_is_resolved_after_it() {
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.record {
-            Ok((_, sagalog::log::record::Record::OperatorAction(a))) => Some(a),
+            Ok((_, sagalog::Record::OperatorAction(a))) => Some(a),
             _ => None,
         })
         .collect();

@@ -2,12 +2,14 @@
 //! branch that was tried; confirm/cancel retries, the manual queue,
 //! asyncConfirm, the 2PC adapter and its post-commit compensation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod common;
 
 use common::{
     call, open_mem, outcome_of, position, start_saga, status_of, until_calls, Behaviour, Script,
 };
-use sagalog::log::record::{Decision, Record};
+use sagalog::{Decision, Record};
 use sagalog::{
     Engine, MemStore, Phase, Registry, RetryPolicy, SagaBuilder, SagaDefinition, SagaId, SagaRef,
     SagaStatus, StepContext, StepError, TwoPhaseParticipant,

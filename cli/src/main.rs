@@ -10,7 +10,7 @@
 mod render;
 
 use clap::{Parser, Subcommand};
-use sagalog::log::store::SledOptions;
+use sagalog::SledOptions;
 use sagalog::{Engine, Error, SagaFilter, SagaId, SagaStatus, SledStore, StoreError, UnixMillis};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -328,7 +328,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
             // and nothing is written.
             let report = tokio::task::spawn_blocking(move || {
                 let store = SledStore::open_for_inspection(&path, sled_options())?;
-                sagalog::log::verify::verify(&store)
+                sagalog::tools::verify(&store)
             })
             .await
             .map_err(|e| Failure(format!("the verify task failed: {e}")))?
@@ -341,12 +341,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
             });
         }
         Command::Repair => {
-            let report = tokio::task::spawn_blocking(move || {
-                sagalog::log::repair::repair(&path, sled_options())
-            })
-            .await
-            .map_err(|e| Failure(format!("the repair task failed: {e}")))?
-            .map_err(store_failure)?;
+            let report =
+                tokio::task::spawn_blocking(move || sagalog::tools::repair(&path, sled_options()))
+                    .await
+                    .map_err(|e| Failure(format!("the repair task failed: {e}")))?
+                    .map_err(store_failure)?;
             out.repaired(&report);
             return Ok(ExitCode::SUCCESS);
         }

@@ -16,11 +16,11 @@ macro_rules! say {
     }};
 }
 
-use sagalog::log::record::{Record, WaitPurpose};
-use sagalog::log::verify::VerifyReport;
+use sagalog::tools::VerifyReport;
 use sagalog::{
     HistoryEntry, ManualItem, SagaId, SagaListing, SagaView, Stats, SweepReport, UnixMillis,
 };
+use sagalog::{Record, WaitPurpose};
 use serde_json::{json, Value};
 
 /// Where results go, and in which form.
@@ -208,6 +208,10 @@ fn describe(record: &Record, steps: &[String], words: Words) -> String {
             f.call.attempt,
             f.failure.class,
             f.failure.message
+        ),
+        other => format!(
+            "{} (a record kind this tool does not know)",
+            other.kind_name()
         ),
     }
 }
@@ -644,11 +648,13 @@ impl Output {
         );
     }
 
-    pub fn repaired(&self, report: &sagalog::log::repair::RepairReport) {
-        use sagalog::log::repair::RepairOutcome;
+    pub fn repaired(&self, report: &sagalog::tools::RepairReport) {
+        use sagalog::tools::RepairOutcome;
         let salvage = match &report.outcome {
             RepairOutcome::Healthy => None,
             RepairOutcome::Salvaged(salvage) => Some(salvage),
+            // An outcome newer than this tool: say only what it reports below.
+            _ => None,
         };
         if self.json {
             return print_json(json!({

@@ -6,7 +6,9 @@
 //! Golden files: `tests/golden/*.txt`, with saga ids and times replaced by
 //! placeholders. `UPDATE_GOLDEN=1 cargo test -p sagalog-cli` rewrites them.
 
-use sagalog::log::store::raw_keys::log_key;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+use sagalog::testing::log_key;
 use sagalog::{SagaId, SledStore};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

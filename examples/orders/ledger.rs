@@ -112,7 +112,7 @@ fn put<T: Serialize>(tx: Tx<'_>, key: &str, value: &T) -> TxResult<()> {
 impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, String> {
         // sled 0.34 cannot reopen past a snapshot torn by a kill.
-        sagalog::log::store::discard_torn_sled_snapshots(path)
+        sagalog::discard_torn_sled_snapshots(path)
             .map_err(|e| format!("preparing the ledger at {}: {e}", path.display()))?;
         let db = sled::Config::new()
             .path(path)

@@ -17,6 +17,8 @@
 //! order id), so a rerun attaches to the sagas that already exist instead
 //! of starting new ones.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
 mod ledger;
 
 use clap::Parser;

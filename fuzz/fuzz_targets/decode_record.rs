@@ -7,9 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sagalog::log::codec::{
-    decode_record, decode_records, decode_records_prefix, encode_record, frame_payload,
-};
+use sagalog::testing::frame_payload;
+use sagalog::tools::{decode_record, decode_records, decode_records_prefix, encode_record};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_record(data);

@@ -14,8 +14,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sagalog::log::codec::decode_record;
-use sagalog::log::record::{CallRef, OperatorCommand, Record};
+use sagalog::tools::decode_record;
+use sagalog::{CallRef, OperatorCommand, Record};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, MemStore, Phase, Registry, RetryPolicy,
     SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions, StepError, UnixMillis,

@@ -8,12 +8,12 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sagalog::log::record::{
+use sagalog::tools::{decide, decide_live, fold, CallState, NextAction, SagaState};
+use sagalog::{
     CallFailed, CallRef, CallSucceeded, Decided, Decision, ErrorClass, Finished, LogEntry,
     OperatorAction, OperatorCommand, PlanKind, Record, SagaPlan, SagaStarted, StepFailure,
     StepPlan, Suspended, TimerSet, WaitPurpose,
 };
-use sagalog::state::{decide, decide_live, fold, CallState, NextAction, SagaState};
 use sagalog::{CompensationStrategy, InDoubtPolicy, RetryPolicy, SagaStatus, UnixMillis};
 
 #[derive(Arbitrary, Debug)]
@@ -220,6 +220,7 @@ fn check_proposal(state: &SagaState, action: &NextAction, now: UnixMillis) {
             })
         }
         NextAction::AwaitOperator | NextAction::Done { .. } | NextAction::Busy => return,
+        other => panic!("an action this target does not know: {other:?}"),
     };
     let mut next = state.clone();
     let entry = LogEntry {
@@ -283,7 +284,9 @@ fuzz_target!(|input: Input| {
             .filter(|&i| input.live & (1 << i) != 0)
             .filter(|&i| {
                 let step = &state.steps[i as usize];
-                in_flight(&step.forward) || in_flight(&step.compensation) || in_flight(&step.confirm)
+                in_flight(&step.forward)
+                    || in_flight(&step.compensation)
+                    || in_flight(&step.confirm)
             })
             .collect();
         let action = decide_live(&state, now, &live);

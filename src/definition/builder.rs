@@ -122,7 +122,7 @@ where
     /// engine starts it (once: a re-run after a crash finds the same child)
     /// with the input `input` makes, and the step waits for its outcome.
     /// The step succeeds when the child commits (its output is the child's
-    /// [`SagaId`]) and fails permanently when the child ends compensated.
+    /// [`SagaId`](crate::SagaId)) and fails permanently when the child ends compensated.
     /// Compensating the step compensates the committed child (or cancels a
     /// child still running). The child's start record links to this saga
     /// and step; register `child`'s definition in the same registry.

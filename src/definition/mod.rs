@@ -80,7 +80,7 @@ enum After {
 /// re-runs after a crash) and must be idempotent by
 /// [`StepContext::idempotency_key`]; `rollback` may be called although
 /// `prepare` never ran or failed, and must then succeed without effect.
-/// [`crate::barrier::Barrier`] provides all three guarantees.
+/// The `barrier` feature's `Barrier` provides all three guarantees.
 pub trait TwoPhaseParticipant<I>: Send + Sync + 'static {
     /// Checks and reserves (TCC try).
     fn prepare(&self, ctx: StepContext<I>) -> impl Future<Output = Result<(), StepError>> + Send;

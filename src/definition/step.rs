@@ -14,6 +14,7 @@ use std::time::Duration;
 
 /// Which call of a step (or TCC branch) is being made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
     /// The forward action of a saga step.
     Action,
@@ -195,7 +196,7 @@ impl<I> StepContext<I> {
     }
 }
 
-/// Per-step overrides of the saga's settings; see [`SagaBuilder::step_with`].
+/// Per-step overrides of the saga's settings; see [`SagaBuilder::step_with`](crate::SagaBuilder::step_with).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOptions {
     pub(super) strategy: Option<CompensationStrategy>,

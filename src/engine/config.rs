@@ -37,7 +37,7 @@ pub struct EngineConfig {
     /// the background. Default 1024. A participant that starts another saga
     /// and waits for it must leave slots for it.
     pub max_running_sagas: usize,
-    /// Settings for the sled store opened by [`Engine::open`].
+    /// Settings for the sled store opened by [`Engine::open`](crate::Engine::open).
     pub sled: SledOptions,
     /// Called after every durable append, before it is acknowledged; see
     /// [`DurableHook`]. Meant for crash tests and metrics.

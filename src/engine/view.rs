@@ -49,6 +49,7 @@ pub(crate) fn reason_of(state: &SagaState) -> Option<String> {
 
 /// Where one call kind (action or compensation) of a step stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallStatus {
     /// Never attempted.
     NotStarted,

@@ -61,6 +61,7 @@ fn config() -> Config {
 
 /// A value could not be turned into bytes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The encoded value is larger than the frame allows.
     #[error("encoded value is {len} bytes, over the {max}-byte limit; keep saga inputs and step outputs small and store large data elsewhere, passing a reference")]
@@ -78,6 +79,7 @@ pub enum EncodeError {
 /// Every way a frame or payload can be wrong. Each message says what was
 /// found and what was expected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Fewer bytes than a header.
     #[error("frame truncated: {len} bytes, a header needs {HEADER_LEN}")]
@@ -193,6 +195,7 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError>
     Ok(value)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Wraps raw payload bytes in a valid frame of `kind` (correct length and
 /// checksum), without checking that they decode. For tools and fuzzing:
 /// it lets a test reach the payload decoder past the checksum.

@@ -26,6 +26,7 @@ pub struct LogEntry {
 
 /// What happened to a saga. See DESIGN.md, "Records", for the table of kinds.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Record {
     /// The saga exists: always the first record, and only there. Boxed: it
     /// is written once per saga and is much larger than the rest.
@@ -118,6 +119,7 @@ pub struct ParentLink {
 
 /// What kind of transaction a plan describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum PlanKind {
     /// A saga: steps with compensations, committed step by step.
     Saga,
@@ -134,6 +136,7 @@ pub enum PlanKind {
 
 /// A TCC decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Decision {
     /// Every try succeeded: confirm every branch.
     Commit,
@@ -333,6 +336,7 @@ pub struct StepFailure {
 /// What a failure says about the call's effect. This decides whether the
 /// step is retried and whether it needs compensating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// The call certainly had no effect and will never succeed: no retry,
     /// no compensation of this step.
@@ -385,6 +389,7 @@ pub struct TimerSet {
 
 /// Why a saga waits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WaitPurpose {
     /// Backoff before the next attempt of a forward action.
     RetryBackoff {
@@ -454,6 +459,7 @@ pub struct OperatorAction {
 
 /// The actions an operator can take on a saga.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum OperatorCommand {
     /// Compensate now: starts (or resumes, with a fresh retry budget) the
     /// compensation of a suspended, waiting or running saga, and reopens a

@@ -45,6 +45,7 @@ pub struct RepairReport {
 
 /// How [`repair`] ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RepairOutcome {
     /// The database opens and every value can be read: use it as it is.
     Healthy,

@@ -10,6 +10,7 @@ use crate::status::SagaStatus;
 
 /// What the engine does next for one saga.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NextAction {
     /// Write the intent, then call the forward action of `step`.
     RunStep {

@@ -35,6 +35,7 @@ pub struct IllegalTransition {
 
 /// Progress of one kind of call (forward action or compensation) of one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallState {
     /// Never attempted.
     NotStarted,

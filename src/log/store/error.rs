@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// A store operation failed. The message says what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Another process holds the database.
     #[error("the database at {path} is locked by another process; only one process may open it at a time: stop that process, or act through its admin API")]
@@ -76,7 +77,9 @@ pub enum StoreError {
     /// failed operation can be assumed durable; restart to recover from the log.
     #[error("log store failed: {0}; check the disk and restart the service, recovery resumes from the last durable record")]
     Backend(String),
-    /// A fault injected by a test ([`MemStore::fail_append`]).
+    /// A fault injected by a test through the `testing` feature. Hidden:
+    /// only this crate's own tests make it, and a service never sees it.
+    #[doc(hidden)]
     #[error("injected store fault: {0}")]
     Injected(String),
     /// The engine is shutting down and no longer accepts appends.
@@ -89,7 +92,7 @@ pub enum StoreError {
         /// How far before the epoch the clock reads.
         behind: Duration,
     },
-    /// The store was opened for inspection ([`SledStore::open_for_inspection`])
+    /// The store was opened for inspection ([`SledStore::open_for_inspection`](crate::SledStore::open_for_inspection))
     /// and takes no writes.
     #[error(
         "the database at {path} is open for inspection only (verify, repair) and takes no writes"

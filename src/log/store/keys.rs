@@ -86,6 +86,7 @@ pub fn saga_id(key: &[u8], at: usize) -> Option<SagaId> {
     Some(SagaId::from_bytes(bytes))
 }
 
+#[cfg(feature = "testing")]
 /// Public names of the keyspace, for tests and tools that must address raw
 /// values (fault injection, the `verify` command).
 pub mod raw_keys {

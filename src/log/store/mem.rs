@@ -13,6 +13,7 @@ use std::time::Instant;
 
 /// When an injected append fault strikes relative to the write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FaultTiming {
     /// The append fails and nothing is written.
     BeforeApply,
@@ -115,11 +116,11 @@ struct Faults {
     refusing: Option<String>,
 }
 
-/// An in-memory store with the same keyspace and atomicity as [`SledStore`],
-/// for tests: share one `Arc<MemStore>` between two engines to simulate a
-/// restart, and inject append failures at a chosen append
-/// ([`MemStore::fail_append`]) or at random with a seed
-/// ([`MemStore::fail_randomly`]). Nothing survives the process.
+/// An in-memory store with the same keyspace and atomicity as
+/// [`SledStore`](crate::SledStore), for tests: share one `Arc<MemStore>`
+/// between two engines to simulate a restart. With the `testing` feature,
+/// append failures can be injected at a chosen append or at random with a
+/// seed. Nothing survives the process.
 #[derive(Default)]
 pub struct MemStore {
     kv: MemKv,
@@ -137,6 +138,7 @@ impl MemStore {
         crate::sync::lock(&self.faults)
     }
 
+    #[cfg(feature = "testing")]
     /// Makes the `number`-th call to `append` from now on (counting from 1
     /// over the store's life) fail, at the given timing. Replaces any
     /// earlier fixed fault.
@@ -144,6 +146,7 @@ impl MemStore {
         self.faults().at = Some((number, timing));
     }
 
+    #[cfg(feature = "testing")]
     /// Makes each append fail with a chance of `per_mille` / 1000, before or
     /// after applying (chosen at random too), from a generator seeded with
     /// `seed`: the same seed and the same appends give the same faults.
@@ -151,6 +154,7 @@ impl MemStore {
         self.faults().random = Some((seed | 1, per_mille.min(1000)));
     }
 
+    #[cfg(feature = "testing")]
     /// Stops injecting faults, and takes writes again after a
     /// [`FaultTiming::FailedSync`] (as reopening a store would).
     pub fn clear_faults(&self) {
@@ -160,16 +164,19 @@ impl MemStore {
         faults.refusing = None;
     }
 
+    #[cfg(feature = "testing")]
     /// Every append an injected fault made fail, in order.
     pub fn failed_appends(&self) -> Vec<FailedAppend> {
         self.faults().failed.clone()
     }
 
+    #[cfg(feature = "testing")]
     /// How many times `append` has been called.
     pub fn append_count(&self) -> u64 {
         self.appends.load(Ordering::SeqCst)
     }
 
+    #[cfg(feature = "testing")]
     /// Overwrites one raw value, bypassing the codec (fault injection).
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) {
         self.kv.lock().insert(key.to_vec(), value.to_vec());

@@ -38,10 +38,13 @@ mod tests;
 pub(crate) use compact::sibling;
 pub use compact::{discard_torn_sled_snapshots, Compacted};
 pub use error::StoreError;
+#[cfg(feature = "testing")]
 pub use keys::raw_keys;
 pub(crate) use kv::parse_key_claim;
 pub use kv::BatchItems;
-pub use mem::{FailedAppend, FaultTiming, MemStore};
+pub use mem::MemStore;
+#[cfg(feature = "testing")]
+pub use mem::{FailedAppend, FaultTiming};
 pub use sled::{SledOptions, SledStore};
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
@@ -85,6 +88,7 @@ pub struct IndexEntry {
 
 /// Which index a saga's entry lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IndexSet {
     /// Not terminal (`'A'`).
     Active,

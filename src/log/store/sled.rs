@@ -217,6 +217,7 @@ impl SledStore {
         self.kv.db.size_on_disk().map_err(|e| self.kv.err(e))
     }
 
+    #[cfg(feature = "testing")]
     /// Overwrites one raw value, bypassing the codec. For fault-injection
     /// tests and repair tools only: it can make a saga unreadable.
     pub fn overwrite_raw(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
