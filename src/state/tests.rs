@@ -2,6 +2,7 @@
 //! the action decided in each state.
 
 use super::*;
+use crate::log::record::CallRef;
 use crate::log::record::{
     CallFailed, CallSucceeded, ErrorClass, Finished, OperatorAction, OperatorCommand, Suspended,
     TimerSet, WaitPurpose,
