@@ -72,8 +72,8 @@ impl Default for SagaId {
 }
 
 /// A hash map keyed by ids on the hot path (saga ids, task ids): foldhash,
-/// seeded once per process, instead of std's SipHash, which cost about 4 %
-/// of the engine's instructions per saga. Build one with `default()`.
+/// seeded once per process, is cheaper than std's SipHash, and these keys
+/// are not chosen by callers. Build one with `default()`.
 pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The set counterpart of [`IdMap`].

@@ -84,7 +84,7 @@ pub use engine::{
     CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, Recovery, Retention,
     SagaFilter, StartOptions, Started, Stats, SuspendHook, SweepReport,
 };
-pub use error::Error;
+pub use error::{Error, ParkReason};
 pub use ids::{Attempt, IdempotencyKey, SagaId, SagaType, StepIndex, StepName, UnixMillis};
 pub use log::codec::{DecodeError, EncodeError};
 pub use log::record::{

@@ -70,7 +70,9 @@ async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64
         panic!("the damaged saga must be parked");
     };
     assert!(
-        reason.contains(&format!("record {seq} of saga {damaged} is unreadable")),
+        reason
+            .to_string()
+            .contains(&format!("record {seq} of saga {damaged} is unreadable")),
         "{reason}"
     );
     assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);

@@ -81,16 +81,19 @@ async fn after_a_failed_sync_the_engine_reports_its_log_unwritable_and_refuses_s
 
     let failed = engine.start(&trip, &"a".into(), StartOptions::new()).await;
     assert!(
-        matches!(&failed, Err(Error::Store(StoreError::Backend(m))) if m.contains("could not be made durable")),
+        matches!(&failed, Err(Error::Store(StoreError::NotDurable { .. }))),
         "{failed:?}"
     );
-    let Err(Error::Store(StoreError::Backend(reason))) = engine.writable() else {
+    let Err(Error::Store(StoreError::WritesRefused { first })) = engine.writable() else {
         panic!("the engine must report that its log takes no writes");
     };
-    assert!(reason.contains("takes no more writes"), "{reason}");
+    assert!(first.contains("injected write-back failure"), "{first}");
     let refused = engine.start(&trip, &"b".into(), StartOptions::new()).await;
     assert!(
-        matches!(&refused, Err(Error::Store(StoreError::Backend(m))) if m.contains("takes no more writes")),
+        matches!(
+            &refused,
+            Err(Error::Store(StoreError::WritesRefused { .. }))
+        ),
         "{refused:?}"
     );
 }

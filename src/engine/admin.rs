@@ -96,7 +96,7 @@ impl Engine {
             }
         };
         if let Some(reply) = queued {
-            return reply.await.unwrap_or(Err(Error::ShuttingDown(id)));
+            return reply.await.unwrap_or(Err(Error::shutting_down(id)));
         }
         // This task owns the saga now.
         match self.append_action(id, action).await {
@@ -121,7 +121,7 @@ impl Engine {
 
     async fn append_action(&self, id: SagaId, action: OperatorAction) -> Result<SagaState, Error> {
         if self.inner.stopping.is_cancelled() {
-            return Err(Error::ShuttingDown(id));
+            return Err(Error::shutting_down(id));
         }
         let mut state = self.load_state(id)?;
         let mut staged = Staged::new(id, Some(&state));

@@ -45,7 +45,7 @@ pub(crate) use start::Conflict;
 pub use start::{StartOptions, Started};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry};
-use crate::error::Error;
+use crate::error::{Error, ParkReason};
 use crate::ids::{IdMap, SagaId};
 use crate::log::record::{CallRef, OperatorAction};
 use crate::log::store::{LogStore, LogValue};
@@ -82,7 +82,7 @@ pub(crate) struct Inner {
     running: Mutex<IdMap<SagaId, Vec<Command>>>,
     /// Callers of `outcome` waiting for a saga to stop.
     waiters: Mutex<IdMap<SagaId, OutcomeWaiters>>,
-    parked: Mutex<IdMap<SagaId, String>>,
+    parked: Mutex<IdMap<SagaId, ParkReason>>,
     delay_queue: DelayQueue,
     on_suspend: Option<SuspendHook>,
     around_call: Option<CallHook>,
@@ -193,7 +193,7 @@ impl Engine {
         let waiters: Vec<_> = lock(&self.inner.waiters).drain().collect();
         for (id, senders) in waiters {
             for tx in senders {
-                let _ = tx.send(Err(Error::ShuttingDown(id)));
+                let _ = tx.send(Err(Error::shutting_down(id)));
             }
         }
     }

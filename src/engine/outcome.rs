@@ -28,7 +28,7 @@ impl Engine {
                 self.inner.forget_closed_waiters(id);
                 result
             }
-            None => rx.await.unwrap_or(Err(Error::ShuttingDown(id))),
+            None => rx.await.unwrap_or(Err(Error::shutting_down(id))),
         }
     }
 
@@ -56,7 +56,7 @@ impl Engine {
             return Some(Ok(view.outcome()));
         }
         if self.inner.stopping.is_cancelled() {
-            return Some(Err(Error::ShuttingDown(id)));
+            return Some(Err(Error::shutting_down(id)));
         }
         None
     }

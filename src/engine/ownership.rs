@@ -4,7 +4,7 @@
 use super::read::load_state;
 use super::run::LoopEnd;
 use super::{Engine, SagaRun};
-use crate::error::Error;
+use crate::error::{Error, ParkReason};
 use crate::ids::SagaId;
 use crate::log::store::TimerKey;
 use crate::state::SagaState;
@@ -25,7 +25,7 @@ impl Engine {
 
     /// Parks an owned saga and gives up ownership; anyone waiting for its
     /// outcome learns why.
-    pub(super) fn park(&self, id: SagaId, reason: String) {
+    pub(super) fn park(&self, id: SagaId, reason: ParkReason) {
         tracing::error!(saga_id = %id, %reason, "saga parked");
         lock(&self.inner.parked).insert(id, reason.clone());
         let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
@@ -41,48 +41,54 @@ impl Engine {
 
     /// Loads an owned saga and finds its definition. Any failure is the
     /// reason to park it.
-    pub(super) fn prepare(&self, id: SagaId) -> Result<SagaRun, String> {
-        let state = self.load_state(id).map_err(|e| e.to_string())?;
+    pub(super) fn prepare(&self, id: SagaId) -> Result<SagaRun, ParkReason> {
+        let state = self
+            .load_state(id)
+            .map_err(|e| ParkReason::Unreadable(Box::new(e)))?;
         self.prepare_state(id, state)
     }
 
     /// Runs the loop of an owned saga that `prepare` made ready, or parks it
     /// with the reason it could not.
-    pub(super) fn run_or_park(&self, id: SagaId, prepared: Result<SagaRun, String>) {
+    pub(super) fn run_or_park(&self, id: SagaId, prepared: Result<SagaRun, ParkReason>) {
         match prepared {
             Ok(run) => self.spawn_owned(run),
             Err(reason) => self.park(id, reason),
         }
     }
 
-    pub(super) fn prepare_state(&self, id: SagaId, state: SagaState) -> Result<SagaRun, String> {
-        let definition = self.inner.registry.get(state.saga_type()).cloned().ok_or_else(|| {
-            format!(
-                "saga type '{}' is not registered; register its definition before opening the engine, then restart",
-                state.saga_type()
-            )
-        })?;
+    pub(super) fn prepare_state(
+        &self,
+        id: SagaId,
+        state: SagaState,
+    ) -> Result<SagaRun, ParkReason> {
+        let saga_type = state.saga_type().clone();
+        let definition = self
+            .inner
+            .registry
+            .get(&saga_type)
+            .cloned()
+            .ok_or_else(|| ParkReason::UnknownType {
+                saga_type: saga_type.clone(),
+            })?;
         if definition.version() != state.started.version {
-            return Err(format!(
-                "saga type '{}' is registered at version {}, but this saga started under version {}; register a definition of version {} (under its own name) to finish it",
-                state.saga_type(),
-                definition.version(),
-                state.started.version,
-                state.started.version
-            ));
+            return Err(ParkReason::OtherVersion {
+                saga_type,
+                registered: definition.version(),
+                logged: state.started.version,
+            });
         }
         if definition.step_names()[..] != state.plan().step_names()[..] {
-            return Err(format!(
-                "saga type '{}' version {} now has steps {:?}, but this saga's log has {:?}; bump the version when steps change",
-                state.saga_type(),
-                definition.version(),
-                definition.step_names(),
-                state.plan().step_names()
-            ));
+            return Err(ParkReason::OtherSteps {
+                saga_type,
+                version: definition.version(),
+                registered: definition.step_names().to_vec(),
+                logged: state.plan().step_names(),
+            });
         }
-        let input = definition.decode_input(&state.started.input).map_err(|e| {
-            format!("the saga's input does not decode as the registered input type: {e}")
-        })?;
+        let input = definition
+            .decode_input(&state.started.input)
+            .map_err(ParkReason::BadInput)?;
         Ok(SagaRun {
             id,
             definition,
@@ -121,30 +127,26 @@ impl Engine {
                     None => inner.permits.clone().acquire_owned().await.map(Some),
                 };
                 let result = match permit {
-                    // Boxed: the loop's future is over 2 KiB, and held
-                    // inline it made this task's future as large, which
-                    // tokio copies when it spawns the task, stores it and
-                    // replaces it with its output (`.ci/ir-per-saga`:
-                    // `memcpy` on the worker fell from 8.2k to 6.4k
-                    // instructions per saga, the worker's total by about
-                    // 0.7k of 50k, for one more allocation per saga).
+                    // Boxed: the loop's future is large, and held inline it
+                    // would make this task's future as large, which tokio
+                    // copies when it spawns, stores and replaces it; one
+                    // allocation costs less than those copies.
                     Ok(_permit) => Box::pin(inner.drive(run)).await,
-                    Err(_) => Err(Error::ShuttingDown(id)),
+                    Err(_) => Err(Error::shutting_down(id)),
                 };
                 match result {
                     Ok(LoopEnd::Outcome(outcome)) => inner.notify_waiters(id, Ok(outcome)),
                     Ok(LoopEnd::Sleeping) => {}
-                    Err(Error::ShuttingDown(_)) => {
+                    Err(Error::ShuttingDown { .. }) => {
                         lock(&inner.running).remove(&id);
-                        inner.notify_waiters(id, Err(Error::ShuttingDown(id)));
+                        inner.notify_waiters(id, Err(Error::shutting_down(id)));
                     }
                     Err(e) => {
                         // Visible as parked until the engine is reopened,
                         // which resumes the saga from its durable log.
                         tracing::error!(error = %e, "saga loop stopped; the saga resumes from its log at the next open");
-                        let reason = format!("{e}; reopen the engine to resume this saga from its log");
-                        inner.notify_waiters(id, Err(e));
-                        engine.park(id, reason);
+                        inner.notify_waiters(id, Err(e.clone()));
+                        engine.park(id, ParkReason::LoopStopped(Box::new(e)));
                     }
                 }
             }
@@ -168,7 +170,7 @@ impl Engine {
         }
         let state = match self.load_state(key.saga) {
             Ok(state) => state,
-            Err(e) => return self.park(key.saga, e.to_string()),
+            Err(e) => return self.park(key.saga, ParkReason::Unreadable(Box::new(e))),
         };
         let stale = state.timer.as_ref().map(|t| t.seq) != Some(key.seq);
         if stale && self.inner.release_if_idle(key.saga) {

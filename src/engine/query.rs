@@ -191,7 +191,7 @@ impl Engine {
         Ok(rows
             .into_iter()
             .map(|(id, bytes)| {
-                let reason = parked.get(&id).cloned();
+                let reason = parked.get(&id).map(ToString::to_string);
                 match codec::decode_index_entry::<IndexEntry>(&bytes) {
                     Ok(entry) => SagaListing {
                         saga_id: id,

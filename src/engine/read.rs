@@ -2,7 +2,7 @@
 
 use super::view::{HistoryEntry, SagaListing, SagaView};
 use super::{Engine, SagaFilter};
-use crate::error::Error;
+use crate::error::{Error, ParkReason};
 use crate::ids::{SagaId, UnixMillis};
 use crate::log::codec;
 use crate::log::record::LogEntry;
@@ -28,7 +28,7 @@ impl Engine {
         &self,
         id: SagaId,
     ) -> Result<(SagaView, Option<SagaState>), Error> {
-        let parked = lock(&self.inner.parked).get(&id).cloned();
+        let parked = lock(&self.inner.parked).get(&id).map(ToString::to_string);
         match self.load_state(id) {
             Ok(state) => {
                 let mut view = SagaView::from_state(id, &state);
@@ -119,13 +119,13 @@ impl Engine {
         self.find(&filter)
     }
 
-    /// Sagas parked because they cannot run, with the reason.
-    pub fn parked(&self) -> Vec<(SagaId, String)> {
+    /// Sagas parked because they cannot run, with the reason, in id order.
+    pub fn parked(&self) -> Vec<(SagaId, ParkReason)> {
         let mut out: Vec<_> = lock(&self.inner.parked)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        out.sort();
+        out.sort_by_key(|(id, _)| *id);
         out
     }
 

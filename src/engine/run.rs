@@ -61,6 +61,7 @@ impl Inner {
                     Ok(())
                 }
                 Err(AppendError::Store(e)) => Err(Error::Store(e)),
+                Err(AppendError::Closed) => Err(Error::shutting_down(staged.saga)),
                 Err(AppendError::KeyTaken(_)) => Err(Error::Store(
                     crate::log::store::StoreError::Backend("unexpected key claim conflict".into()),
                 )),
@@ -177,7 +178,7 @@ impl Inner {
                         // stay in doubt for recovery. Finish what runs.
                         ready.clear();
                         if calls.is_empty() {
-                            return Err(Error::ShuttingDown(id));
+                            return Err(Error::shutting_down(id));
                         }
                     }
                     for (call, kind) in ready.drain(..) {
@@ -185,7 +186,7 @@ impl Inner {
                     }
                     let (call, kind, number, result) = tokio::select! {
                         next = calls.next() => next,
-                        _ = self.aborting.cancelled() => return Err(Error::ShuttingDown(id)),
+                        _ = self.aborting.cancelled() => return Err(Error::shutting_down(id)),
                     };
                     if let Some(hook) = &self.around_call {
                         hook(CallPoint::AfterCall, number);

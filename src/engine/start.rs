@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::ids::{IdempotencyKey, SagaId};
 use crate::log::codec;
 use crate::log::record::{CallRef, LogEntry, Record, SagaStarted};
-use crate::log::store::{input_fingerprint, Claim, KeyClaim, StoreError};
+use crate::log::store::{input_fingerprint, Claim, KeyClaim};
 use crate::log::writer::AppendError;
 use crate::policy::CompensationStrategy;
 use crate::state::{decide_live, NextAction, SagaState};
@@ -131,7 +131,7 @@ impl Engine {
         // Backpressure: a new saga waits for a free slot before it is
         // written, so a caller that starts faster than sagas finish waits
         // here instead of piling up sagas in memory.
-        let closed = || Error::Store(StoreError::Closed);
+        let closed = || Error::ShuttingDown { saga: None };
         let permit = tokio::select! {
             permit = self.inner.permits.clone().acquire_owned() => permit,
             _ = self.inner.stopping.cancelled() => return Err(closed()),
@@ -228,7 +228,7 @@ impl Engine {
                 fingerprint: c.fingerprint,
             });
         if self.inner.stopping.is_cancelled() {
-            return Err(Error::ShuttingDown(id));
+            return Err(Error::shutting_down(id));
         }
         match self.inner.writer.append(append).await {
             Ok(append) => staged.written(append),
@@ -242,6 +242,7 @@ impl Engine {
                 }
             }
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
+            Err(AppendError::Closed) => return Err(Error::shutting_down(id)),
         }
         tracing::info!(saga_id = %id, %saga_type, "saga started");
         metrics::counter!(crate::metrics::SAGAS_STARTED, "saga_type" => saga_type.shared())

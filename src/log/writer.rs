@@ -224,12 +224,15 @@ fn record_write_times(times: &WriteTimes) {
 }
 
 /// Why an append was not made durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum AppendError {
     Store(StoreError),
     /// The claimed idempotency key already belongs to a saga: this one,
     /// claimed by a start with this fingerprint.
     KeyTaken(KeyClaim),
+    /// The writer has stopped (the engine is shutting down); nothing was
+    /// written.
+    Closed,
 }
 
 // Nearly every message is an append; boxing it to shrink the one stop
@@ -296,7 +299,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("sagalog-writer".into())
             .spawn(move || run(store, rx, hook, thread_stats, Watermark::new(index)))
-            .map_err(|e| StoreError::Backend(format!("could not start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::io("starting the writer thread", e))?;
         Ok(Writer {
             tx,
             stats,
@@ -310,12 +313,12 @@ impl Writer {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Message::Append(append, reply))
-            .map_err(|_| AppendError::Store(StoreError::Closed))?;
+            .map_err(|_| AppendError::Closed)?;
         match wait.await {
             // The append comes back to the task that built it, which keeps
             // its log value or drops it.
             Ok((append, result)) => result.map(|()| append),
-            Err(_) => Err(AppendError::Store(StoreError::Closed)),
+            Err(_) => Err(AppendError::Closed),
         }
     }
 

@@ -24,7 +24,7 @@ impl SledStore {
     pub fn compact(path: impl AsRef<Path>, options: SledOptions) -> Result<Compacted, StoreError> {
         let path = path.as_ref().to_path_buf();
         let io = |what: &str, e: std::io::Error| {
-            StoreError::Backend(format!("compacting {}: {what}: {e}", path.display()))
+            StoreError::io(format!("compacting {}: {what}", path.display()), e)
         };
         let options = SledOptions {
             create: false,

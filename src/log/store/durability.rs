@@ -62,16 +62,15 @@ impl DataSync {
     /// makes the store refuse every later write ([`DataSync::usable`]).
     pub(super) fn sync(&self) -> Result<(), StoreError> {
         self.usable()?;
-        self.sync_files()
-            .map_err(|e| self.fail(&format!("fdatasync: {e}")))
+        self.sync_files().map_err(|e| self.fail("fdatasync", e))
     }
 
     /// Records that written data may not have reached the disk (`what`
     /// failed): from now on every write is refused. Returns the error for
     /// the write that found out.
-    pub(super) fn fail(&self, what: &str) -> StoreError {
-        *crate::sync::lock(&self.failed) = Some(what.to_string());
-        failed_sync(what)
+    pub(super) fn fail(&self, what: &str, e: std::io::Error) -> StoreError {
+        *crate::sync::lock(&self.failed) = Some(format!("{what}: {e}"));
+        failed_sync(what, e)
     }
 
     fn sync_files(&self) -> std::io::Result<()> {
@@ -117,25 +116,28 @@ impl DataSync {
     }
 }
 
-/// The error of the write whose flush or sync failed (`what`: which, and
-/// what the OS said).
-pub(super) fn failed_sync(what: &str) -> StoreError {
-    StoreError::Backend(format!(
-        "the write is applied but could not be made durable ({what})"
-    ))
+/// The error of the write whose flush or sync (`what`) failed with `e`.
+pub(super) fn failed_sync(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::NotDurable {
+        context: what.to_string(),
+        source: std::sync::Arc::new(e),
+    }
 }
 
 /// The error of every write after a failed flush or sync (see [`DataSync`]).
 pub(super) fn refused_after_failed_sync(first: &str) -> StoreError {
-    StoreError::Backend(format!(
-        "an earlier write could not be made durable ({first}) and the \
-         OS reports that only once, so no later write can be trusted either; \
-         this store takes no more writes"
-    ))
+    StoreError::WritesRefused {
+        first: first.to_string(),
+    }
 }
 
+/// A sled error outside a database's open: its I/O errors keep their
+/// source; anything else is a bug sled reports.
 pub(super) fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match e {
+        sled::Error::Io(e) => StoreError::io("sled", e),
+        other => StoreError::Backend(other.to_string()),
+    }
 }
 
 /// A sled error in database `path`: damage that sled detects (its

@@ -2,10 +2,11 @@
 
 use crate::ids::UnixMillis;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A store operation failed. The message says what to do about it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// Another process holds the database.
@@ -73,18 +74,48 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
-    /// The backend failed (I/O error, disk full, ...). Nothing after the
+    /// An I/O operation of the store failed. `source` is the operating
+    /// system's error: its `kind()` tells a full disk
+    /// (`ErrorKind::StorageFull`) or a permission from other failures.
+    #[error("log store I/O failed: {context}: {source}; check the disk and the directory's permissions, then restart the service: recovery resumes from the last durable record")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A write was applied but its flush or sync failed, so it may not be
+    /// on the disk. The store takes no more writes ([`StoreError::WritesRefused`])
+    /// until it is opened again.
+    #[error("the write is applied but could not be made durable ({context}: {source}); restart the service once the disk is fixed: recovery reads what the disk really holds")]
+    NotDurable {
+        /// Which step of the write failed.
+        context: String,
+        /// The operating system's (or sled's) error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A write refused because an earlier one could not be made durable:
+    /// the OS reports a lost write-back only once, so no later write can be
+    /// trusted either.
+    #[error("an earlier write could not be made durable ({first}) and the OS reports that only once, so no later write can be trusted either; this store takes no more writes until it is opened again")]
+    WritesRefused {
+        /// What the first failure reported.
+        first: String,
+    },
+    /// The backend failed in a way that is not an I/O error (a task or
+    /// thread that could not run, a bug sled reports). Nothing after the
     /// failed operation can be assumed durable; restart to recover from the log.
-    #[error("log store failed: {0}; check the disk and restart the service, recovery resumes from the last durable record")]
+    #[error(
+        "log store failed: {0}; restart the service, recovery resumes from the last durable record"
+    )]
     Backend(String),
     /// A fault injected by a test through the `testing` feature. Hidden:
     /// only this crate's own tests make it, and a service never sees it.
     #[doc(hidden)]
     #[error("injected store fault: {0}")]
     Injected(String),
-    /// The engine is shutting down and no longer accepts appends.
-    #[error("the log writer has stopped (engine shut down); open the engine again to continue")]
-    Closed,
     /// The system clock reads before 1970, so the log's times and ids
     /// would be wrong. Nothing was opened.
     #[error("the system clock reads {behind:?} before 1970-01-01, so saga times and ids would be wrong; set the clock (NTP) and open again")]
@@ -101,4 +132,25 @@ pub enum StoreError {
         /// Database directory.
         path: PathBuf,
     },
+}
+
+impl StoreError {
+    /// The operating system's error behind an [`StoreError::Io`] or a
+    /// [`StoreError::NotDurable`], for its `kind()` (a full disk is
+    /// `ErrorKind::StorageFull`). [`std::error::Error::source`] gives the
+    /// same error, as the `Arc` it is shared in.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Io { source, .. } | StoreError::NotDurable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// An I/O failure while the store was doing `context`.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
 }

@@ -264,7 +264,10 @@ impl KvBacked for MemStore {
             record_failure(FaultTiming::FailedSync);
             let reason = format!("fdatasync: injected write-back failure at append #{number}");
             self.faults().refusing = Some(reason.clone());
-            return Err(failed_sync(&reason));
+            return Err(failed_sync(
+                "fdatasync",
+                std::io::Error::other(format!("injected write-back failure at append #{number}")),
+            ));
         }
         Ok(times)
     }

@@ -52,15 +52,10 @@ use crate::status::SagaStatus;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Version of the keyspace layout, stored under `"Mformat"`. 2: one log
-/// value per append (several frames back to back). 3: index entries carry
-/// `changed_at`. 4: plans carry step dependencies, a kind (saga or TCC) and
-/// a parallelism limit; TCC record kinds 11..=14. 5: the index watermark
-/// (sagas at or above it may have no active-index entry). 6: the finished
-/// index holds one value per group (a finished batch), not one per saga.
-/// 7: every write stores its group mark under `"Mgroup"`, checked against
-/// the witness file (`log::witness`).
-/// Frames have their own version byte (`codec::FORMAT_VERSION`).
+/// Version of the keyspace layout (DESIGN.md §3.3), stored under
+/// `"Mformat"`. A database of another version is refused with
+/// [`StoreError::FormatMismatch`]; CHANGELOG.md says what each version
+/// changed. Frames have their own version byte (`codec::FORMAT_VERSION`).
 pub const LAYOUT_VERSION: u8 = 7;
 
 /// The summary kept for each saga in the active or finished index, written

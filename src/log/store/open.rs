@@ -25,10 +25,7 @@ impl SledStore {
         UnixMillis::checked_now()?;
         let path = path.to_path_buf();
         let io = |what: &str, e: std::io::Error| {
-            StoreError::Backend(format!(
-                "opening {}: {what}: {e}; check the directory's permissions",
-                path.display()
-            ))
+            StoreError::io(format!("opening {}: {what}", path.display()), e)
         };
         let (witness, created) = claim_directory(&path, options)?;
         // The lock is held: from here on the directory is ours to tidy.
@@ -86,10 +83,7 @@ pub(super) fn claim_directory(
     options: &SledOptions,
 ) -> Result<(Witness, bool), StoreError> {
     let io = |what: &str, e: std::io::Error| {
-        StoreError::Backend(format!(
-            "opening {}: {what}: {e}; check the directory's permissions",
-            path.display()
-        ))
+        StoreError::io(format!("opening {}: {what}", path.display()), e)
     };
     let opened = |dir: &Path| {
         match Witness::open(dir, options.lock_wait) {
@@ -249,6 +243,9 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError>
                     path: path.to_path_buf(),
                     detail: format!("sled cannot read its conf file ({what})"),
                 })
+            }
+            Ok(Err(sled::Error::Io(e))) => {
+                return Err(StoreError::io(format!("opening {}", path.display()), e))
             }
             Ok(Err(other)) => {
                 return Err(StoreError::Backend(format!(

@@ -61,7 +61,10 @@ impl Kv for SledKv {
             mark
         };
         let applied = Instant::now();
-        let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flushed = self.db.flush().map(|_| ()).map_err(|e| match e {
+            sled::Error::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        });
         let flushed_at = Instant::now();
         #[cfg(test)]
         let flushed = match self
@@ -69,13 +72,13 @@ impl Kv for SledKv {
             .fail_flush_next
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            true => Err("injected flush failure".to_string()),
+            true => Err(std::io::Error::other("injected flush failure")),
             false => flushed,
         };
         if let Err(e) = flushed {
             // sled writes with `pwrite` + `sync_file_range`: a failure there
             // is a lost write-back as much as a failed `fdatasync` is.
-            return Err(self.sync.fail(&format!("sled's flush: {e}")));
+            return Err(self.sync.fail("sled's flush", e));
         }
         self.sync.sync()?;
         // Durable: the witness may now say so. A witness that cannot be
@@ -83,7 +86,7 @@ impl Kv for SledKv {
         // failed sync.
         self.witness
             .record(mark)
-            .map_err(|e| self.sync.fail(&format!("writing the witness file: {e}")))?;
+            .map_err(|e| self.sync.fail("writing the witness file", e))?;
         Ok(WriteTimes {
             apply: applied - began,
             flush: flushed_at - applied,
@@ -132,9 +135,7 @@ pub struct SledStore {
 pub struct SledOptions {
     /// sled's page cache size in bytes. Default 32 MiB: the log is written
     /// at the right edge of the key space and read back mostly at recovery,
-    /// so a large cache buys little (measured: throughput is the same at 16,
-    /// 32 and 64 MiB, and 1M sagas asleep on timers fit in 158 MB of RSS at
-    /// 32 MiB against 212 MB at 64 MiB).
+    /// so a larger cache costs memory and buys little throughput.
     pub cache_capacity: u64,
     /// How long `open` keeps retrying a database that is locked before it
     /// reports [`StoreError::Locked`]. Default 1 s. sled 0.34 finishes
@@ -150,9 +151,7 @@ pub struct SledOptions {
     /// Whether `open` reads every key once, so that a page sled cannot read
     /// is [`StoreError::Damaged`] at open rather than a read error later,
     /// in recovery or in a saga. Default true. It costs a scan of the
-    /// whole database per open (measured: recovery with a million finished
-    /// sagas, 730 MB, takes 2.4 s, 1.9 s of it sled's open and this read);
-    /// with false, such damage surfaces when the page is read, and
+    /// whole database per open (docs/BENCHMARKS.md, "Recovery"); with false, such damage surfaces when the page is read, and
     /// `sagalog verify` finds it.
     pub read_all_on_open: bool,
 }

@@ -1,5 +1,6 @@
 use super::kv::Kv;
 use super::*;
+use std::sync::Arc;
 
 fn append_value(store: &SledStore, saga: SagaId, seq: u64) -> Result<(), StoreError> {
     let append = SagaAppend::records(saga, seq, vec![vec![7; 16]]);
@@ -84,13 +85,14 @@ fn a_failed_sync_refuses_every_later_write_until_the_store_is_reopened() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let failed = append_value(&store, saga, 1).unwrap_err();
     assert!(
-        matches!(&failed, StoreError::Backend(m) if m.contains("could not be made durable")),
+        matches!(&failed, StoreError::NotDurable { context, source }
+            if context == "fdatasync" && source.to_string().contains("injected")),
         "{failed}"
     );
     // The next sync would succeed; the store must refuse the write anyway.
     let refused = append_value(&store, saga, 2).unwrap_err();
     assert!(
-        matches!(&refused, StoreError::Backend(m) if m.contains("earlier write")),
+        matches!(&refused, StoreError::WritesRefused { first } if first.starts_with("fdatasync")),
         "{refused}"
     );
     let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
@@ -115,15 +117,18 @@ fn a_failed_flush_refuses_every_later_write_as_a_failed_sync_does() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let failed = append_value(&store, saga, 0).unwrap_err();
     assert!(
-        matches!(&failed, StoreError::Backend(m) if m.contains("sled's flush")),
+        matches!(&failed, StoreError::NotDurable { context, .. } if context == "sled's flush"),
         "{failed}"
     );
     let refused = append_value(&store, saga, 1).unwrap_err();
     assert!(
-        matches!(&refused, StoreError::Backend(m) if m.contains("takes no more writes")),
+        matches!(&refused, StoreError::WritesRefused { first } if first.starts_with("sled's flush")),
         "{refused}"
     );
-    assert_eq!(store.writable(), Err(refused));
+    assert!(matches!(
+        store.writable(),
+        Err(StoreError::WritesRefused { .. })
+    ));
 }
 
 #[test]
@@ -147,4 +152,19 @@ fn a_memory_append_reports_no_flush_and_no_sync() {
     let times = store.append(&[&append], None).unwrap();
 
     assert_eq!((times.flush, times.sync), (Duration::ZERO, Duration::ZERO));
+}
+
+#[test]
+fn an_io_failure_keeps_the_operating_systems_error_as_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let Err(error) = SledStore::open(file.join("db"), SledOptions::default()) else {
+        panic!("a database under a regular file cannot be opened");
+    };
+    assert!(matches!(error, StoreError::Io { .. }), "{error}");
+    let kind = error.io_error().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::NotADirectory));
+    let source = std::error::Error::source(&error).expect("an I/O error has a source");
+    assert!(source.downcast_ref::<Arc<std::io::Error>>().is_some());
 }
