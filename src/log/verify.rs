@@ -55,196 +55,215 @@ impl VerifyReport {
 /// writes: [`LogStore::open_finding`]); a stretch of keys the store cannot
 /// read is reported and skipped. Bad values are reported, never fatal.
 pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
+    let mut check = Checker {
+        report: VerifyReport::default(),
+        // An unreadable watermark is reported with its key; meanwhile no
+        // saga is excused from having an index entry.
+        mark: store.watermark().ok().flatten(),
+        named: Default::default(),
+        logged: Default::default(),
+        indexed: Default::default(),
+        orphan_reported: None,
+    };
     if let Some(finding) = store.open_finding() {
-        report.problems.push(Problem {
-            key: keys::GROUP.to_vec(),
-            saga: None,
-            what: "witness",
-            error: finding.to_string(),
-        });
+        check.problem(keys::GROUP, None, "witness", finding.to_string());
     }
     let mut unreadable = Vec::new();
-    // Sagas named by an index entry, key or timer, and those with a log.
-    let mut named: std::collections::BTreeMap<SagaId, &'static str> = Default::default();
-    let mut logged = std::collections::HashSet::new();
-    // An unreadable watermark is reported below, with its key; meanwhile
-    // no saga is excused from having an index entry.
-    let mark = store.watermark().ok().flatten();
-    let unindexed_ok = |id: &SagaId| mark.is_some_and(|mark| *id >= mark);
-    // Keys come in order: 'A' and 'F' before 'K' and 'L'.
-    let mut indexed = std::collections::HashSet::new();
-    let mut orphan_reported = None;
     store.for_each_raw_salvaging(
         &mut |key, value| {
-            report.keys += 1;
-            let saga = match key.first() {
-                // A finished batch's key names the batch, not a saga.
-                Some(&(keys::LOG | keys::ACTIVE)) => keys::saga_id(key, 1),
-                Some(&keys::TIMER) => keys::parse_timer(key).map(|t| t.saga),
-                _ => None,
-            };
-            let mut problem = |what, error: String| {
-                report.problems.push(Problem {
-                    key: key.to_vec(),
-                    saga,
-                    what,
-                    error,
-                })
-            };
-            match key.first() {
-                Some(&keys::LOG) if key.len() == keys::LOG_KEY_LEN => {
-                    report.log_values += 1;
-                    logged.extend(saga);
-                    if let Some(id) = saga.filter(|id| !indexed.contains(id) && !unindexed_ok(id)) {
-                        if orphan_reported != Some(id) {
-                            orphan_reported = Some(id);
-                            problem(
-                                "log",
-                                "a log without an index entry (a partly deleted saga)".into(),
-                            );
-                        }
-                    }
-                    match codec::decode_records(value) {
-                        Ok(records) => report.records += records.len() as u64,
-                        Err(e) => problem("log", e.to_string()),
-                    }
-                }
-                Some(&keys::LOG) => problem(
-                    "log",
-                    format!(
-                        "log key of {} bytes, expected {}",
-                        key.len(),
-                        keys::LOG_KEY_LEN
-                    ),
-                ),
-                Some(&prefix @ (keys::ACTIVE | keys::FINISHED)) => {
-                    let finished = prefix == keys::FINISHED;
-                    let what = if !finished {
-                        "active index"
-                    } else {
-                        "finished index"
-                    };
-                    if key.len() != keys::INDEX_KEY_LEN {
-                        problem(
-                            what,
-                            format!(
-                                "index key of {} bytes, expected {}",
-                                key.len(),
-                                keys::INDEX_KEY_LEN
-                            ),
-                        );
-                        return true;
-                    }
-                    let (items, damage) = if finished {
-                        codec::split_finished_batch(value)
-                    } else {
-                        (saga.map(|id| (id, value)).into_iter().collect(), None)
-                    };
-                    for (id, entry) in items {
-                        report.index_entries += 1;
-                        indexed.insert(id);
-                        named.entry(id).or_insert(what);
-                        match codec::decode_index_entry::<IndexEntry>(entry) {
-                            Ok(entry) if entry.status.is_terminal() != finished => problem(
-                                what,
-                                format!(
-                                    "entry of {id} says {} but sits in the {what}",
-                                    entry.status
-                                ),
-                            ),
-                            Ok(_) => {}
-                            Err(e) => problem(what, format!("entry of {id}: {e}")),
-                        }
-                    }
-                    if let Some(e) = damage {
-                        problem(what, format!("damaged finished batch: {e}"));
-                    }
-                }
-                Some(&keys::IDEMPOTENCY) => {
-                let owner = crate::log::store::parse_key_claim(value).map(|claim| claim.saga);
-                if let Some(id) = owner {
-                    named.entry(id).or_insert("idempotency key");
-                }
-                if owner.is_some_and(|id| !indexed.contains(&id) && !unindexed_ok(&id)) {
-                    problem(
-                        "idempotency key",
-                        "names a saga that has no index entry".into(),
-                    );
-                }
-                if owner.is_none() {
-                    problem(
-                        "idempotency key",
-                        format!(
-                            "value of {} bytes, expected a 16-byte saga id and an optional 8-byte fingerprint",
-                            value.len()
-                        ),
-                    );
-                }
-            }
-            Some(&keys::TIMER) => {
-                    if saga.is_none() {
-                        problem(
-                            "timer",
-                            format!(
-                                "timer key of {} bytes, expected {}",
-                                key.len(),
-                                keys::TIMER_KEY_LEN
-                            ),
-                        );
-                    } else if let Err(e) = codec::decode_index_entry::<WaitPurpose>(value) {
-                        problem("timer", e.to_string());
-                    }
-                    if let Some(id) = saga {
-                        named.entry(id).or_insert("timer");
-                    }
-                }
-                _ if key == keys::WATERMARK => {
-                    if value.len() != 16 {
-                        problem(
-                            "index watermark",
-                            format!("value of {} bytes, expected a 16-byte saga id", value.len()),
-                        );
-                    }
-                }
-                _ if key == keys::GROUP => {
-                    if let Err(e) = Mark::decode(value) {
-                        problem("group mark", e);
-                    }
-                }
-                _ if key == keys::FORMAT => {
-                    if value != [LAYOUT_VERSION] {
-                        problem(
-                            "format marker",
-                            format!(
-                                "layout version {value:?}, this build reads [{LAYOUT_VERSION}]"
-                            ),
-                        );
-                    }
-                }
-                _ => problem("unknown", "the key belongs to no sagalog keyspace".into()),
-            }
+            check.value(key, value);
             true
         },
         &mut |after, error| unreadable.push((after.map(<[u8]>::to_vec), error)),
     )?;
     for (after, error) in unreadable {
-        report.problems.push(Problem {
-            saga: after.as_deref().and_then(|k| keys::saga_id(k, 1)),
-            key: after.unwrap_or_default(),
-            what: "unreadable",
-            error: format!("the keys after this one could not be read, and were skipped: {error}"),
+        let saga = after.as_deref().and_then(|k| keys::saga_id(k, 1));
+        let key = after.unwrap_or_default();
+        check.problem(
+            &key,
+            saga,
+            "unreadable",
+            format!("the keys after this one could not be read, and were skipped: {error}"),
+        );
+    }
+    Ok(check.finish())
+}
+
+/// What [`verify`] has seen so far. Keys come in order: `'A'` and `'F'`
+/// before `'K'` and `'L'`, so a log or key is checked against every index
+/// entry.
+struct Checker {
+    report: VerifyReport,
+    /// The index watermark: sagas at or above it may have no index entry.
+    mark: Option<SagaId>,
+    /// Sagas named by an index entry, key or timer, with what named them.
+    named: std::collections::BTreeMap<SagaId, &'static str>,
+    /// Sagas with a log value.
+    logged: std::collections::HashSet<SagaId>,
+    /// Sagas with an index entry.
+    indexed: std::collections::HashSet<SagaId>,
+    /// The last saga reported for a log without an index entry (a saga's
+    /// log values come together: one report per saga).
+    orphan_reported: Option<SagaId>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: &[u8], saga: Option<SagaId>, what: &'static str, error: String) {
+        self.report.problems.push(Problem {
+            key: key.to_vec(),
+            saga,
+            what,
+            error,
         });
     }
-    for (id, what) in named {
-        if !logged.contains(&id) {
-            report.problems.push(Problem {
-                key: Vec::new(),
-                saga: Some(id),
-                what,
-                error: format!("the {what} names saga {id}, whose log is missing"),
-            });
+
+    /// Whether saga `id` may lack an index entry (it is young, §4.2).
+    fn unindexed_ok(&self, id: SagaId) -> bool {
+        self.mark.is_some_and(|mark| id >= mark)
+    }
+
+    /// Checks one key and its value by its keyspace.
+    fn value(&mut self, key: &[u8], value: &[u8]) {
+        self.report.keys += 1;
+        match key.first() {
+            Some(&keys::LOG) => self.log(key, value),
+            Some(&prefix @ (keys::ACTIVE | keys::FINISHED)) => {
+                self.index(key, value, prefix == keys::FINISHED)
+            }
+            Some(&keys::IDEMPOTENCY) => self.idempotency(key, value),
+            Some(&keys::TIMER) => self.timer(key, value),
+            _ => self.metadata(key, value),
         }
     }
-    Ok(report)
+
+    fn log(&mut self, key: &[u8], value: &[u8]) {
+        let saga = keys::saga_id(key, 1);
+        if key.len() != keys::LOG_KEY_LEN {
+            let error = format!(
+                "log key of {} bytes, expected {}",
+                key.len(),
+                keys::LOG_KEY_LEN
+            );
+            return self.problem(key, saga, "log", error);
+        }
+        self.report.log_values += 1;
+        self.logged.extend(saga);
+        if let Some(id) = saga.filter(|id| !self.indexed.contains(id) && !self.unindexed_ok(*id)) {
+            if self.orphan_reported != Some(id) {
+                self.orphan_reported = Some(id);
+                let error = "a log without an index entry (a partly deleted saga)".into();
+                self.problem(key, saga, "log", error);
+            }
+        }
+        match codec::decode_records(value) {
+            Ok(records) => self.report.records += records.len() as u64,
+            Err(e) => self.problem(key, saga, "log", e.to_string()),
+        }
+    }
+
+    /// An active entry, or a finished batch (whose key names the batch, not
+    /// a saga).
+    fn index(&mut self, key: &[u8], value: &[u8], finished: bool) {
+        let what = if finished {
+            "finished index"
+        } else {
+            "active index"
+        };
+        let saga = (!finished).then(|| keys::saga_id(key, 1)).flatten();
+        if key.len() != keys::INDEX_KEY_LEN {
+            let error = format!(
+                "index key of {} bytes, expected {}",
+                key.len(),
+                keys::INDEX_KEY_LEN
+            );
+            return self.problem(key, saga, what, error);
+        }
+        let (items, damage) = if finished {
+            codec::split_finished_batch(value)
+        } else {
+            (saga.map(|id| (id, value)).into_iter().collect(), None)
+        };
+        for (id, entry) in items {
+            self.report.index_entries += 1;
+            self.indexed.insert(id);
+            self.named.entry(id).or_insert(what);
+            match codec::decode_index_entry::<IndexEntry>(entry) {
+                Ok(entry) if entry.status.is_terminal() != finished => {
+                    let error =
+                        format!("entry of {id} says {} but sits in the {what}", entry.status);
+                    self.problem(key, saga, what, error);
+                }
+                Ok(_) => {}
+                Err(e) => self.problem(key, saga, what, format!("entry of {id}: {e}")),
+            }
+        }
+        if let Some(e) = damage {
+            self.problem(key, saga, what, format!("damaged finished batch: {e}"));
+        }
+    }
+
+    fn idempotency(&mut self, key: &[u8], value: &[u8]) {
+        let what = "idempotency key";
+        let Some(id) = crate::log::store::parse_key_claim(value).map(|claim| claim.saga) else {
+            let error = format!(
+                "value of {} bytes, expected a 16-byte saga id and an optional 8-byte fingerprint",
+                value.len()
+            );
+            return self.problem(key, None, what, error);
+        };
+        self.named.entry(id).or_insert(what);
+        if !self.indexed.contains(&id) && !self.unindexed_ok(id) {
+            let error = "names a saga that has no index entry".into();
+            self.problem(key, None, what, error);
+        }
+    }
+
+    fn timer(&mut self, key: &[u8], value: &[u8]) {
+        let Some(saga) = keys::parse_timer(key).map(|t| t.saga) else {
+            let error = format!(
+                "timer key of {} bytes, expected {}",
+                key.len(),
+                keys::TIMER_KEY_LEN
+            );
+            return self.problem(key, None, "timer", error);
+        };
+        if let Err(e) = codec::decode_index_entry::<WaitPurpose>(value) {
+            self.problem(key, Some(saga), "timer", e.to_string());
+        }
+        self.named.entry(saga).or_insert("timer");
+    }
+
+    /// The database's own keys: the watermark, the group mark, the format.
+    fn metadata(&mut self, key: &[u8], value: &[u8]) {
+        let (what, error) = if key == keys::WATERMARK {
+            let error = (value.len() != 16)
+                .then(|| format!("value of {} bytes, expected a 16-byte saga id", value.len()));
+            ("index watermark", error)
+        } else if key == keys::GROUP {
+            ("group mark", Mark::decode(value).err())
+        } else if key == keys::FORMAT {
+            let error = (value != [LAYOUT_VERSION])
+                .then(|| format!("layout version {value:?}, this build reads [{LAYOUT_VERSION}]"));
+            ("format marker", error)
+        } else {
+            let error = "the key belongs to no sagalog keyspace".to_string();
+            ("unknown", Some(error))
+        };
+        if let Some(error) = error {
+            self.problem(key, None, what, error);
+        }
+    }
+
+    /// The report, with every index entry, key or timer whose saga has no
+    /// log.
+    fn finish(mut self) -> VerifyReport {
+        let named = std::mem::take(&mut self.named);
+        for (id, what) in named {
+            if !self.logged.contains(&id) {
+                let error = format!("the {what} names saga {id}, whose log is missing");
+                self.problem(&[], Some(id), what, error);
+            }
+        }
+        self.report
+    }
 }
