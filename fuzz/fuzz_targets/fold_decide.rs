@@ -284,9 +284,9 @@ fuzz_target!(|input: Input| {
             .filter(|&i| input.live & (1 << i) != 0)
             .filter(|&i| {
                 let step = &state.steps[i as usize];
-                in_flight(&step.forward)
-                    || in_flight(&step.compensation)
-                    || in_flight(&step.confirm)
+                in_flight(&step.forward.state)
+                    || in_flight(&step.compensation.state)
+                    || in_flight(&step.confirm.state)
             })
             .collect();
         let action = decide_live(&state, now, &live);

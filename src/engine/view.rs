@@ -174,7 +174,7 @@ impl SagaView {
             .zip(plan.steps.iter())
             .enumerate()
             .map(|(index, (s, name))| {
-                let last_error = match (&s.compensation, &s.forward) {
+                let last_error = match (&s.compensation.state, &s.forward.state) {
                     (CallState::Failed { failure, .. }, _) => Some(failure.clone()),
                     (CallState::NotStarted, CallState::Failed { failure, .. }) => {
                         Some(failure.clone())
@@ -187,11 +187,11 @@ impl SagaView {
                 };
                 StepView {
                     name: name.name.clone(),
-                    action: CallStatus::of(&s.forward),
+                    action: CallStatus::of(&s.forward.state),
                     action_attempts: s.forward.attempts(),
-                    compensation: CallStatus::of(&s.compensation),
+                    compensation: CallStatus::of(&s.compensation.state),
                     compensation_attempts: s.compensation.attempts(),
-                    confirm: CallStatus::of(&s.confirm),
+                    confirm: CallStatus::of(&s.confirm.state),
                     confirm_attempts: s.confirm.attempts(),
                     last_error,
                 }
@@ -279,7 +279,7 @@ fn given_up_in_doubt(state: &SagaState) -> Option<(StepIndex, StepFailure)> {
     }
     let plan = state.plan();
     state.steps.iter().enumerate().find_map(|(index, step)| {
-        let CallState::InFlight { attempt, .. } = step.forward else {
+        let CallState::InFlight { attempt, .. } = step.forward.state else {
             return None;
         };
         let index = index as StepIndex;
@@ -292,7 +292,7 @@ fn given_up_in_doubt(state: &SagaState) -> Option<(StepIndex, StepFailure)> {
             ),
             InDoubtPolicy::Rerun => format!(
                 "attempts used up: {} attempts, the last left in doubt by a restart (the process stopped while it ran); the retry policy allows {}",
-                attempt.saturating_sub(step.forward_base),
+                attempt.saturating_sub(step.forward.base),
                 plan.retry_of(index).max_attempts
             ),
         };

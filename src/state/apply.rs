@@ -2,9 +2,12 @@
 //! follow which. A record that breaks one is an [`IllegalTransition`].
 
 use crate::ids::{StepIndex, UnixMillis};
-use crate::log::record::{CallRef, Decision, LogEntry, OperatorAction, OperatorCommand, Record};
+use crate::log::record::{
+    CallRef, Decision, LogEntry, OperatorAction, OperatorCommand, Record, StepFailure,
+};
 use crate::status::SagaStatus;
 
+use super::step::Kind;
 use super::{CallState, IllegalTransition, PendingTimer, Retry, SagaState, StepState};
 
 impl SagaState {
@@ -48,23 +51,19 @@ impl SagaState {
             }
             Record::StepStarted(call) => self.step_started(*call, entry.at).map_err(illegal)?,
             Record::StepSucceeded(result) => {
-                let step = self.forward_in_flight(result.call).map_err(illegal)?;
-                step.forward = CallState::Succeeded {
-                    attempt: result.call.attempt,
-                    at: entry.at,
-                };
+                let step = self
+                    .in_flight(result.call, Kind::Forward)
+                    .map_err(illegal)?;
+                step.forward.end(result.call.attempt, entry.at, None);
                 step.output = Some(result.output.clone());
             }
             Record::StepFailed(result) => {
-                let step = self.forward_in_flight(result.call).map_err(illegal)?;
-                if result.failure.class.maybe_applied() {
-                    step.earlier_attempt_in_doubt = true;
-                }
-                step.forward = CallState::Failed {
-                    attempt: result.call.attempt,
-                    failure: result.failure.clone(),
-                    at: entry.at,
-                };
+                let step = self
+                    .in_flight(result.call, Kind::Forward)
+                    .map_err(illegal)?;
+                step.earlier_attempt_in_doubt |= result.failure.class.maybe_applied();
+                let failure = Some(result.failure.clone());
+                step.forward.end(result.call.attempt, entry.at, failure);
                 if self.failure.is_none() && self.forward_retry(result.call.step) == Retry::No {
                     self.failure = Some((result.call.step, result.failure.clone()));
                     self.failure_at = Some(entry.at);
@@ -73,21 +72,17 @@ impl SagaState {
             Record::CompensationStarted(call) => self
                 .compensation_started(*call, entry.at)
                 .map_err(illegal)?,
-            Record::CompensationSucceeded(call) => {
-                let step = self.compensation_in_flight(*call).map_err(illegal)?;
-                step.compensation = CallState::Succeeded {
-                    attempt: call.attempt,
-                    at: entry.at,
-                };
-            }
-            Record::CompensationFailed(result) => {
-                let step = self.compensation_in_flight(result.call).map_err(illegal)?;
-                step.compensation = CallState::Failed {
-                    attempt: result.call.attempt,
-                    failure: result.failure.clone(),
-                    at: entry.at,
-                };
-            }
+            Record::CompensationSucceeded(call) => self
+                .end_call(*call, Kind::Compensation, entry.at, None)
+                .map_err(illegal)?,
+            Record::CompensationFailed(result) => self
+                .end_call(
+                    result.call,
+                    Kind::Compensation,
+                    entry.at,
+                    Some(&result.failure),
+                )
+                .map_err(illegal)?,
             Record::SagaSuspended(suspended) => {
                 self.suspended = Some(suspended.reason.clone());
             }
@@ -119,25 +114,57 @@ impl SagaState {
             Record::ConfirmStarted(call) => {
                 self.confirm_started(*call, entry.at).map_err(illegal)?
             }
-            Record::ConfirmSucceeded(call) => {
-                let step = self.confirm_in_flight(*call).map_err(illegal)?;
-                step.confirm = CallState::Succeeded {
-                    attempt: call.attempt,
-                    at: entry.at,
-                };
-            }
-            Record::ConfirmFailed(result) => {
-                let step = self.confirm_in_flight(result.call).map_err(illegal)?;
-                step.confirm = CallState::Failed {
-                    attempt: result.call.attempt,
-                    failure: result.failure.clone(),
-                    at: entry.at,
-                };
-            }
+            Record::ConfirmSucceeded(call) => self
+                .end_call(*call, Kind::Confirm, entry.at, None)
+                .map_err(illegal)?,
+            Record::ConfirmFailed(result) => self
+                .end_call(result.call, Kind::Confirm, entry.at, Some(&result.failure))
+                .map_err(illegal)?,
         }
         self.next_seq += 1;
         self.last_at = entry.at;
         Ok(())
+    }
+
+    /// Ends the open `kind` call `call` at `at`, failed with `failure` or
+    /// succeeded.
+    fn end_call(
+        &mut self,
+        call: CallRef,
+        kind: Kind,
+        at: UnixMillis,
+        failure: Option<&StepFailure>,
+    ) -> Result<(), String> {
+        let step = self.in_flight(call, kind)?;
+        step.track_mut(kind).end(call.attempt, at, failure.cloned());
+        Ok(())
+    }
+
+    /// The step of `call`, if `call` is the attempt of its `kind` in flight:
+    /// only an open intent takes a result.
+    pub(super) fn in_flight(
+        &mut self,
+        call: CallRef,
+        kind: Kind,
+    ) -> Result<&mut StepState, String> {
+        let step = self.step_mut(call.step)?;
+        if step.track(kind).is_in_flight(call.attempt) {
+            return Ok(step);
+        }
+        let what = match kind {
+            Kind::Forward => "",
+            Kind::Compensation => "compensation ",
+            Kind::Confirm => "confirm ",
+        };
+        let of = if kind == Kind::Confirm {
+            "branch"
+        } else {
+            "step"
+        };
+        Err(format!(
+            "no {what}intent for attempt {} of {of} {} is open",
+            call.attempt, call.step
+        ))
     }
 
     pub(super) fn step_mut(&mut self, step: StepIndex) -> Result<&mut StepState, String> {
@@ -178,7 +205,7 @@ impl SagaState {
             ));
         }
         let step = self.step_mut(call.step)?;
-        let expected = match &step.forward {
+        let expected = match &step.forward.state {
             CallState::NotStarted => 1,
             CallState::InFlight { attempt, .. } => attempt.saturating_add(1),
             CallState::Failed {
@@ -189,34 +216,13 @@ impl SagaState {
             }
             CallState::Succeeded { .. } => return Err("the step already succeeded".into()),
         };
-        if call.attempt != expected {
-            return Err(format!(
-                "expected attempt {expected}, found {}",
-                call.attempt
-            ));
-        }
-        if matches!(step.forward, CallState::InFlight { .. }) {
-            // The previous attempt never reported: it stays in doubt.
-            step.earlier_attempt_in_doubt = true;
-        }
+        // The previous attempt, if it never reported, stays in doubt.
+        let unreported = matches!(step.forward.state, CallState::InFlight { .. });
+        step.forward.start(call, at, expected)?;
+        step.earlier_attempt_in_doubt |= unreported;
         step.retry_granted = false;
         step.first_attempt_at.get_or_insert(at);
-        step.forward = CallState::InFlight {
-            attempt: call.attempt,
-            since: at,
-        };
         Ok(())
-    }
-
-    pub(super) fn forward_in_flight(&mut self, call: CallRef) -> Result<&mut StepState, String> {
-        let step = self.step_mut(call.step)?;
-        match step.forward {
-            CallState::InFlight { attempt, .. } if attempt == call.attempt => Ok(step),
-            _ => Err(format!(
-                "no intent for attempt {} of step {} is open",
-                call.attempt, call.step
-            )),
-        }
     }
 
     pub(super) fn compensation_started(
@@ -251,39 +257,10 @@ impl SagaState {
         if !step.maybe_applied() {
             return Err("the step's action never started or certainly had no effect".into());
         }
-        let expected = match &step.compensation {
-            CallState::NotStarted => 1,
-            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
-                attempt.saturating_add(1)
-            }
-            CallState::Succeeded { .. } => return Err("the step is already compensated".into()),
-        };
-        if call.attempt != expected {
-            return Err(format!(
-                "expected attempt {expected}, found {}",
-                call.attempt
-            ));
-        }
-        step.compensation = CallState::InFlight {
-            attempt: call.attempt,
-            since: at,
-        };
+        step.compensation
+            .begin(call, at, "step is already compensated")?;
         self.compensating = true;
         Ok(())
-    }
-
-    pub(super) fn compensation_in_flight(
-        &mut self,
-        call: CallRef,
-    ) -> Result<&mut StepState, String> {
-        let step = self.step_mut(call.step)?;
-        match step.compensation {
-            CallState::InFlight { attempt, .. } if attempt == call.attempt => Ok(step),
-            _ => Err(format!(
-                "no compensation intent for attempt {} of step {} is open",
-                call.attempt, call.step
-            )),
-        }
     }
 
     pub(super) fn decided(&mut self, decision: Decision) -> Result<(), String> {
@@ -319,36 +296,9 @@ impl SagaState {
         if self.suspended.is_some() || self.abandoned.is_some() {
             return Err("a confirm may not start while the saga waits for an operator".into());
         }
-        let step = self.step_mut(call.step)?;
-        let expected = match &step.confirm {
-            CallState::NotStarted => 1,
-            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
-                attempt.saturating_add(1)
-            }
-            CallState::Succeeded { .. } => return Err("the branch is already confirmed".into()),
-        };
-        if call.attempt != expected {
-            return Err(format!(
-                "expected attempt {expected}, found {}",
-                call.attempt
-            ));
-        }
-        step.confirm = CallState::InFlight {
-            attempt: call.attempt,
-            since: at,
-        };
-        Ok(())
-    }
-
-    pub(super) fn confirm_in_flight(&mut self, call: CallRef) -> Result<&mut StepState, String> {
-        let step = self.step_mut(call.step)?;
-        match step.confirm {
-            CallState::InFlight { attempt, .. } if attempt == call.attempt => Ok(step),
-            _ => Err(format!(
-                "no confirm intent for attempt {} of branch {} is open",
-                call.attempt, call.step
-            )),
-        }
+        self.step_mut(call.step)?
+            .confirm
+            .begin(call, at, "branch is already confirmed")
     }
 
     /// Refuses `command` when an action recorded and not yet carried out
@@ -407,7 +357,7 @@ impl SagaState {
                 self.finished = None;
                 self.compensation_ordered = true;
                 for step in &mut self.steps {
-                    step.compensation_base = step.compensation.attempts();
+                    step.compensation.fresh_budget();
                 }
             }
             OperatorCommand::MarkCompensated { step } => {
@@ -426,7 +376,7 @@ impl SagaState {
                 if state.compensation.is_succeeded() {
                     return Err(format!("step {step} is already compensated"));
                 }
-                state.compensation = CallState::Succeeded {
+                state.compensation.state = CallState::Succeeded {
                     attempt: state.compensation.attempts(),
                     at,
                 };
@@ -438,7 +388,7 @@ impl SagaState {
                     return Err("compensation has started; there is nothing to retry".into());
                 }
                 for step in &mut self.steps {
-                    step.confirm_base = step.confirm.attempts();
+                    step.confirm.fresh_budget();
                 }
             }
             OperatorCommand::RetryStep => {
@@ -453,14 +403,14 @@ impl SagaState {
                     .iter_mut()
                     .find(|s| !s.forward.is_succeeded())
                     .ok_or("every step succeeded; there is nothing to retry")?;
-                match step.forward {
+                match step.forward.state {
                     CallState::Failed { .. } | CallState::InFlight { .. } => {}
                     CallState::NotStarted | CallState::Succeeded { .. } => {
                         return Err("the next step has not failed; there is nothing to retry".into())
                     }
                 }
                 step.retry_granted = true;
-                step.forward_base = step.forward.attempts();
+                step.forward.fresh_budget();
                 step.first_attempt_at = None;
                 self.failure = None;
                 self.failure_at = None;
@@ -472,7 +422,7 @@ impl SagaState {
                 }
                 self.compensation_ordered = true;
                 for step in &mut self.steps {
-                    step.compensation_base = step.compensation.attempts();
+                    step.compensation.fresh_budget();
                 }
             }
         }

@@ -93,6 +93,22 @@ impl Choice {
         }
     }
 
+    /// `action` once `due` (the end of a backoff) has come, else a wait
+    /// for it.
+    fn after_backoff(
+        &mut self,
+        now: UnixMillis,
+        due: UnixMillis,
+        purpose: WaitPurpose,
+        action: NextAction,
+    ) {
+        if now < due {
+            self.wait(due, purpose);
+        } else {
+            self.run(action);
+        }
+    }
+
     fn suspend(&mut self, reason: String) {
         self.suspend.get_or_insert(reason);
     }
@@ -212,7 +228,7 @@ fn next_forward(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> Forwa
         if !idle(&index) {
             continue;
         }
-        match &step.forward {
+        match &step.forward.state {
             CallState::InFlight { attempt, since } => {
                 // Only seen after a restart (or for a call not in `live`): the
                 // engine never decides about its own running call. Re-runs
@@ -233,18 +249,18 @@ fn next_forward(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> Forwa
     let mut all_succeeded = true;
     for (index, step) in state.steps.iter().enumerate() {
         let index = index as StepIndex;
-        if !matches!(step.forward, CallState::Succeeded { .. }) {
+        if !matches!(step.forward.state, CallState::Succeeded { .. }) {
             all_succeeded = false;
         }
         if !idle(&index) {
             continue;
         }
-        match &step.forward {
+        match &step.forward.state {
             CallState::Succeeded { .. } => {}
             CallState::NotStarted => {
                 let ready = state.plan().steps[index as usize].after.iter().all(|&dep| {
                     matches!(
-                        state.steps[dep as usize].forward,
+                        state.steps[dep as usize].forward.state,
                         CallState::Succeeded { .. }
                     )
                 });
@@ -300,8 +316,8 @@ fn next_confirm(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextA
             continue;
         }
         let name = state.plan().step_name(index);
-        let used = step.confirm.attempts().saturating_sub(step.confirm_base);
-        match &step.confirm {
+        let used = step.confirm.used();
+        match &step.confirm.state {
             CallState::Succeeded { .. } => {}
             CallState::NotStarted => choice.run(NextAction::Confirm {
                 step: index,
@@ -333,21 +349,13 @@ fn next_confirm(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextA
                 } else {
                     let delay =
                         policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 2);
-                    let due = at.plus_millis(delay);
-                    if now < due {
-                        choice.wait(
-                            due,
-                            WaitPurpose::ConfirmBackoff {
-                                step: index,
-                                attempt: attempt + 1,
-                            },
-                        );
-                    } else {
-                        choice.run(NextAction::Confirm {
-                            step: index,
-                            attempt: attempt + 1,
-                        });
-                    }
+                    let (step, attempt) = (index, attempt + 1);
+                    choice.after_backoff(
+                        now,
+                        at.plus_millis(delay),
+                        WaitPurpose::ConfirmBackoff { step, attempt },
+                        NextAction::Confirm { step, attempt },
+                    );
                 }
             }
         }
@@ -406,7 +414,7 @@ fn manual_hold(state: &SagaState) -> bool {
         state
             .steps
             .iter()
-            .position(|s| !matches!(s.forward, CallState::Succeeded { .. }))
+            .position(|s| !matches!(s.forward.state, CallState::Succeeded { .. }))
             .map(|i| i as StepIndex)
     });
     governing.is_some_and(|step| state.plan().strategy_of(step) == CompensationStrategy::Manual)
@@ -447,11 +455,8 @@ fn next_compensation(
             continue;
         }
         let name = state.plan().step_name(index);
-        let used = step
-            .compensation
-            .attempts()
-            .saturating_sub(step.compensation_base);
-        match &step.compensation {
+        let used = step.compensation.used();
+        match &step.compensation.state {
             CallState::NotStarted => choice.run(NextAction::Compensate {
                 step: index,
                 attempt: 1,
@@ -491,21 +496,13 @@ fn next_compensation(
                 } else {
                     let delay =
                         policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 1);
-                    let due = at.plus_millis(delay);
-                    if now < due {
-                        choice.wait(
-                            due,
-                            WaitPurpose::CompensationBackoff {
-                                step: index,
-                                attempt: attempt + 1,
-                            },
-                        );
-                    } else {
-                        choice.run(NextAction::Compensate {
-                            step: index,
-                            attempt: attempt + 1,
-                        });
-                    }
+                    let (step, attempt) = (index, attempt + 1);
+                    choice.after_backoff(
+                        now,
+                        at.plus_millis(delay),
+                        WaitPurpose::CompensationBackoff { step, attempt },
+                        NextAction::Compensate { step, attempt },
+                    );
                 }
             }
         }

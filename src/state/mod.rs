@@ -206,18 +206,18 @@ impl SagaState {
         Some(names.join(", "))
     }
 
-    /// What the retry policy allows after step `step`'s action failed.
-    /// Only meaningful when its forward state is `Failed`.
     /// Whether step `step`'s action, left in doubt at `attempt` (a restart
     /// found its intent without a result), runs again: the in-doubt policy
     /// re-runs and the step's retry policy has attempts left. Otherwise
     /// the saga gives up on the step.
     pub(crate) fn reruns_in_doubt(&self, step: StepIndex, attempt: Attempt) -> bool {
-        let base = self.steps.get(step as usize).map_or(0, |s| s.forward_base);
+        let base = self.steps.get(step as usize).map_or(0, |s| s.forward.base);
         self.plan().in_doubt == crate::policy::InDoubtPolicy::Rerun
             && attempt.saturating_sub(base) < self.plan().retry_of(step).max_attempts
     }
 
+    /// What the retry policy allows after step `step`'s action failed.
+    /// Only meaningful when its forward state is `Failed`.
     pub(crate) fn forward_retry(&self, step: StepIndex) -> Retry {
         let Some(state) = self.steps.get(step as usize) else {
             return Retry::No;
@@ -226,7 +226,7 @@ impl SagaState {
             attempt,
             failure,
             at,
-        } = &state.forward
+        } = &state.forward.state
         else {
             return Retry::No;
         };
@@ -237,7 +237,7 @@ impl SagaState {
             return Retry::No;
         }
         let policy = self.plan().retry_of(step);
-        let used = attempt.saturating_sub(state.forward_base);
+        let used = attempt.saturating_sub(state.forward.base);
         if used >= policy.max_attempts {
             return Retry::No;
         }
@@ -275,7 +275,7 @@ impl SagaState {
                 None if self
                     .steps
                     .iter()
-                    .all(|s| s.forward == CallState::NotStarted) =>
+                    .all(|s| s.forward.state == CallState::NotStarted) =>
                 {
                     SagaStatus::Created
                 }
@@ -288,7 +288,7 @@ impl SagaState {
         if self
             .steps
             .iter()
-            .all(|s| s.forward == CallState::NotStarted)
+            .all(|s| s.forward.state == CallState::NotStarted)
         {
             return SagaStatus::Created;
         }

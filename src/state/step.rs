@@ -2,13 +2,14 @@
 //! the timer a saga sleeps on.
 
 use crate::ids::{Attempt, UnixMillis};
-use crate::log::record::{StepFailure, WaitPurpose};
+use crate::log::record::{CallRef, StepFailure, WaitPurpose};
 
-/// Progress of one kind of call (forward action or compensation) of one step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Progress of one kind of call (action, compensation or confirm) of one step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CallState {
     /// Never attempted.
+    #[default]
     NotStarted,
     /// Intent written, no result: running now, or in doubt after a crash.
     InFlight {
@@ -51,54 +52,164 @@ impl CallState {
     }
 }
 
+/// One kind of call of one step (its action, compensation or confirm):
+/// where it stands, and how many of its attempts came before the last
+/// operator action that granted a fresh budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallTrack {
+    /// Where the call stands.
+    pub state: CallState,
+    /// Attempts made before the last fresh budget; the retry budget counts
+    /// the attempts after it.
+    pub base: Attempt,
+}
+
+impl CallTrack {
+    /// Attempts made so far.
+    pub fn attempts(&self) -> Attempt {
+        self.state.attempts()
+    }
+
+    /// Attempts since the last fresh budget: what the retry budget counts.
+    pub fn used(&self) -> Attempt {
+        self.attempts().saturating_sub(self.base)
+    }
+
+    /// True once an attempt succeeded.
+    pub fn is_succeeded(&self) -> bool {
+        self.state.is_succeeded()
+    }
+
+    /// An operator granted a fresh budget: the attempts so far no longer
+    /// count.
+    pub(super) fn fresh_budget(&mut self) {
+        self.base = self.attempts();
+    }
+
+    /// The intent of attempt `call.attempt` was written at `at`; `done`
+    /// names the call for the refusal when it already succeeded. Any
+    /// earlier attempt that did not succeed may be followed by the next.
+    pub(super) fn begin(
+        &mut self,
+        call: CallRef,
+        at: UnixMillis,
+        done: &str,
+    ) -> Result<(), String> {
+        let expected = match &self.state {
+            CallState::NotStarted => 1,
+            CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
+                attempt.saturating_add(1)
+            }
+            CallState::Succeeded { .. } => return Err(format!("the {done}")),
+        };
+        self.start(call, at, expected)
+    }
+
+    /// Sets attempt `call.attempt` in flight since `at`, if it is `expected`.
+    pub(super) fn start(
+        &mut self,
+        call: CallRef,
+        at: UnixMillis,
+        expected: Attempt,
+    ) -> Result<(), String> {
+        if call.attempt != expected {
+            return Err(format!(
+                "expected attempt {expected}, found {}",
+                call.attempt
+            ));
+        }
+        self.state = CallState::InFlight {
+            attempt: call.attempt,
+            since: at,
+        };
+        Ok(())
+    }
+
+    /// Whether attempt `attempt` is the one in flight.
+    pub(super) fn is_in_flight(&self, attempt: Attempt) -> bool {
+        matches!(self.state, CallState::InFlight { attempt: open, .. } if open == attempt)
+    }
+
+    /// The attempt in flight ended with `result` at `at`.
+    pub(super) fn end(&mut self, attempt: Attempt, at: UnixMillis, failure: Option<StepFailure>) {
+        self.state = match failure {
+            None => CallState::Succeeded { attempt, at },
+            Some(failure) => CallState::Failed {
+                attempt,
+                failure,
+                at,
+            },
+        };
+    }
+}
+
 /// Everything the log says about one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepState {
-    /// The forward action.
-    pub forward: CallState,
-    /// The compensation.
-    pub compensation: CallState,
+    /// The forward action (a TCC try).
+    pub forward: CallTrack,
+    /// The compensation (a TCC cancel).
+    pub compensation: CallTrack,
     /// The action's output, once it succeeded.
     pub output: Option<Vec<u8>>,
     /// Some earlier attempt of the action may have taken effect (it was left
     /// in doubt, or failed with [`ErrorClass::Unknown`](crate::ErrorClass::Unknown) or [`InDoubt`](crate::ErrorClass::InDoubt)).
     pub earlier_attempt_in_doubt: bool,
-    /// Action attempts made before the last operator retry; the retry
-    /// budget counts attempts after it.
-    pub forward_base: Attempt,
     /// An operator granted one more attempt, even after a permanent error.
     pub retry_granted: bool,
     /// When the first attempt (since the last operator retry) started; the
     /// retry deadline counts from here.
     pub first_attempt_at: Option<UnixMillis>,
-    /// Compensation attempts made before the last operator "compensate now".
-    pub compensation_base: Attempt,
     /// An operator marked this step compensated by hand.
     pub compensated_by_operator: bool,
     /// TCC: the confirm of this branch.
-    pub confirm: CallState,
-    /// Confirm attempts made before the last operator retry.
-    pub confirm_base: Attempt,
+    pub confirm: CallTrack,
     /// TCC: a branch whose try started is cancelled whatever the try
     /// reported (its participant's barrier turns a needless cancel into an
     /// empty rollback).
     pub cancel_if_tried: bool,
 }
 
+/// Which call of a step a record is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// The action, or a TCC try.
+    Forward,
+    /// The compensation, or a TCC cancel.
+    Compensation,
+    /// A TCC confirm.
+    Confirm,
+}
+
 impl StepState {
+    /// The track of call `kind`.
+    pub(super) fn track(&self, kind: Kind) -> &CallTrack {
+        match kind {
+            Kind::Forward => &self.forward,
+            Kind::Compensation => &self.compensation,
+            Kind::Confirm => &self.confirm,
+        }
+    }
+
+    /// The track of call `kind`, to change.
+    pub(super) fn track_mut(&mut self, kind: Kind) -> &mut CallTrack {
+        match kind {
+            Kind::Forward => &mut self.forward,
+            Kind::Compensation => &mut self.compensation,
+            Kind::Confirm => &mut self.confirm,
+        }
+    }
+
     pub(super) fn new(cancel_if_tried: bool) -> Self {
         StepState {
-            confirm: CallState::NotStarted,
-            confirm_base: 0,
+            confirm: CallTrack::default(),
             cancel_if_tried,
-            forward: CallState::NotStarted,
-            compensation: CallState::NotStarted,
+            forward: CallTrack::default(),
+            compensation: CallTrack::default(),
             output: None,
             earlier_attempt_in_doubt: false,
-            forward_base: 0,
             retry_granted: false,
             first_attempt_at: None,
-            compensation_base: 0,
             compensated_by_operator: false,
         }
     }
@@ -108,10 +219,10 @@ impl StepState {
     /// unknown. Only such steps are compensated (invariant I4).
     pub fn maybe_applied(&self) -> bool {
         if self.cancel_if_tried {
-            return self.forward != CallState::NotStarted;
+            return self.forward.state != CallState::NotStarted;
         }
         self.earlier_attempt_in_doubt
-            || match &self.forward {
+            || match &self.forward.state {
                 CallState::NotStarted => false,
                 CallState::InFlight { .. } | CallState::Succeeded { .. } => true,
                 CallState::Failed { failure, .. } => failure.class.maybe_applied(),

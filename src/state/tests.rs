@@ -154,14 +154,14 @@ fn probes(state: &SagaState) -> Vec<(&'static str, Record)> {
     let next_forward = state
         .steps
         .iter()
-        .position(|s| !matches!(s.forward, CallState::Succeeded { .. }))
+        .position(|s| !matches!(s.forward.state, CallState::Succeeded { .. }))
         .unwrap_or(0) as StepIndex;
     let fwd_attempt = state.steps[next_forward as usize].forward.attempts();
     let fwd_open = state
         .steps
         .iter()
         .enumerate()
-        .find_map(|(i, s)| match s.forward {
+        .find_map(|(i, s)| match s.forward.state {
             CallState::InFlight { attempt, .. } => Some(call(i as StepIndex, attempt)),
             _ => None,
         })
@@ -175,7 +175,7 @@ fn probes(state: &SagaState) -> Vec<(&'static str, Record)> {
         .steps
         .iter()
         .enumerate()
-        .find_map(|(i, s)| match s.compensation {
+        .find_map(|(i, s)| match s.compensation.state {
             CallState::InFlight { attempt, .. } => Some(call(i as StepIndex, attempt)),
             _ => None,
         })
