@@ -26,12 +26,7 @@ impl Inner {
     ) {
         let (id, step, attempt) = (code.id, call.step, call.attempt);
         let phase = kind.phase(state);
-        if attempt > 1 {
-            metrics::counter!(crate::metrics::RETRIES, "phase" => phase.as_str()).increment(1);
-        }
-        if kind == CallKind::Compensate {
-            metrics::counter!(crate::metrics::COMPENSATIONS).increment(1);
-        }
+        count_call(phase, attempt, kind);
         let outputs: Arc<[Option<Vec<u8>>]> =
             state.steps.iter().map(|s| s.output.clone()).collect();
         let timeout = state.plan().timeout_of(step);
@@ -74,19 +69,7 @@ impl Inner {
         // then spawned, so that it makes progress while this loop waits for
         // its own writes, and runs in parallel with its sibling calls.
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let future: crate::definition::BoxFuture<Result<Vec<u8>, StepError>> = match child {
-                Some(child_type) => {
-                    let engine = crate::engine::Engine {
-                        _handle: None,
-                        inner: self.clone(),
-                    };
-                    let input = (kind == CallKind::Forward)
-                        .then(|| code.definition.child_input(spec, &code.input));
-                    Box::pin(engine.run_child(id, step, child_type, input))
-                }
-                None => code.definition.call(spec, &code.input),
-            };
-            let mut future = future.instrument(span);
+            let mut future = self.participant(code, spec, child, kind).instrument(span);
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match std::pin::Pin::new(&mut future).poll(&mut cx) {
                 std::task::Poll::Ready(result) => Ok(result),
@@ -108,22 +91,65 @@ impl Inner {
                 return;
             }
         };
-        let timed = async move {
-            match deadline {
-                None => future.await,
-                Some((ms, at)) => tokio::time::timeout_at(at, future)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StepError::unknown(format!(
-                            "no reply within {ms} ms; the call may have taken effect"
-                        )))
-                    }),
-            }
-        };
         // Spawned so that a panicking participant is an error, not a dead
         // saga task; aborted when the set is dropped (hard shutdown).
-        let handle = calls.set.spawn(timed);
+        let handle = calls.set.spawn(with_deadline(future, deadline));
         calls.meta.insert(handle.id(), launched);
+    }
+
+    /// The future of one call: the participant's, or for a sub-saga step
+    /// the engine's own, which starts or finds the child and waits for it.
+    fn participant(
+        self: &Arc<Self>,
+        code: &SagaCode,
+        spec: CallSpec,
+        child: Option<crate::ids::SagaType>,
+        kind: CallKind,
+    ) -> crate::definition::BoxFuture<Result<Vec<u8>, StepError>> {
+        match child {
+            Some(child_type) => {
+                let (id, step) = (spec.saga_id, spec.step);
+                let engine = crate::engine::Engine {
+                    _handle: None,
+                    inner: self.clone(),
+                };
+                let input = (kind == CallKind::Forward)
+                    .then(|| code.definition.child_input(spec, &code.input));
+                Box::pin(engine.run_child(id, step, child_type, input))
+            }
+            None => code.definition.call(spec, &code.input),
+        }
+    }
+}
+
+/// Counts a call that is about to be made: a retry, a compensation.
+fn count_call(phase: Phase, attempt: u32, kind: CallKind) {
+    if attempt > 1 {
+        metrics::counter!(crate::metrics::RETRIES, "phase" => phase.as_str()).increment(1);
+    }
+    if kind == CallKind::Compensate {
+        metrics::counter!(crate::metrics::COMPENSATIONS).increment(1);
+    }
+}
+
+/// `future`, ended as an `Unknown` failure if it is not done by the
+/// deadline (its timeout in ms, and the instant it runs out).
+async fn with_deadline<F>(
+    future: F,
+    deadline: Option<(u64, tokio::time::Instant)>,
+) -> Result<Vec<u8>, StepError>
+where
+    F: Future<Output = Result<Vec<u8>, StepError>>,
+{
+    match deadline {
+        None => future.await,
+        Some((ms, at)) => tokio::time::timeout_at(at, future)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepError::unknown(format!(
+                    "no reply within {ms} ms; the call may have taken effect"
+                )))
+            }),
     }
 }
 

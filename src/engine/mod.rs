@@ -41,7 +41,7 @@ pub use config::{CallHook, CallPoint, EngineConfig, SuspendHook};
 pub use query::{SagaFilter, Stats};
 pub use recovery::Recovery;
 pub use retention::{Retention, SweepReport};
-pub(crate) use start::Conflict;
+pub(crate) use start::{Conflict, NewSaga};
 pub use start::{StartOptions, Started};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry};

@@ -70,18 +70,18 @@ impl Engine {
                     fingerprint: crate::log::store::input_fingerprint(child_type.as_str(), &input),
                     attach: true,
                 };
-                self.start_encoded(
-                    &child_type,
+                let new = crate::engine::NewSaga {
+                    saga_type: child_type.clone(),
                     definition,
                     plan,
                     input,
-                    Some((key, on_conflict)),
-                    Some(link),
-                    None,
-                )
-                .await
-                .map_err(|e| StepError::unknown(format!("could not start the sub-saga: {e}")))?
-                .saga_id
+                    key: Some((key, on_conflict)),
+                    parent: Some(link),
+                };
+                self.start_encoded(new, None)
+                    .await
+                    .map_err(|e| StepError::unknown(format!("could not start the sub-saga: {e}")))?
+                    .saga_id
             }
         };
         let outcome = self

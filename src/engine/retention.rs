@@ -70,59 +70,11 @@ impl Engine {
     ) -> Result<SweepReport, Error> {
         let cutoff = self.now().minus(older_than);
         let mut report = SweepReport::default();
-        // Which finished batches name each saga: a saga's items go with it.
-        let mut named: HashMap<SagaId, Vec<SagaId>> = HashMap::new();
-        for batch in self
-            .inner
-            .store
-            .scan_finished_batches(SagaId::from_bytes([0; 16]))?
-        {
-            for (saga, _) in &batch.items {
-                named.entry(*saga).or_default().push(batch.id);
-            }
-        }
-        let candidates: Vec<SagaId> = self
-            .inner
-            .store
-            .scan_finished()?
-            .into_iter()
-            .filter(|(_, bytes)| {
-                codec::decode_index_entry::<IndexEntry>(bytes)
-                    .is_ok_and(|e| e.status.is_terminal() && e.changed_at <= cutoff)
-            })
-            .map(|(id, _)| id)
-            .collect();
+        let named = self.batches_naming_each_saga()?;
+        let candidates = self.finished_before(cutoff)?;
         report.eligible = candidates.len() as u64;
         for chunk in candidates.chunks(batch.max(1)) {
-            let mut removals = Vec::with_capacity(chunk.len());
-            for &id in chunk {
-                if !self.claim(id) {
-                    report.skipped += 1;
-                    continue;
-                }
-                match self.start_record_key(id) {
-                    Some(key) => removals.push(Removal {
-                        saga: id,
-                        idempotency_key: key,
-                        batches: named.get(&id).cloned().unwrap_or_default(),
-                    }),
-                    None => {
-                        report.skipped += 1;
-                        self.hand_back(id);
-                    }
-                }
-            }
-            // Commands that reached a claimed saga before the delete win.
-            removals.retain(|r| {
-                let idle = lock(&self.inner.running)
-                    .get(&r.saga)
-                    .is_none_or(|mailbox| mailbox.is_empty());
-                if !idle {
-                    report.skipped += 1;
-                    self.hand_back(r.saga);
-                }
-                idle
-            });
+            let removals = self.claim_removals(chunk, &named, &mut report);
             let store = self.inner.store.clone();
             let ids: Vec<SagaId> = removals.iter().map(|r| r.saga).collect();
             let removed = tokio::task::spawn_blocking(move || store.remove_finished(&removals))
@@ -148,6 +100,77 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+
+    /// Which finished batches name each saga: a saga's items go with it.
+    fn batches_naming_each_saga(&self) -> Result<HashMap<SagaId, Vec<SagaId>>, Error> {
+        let mut named: HashMap<SagaId, Vec<SagaId>> = HashMap::new();
+        let batches = self
+            .inner
+            .store
+            .scan_finished_batches(SagaId::from_bytes([0; 16]))?;
+        for batch in batches {
+            for (saga, _) in &batch.items {
+                named.entry(*saga).or_default().push(batch.id);
+            }
+        }
+        Ok(named)
+    }
+
+    /// The sagas that finished at or before `cutoff`.
+    fn finished_before(&self, cutoff: crate::ids::UnixMillis) -> Result<Vec<SagaId>, Error> {
+        Ok(self
+            .inner
+            .store
+            .scan_finished()?
+            .into_iter()
+            .filter(|(_, bytes)| {
+                codec::decode_index_entry::<IndexEntry>(bytes)
+                    .is_ok_and(|e| e.status.is_terminal() && e.changed_at <= cutoff)
+            })
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Claims each saga of `chunk` and returns the removals of those that
+    /// may go: a saga some task owns, whose start record cannot be read, or
+    /// that a command reached meanwhile is skipped (and counted in `report`).
+    fn claim_removals(
+        &self,
+        chunk: &[SagaId],
+        named: &HashMap<SagaId, Vec<SagaId>>,
+        report: &mut SweepReport,
+    ) -> Vec<Removal> {
+        let mut removals = Vec::with_capacity(chunk.len());
+        for &id in chunk {
+            if !self.claim(id) {
+                report.skipped += 1;
+                continue;
+            }
+            match self.start_record_key(id) {
+                Some(key) => removals.push(Removal {
+                    saga: id,
+                    idempotency_key: key,
+                    batches: named.get(&id).cloned().unwrap_or_default(),
+                }),
+                None => {
+                    report.skipped += 1;
+                    self.hand_back(id);
+                }
+            }
+        }
+        // Commands that reached a claimed saga before the delete win.
+        removals.retain(|r| {
+            let idle = lock(&self.inner.running)
+                .get(&r.saga)
+                .is_none_or(|mailbox| mailbox.is_empty());
+            if !idle {
+                report.skipped += 1;
+                self.hand_back(r.saga);
+            }
+            idle
+        });
+        removals
     }
 
     /// The idempotency key of an owned saga's start record: `Some(None)`

@@ -6,9 +6,9 @@ use super::staged::Staged;
 use super::{Engine, SagaRun};
 use crate::definition::{ErasedSaga, SagaRef};
 use crate::error::Error;
-use crate::ids::{IdempotencyKey, SagaId};
+use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
 use crate::log::codec;
-use crate::log::record::{CallRef, LogEntry, Record, SagaStarted};
+use crate::log::record::{CallRef, LogEntry, ParentLink, Record, SagaPlan, SagaStarted};
 use crate::log::store::{input_fingerprint, Claim, KeyClaim};
 use crate::log::writer::AppendError;
 use crate::policy::CompensationStrategy;
@@ -145,33 +145,34 @@ impl Engine {
             }
             plan.strategy = strategy;
         }
-        self.start_encoded(
-            saga.saga_type(),
+        let new = NewSaga {
+            saga_type: saga.saga_type().clone(),
             definition,
             plan,
-            input_bytes,
-            options.idempotency_key.map(|key| (key, on_conflict)),
-            None,
-            Some(permit),
-        )
-        .await
+            input: input_bytes,
+            key: options.idempotency_key.map(|key| (key, on_conflict)),
+            parent: None,
+        };
+        self.start_encoded(new, Some(permit)).await
     }
 
-    /// Writes the start record of a saga whose input is encoded already
-    /// and runs it; `parent` links a sub-saga to its parent's step. Without
-    /// a `permit` the loop runs without one (a sub-saga: its parent holds
-    /// one, and waiting for a second could deadlock).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the start record of saga `new`, whose input is encoded
+    /// already, and runs it. Without a `permit` the loop runs without one (a
+    /// sub-saga: its parent holds one, and waiting for a second could
+    /// deadlock).
     pub(super) async fn start_encoded(
         &self,
-        saga_type: &crate::ids::SagaType,
-        definition: Arc<dyn ErasedSaga>,
-        plan: crate::log::record::SagaPlan,
-        input_bytes: Vec<u8>,
-        key: Option<(IdempotencyKey, Conflict)>,
-        parent: Option<crate::log::record::ParentLink>,
+        new: NewSaga,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Started, Error> {
+        let NewSaga {
+            saga_type,
+            definition,
+            plan,
+            input: input_bytes,
+            key,
+            parent,
+        } = new;
         let (idempotency_key, on_conflict) = key.unzip();
         let erased_input = definition
             .decode_input(&input_bytes)
@@ -199,21 +200,7 @@ impl Engine {
             .map_err(|error| Error::Illegal { saga: id, error })?;
         let mut staged = Staged::new(id, None);
         staged.stage_frame(frame);
-        // A fresh saga's first decisions are its first steps: write those
-        // intents with the start record, one flush instead of two.
-        let mut pending_calls = Vec::new();
-        loop {
-            let live: Vec<_> = pending_calls
-                .iter()
-                .map(|(call, _): &(CallRef, _)| call.step)
-                .collect();
-            let NextAction::RunStep { step, attempt } = decide_live(&state, at, &live) else {
-                break;
-            };
-            let call = CallRef { step, attempt };
-            staged.push(&mut state, at, Record::StepStarted(call))?;
-            pending_calls.push((call, calls::CallKind::Forward));
-        }
+        let pending_calls = stage_first_intents(&mut state, &mut staged, at)?;
         let Some(mut append) = staged.take(&state)? else {
             return Err(Error::Encode {
                 what: "start record",
@@ -264,5 +251,42 @@ impl Engine {
             saga_id: id,
             existing: false,
         })
+    }
+}
+
+/// A saga about to be written: what [`Engine::start`] and a sub-saga step
+/// hand to `start_encoded`.
+pub(crate) struct NewSaga {
+    /// Its registered type.
+    pub(crate) saga_type: SagaType,
+    /// Its definition.
+    pub(crate) definition: Arc<dyn ErasedSaga>,
+    /// The plan its start record carries.
+    pub(crate) plan: SagaPlan,
+    /// Its encoded input.
+    pub(crate) input: Vec<u8>,
+    /// Its idempotency key, with what to do if the key is taken.
+    pub(crate) key: Option<(IdempotencyKey, Conflict)>,
+    /// The parent's step, for a sub-saga.
+    pub(crate) parent: Option<ParentLink>,
+}
+
+/// Stages the intents of a fresh saga's first decisions, which are its
+/// first steps, so that they are written with the start record: one flush
+/// instead of two. Returns the calls to make once they are durable.
+fn stage_first_intents(
+    state: &mut SagaState,
+    staged: &mut Staged,
+    at: UnixMillis,
+) -> Result<Vec<(CallRef, calls::CallKind)>, Error> {
+    let mut pending_calls: Vec<(CallRef, calls::CallKind)> = Vec::new();
+    loop {
+        let live: Vec<_> = pending_calls.iter().map(|(call, _)| call.step).collect();
+        let NextAction::RunStep { step, attempt } = decide_live(state, at, &live) else {
+            return Ok(pending_calls);
+        };
+        let call = CallRef { step, attempt };
+        staged.push(state, at, Record::StepStarted(call))?;
+        pending_calls.push((call, calls::CallKind::Forward));
     }
 }

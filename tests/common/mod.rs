@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod timed;
+
 use sagalog::{
     Engine, EngineConfig, InDoubtPolicy, MemStore, Outcome, Phase, Registry, RetryPolicy,
     SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions, StepContext, StepError,
@@ -38,6 +40,14 @@ pub struct Script {
 }
 
 impl Script {
+    /// A script in which `step`'s `phase` fails with `error`, and every other
+    /// call succeeds.
+    pub fn failing(step: &str, phase: Phase, error: StepError) -> Script {
+        let script = Script::default();
+        script.set(step, phase, Behaviour::Fail(error));
+        script
+    }
+
     pub fn set(&self, step: &str, phase: Phase, behaviour: Behaviour) {
         self.behaviours
             .lock()
@@ -246,4 +256,11 @@ pub async fn outcome_of(engine: &Engine, id: SagaId) -> Outcome {
 /// The status in the saga's outcome (see [`outcome_of`]).
 pub async fn status_of(engine: &Engine, id: SagaId) -> SagaStatus {
     outcome_of(engine, id).await.status
+}
+
+/// The trip saga (rerun in-doubt steps) over `store`, its participants
+/// following `script`: the engine and the saga to start.
+pub async fn trip_on(store: &Arc<MemStore>, script: &Script) -> (Engine, SagaRef<String>) {
+    let (registry, trip) = trip_registry(script, InDoubtPolicy::Rerun);
+    (open_mem(store, registry).await, trip)
 }

@@ -1,0 +1,225 @@
+//! The writer thread: taking every queued append into one group, deciding
+//! its key claims, writing it durably, and answering each waiter.
+
+use super::watermark::Watermark;
+use super::{AppendError, DurableHook, Message, WriterStats, MAX_GROUP};
+use crate::ids::IdempotencyKey;
+use crate::log::store::{Claim, IndexSet, KeyClaim, LogStore, SagaAppend, WriteTimes};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+pub(super) fn run(
+    store: Arc<dyn LogStore>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    hook: Option<DurableHook>,
+    stats: Arc<WriterStats>,
+    watermark: Watermark,
+) {
+    // A store that stops taking writes never takes them again (until it
+    // is reopened, under a new writer): asked once here, then only when a
+    // group fails.
+    let writable = store.writable().is_ok();
+    metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if writable { 1.0 } else { 0.0 });
+    let mut writer = GroupCommit {
+        store: &*store,
+        hook: &hook,
+        stats: &stats,
+        durable: 0,
+        watermark,
+        writable,
+    };
+    let mut group = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut stop = None;
+        match first {
+            Message::Append(a, r) => group.push((a, r)),
+            Message::Stop(r) => stop = Some(r),
+        }
+        while stop.is_none() && group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Message::Append(a, r)) => group.push((a, r)),
+                Ok(Message::Stop(r)) => stop = Some(r),
+                Err(_) => break,
+            }
+        }
+        if !group.is_empty() {
+            writer.commit(std::mem::take(&mut group));
+        }
+        if let Some(reply) = stop {
+            rx.close();
+            // Release the store before acknowledging, so that once `stop`
+            // returns (and the engine is dropped) the database can be
+            // opened again. Requests queued after the stop are answered
+            // `Closed` when the receiver and their reply senders drop.
+            drop(writer);
+            drop(store);
+            drop(rx);
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+/// What the writer sends back: the append itself, with its result.
+///
+/// The append goes back so that its buffers are freed by the task that
+/// allocated them: freed on the writer's thread, each would take the lock
+/// of the allocating thread's arena (glibc's `free` of another thread's
+/// block) and contend with that thread's own allocations.
+pub(super) type Reply = (SagaAppend, Result<(), AppendError>);
+
+pub(super) type Waiter = (SagaAppend, oneshot::Sender<Reply>);
+
+/// Answers one waiter, handing its append back (see [`Reply`]).
+fn answer((append, reply): Waiter, result: Result<(), AppendError>) {
+    let _ = reply.send((append, result));
+}
+
+/// The writer thread's state between groups.
+pub(super) struct GroupCommit<'a> {
+    store: &'a dyn LogStore,
+    hook: &'a Option<DurableHook>,
+    stats: &'a WriterStats,
+    /// Appends made durable so far (what the hook is told).
+    durable: u64,
+    watermark: Watermark,
+    /// Whether the store took writes at the last look.
+    writable: bool,
+}
+
+impl GroupCommit<'_> {
+    /// Writes `group` as one atomic, durable batch and answers each waiter.
+    fn commit(&mut self, group: Vec<Waiter>) {
+        let mut accepted = self.claim_keys(group);
+        if accepted.is_empty() {
+            return;
+        }
+        let index = self.watermark.plan(&mut accepted);
+        let batch: Vec<&SagaAppend> = accepted
+            .iter()
+            .map(|(a, _)| a)
+            .chain(index.appends.iter())
+            .collect();
+        let counts = BatchCounts::of(&batch);
+        let began = std::time::Instant::now();
+        let result = self.store.append(&batch, index.watermark);
+        metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
+        drop(batch);
+        match result {
+            Ok(times) => {
+                self.watermark.committed(index);
+                record_write_times(&times);
+                self.stats.add_times(&times);
+                counts.add_to(self.stats);
+                for waiter in accepted {
+                    self.durable += 1;
+                    self.stats.appends.fetch_add(1, Ordering::Relaxed);
+                    if let Some(hook) = self.hook {
+                        hook(self.durable);
+                    }
+                    answer(waiter, Ok(()));
+                }
+            }
+            Err(e) => {
+                self.watermark.failed(index);
+                tracing::error!(error = %e, appends = accepted.len(), "group commit failed");
+                self.check_writable();
+                for waiter in accepted {
+                    answer(waiter, Err(AppendError::Store(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Decides the group's idempotency-key claims, against the store and
+    /// against earlier claims in the group: a start whose key is taken is
+    /// answered now, and the rest go on to be written.
+    fn claim_keys(&self, group: Vec<Waiter>) -> Vec<Waiter> {
+        // Keyed by caller-chosen text, so std's SipHash rather than `IdMap`
+        // (whose fast hash is for ids the engine makes).
+        let mut claimed: std::collections::HashMap<IdempotencyKey, KeyClaim> =
+            std::collections::HashMap::new();
+        let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
+        for waiter in group {
+            let append = &waiter.0;
+            if let Some(Claim { key, fingerprint }) = &append.claim {
+                let owner = match claimed.get(key) {
+                    Some(owner) => Ok(Some(*owner)),
+                    None => self.store.key_claim(key),
+                };
+                match owner {
+                    Ok(Some(owner)) => {
+                        answer(waiter, Err(AppendError::KeyTaken(owner)));
+                        continue;
+                    }
+                    Ok(None) => {
+                        let claim = KeyClaim {
+                            saga: append.saga,
+                            fingerprint: Some(*fingerprint),
+                        };
+                        claimed.insert(key.clone(), claim);
+                    }
+                    Err(e) => {
+                        answer(waiter, Err(AppendError::Store(e)));
+                        continue;
+                    }
+                }
+            }
+            accepted.push(waiter);
+        }
+        accepted
+    }
+
+    /// After a failed group: says once, by the group whose sync failed,
+    /// that the log takes no more writes.
+    fn check_writable(&mut self) {
+        if let (true, Err(refusal)) = (self.writable, self.store.writable()) {
+            self.writable = false;
+            metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);
+            tracing::error!(error = %refusal, "the log takes no more writes; restart the service once the disk is fixed");
+        }
+    }
+}
+
+/// What one batch writes, for [`WriterStats`].
+struct BatchCounts {
+    entries: u64,
+    log_values: u64,
+    log_value_bytes: u64,
+}
+
+impl BatchCounts {
+    fn of(batch: &[&SagaAppend]) -> Self {
+        let finishes = batch
+            .iter()
+            .any(|a| a.index.as_ref().is_some_and(|i| i.to == IndexSet::Finished));
+        let entries = batch.iter().map(|a| a.entry_count()).sum::<usize>() + usize::from(finishes);
+        let values = batch.iter().filter(|a| a.writes_log_value());
+        BatchCounts {
+            entries: entries as u64,
+            log_values: values.clone().count() as u64,
+            log_value_bytes: values.map(|a| a.value.bytes.len() as u64).sum(),
+        }
+    }
+
+    fn add_to(&self, stats: &WriterStats) {
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.entries.fetch_add(self.entries, Ordering::Relaxed);
+        stats
+            .log_values
+            .fetch_add(self.log_values, Ordering::Relaxed);
+        stats
+            .log_value_bytes
+            .fetch_add(self.log_value_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The durable group's parts, for `sagalog_log_write_phase_seconds`.
+fn record_write_times(times: &WriteTimes) {
+    use crate::metrics::WRITE_PHASE_SECONDS;
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "apply").record(times.apply.as_secs_f64());
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "flush").record(times.flush.as_secs_f64());
+    metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => "sync").record(times.sync.as_secs_f64());
+}

@@ -1,0 +1,275 @@
+//! The orders example (sagas, every strategy) under crashes: its checks and
+//! its crash tests.
+
+use super::harness::{every_crash_point_of, example_binary, kill_loop, Workload};
+use super::*;
+
+/// The example binaries, (re)built by cargo first: `cargo test --test crash`
+/// alone does not rebuild examples, and a stale binary would test old code.
+fn orders_binary() -> PathBuf {
+    example_binary("orders")
+}
+
+/// Runs the example once, with `--<flag> N` if given.
+pub(super) fn run_orders(dir: &Path, crash: Option<(&str, u64)>) -> Output {
+    orders_command(dir, crash, 0)
+        .output()
+        .expect("the orders example starts")
+}
+
+pub(super) fn orders_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
+    let mut command = Command::new(orders_binary());
+    command
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--json")
+        .args(["--scheduled-delay-ms", "200"]);
+    if let Some((flag, n)) = crash {
+        command.arg(format!("--{flag}")).arg(n.to_string());
+    }
+    if bulk > 0 {
+        command.arg("--bulk").arg(bulk.to_string());
+    }
+    command
+}
+
+struct CallRecord {
+    saga_id: String,
+    step: String,
+    phase: String,
+    attempt: u64,
+}
+
+fn ledger_calls(dir: &Path) -> Vec<CallRecord> {
+    let db = sled::open(dir.join("ledger")).expect("ledger opens");
+    db.scan_prefix("call/")
+        .map(|item| {
+            let (_, v) = item.expect("ledger reads");
+            let v: Value = serde_json::from_slice(&v).expect("call record is JSON");
+            CallRecord {
+                saga_id: v["saga_id"].as_str().unwrap_or_default().to_string(),
+                step: v["step"].as_str().unwrap_or_default().to_string(),
+                phase: v["phase"].as_str().unwrap_or_default().to_string(),
+                attempt: v["attempt"].as_u64().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// Checks the three properties on a data directory after a completed run.
+pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}"))
+        })
+        .collect();
+    let (ledger, rest) = lines.split_last().expect("output has lines");
+    let sagas: Vec<&Value> = rest
+        .iter()
+        .filter(|l| l.get("scenario").is_some())
+        .collect();
+
+    // (a) every saga terminal, with its scenario's outcome.
+    let expected = [
+        ("success", "COMMITTED"),
+        ("payment-declined", "COMPENSATED"),
+        ("retry-then-compensate", "COMPENSATED"),
+        ("manual", "COMPENSATED"),
+        ("scheduled", "COMPENSATED"),
+    ];
+    assert_eq!(
+        sagas.len(),
+        expected.len(),
+        "{label}: one line per scenario"
+    );
+    for (line, (scenario, status)) in sagas.iter().zip(expected) {
+        assert_eq!(line["scenario"], scenario, "{label}");
+        assert_eq!(line["status"], status, "{label}: {scenario}");
+    }
+    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
+    assert!(
+        store.scan_active().unwrap().is_empty(),
+        "{label}: no saga left active"
+    );
+    // Every terminal saga is in the finished index (one batch per write,
+    // DESIGN.md §4.4), whichever write its crash point fell on.
+    let finished: HashMap<SagaId, Vec<u8>> = store.scan_finished().unwrap().into_iter().collect();
+    for line in &sagas {
+        let id = SagaId::parse(line["saga_id"].as_str().expect("a saga id")).expect("a saga id");
+        assert!(
+            finished.contains_key(&id),
+            "{label}: saga {id} is in the finished index"
+        );
+    }
+
+    // (b) conservation, and nothing left reserved or held.
+    let books = &ledger["ledger"];
+    for (name, p) in books["products"].as_object().expect("products") {
+        let [initial, available, reserved, sold] =
+            ["initial", "available", "reserved", "sold"].map(|f| p[f].as_i64().unwrap());
+        assert_eq!(
+            initial,
+            available + reserved + sold,
+            "{label}: product {name} conserved"
+        );
+        assert_eq!(reserved, 0, "{label}: product {name} has nothing reserved");
+    }
+    for (name, a) in books["accounts"].as_object().expect("accounts") {
+        let [initial, balance, held, paid] =
+            ["initial", "balance", "held", "paid"].map(|f| a[f].as_i64().unwrap());
+        assert_eq!(
+            initial,
+            balance + held + paid,
+            "{label}: account {name} conserved"
+        );
+        assert_eq!(held, 0, "{label}: account {name} has nothing held");
+    }
+    assert_eq!(
+        books["products"]["widget"]["sold"], 2,
+        "{label}: the committed order sold once"
+    );
+    assert_eq!(
+        books["accounts"]["ada"]["paid"], 50,
+        "{label}: ada paid once"
+    );
+    let shipments = &books["shipments"];
+    let bulk_committed = rest.iter().find_map(|l| l.get("bulk")).map_or(0, |b| {
+        let (total, committed, compensated) = (
+            b["total"].as_i64().unwrap(),
+            b["committed"].as_i64().unwrap(),
+            b["compensated"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            committed + compensated,
+            total,
+            "{label}: every bulk order terminal"
+        );
+        committed
+    });
+    assert_eq!(
+        shipments["created"].as_i64().unwrap() - shipments["cancelled"].as_i64().unwrap(),
+        1 + bulk_committed,
+        "{label}: one shipment stands per committed order"
+    );
+
+    // (c) no participant call without a durable intent record.
+    let mut intents: HashMap<String, Vec<(String, String, u64)>> = HashMap::new();
+    for call in ledger_calls(dir) {
+        let log = intents.entry(call.saga_id.clone()).or_insert_with(|| {
+            let id = SagaId::parse(&call.saga_id).expect("call names a saga id");
+            let records: Vec<Record> = store
+                .read_log(id)
+                .unwrap()
+                .into_iter()
+                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
+                .map(|(_, record)| record)
+                .collect();
+            let Some(Record::SagaStarted(start)) = records.first() else {
+                panic!("{label}: participant called for saga {id} with no start record");
+            };
+            let names = start.plan.step_names();
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::StepStarted(c) => Some((
+                        names[c.step as usize].to_string(),
+                        "action".to_string(),
+                        c.attempt as u64,
+                    )),
+                    Record::CompensationStarted(c) => Some((
+                        names[c.step as usize].to_string(),
+                        "compensation".to_string(),
+                        c.attempt as u64,
+                    )),
+                    _ => None,
+                })
+                .collect()
+        });
+        assert!(
+            log.contains(&(call.step.clone(), call.phase.clone(), call.attempt)),
+            "{label}: {}:{}:{} of saga {} was called without an intent record",
+            call.step,
+            call.phase,
+            call.attempt,
+            call.saga_id
+        );
+    }
+}
+
+/// Aborts the example at crash point `flag` N = 1, 2, ... until a run
+/// completes; after each abort, reruns it and checks everything. Returns how
+/// many crash points were covered.
+fn every_crash_point(flag: &str, marker: &str) -> u64 {
+    every_crash_point_of(Workload::Orders, flag, marker)
+}
+
+/// The crash points above fall between the rewrites of one log value: a
+/// saga that runs without a pause writes its whole log as one value,
+/// rewritten with each append (DESIGN.md §4.3). Checks that the run did so,
+/// so that the crash tests do cover those rewrites.
+pub(super) fn assert_grown_in_place(dir: &Path, stdout: &str) {
+    let line: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["scenario"] == "success")
+        .expect("a line for the success scenario");
+    let id = SagaId::parse(line["saga_id"].as_str().expect("the line has a saga id"))
+        .expect("a saga id");
+    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
+    let values = store.read_log(id).unwrap();
+    assert_eq!(values.len(), 1, "the success saga's log is one value");
+    let records = decode_records(&values[0].1)
+        .expect("log value decodes")
+        .len();
+    assert!(
+        records >= 6,
+        "one value holds every append's records: {records}"
+    );
+}
+
+#[test]
+fn orders_survive_an_abort_at_every_durable_append() {
+    let points = every_crash_point("crash-after", "append");
+    println!("crash points covered: {points} (after each durable append)");
+    assert!(points >= 10, "the workload should have many append points");
+}
+
+#[test]
+fn orders_survive_an_abort_before_every_participant_call() {
+    let points = every_crash_point("crash-before-call", "call");
+    println!("crash points covered: {points} (before each participant call, intent durable)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn orders_survive_an_abort_after_every_participant_call() {
+    let points = every_crash_point("crash-after-call", "call");
+    println!(
+        "crash points covered: {points} (after each participant call, result not yet durable)"
+    );
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn orders_indexed_early_survive_an_abort_at_every_durable_append() {
+    let points = every_crash_point_of(Workload::OrdersIndexedEarly, "crash-after", "append");
+    println!("crash points covered: {points} (after each durable append, 1 ms index lag)");
+    assert!(points >= 10, "the workload should have many append points");
+}
+
+/// The random kill loop: a workload of thousands of mixed sagas runs in a
+/// child process and is SIGKILLed at random moments, cycle after cycle,
+/// then given a final clean run; the same checks as above must hold.
+/// `SAGALOG_KILL_CYCLES` (default 50) and `SAGALOG_KILL_SEED` tune it.
+#[test]
+fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Orders, 50, 2000);
+}
+
+/// The orders loop with a 1 ms index lag: the kills land while the
+/// watermark moves and sagas get their active-index entries mid-flight.
+#[test]
+fn random_kill_loop_with_early_indexing_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::OrdersIndexedEarly, 25, 2000);
+}

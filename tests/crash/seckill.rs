@@ -1,0 +1,191 @@
+//! The seckill example (TCC transactions, parallel tries) under crashes: its
+//! checks and its crash tests.
+
+use super::harness::{every_crash_point_of, example_binary, kill_loop, Workload};
+use super::*;
+
+pub(super) fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
+    let mut command = Command::new(example_binary("seckill"));
+    command.arg("--data-dir").arg(dir).arg("--json");
+    if let Some((flag, n)) = crash {
+        command.arg(format!("--{flag}")).arg(n.to_string());
+    }
+    if bulk > 0 {
+        command.arg("--bulk").arg(bulk.to_string());
+    }
+    command
+}
+
+/// The TCC checks on a seckill data directory after a completed run:
+/// (a) every transaction terminal with its scenario's outcome and the
+/// barrier's verdicts, (b) money and stock conserved with nothing frozen,
+/// reserved or pending, one paid order per committed purchase, and (c)
+/// every try, confirm and cancel made with a durable intent record.
+pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{label}: bad JSON line {l:?}: {e}"))
+        })
+        .collect();
+    let (ledger, rest) = lines.split_last().expect("output has lines");
+    let scenario = |name: &str| -> &Value {
+        rest.iter()
+            .find(|l| l["scenario"] == name)
+            .unwrap_or_else(|| panic!("{label}: no line for scenario {name}"))
+    };
+    assert_eq!(scenario("success")["status"], "COMMITTED", "{label}");
+    assert_eq!(
+        scenario("insufficient-balance")["status"],
+        "ROLLED_BACK",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("duplicate-confirm")["guard"],
+        "duplicate",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("cancel-before-try")["cancel"],
+        "empty_rollback",
+        "{label}"
+    );
+    assert_eq!(
+        scenario("cancel-before-try")["late_try"],
+        "rejected",
+        "{label}"
+    );
+    assert_eq!(scenario("crash-recovery")["status"], "COMMITTED", "{label}");
+    assert_eq!(scenario("bundle")["status"], "COMMITTED", "{label}");
+    assert_eq!(
+        scenario("bundle")["children"],
+        2,
+        "{label}: one sub-saga per step"
+    );
+    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
+    assert!(
+        store.scan_active().unwrap().is_empty(),
+        "{label}: no transaction left active"
+    );
+
+    let books = &ledger["ledger"];
+    let n = |path: [&str; 2]| books[path[0]][path[1]].as_i64().unwrap();
+    assert_eq!(
+        n(["money", "initial"]),
+        n(["money", "balance"]) + n(["money", "frozen"]) + n(["money", "merchant"]),
+        "{label}: money conserved"
+    );
+    assert_eq!(
+        n(["stock", "initial"]),
+        n(["stock", "available"]) + n(["stock", "reserved"]) + n(["stock", "sold"]),
+        "{label}: stock conserved"
+    );
+    assert_eq!(n(["money", "frozen"]), 0, "{label}: nothing left frozen");
+    assert_eq!(
+        n(["stock", "reserved"]),
+        0,
+        "{label}: nothing left reserved"
+    );
+    assert_eq!(
+        n(["orders", "pending"]),
+        0,
+        "{label}: no order left pending"
+    );
+    let bulk_committed = rest
+        .iter()
+        .find_map(|l| l.get("bulk"))
+        .map_or(0, |b| b["committed"].as_i64().unwrap());
+    // ada, carol, and the bundle's phone and case, plus the bulk.
+    assert_eq!(
+        n(["orders", "paid"]),
+        4 + bulk_committed,
+        "{label}: one paid order per commit"
+    );
+    assert_eq!(
+        n(["stock", "sold"]),
+        4 + bulk_committed,
+        "{label}: sold once per commit"
+    );
+    assert_eq!(
+        n(["money", "merchant"]),
+        320 + 10 * bulk_committed,
+        "{label}: charged once per commit"
+    );
+
+    let shop = sled::open(dir.join("shop")).expect("shop opens");
+    let calls = shop.open_tree("calls").expect("call log");
+    let mut intents: HashMap<String, Vec<(String, &'static str, u64)>> = HashMap::new();
+    for item in calls.iter() {
+        let (_, v) = item.expect("call log reads");
+        let call: Value = serde_json::from_slice(&v).expect("call record is JSON");
+        let saga = call["saga_id"].as_str().unwrap_or_default().to_string();
+        let log = intents.entry(saga.clone()).or_insert_with(|| {
+            let id = SagaId::parse(&saga).expect("call names a saga id");
+            let records: Vec<Record> = store
+                .read_log(id)
+                .unwrap()
+                .into_iter()
+                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
+                .map(|(_, record)| record)
+                .collect();
+            let Some(Record::SagaStarted(start)) = records.first() else {
+                panic!("{label}: participant called for transaction {id} with no start record");
+            };
+            let names = start.plan.step_names();
+            records
+                .iter()
+                .filter_map(|r| {
+                    let (c, phase) = match r {
+                        Record::StepStarted(c) => (c, "try"),
+                        Record::ConfirmStarted(c) => (c, "confirm"),
+                        Record::CompensationStarted(c) => (c, "cancel"),
+                        _ => return None,
+                    };
+                    Some((
+                        names[c.step as usize].to_string(),
+                        phase,
+                        u64::from(c.attempt),
+                    ))
+                })
+                .collect()
+        });
+        let key = (
+            call["step"].as_str().unwrap_or_default().to_string(),
+            call["phase"].as_str().unwrap_or_default(),
+            call["attempt"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            log.iter()
+                .any(|(s, p, a)| (s.as_str(), *p, *a) == (key.0.as_str(), key.1, key.2)),
+            "{label}: {key:?} of transaction {saga} was called without an intent record"
+        );
+    }
+}
+
+#[test]
+fn seckill_survives_an_abort_at_every_durable_append() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-after", "append");
+    println!("crash points covered: {points} (seckill TCC, after each durable append)");
+    assert!(points >= 10, "the workload should have many append points");
+}
+
+#[test]
+fn seckill_survives_an_abort_before_every_participant_call() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-before-call", "call");
+    println!("crash points covered: {points} (seckill TCC, before each participant call)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+#[test]
+fn seckill_survives_an_abort_after_every_participant_call() {
+    let points = every_crash_point_of(Workload::Seckill, "crash-after-call", "call");
+    println!("crash points covered: {points} (seckill TCC, after each participant call)");
+    assert!(points >= 10, "the workload should make many calls");
+}
+
+/// The same loop over the seckill example: TCC transactions with parallel
+/// tries, thousands at once. `SAGALOG_KILL_CYCLES` scales it too.
+#[test]
+fn random_kill_loop_over_tcc_transactions_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Seckill, 25, 1500);
+}
