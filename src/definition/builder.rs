@@ -321,6 +321,8 @@ where
     }
 
     /// Checks the definition; reports every problem at once.
+    // Long on purpose: it checks everything in one pass so that one error lists
+    // every problem of the definition.
     pub fn build(mut self) -> Result<SagaDefinition<I>, DefinitionError> {
         let mut problems = Vec::new();
         let tcc = matches!(self.kind, PlanKind::Tcc { .. });

@@ -122,6 +122,8 @@ impl Inner {
     /// their intents are written in one append, and each result is staged
     /// as it arrives and written with the next intents (or the timer, or the
     /// terminal record).
+    // Long on purpose: this is the loop of DESIGN.md §5, one arm per action,
+    // and it reads against that outline line by line.
     pub(crate) async fn drive(self: &Arc<Self>, run: SagaRun) -> Result<LoopEnd, Error> {
         let SagaRun {
             id,

@@ -160,6 +160,8 @@ impl Engine {
     /// already, and runs it. Without a `permit` the loop runs without one (a
     /// sub-saga: its parent holds one, and waiting for a second could
     /// deadlock).
+    // Long on purpose: the steps of a start in the order they must happen
+    // (decode, stage, claim, write, spawn), each short.
     pub(super) async fn start_encoded(
         &self,
         new: NewSaga,

@@ -14,6 +14,8 @@ impl SagaState {
     /// Applies the next record, or explains why it cannot follow. On error
     /// the state may be partly changed: apply to a clone when the record
     /// comes from outside (an operator), and discard the state otherwise.
+    // Long on purpose: one arm per record kind is the table of which record may
+    // follow which; each rule it needs is a method of its own.
     pub fn apply(&mut self, entry: &LogEntry) -> Result<(), IllegalTransition> {
         let illegal = |reason: String| IllegalTransition {
             seq: entry.seq,
@@ -330,6 +332,8 @@ impl SagaState {
         Ok(())
     }
 
+    // Long on purpose: one arm per operator command, each saying when that
+    // command is legal (the table in DESIGN.md §6).
     pub(super) fn operator_action(
         &mut self,
         action: &OperatorAction,

@@ -434,6 +434,8 @@ pub fn to_compensate(state: &SagaState) -> Vec<String> {
 
 /// Compensates (cancels) what needs it, each step only after every step
 /// that depends on it; finishes with `done` when nothing is left.
+// Long on purpose: one match over the states of a compensation, each arm one
+// rule of DESIGN.md §5.
 fn next_compensation(
     state: &SagaState,
     now: UnixMillis,
