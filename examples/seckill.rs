@@ -1,4 +1,4 @@
-//! The seed's flash-sale ("seckill") payment as a TCC transaction: reserve
+//! A flash-sale ("seckill") payment as a TCC transaction: reserve
 //! funds and stock (tried in parallel), then create the order; confirm all
 //! three or cancel every branch that was tried. Each participant keeps its
 //! state in its own sled tree and is protected by a [`Barrier`]: repeated

@@ -1,4 +1,4 @@
-//! The saga statuses, in the seed framework's vocabulary.
+//! The saga statuses: one vocabulary for sagas and TCC transactions.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -265,7 +265,7 @@ async fn cancel_is_refused_once_the_commit_is_decided() {
     );
 }
 
-/// A 2PC participant of the seed framework's shape, recording its calls.
+/// A two-phase-commit participant, recording its calls.
 struct Ledger {
     name: &'static str,
     calls: Arc<Mutex<Vec<String>>>,

@@ -261,7 +261,7 @@ where
 
     /// TCC: report the outcome as soon as the commit decision is durable
     /// (status `Committing`); confirms run in the background and survive
-    /// restarts (the seed's asyncConfirm).
+    /// restarts.
     pub fn async_confirm(mut self) -> Self {
         if let PlanKind::Tcc { async_confirm, .. } = &mut self.kind {
             *async_confirm = true;
@@ -271,7 +271,7 @@ where
 
     /// TCC: report the outcome as soon as the rollback decision is durable
     /// (status `RollingBack`); cancels run in the background and survive
-    /// restarts (the seed's asyncCancel).
+    /// restarts.
     pub fn async_cancel(mut self) -> Self {
         if let PlanKind::Tcc { async_cancel, .. } = &mut self.kind {
             *async_cancel = true;

@@ -70,7 +70,7 @@ enum After {
     Steps(Vec<StepName>),
 }
 
-/// A participant in the shape of the seed framework's two-phase commit:
+/// A participant in the shape of a classic two-phase commit:
 /// `prepare` / `commit` / `rollback`, plus `compensate` to reverse a
 /// committed transaction later. Register it with
 /// [`SagaBuilder::participant`]; it maps onto TCC as prepare = try,
