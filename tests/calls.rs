@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{call, open_mem, outcome_of, start_saga, CallFuture, Script};
+use common::{call, open_mem, outcome_of, run_to_end, start_saga, CallFuture, Script};
 use sagalog::{
     ErrorClass, MemStore, Registry, RetryPolicy, SagaDefinition, SagaRef, SagaStatus, StepContext,
     StepError, StepOptions,
@@ -48,8 +48,7 @@ async fn assert_panic_fails_b_and_compensates(
     saga: &SagaRef<String>,
 ) {
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
-    let id = start_saga(&engine, saga, &"x".to_string()).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, saga, &"x".to_string()).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let (step, failure) = outcome.failure.expect("b's failure is recorded");

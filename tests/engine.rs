@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    open_mem, outcome_of, start_saga, status_of, trip_on, trip_registry, Behaviour, Script,
+    open_mem, outcome_of, run_to_end, start_saga, status_of, trip_on, trip_registry, Behaviour,
+    Script,
 };
 use sagalog::{
     Engine, EngineConfig, Error, ErrorClass, InDoubtPolicy, MemStore, Phase, Registry,
@@ -63,8 +64,7 @@ async fn permanent_failure_compensates_completed_steps_in_reverse_order() {
     let script = Script::failing("car", Phase::Action, StepError::permanent("no cars left"));
     let (engine, trip) = trip_on(&Arc::new(MemStore::new()), &script).await;
 
-    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &trip, &"ada".to_string()).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let (step, failure) = outcome.failure.unwrap();
@@ -148,8 +148,7 @@ async fn retryable_failure_is_retried_after_its_backoff() {
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
     let before = tokio::time::Instant::now();
 
-    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &trip, &"ada".to_string()).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
@@ -176,8 +175,7 @@ async fn compensation_that_keeps_failing_suspends_the_saga() {
     );
     let (engine, trip) = trip_on(&Arc::new(MemStore::new()), &script).await;
 
-    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &trip, &"ada".to_string()).await;
 
     assert_eq!(outcome.status, SagaStatus::Suspended);
     assert!(outcome.reason.unwrap().contains("failed 3 times"));

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{call, open_mem, outcome_of, position, start_saga, until_calls, Behaviour, Script};
+use common::{
+    call, open_mem, outcome_of, position, run_to_end, start_saga, until_calls, Behaviour, Script,
+};
 use sagalog::{
     Engine, MemStore, Phase, Registry, SagaDefinition, SagaFilter, SagaRef, SagaStatus, StepError,
 };
@@ -47,8 +49,7 @@ async fn the_parent_waits_for_its_child_and_commits_after_it() {
     let (registry, order) = order_registry(&script);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &order, &3).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &order, &3).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert_eq!(
@@ -84,17 +85,15 @@ async fn the_childs_log_links_to_the_parents_step() {
 
 #[tokio::test(start_paused = true)]
 async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensates() {
-    let script = Script::default();
-    script.set(
+    let script = Script::failing(
         "capture",
         Phase::Action,
-        Behaviour::Fail(StepError::permanent("card expired")),
+        StepError::permanent("card expired"),
     );
     let (registry, order) = order_registry(&script);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &order, &3).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &order, &3).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -110,17 +109,11 @@ async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensat
 
 #[tokio::test(start_paused = true)]
 async fn compensating_the_parent_compensates_its_committed_child_first() {
-    let script = Script::default();
-    script.set(
-        "ship",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("no courier")),
-    );
+    let script = Script::failing("ship", Phase::Action, StepError::permanent("no courier"));
     let (registry, order) = order_registry(&script);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &order, &3).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &order, &3).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(

@@ -95,12 +95,7 @@ async fn operator_action_that_makes_no_sense_is_refused_and_changes_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn escalated_compensation_gets_a_fresh_budget_from_compensate_now() {
-    let script = Script::default();
-    script.set(
-        "car",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
     script.set(
         "hotel",
         Phase::Compensation,

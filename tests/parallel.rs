@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    call, open_mem, outcome_of, position, start_saga, status_of, until_calls, Behaviour, Script,
+    call, open_mem, outcome_of, position, run_to_end, start_saga, status_of, until_calls,
+    Behaviour, Script,
 };
 use sagalog::{
     MemStore, Phase, Registry, SagaDefinition, SagaRef, SagaStatus, StepError, StepOptions,
@@ -74,17 +75,11 @@ async fn a_step_starts_only_after_every_step_it_depends_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_step_is_compensated_only_after_every_step_that_depends_on_it() {
-    let script = Script::default();
-    script.set(
-        "d",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("no")),
-    );
+    let script = Script::failing("d", Phase::Action, StepError::permanent("no"));
     let (registry, saga) = diamond(&script, 16);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &1).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &saga, &1).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     let calls = script.calls();
@@ -99,12 +94,7 @@ async fn a_step_is_compensated_only_after_every_step_that_depends_on_it() {
 
 #[tokio::test(start_paused = true)]
 async fn no_forward_step_starts_after_a_step_failed_for_good() {
-    let script = Script::default();
-    script.set(
-        "b",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("no")),
-    );
+    let script = Script::failing("b", Phase::Action, StepError::permanent("no"));
     script.set("c", Phase::Action, Behaviour::Gate);
     let (registry, saga) = diamond(&script, 16);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{outcome_of, start_saga, status_of, trip_definition, Behaviour, Script};
+use common::{outcome_of, start_saga, status_of, trip_definition, Script};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, Registry,
     SagaFilter, SagaStatus, StartOptions, StepError, UnixMillis,
@@ -66,12 +66,7 @@ async fn find_filters_by_start_time() {
 
 #[tokio::test(start_paused = true)]
 async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
-    let script = Script::default();
-    script.set(
-        "car",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
     let (engine, trip, other) = engine_with_two_types(&script).await;
     let stuck = engine
         .start(
@@ -103,12 +98,7 @@ async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
 
 #[tokio::test(start_paused = true)]
 async fn stats_count_statuses_queues_and_the_oldest_saga_in_flight() {
-    let script = Script::default();
-    script.set(
-        "car",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
     let (engine, trip, other) = engine_with_two_types(&script).await;
     let manual = engine
         .start(

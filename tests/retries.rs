@@ -8,7 +8,7 @@ mod common;
 
 use common::timed::{config_at, open, retrying, start, trip_at, until_sleeping, T0};
 
-use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
+use common::{outcome_of, run_to_end, trip_registry, Behaviour, Script};
 use sagalog::{
     CompensationStrategy, Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, Registry,
     RetryPolicy, SagaDefinition, SagaStatus, StepError, StepOptions, WaitPurpose,
@@ -32,12 +32,7 @@ async fn retry_count_survives_a_crash_mid_backoff() {
     );
     engine.shutdown(Duration::ZERO).await;
 
-    let script = Script::default();
-    script.set(
-        "hotel",
-        Phase::Action,
-        Behaviour::Fail(StepError::retryable("busy")),
-    );
+    let script = Script::failing("hotel", Phase::Action, StepError::retryable("busy"));
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = open(&store, registry, T0 + 5_000).await;
     let outcome = outcome_of(&engine, id).await;
@@ -144,8 +139,7 @@ async fn timed_out_call_is_in_doubt_and_compensated() {
         .unwrap();
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
 
-    let id = start_saga(&engine, &saga, &"x".to_string()).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &saga, &"x".to_string()).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(
@@ -167,12 +161,7 @@ async fn timed_out_call_is_in_doubt_and_compensated() {
 async fn compensation_that_keeps_failing_escalates_with_an_alert() {
     let alerts = Arc::new(Mutex::new(Vec::new()));
     let seen = alerts.clone();
-    let script = Script::default();
-    script.set(
-        "car",
-        Phase::Action,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
     script.set(
         "hotel",
         Phase::Compensation,

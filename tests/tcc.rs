@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    call, open_mem, outcome_of, position, start_saga, status_of, until_calls, Behaviour, Script,
+    call, open_mem, outcome_of, position, run_to_end, start_saga, status_of, until_calls,
+    Behaviour, Script,
 };
 use sagalog::{Decision, Record};
 use sagalog::{
@@ -72,8 +73,7 @@ async fn every_try_succeeds_then_every_branch_is_confirmed() {
     let (registry, saga) = seckill(&script, |b| b);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &saga, &7).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let calls = script.calls();
@@ -89,17 +89,11 @@ async fn every_try_succeeds_then_every_branch_is_confirmed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_try_cancels_every_branch_that_was_tried_and_rolls_back() {
-    let script = Script::default();
-    script.set(
-        "stock",
-        Phase::Try,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("stock", Phase::Try, StepError::permanent("sold out"));
     let (registry, saga) = seckill(&script, |b| b);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &saga, &7).await;
 
     assert_eq!(outcome.status, SagaStatus::RolledBack);
     let calls = script.calls();
@@ -140,8 +134,7 @@ async fn a_failing_confirm_is_retried_with_backoff_until_it_succeeds() {
     let (registry, saga) = seckill(&script, |b| b);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (_, outcome) = run_to_end(&engine, &saga, &7).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
     let first = script.time_of("stock:confirm:1").unwrap();
@@ -154,17 +147,11 @@ async fn a_failing_confirm_is_retried_with_backoff_until_it_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_confirm_that_keeps_failing_waits_for_an_operator_then_commits_on_retry() {
-    let script = Script::default();
-    script.set(
-        "order",
-        Phase::Confirm,
-        Behaviour::Fail(StepError::retryable("db down")),
-    );
+    let script = Script::failing("order", Phase::Confirm, StepError::retryable("db down"));
     let (registry, saga) = seckill(&script, |b| b);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &saga, &7).await;
     assert_eq!(outcome.status, SagaStatus::Suspended);
     let queue = engine.manual_queue().unwrap();
     assert_eq!(queue.len(), 1);
@@ -187,8 +174,7 @@ async fn async_confirm_reports_the_outcome_once_the_commit_decision_is_durable()
     let (registry, saga) = seckill(&script, |b| b.async_confirm());
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &saga, &7).await;
     assert_eq!(outcome.status, SagaStatus::Committing);
 
     until_calls(&script, |calls| calls.contains(&"funds:confirm:1".into())).await;
@@ -246,12 +232,7 @@ async fn an_operator_cancel_during_the_tries_rolls_the_transaction_back() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_is_refused_once_the_commit_is_decided() {
-    let script = Script::default();
-    script.set(
-        "funds",
-        Phase::Confirm,
-        Behaviour::Fail(StepError::retryable("down")),
-    );
+    let script = Script::failing("funds", Phase::Confirm, StepError::retryable("down"));
     let (registry, saga) = seckill(&script, |b| b);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
     let id = start_saga(&engine, &saga, &7).await;
@@ -352,18 +333,12 @@ fn a_plain_step_in_a_tcc_definition_is_a_definition_error() {
 
 #[tokio::test(start_paused = true)]
 async fn async_cancel_reports_the_outcome_once_the_rollback_decision_is_durable() {
-    let script = Script::default();
-    script.set(
-        "stock",
-        Phase::Try,
-        Behaviour::Fail(StepError::permanent("sold out")),
-    );
+    let script = Script::failing("stock", Phase::Try, StepError::permanent("sold out"));
     script.set("funds", Phase::Cancel, Behaviour::Gate);
     let (registry, saga) = seckill(&script, |b| b.async_cancel());
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
-    let id = start_saga(&engine, &saga, &7).await;
-    let outcome = outcome_of(&engine, id).await;
+    let (id, outcome) = run_to_end(&engine, &saga, &7).await;
     assert_eq!(outcome.status, SagaStatus::RollingBack);
 
     until_calls(&script, |calls| calls.contains(&"funds:cancel:1".into())).await;

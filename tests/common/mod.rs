@@ -264,3 +264,13 @@ pub async fn trip_on(store: &Arc<MemStore>, script: &Script) -> (Engine, SagaRef
     let (registry, trip) = trip_registry(script, InDoubtPolicy::Rerun);
     (open_mem(store, registry).await, trip)
 }
+
+/// Starts `saga` with `input` and waits for its outcome.
+pub async fn run_to_end<I: Serialize>(
+    engine: &Engine,
+    saga: &SagaRef<I>,
+    input: &I,
+) -> (SagaId, Outcome) {
+    let id = start_saga(engine, saga, input).await;
+    (id, outcome_of(engine, id).await)
+}
