@@ -69,8 +69,7 @@ impl DataSync {
     /// failed): from now on every write is refused. Returns the error for
     /// the write that found out.
     pub(super) fn fail(&self, what: &str, e: std::io::Error) -> StoreError {
-        *crate::sync::lock(&self.failed) = Some(format!("{what}: {e}"));
-        failed_sync(what, e)
+        record_failed_sync(&mut crate::sync::lock(&self.failed), what, e)
     }
 
     fn sync_files(&self) -> std::io::Result<()> {
@@ -116,8 +115,20 @@ impl DataSync {
     }
 }
 
+/// Records in `refusing` that a flush or sync (`what`) failed with `e`, so
+/// that every later write is refused, and returns the error of the write
+/// that found out.
+pub(super) fn record_failed_sync(
+    refusing: &mut Option<String>,
+    what: &str,
+    e: std::io::Error,
+) -> StoreError {
+    *refusing = Some(format!("{what}: {e}"));
+    failed_sync(what, e)
+}
+
 /// The error of the write whose flush or sync (`what`) failed with `e`.
-pub(super) fn failed_sync(what: &str, e: std::io::Error) -> StoreError {
+fn failed_sync(what: &str, e: std::io::Error) -> StoreError {
     StoreError::NotDurable {
         context: what.to_string(),
         source: std::sync::Arc::new(e),

@@ -1,6 +1,6 @@
 //! The in-memory store, with injectable append faults for tests.
 
-use super::durability::{failed_sync, refused_after_failed_sync};
+use super::durability::{record_failed_sync, refused_after_failed_sync};
 use super::kv::{batch_ops, Kv, KvBacked, KvOp, Pairs, Visitor};
 use super::{SagaAppend, StoreError, WriteTimes};
 use crate::ids::SagaId;
@@ -262,11 +262,12 @@ impl KvBacked for MemStore {
         }
         if timing == Some(FaultTiming::FailedSync) {
             record_failure(FaultTiming::FailedSync);
-            let reason = format!("fdatasync: injected write-back failure at append #{number}");
-            self.faults().refusing = Some(reason.clone());
-            return Err(failed_sync(
+            let e =
+                std::io::Error::other(format!("injected write-back failure at append #{number}"));
+            return Err(record_failed_sync(
+                &mut self.faults().refusing,
                 "fdatasync",
-                std::io::Error::other(format!("injected write-back failure at append #{number}")),
+                e,
             ));
         }
         Ok(times)
