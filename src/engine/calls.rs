@@ -6,6 +6,7 @@ use crate::engine::{CallPoint, Inner};
 use crate::ids::SagaId;
 use crate::ids::StepIndex;
 use crate::log::record::{CallFailed, CallRef, CallSucceeded, Decision, Record};
+pub(crate) use crate::state::CallKind;
 use crate::state::SagaState;
 use std::future::Future;
 use std::sync::Arc;
@@ -164,17 +165,7 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
-/// The three kinds of participant call, by the records they write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CallKind {
-    /// A saga step's action or a TCC try.
-    Forward,
-    /// A compensation, a TCC cancel, or the compensation of a committed branch.
-    Compensate,
-    /// A TCC confirm.
-    Confirm,
-}
-
+/// The records each kind of call writes, and the phase its participant sees.
 impl CallKind {
     pub(super) fn intent(self, call: CallRef) -> Record {
         match self {

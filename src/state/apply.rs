@@ -7,7 +7,7 @@ use crate::log::record::{
 };
 use crate::status::SagaStatus;
 
-use super::step::Kind;
+use super::step::CallKind;
 use super::{CallState, IllegalTransition, PendingTimer, Retry, SagaState, StepState};
 
 impl SagaState {
@@ -54,14 +54,14 @@ impl SagaState {
             Record::StepStarted(call) => self.step_started(*call, entry.at).map_err(illegal)?,
             Record::StepSucceeded(result) => {
                 let step = self
-                    .in_flight(result.call, Kind::Forward)
+                    .in_flight(result.call, CallKind::Forward)
                     .map_err(illegal)?;
                 step.forward.end(result.call.attempt, entry.at, None);
                 step.output = Some(result.output.clone());
             }
             Record::StepFailed(result) => {
                 let step = self
-                    .in_flight(result.call, Kind::Forward)
+                    .in_flight(result.call, CallKind::Forward)
                     .map_err(illegal)?;
                 step.earlier_attempt_in_doubt |= result.failure.class.maybe_applied();
                 let failure = Some(result.failure.clone());
@@ -75,12 +75,12 @@ impl SagaState {
                 .compensation_started(*call, entry.at)
                 .map_err(illegal)?,
             Record::CompensationSucceeded(call) => self
-                .end_call(*call, Kind::Compensation, entry.at, None)
+                .end_call(*call, CallKind::Compensate, entry.at, None)
                 .map_err(illegal)?,
             Record::CompensationFailed(result) => self
                 .end_call(
                     result.call,
-                    Kind::Compensation,
+                    CallKind::Compensate,
                     entry.at,
                     Some(&result.failure),
                 )
@@ -117,10 +117,15 @@ impl SagaState {
                 self.confirm_started(*call, entry.at).map_err(illegal)?
             }
             Record::ConfirmSucceeded(call) => self
-                .end_call(*call, Kind::Confirm, entry.at, None)
+                .end_call(*call, CallKind::Confirm, entry.at, None)
                 .map_err(illegal)?,
             Record::ConfirmFailed(result) => self
-                .end_call(result.call, Kind::Confirm, entry.at, Some(&result.failure))
+                .end_call(
+                    result.call,
+                    CallKind::Confirm,
+                    entry.at,
+                    Some(&result.failure),
+                )
                 .map_err(illegal)?,
         }
         self.next_seq += 1;
@@ -133,7 +138,7 @@ impl SagaState {
     fn end_call(
         &mut self,
         call: CallRef,
-        kind: Kind,
+        kind: CallKind,
         at: UnixMillis,
         failure: Option<&StepFailure>,
     ) -> Result<(), String> {
@@ -147,18 +152,18 @@ impl SagaState {
     pub(super) fn in_flight(
         &mut self,
         call: CallRef,
-        kind: Kind,
+        kind: CallKind,
     ) -> Result<&mut StepState, String> {
         let step = self.step_mut(call.step)?;
         if step.track(kind).is_in_flight(call.attempt) {
             return Ok(step);
         }
         let what = match kind {
-            Kind::Forward => "",
-            Kind::Compensation => "compensation ",
-            Kind::Confirm => "confirm ",
+            CallKind::Forward => "",
+            CallKind::Compensate => "compensation ",
+            CallKind::Confirm => "confirm ",
         };
-        let of = if kind == Kind::Confirm {
+        let of = if kind == CallKind::Confirm {
             "branch"
         } else {
             "step"
@@ -260,7 +265,7 @@ impl SagaState {
             return Err("the step's action never started or certainly had no effect".into());
         }
         step.compensation
-            .begin(call, at, "step is already compensated")?;
+            .begin(call, at, "the step is already compensated")?;
         self.compensating = true;
         Ok(())
     }
@@ -300,7 +305,7 @@ impl SagaState {
         }
         self.step_mut(call.step)?
             .confirm
-            .begin(call, at, "branch is already confirmed")
+            .begin(call, at, "the branch is already confirmed")
     }
 
     /// Refuses `command` when an action recorded and not yet carried out

@@ -14,6 +14,7 @@ mod step;
 mod tests;
 
 pub use decide::{decide, decide_live, to_compensate, NextAction};
+pub(crate) use step::CallKind;
 pub(crate) use step::Retry;
 pub use step::{CallState, PendingTimer, StepState};
 

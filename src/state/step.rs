@@ -86,21 +86,21 @@ impl CallTrack {
         self.base = self.attempts();
     }
 
-    /// The intent of attempt `call.attempt` was written at `at`; `done`
-    /// names the call for the refusal when it already succeeded. Any
-    /// earlier attempt that did not succeed may be followed by the next.
+    /// The intent of attempt `call.attempt` was written at `at`: any earlier
+    /// attempt that did not succeed may be followed by the next; once one
+    /// succeeded, the intent is refused with `refusal`.
     pub(super) fn begin(
         &mut self,
         call: CallRef,
         at: UnixMillis,
-        done: &str,
+        refusal: &str,
     ) -> Result<(), String> {
         let expected = match &self.state {
             CallState::NotStarted => 1,
             CallState::InFlight { attempt, .. } | CallState::Failed { attempt, .. } => {
                 attempt.saturating_add(1)
             }
-            CallState::Succeeded { .. } => return Err(format!("the {done}")),
+            CallState::Succeeded { .. } => return Err(refusal.to_string()),
         };
         self.start(call, at, expected)
     }
@@ -170,33 +170,34 @@ pub struct StepState {
     pub cancel_if_tried: bool,
 }
 
-/// Which call of a step a record is about.
+/// The three kinds of participant call of a step, by the records they
+/// write: what a record is about, and what the engine launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// The action, or a TCC try.
+pub(crate) enum CallKind {
+    /// A saga step's action or a TCC try.
     Forward,
-    /// The compensation, or a TCC cancel.
-    Compensation,
+    /// A compensation, a TCC cancel, or the compensation of a committed branch.
+    Compensate,
     /// A TCC confirm.
     Confirm,
 }
 
 impl StepState {
     /// The track of call `kind`.
-    pub(super) fn track(&self, kind: Kind) -> &CallTrack {
+    pub(super) fn track(&self, kind: CallKind) -> &CallTrack {
         match kind {
-            Kind::Forward => &self.forward,
-            Kind::Compensation => &self.compensation,
-            Kind::Confirm => &self.confirm,
+            CallKind::Forward => &self.forward,
+            CallKind::Compensate => &self.compensation,
+            CallKind::Confirm => &self.confirm,
         }
     }
 
     /// The track of call `kind`, to change.
-    pub(super) fn track_mut(&mut self, kind: Kind) -> &mut CallTrack {
+    pub(super) fn track_mut(&mut self, kind: CallKind) -> &mut CallTrack {
         match kind {
-            Kind::Forward => &mut self.forward,
-            Kind::Compensation => &mut self.compensation,
-            Kind::Confirm => &mut self.confirm,
+            CallKind::Forward => &mut self.forward,
+            CallKind::Compensate => &mut self.compensation,
+            CallKind::Confirm => &mut self.confirm,
         }
     }
 
