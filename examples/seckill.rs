@@ -24,18 +24,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
+#[path = "support/bulk.rs"]
+mod bulk;
+#[path = "support/crash.rs"]
+mod crash;
+
 use clap::Parser;
+use crash::{CrashFlags, CrashPlan};
 use sagalog::barrier::{Barrier, BarrierError, BarrierPhase, Guarded};
 use sagalog::{
-    CallPoint, Engine, EngineConfig, Registry, RetryPolicy, SagaDefinition, SagaId, SagaRef,
-    SagaStatus, StartOptions, StepContext, StepError, StepOptions,
+    Engine, Registry, RetryPolicy, SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions,
+    StepContext, StepError, StepOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -46,15 +52,8 @@ struct Args {
     /// Directory for the saga log and the participants' store.
     #[arg(long, default_value = "./sagalog-seckill")]
     data_dir: PathBuf,
-    /// Abort the process right after the N-th durable append of this run.
-    #[arg(long)]
-    crash_after: Option<u64>,
-    /// Abort right before the N-th participant call of this run (its intent is durable).
-    #[arg(long)]
-    crash_before_call: Option<u64>,
-    /// Abort right after the N-th participant call returns, before its result is durable.
-    #[arg(long)]
-    crash_after_call: Option<u64>,
+    #[command(flatten)]
+    crash: CrashFlags,
     /// Print one JSON object per scenario, then the ledger, instead of a table.
     #[arg(long)]
     json: bool,
@@ -65,10 +64,6 @@ struct Args {
     /// How many generated purchases run at once.
     #[arg(long, default_value_t = 32)]
     bulk_concurrency: usize,
-    /// How long a saga may run before it gets an active-index entry
-    /// (`EngineConfig::index_lag`); the crash tests also run with 1.
-    #[arg(long, default_value_t = 500)]
-    index_lag_ms: u64,
 }
 
 /// One purchase: the transaction's input.
@@ -412,54 +407,6 @@ fn seckill(shop: &Shop) -> Result<SagaDefinition<Purchase>, sagalog::DefinitionE
 }
 
 /// Crash points count across the engines of one run (scenario 5 reopens it).
-#[derive(Clone, Default)]
-struct CrashPlan {
-    appends: Arc<AtomicU64>,
-    calls: Arc<AtomicU64>,
-    returns: Arc<AtomicU64>,
-}
-
-impl CrashPlan {
-    fn config(&self, args: &Args) -> EngineConfig {
-        let mut config = EngineConfig {
-            index_lag: Duration::from_millis(args.index_lag_ms),
-            ..EngineConfig::default()
-        };
-        if let Some(n) = args.crash_after {
-            let appends = self.appends.clone();
-            config.after_durable_append = Some(Arc::new(move |_| {
-                let count = appends.fetch_add(1, Ordering::SeqCst) + 1;
-                if count == n {
-                    eprintln!("--crash-after {n}: aborting right after durable append #{count}");
-                    std::process::abort();
-                }
-            }));
-        }
-        let (before, after) = (args.crash_before_call, args.crash_after_call);
-        if before.is_some() || after.is_some() {
-            // Calls and returns are counted separately, across engines: a
-            // call that never returns (scenario 5) leaves no gap.
-            let (calls, returns) = (self.calls.clone(), self.returns.clone());
-            config.around_call = Some(Arc::new(move |point, _| {
-                let counter = match point {
-                    CallPoint::BeforeCall => &calls,
-                    CallPoint::AfterCall => &returns,
-                };
-                let count = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                let planned = match point {
-                    CallPoint::BeforeCall => before,
-                    CallPoint::AfterCall => after,
-                };
-                if planned == Some(count) {
-                    eprintln!("--crash-{point:?} {count}: aborting at call #{count}");
-                    std::process::abort();
-                }
-            }));
-        }
-        config
-    }
-}
-
 /// A bundle bought in one go: a saga whose steps are seckill sub-sagas.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Bundle {
@@ -505,7 +452,7 @@ async fn open_engine(
     let mut registry = Registry::new();
     let seckill = registry.register(seckill(shop)?)?;
     let bundle = registry.register(bundle(&seckill)?)?;
-    let engine = Engine::open(args.data_dir.join("log"), registry, plan.config(args)).await?;
+    let engine = Engine::open(args.data_dir.join("log"), registry, plan.config()).await?;
     Ok((engine, Sagas { seckill, bundle }))
 }
 
@@ -540,49 +487,27 @@ async fn buy(
     Ok((id, engine.outcome(id).await?.status))
 }
 
+/// Runs the bulk workload; returns (committed, rolled back) counts.
 async fn run_bulk(
     engine: &Engine,
     saga: &SagaRef<Purchase>,
     args: &Args,
 ) -> Result<(usize, usize), sagalog::Error> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..args.bulk_concurrency.max(1) {
-        let (engine, saga, next, total) = (engine.clone(), saga.clone(), next.clone(), args.bulk);
-        workers.push(tokio::spawn(async move {
-            let mut counts = (0, 0);
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if k >= total {
-                    return Ok::<_, sagalog::Error>(counts);
-                }
-                let user = if k.is_multiple_of(9) {
-                    "pauper".to_string()
-                } else {
-                    format!("bulk-{}", k % 8)
-                };
-                let p = purchase(&format!("bulk-{k}"), &user, "bulk-item", 1, 10);
-                match buy(&engine, &saga, &p).await?.1 {
-                    SagaStatus::Committed => counts.0 += 1,
-                    SagaStatus::RolledBack => counts.1 += 1,
-                    other => {
-                        return Err(sagalog::Error::InvalidOptions(format!(
-                            "bulk purchase {k} ended {other}"
-                        )))
-                    }
-                }
-            }
-        }));
-    }
-    let mut counts = (0, 0);
-    for worker in workers {
-        let (committed, rolled_back) = worker
-            .await
-            .map_err(|e| sagalog::Error::InvalidOptions(format!("bulk worker failed: {e}")))??;
-        counts.0 += committed;
-        counts.1 += rolled_back;
-    }
-    Ok(counts)
+    let (engine, saga) = (engine.clone(), saga.clone());
+    let run_one = move |k: usize| {
+        let (engine, saga) = (engine.clone(), saga.clone());
+        async move {
+            let user = if k.is_multiple_of(9) {
+                "pauper".to_string()
+            } else {
+                format!("bulk-{}", k % 8)
+            };
+            let p = purchase(&format!("bulk-{k}"), &user, "bulk-item", 1, 10);
+            Ok(buy(&engine, &saga, &p).await?.1)
+        }
+    };
+    let (total, concurrency) = (args.bulk, args.bulk_concurrency);
+    bulk::run(total, concurrency, SagaStatus::RolledBack, run_one).await
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -602,7 +527,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &users,
         &[("phone", 10), ("case", 10), ("bulk-item", 1_000_000)],
     )?;
-    let plan = CrashPlan::default();
+    let plan = CrashPlan::new(&args.crash);
     let (mut engine, mut sagas) = open_engine(&args, &shop, &plan).await?;
     let saga = sagas.seckill.clone();
     let mut lines = Vec::new();

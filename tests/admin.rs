@@ -6,22 +6,14 @@
 
 mod common;
 
-use common::{outcome_of, start_saga, trip_registry, Behaviour, Script};
+use common::timed::{config_at, start, trip_at, T0};
+use common::{outcome_of, start_saga, trip_registry, Script, TRIP_UNDONE};
 use sagalog::{
-    CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, RetryPolicy,
-    SagaId, SagaStatus, StartOptions, StepError, UnixMillis,
+    CompensationStrategy, Engine, Error, InDoubtPolicy, MemStore, Phase, RetryPolicy, SagaId,
+    SagaStatus, StartOptions, StepError,
 };
 use std::sync::Arc;
 use std::time::Duration;
-
-const T0: u64 = 1_800_000_000_000;
-
-fn config_at(start: u64) -> EngineConfig {
-    EngineConfig {
-        start_time: Some(UnixMillis(start)),
-        ..EngineConfig::default()
-    }
-}
 
 /// Runs one saga whose car step fails with `error` under `strategy` until
 /// it stops moving (suspended, or asleep on a timer), then shuts down.
@@ -30,17 +22,9 @@ async fn leave_one_saga(
     strategy: CompensationStrategy,
     error: StepError,
 ) -> SagaId {
-    let script = Script::default();
-    script.set("car", Phase::Action, Behaviour::Fail(error));
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store.clone(), registry, config_at(T0))
-        .await
-        .unwrap();
-    let id = engine
-        .start(&trip, &"ada".into(), StartOptions::new().strategy(strategy))
-        .await
-        .unwrap()
-        .saga_id;
+    let script = Script::failing("car", Phase::Action, error);
+    let (engine, trip) = trip_at(store, &script, T0).await;
+    let id = start(&engine, &trip, strategy).await;
     loop {
         let view = engine.saga(id).unwrap();
         let asleep = engine
@@ -57,6 +41,13 @@ async fn leave_one_saga(
     id
 }
 
+/// Leaves one saga suspended for an operator: its car step failed for good
+/// under the manual strategy.
+async fn leave_one_suspended(store: &Arc<MemStore>) -> SagaId {
+    let sold_out = StepError::permanent("sold out");
+    leave_one_saga(store, CompensationStrategy::Manual, sold_out).await
+}
+
 fn slow_retries() -> CompensationStrategy {
     CompensationStrategy::RetryThenCompensate {
         policy: RetryPolicy {
@@ -71,12 +62,7 @@ fn slow_retries() -> CompensationStrategy {
 #[tokio::test]
 async fn admin_engine_runs_nothing_and_refuses_to_start_sagas() {
     let store = Arc::new(MemStore::new());
-    let id = leave_one_saga(
-        &store,
-        CompensationStrategy::Manual,
-        StepError::permanent("sold out"),
-    )
-    .await;
+    let id = leave_one_suspended(&store).await;
     let appends = store.append_count();
 
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
@@ -94,12 +80,7 @@ async fn admin_engine_runs_nothing_and_refuses_to_start_sagas() {
 #[tokio::test]
 async fn action_recorded_by_the_admin_engine_is_carried_out_at_the_services_next_open() {
     let store = Arc::new(MemStore::new());
-    let id = leave_one_saga(
-        &store,
-        CompensationStrategy::Manual,
-        StepError::permanent("sold out"),
-    )
-    .await;
+    let id = leave_one_suspended(&store).await;
 
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
     admin
@@ -114,29 +95,18 @@ async fn action_recorded_by_the_admin_engine_is_carried_out_at_the_services_next
     admin.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let service = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
-        .await
-        .unwrap();
+    let (service, _) = trip_at(&store, &script, T0 + 1_000).await;
     assert_eq!(
         service.outcome(id).await.unwrap().status,
         SagaStatus::Compensated
     );
-    assert_eq!(
-        script.calls(),
-        ["hotel:compensation:1", "flight:compensation:1"]
-    );
+    assert_eq!(script.calls(), TRIP_UNDONE);
 }
 
 #[tokio::test]
 async fn admin_engine_refuses_an_action_that_makes_no_sense_and_writes_nothing() {
     let store = Arc::new(MemStore::new());
-    let id = leave_one_saga(
-        &store,
-        CompensationStrategy::Manual,
-        StepError::permanent("sold out"),
-    )
-    .await;
+    let id = leave_one_suspended(&store).await;
     let appends = store.append_count();
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
 
@@ -152,10 +122,7 @@ async fn retry_now_wakes_a_saga_asleep_on_a_forward_backoff_at_once() {
     let id = leave_one_saga(&store, slow_retries(), StepError::retryable("api down")).await;
 
     let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
-        .await
-        .unwrap();
+    let (engine, _) = trip_at(&store, &script, T0 + 1_000).await;
     let before = tokio::time::Instant::now();
     engine.retry_now(id, "alice", "api is back").await.unwrap();
     let outcome = outcome_of(&engine, id).await;
@@ -181,18 +148,12 @@ async fn retry_now_on_a_scheduled_compensation_compensates_at_once() {
     .await;
 
     let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store, registry, config_at(T0 + 1_000))
-        .await
-        .unwrap();
+    let (engine, _) = trip_at(&store, &script, T0 + 1_000).await;
     engine.retry_now(id, "alice", "do not wait").await.unwrap();
     let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
-    assert_eq!(
-        script.calls(),
-        ["hotel:compensation:1", "flight:compensation:1"]
-    );
+    assert_eq!(script.calls(), TRIP_UNDONE);
 }
 
 #[tokio::test]
@@ -217,12 +178,7 @@ async fn retry_now_on_a_finished_saga_is_refused() {
 /// A suspended saga (manual strategy) and an admin engine over its store,
 /// as the CLI opens it while the service is stopped.
 async fn suspended_with_admin(store: &Arc<MemStore>) -> (SagaId, Engine) {
-    let id = leave_one_saga(
-        store,
-        CompensationStrategy::Manual,
-        StepError::permanent("sold out"),
-    )
-    .await;
+    let id = leave_one_suspended(store).await;
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
     (id, admin)
 }

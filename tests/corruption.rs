@@ -32,13 +32,7 @@ async fn two_sagas_with_input_in_flight(dir: &Path, padding: &str) -> (SagaId, S
         .unwrap();
     let a = start_saga(&engine, &trip, &format!("a{padding}")).await;
     let b = start_saga(&engine, &trip, &format!("b{padding}")).await;
-    while script
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("hotel:action"))
-        .count()
-        < 2
-    {
+    while script.count("hotel:action") < 2 {
         script.entered.notified().await;
     }
     engine.shutdown(Duration::ZERO).await;

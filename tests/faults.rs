@@ -19,6 +19,16 @@ use std::time::Duration;
 type Call = (SagaId, String, Phase, u32);
 type Calls = Arc<Mutex<Vec<Call>>>;
 
+fn record(calls: &Calls, ctx: &sagalog::StepContext<u64>) {
+    let call = (
+        ctx.saga_id(),
+        ctx.step().to_string(),
+        ctx.phase(),
+        ctx.attempt(),
+    );
+    calls.lock().unwrap().push(call);
+}
+
 /// Three steps; step `c` fails permanently for odd inputs.
 fn registry(calls: &Calls) -> (Registry, SagaRef<u64>) {
     let mut builder = SagaDefinition::<u64>::builder("faulty");
@@ -29,12 +39,7 @@ fn registry(calls: &Calls) -> (Registry, SagaRef<u64>) {
             move |ctx| {
                 let calls = act.clone();
                 async move {
-                    calls.lock().unwrap().push((
-                        ctx.saga_id(),
-                        ctx.step().to_string(),
-                        ctx.phase(),
-                        ctx.attempt(),
-                    ));
+                    record(&calls, &ctx);
                     if ctx.step().as_str() == "c" && ctx.input() % 2 == 1 {
                         return Err(StepError::permanent("odd order"));
                     }
@@ -44,12 +49,7 @@ fn registry(calls: &Calls) -> (Registry, SagaRef<u64>) {
             move |ctx| {
                 let calls = comp.clone();
                 async move {
-                    calls.lock().unwrap().push((
-                        ctx.saga_id(),
-                        ctx.step().to_string(),
-                        ctx.phase(),
-                        ctx.attempt(),
-                    ));
+                    record(&calls, &ctx);
                     Ok(())
                 }
             },

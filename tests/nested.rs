@@ -83,24 +83,25 @@ async fn the_childs_log_links_to_the_parents_step() {
     assert_eq!(engine.saga(child).unwrap().parent, start.parent);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensates() {
-    let script = Script::failing(
-        "capture",
-        Phase::Action,
-        StepError::permanent("card expired"),
-    );
+/// Runs an order whose `step` fails for good with `message`; asserts that
+/// the order and its child both end compensated and returns the calls.
+async fn compensated_order_failing(step: &str, message: &str) -> Vec<String> {
+    let script = Script::failing(step, Phase::Action, StepError::permanent(message));
     let (registry, order) = order_registry(&script);
     let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
 
     let (_, outcome) = run_to_end(&engine, &order, &3).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
-    assert_eq!(
-        engine.saga(child(&engine)).unwrap().status,
-        SagaStatus::Compensated
-    );
-    let calls = script.calls();
+    let child = engine.saga(child(&engine)).unwrap();
+    assert_eq!(child.status, SagaStatus::Compensated);
+    script.calls()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensates() {
+    let calls = compensated_order_failing("capture", "card expired").await;
+
     assert!(
         position(&calls, "authorize:compensation:1") < position(&calls, "reserve:compensation:1")
     );
@@ -109,18 +110,8 @@ async fn a_child_that_compensates_fails_the_parent_step_and_the_parent_compensat
 
 #[tokio::test(start_paused = true)]
 async fn compensating_the_parent_compensates_its_committed_child_first() {
-    let script = Script::failing("ship", Phase::Action, StepError::permanent("no courier"));
-    let (registry, order) = order_registry(&script);
-    let engine = open_mem(&Arc::new(MemStore::new()), registry).await;
+    let calls = compensated_order_failing("ship", "no courier").await;
 
-    let (_, outcome) = run_to_end(&engine, &order, &3).await;
-
-    assert_eq!(outcome.status, SagaStatus::Compensated);
-    assert_eq!(
-        engine.saga(child(&engine)).unwrap().status,
-        SagaStatus::Compensated
-    );
-    let calls = script.calls();
     let reserve = position(&calls, "reserve:compensation:1");
     assert!(
         position(&calls, "capture:compensation:1") < position(&calls, "authorize:compensation:1")

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{open_mem, outcome_of, start_saga, status_of, trip_registry, Behaviour, Script};
+use common::{
+    open_mem, outcome_of, start_saga, status_of, trip_on, trip_registry, Behaviour, Script,
+    TRIP_UNDONE,
+};
 use sagalog::testing::FaultTiming;
 use sagalog::{
     Engine, EngineConfig, Error, ErrorClass, InDoubtPolicy, MemStore, ParkReason, Phase, Registry,
@@ -32,35 +35,31 @@ async fn leave_hotel_in_doubt(
     (id, script)
 }
 
+/// Leaves `hotel` in doubt, reopens with a script that lets every call
+/// succeed, and returns the saga's outcome and the calls made after reopening.
+async fn recover_hotel_in_doubt(in_doubt: InDoubtPolicy) -> (SagaStatus, Vec<String>) {
+    let store = Arc::new(MemStore::new());
+    let (id, _) = leave_hotel_in_doubt(&store, in_doubt).await;
+    let script = Script::default();
+    let (registry, _) = trip_registry(&script, in_doubt);
+    let engine = open_mem(&store, registry).await;
+    (status_of(&engine, id).await, script.calls())
+}
+
 #[tokio::test(start_paused = true)]
 async fn in_doubt_step_is_rerun_after_restart() {
-    let store = Arc::new(MemStore::new());
-    let (id, _) = leave_hotel_in_doubt(&store, InDoubtPolicy::Rerun).await;
+    let (status, calls) = recover_hotel_in_doubt(InDoubtPolicy::Rerun).await;
 
-    let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&store, registry).await;
-    let outcome = outcome_of(&engine, id).await;
-
-    assert_eq!(outcome.status, SagaStatus::Committed);
-    assert_eq!(script.calls(), ["hotel:action:2", "car:action:1"]);
+    assert_eq!(status, SagaStatus::Committed);
+    assert_eq!(calls, ["hotel:action:2", "car:action:1"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn in_doubt_step_is_compensated_under_the_compensate_policy() {
-    let store = Arc::new(MemStore::new());
-    let (id, _) = leave_hotel_in_doubt(&store, InDoubtPolicy::Compensate).await;
+    let (status, calls) = recover_hotel_in_doubt(InDoubtPolicy::Compensate).await;
 
-    let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Compensate);
-    let engine = open_mem(&store, registry).await;
-    let outcome = outcome_of(&engine, id).await;
-
-    assert_eq!(outcome.status, SagaStatus::Compensated);
-    assert_eq!(
-        script.calls(),
-        ["hotel:compensation:1", "flight:compensation:1"]
-    );
+    assert_eq!(status, SagaStatus::Compensated);
+    assert_eq!(calls, TRIP_UNDONE);
 }
 
 #[tokio::test]
@@ -89,8 +88,7 @@ async fn unknown_saga_type_is_parked_and_other_sagas_proceed() {
     engine.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun); // "retired" not registered
-    let engine = open_mem(&store, registry).await;
+    let (engine, _) = trip_on(&store, &script).await; // "retired" not registered
 
     assert_eq!(status_of(&engine, other).await, SagaStatus::Committed);
     let Err(Error::Parked { reason, .. }) = engine.outcome(orphan).await else {
@@ -147,16 +145,21 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
     assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
 }
 
-#[tokio::test]
-async fn failed_intent_append_stops_the_call() {
+/// Starts a trip on a store that fails the saga's second append (the
+/// flight's result with the hotel's intent) before applying it.
+async fn start_with_second_append_failing() -> (Engine, Script, sagalog::SagaId) {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&store, registry).await;
+    let (engine, trip) = trip_on(&store, &script).await;
     // Appends: 1 = start + flight intent, 2 = flight result + hotel intent.
     store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
-
     let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    (engine, script, id)
+}
+
+#[tokio::test]
+async fn failed_intent_append_stops_the_call() {
+    let (engine, script, id) = start_with_second_append_failing().await;
     let result = engine.outcome(id).await;
 
     assert!(matches!(result, Err(Error::Store(_))), "{result:?}");
@@ -184,8 +187,7 @@ async fn append_that_failed_after_writing_is_recovered_on_reopen() {
     engine.shutdown(Duration::ZERO).await;
 
     let script = Script::default();
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&store, registry).await;
+    let (engine, _) = trip_on(&store, &script).await;
 
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(script.calls(), ["hotel:action:2", "car:action:1"]);
@@ -233,14 +235,7 @@ fn rebuild_as_version_2(_v1: SagaDefinition<String>) -> SagaDefinition<String> {
 
 #[tokio::test]
 async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
-    let store = Arc::new(MemStore::new());
-    let script = Script::default();
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = open_mem(&store, registry).await;
-    // Appends: 1 = start + flight intent, 2 = flight result + hotel intent.
-    store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
-
-    let id = start_saga(&engine, &trip, &"ada".to_string()).await;
+    let (engine, script, id) = start_with_second_append_failing().await;
     let first = engine.outcome(id).await;
     let later = engine.outcome(id).await;
 
@@ -285,8 +280,7 @@ async fn a_step_whose_attempts_restarts_used_up_says_so() {
     for attempt in 2..=3 {
         let script = Script::default();
         script.set("hotel", Phase::Action, Behaviour::Hang);
-        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-        let engine = open_mem(&store, registry).await;
+        let (engine, _) = trip_on(&store, &script).await;
         let call = format!("hotel:action:{attempt}");
         while !script.calls().contains(&call) {
             script.entered.notified().await;

@@ -19,18 +19,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
+#[path = "../support/bulk.rs"]
+mod bulk;
+#[path = "../support/crash.rs"]
+mod crash;
 mod ledger;
 
 use clap::Parser;
+use crash::{CrashFlags, CrashPlan};
 use ledger::{CallRecord, Ledger, Refusal};
 use sagalog::{
-    CallPoint, CompensationStrategy, DelayedItem, Engine, EngineConfig, ManualItem, Registry,
-    RetryPolicy, SagaDefinition, SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext,
-    StepError, UnixMillis,
+    CompensationStrategy, DelayedItem, Engine, ManualItem, Registry, RetryPolicy, SagaDefinition,
+    SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext, StepError, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -39,15 +42,8 @@ struct Args {
     /// Directory for the saga log and the participants' ledger.
     #[arg(long, default_value = "./sagalog-data")]
     data_dir: PathBuf,
-    /// Abort the process right after the N-th durable append of this run.
-    #[arg(long)]
-    crash_after: Option<u64>,
-    /// Abort right before the N-th participant call of this run (its intent is durable).
-    #[arg(long)]
-    crash_before_call: Option<u64>,
-    /// Abort right after the N-th participant call returns, before its result is durable.
-    #[arg(long)]
-    crash_after_call: Option<u64>,
+    #[command(flatten)]
+    crash: CrashFlags,
     /// Print one JSON object per saga, then the ledger, instead of a table.
     #[arg(long)]
     json: bool,
@@ -61,10 +57,6 @@ struct Args {
     /// How many generated orders run at once.
     #[arg(long, default_value_t = 32)]
     bulk_concurrency: usize,
-    /// How long a saga may run before it gets an active-index entry
-    /// (`EngineConfig::index_lag`); the crash tests also run with 1.
-    #[arg(long, default_value_t = 500)]
-    index_lag_ms: u64,
 }
 
 /// Generated order `k` of the bulk workload, with its strategy.
@@ -110,51 +102,20 @@ async fn run_bulk(
     orders: &SagaRef<Order>,
     args: &Args,
 ) -> Result<(usize, usize), sagalog::Error> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..args.bulk_concurrency.max(1) {
-        let (engine, orders, next) = (engine.clone(), orders.clone(), next.clone());
-        let (total, delay) = (args.bulk, args.scheduled_delay_ms);
-        workers.push(tokio::spawn(async move {
-            let mut counts = (0usize, 0usize);
-            loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k >= total {
-                    return Ok::<_, sagalog::Error>(counts);
-                }
-                let (strategy, order) = bulk_order(k, delay);
-                let options = StartOptions::new()
-                    .idempotency_key(order.order_id.clone())
-                    .strategy(strategy);
-                let id = engine.start(&orders, &order, options).await?.saga_id;
-                match engine.outcome(id).await?.status {
-                    SagaStatus::Committed => counts.0 += 1,
-                    SagaStatus::Compensated => counts.1 += 1,
-                    other => {
-                        return Err(sagalog::Error::InvalidOptions(format!(
-                            "bulk order {k} ended {other}"
-                        )))
-                    }
-                }
-            }
-        }));
-    }
-    let mut counts = (0, 0);
-    for worker in workers {
-        match worker.await {
-            Ok(Ok((committed, compensated))) => {
-                counts.0 += committed;
-                counts.1 += compensated;
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                return Err(sagalog::Error::InvalidOptions(format!(
-                    "bulk worker failed: {e}"
-                )))
-            }
+    let (engine, orders, delay) = (engine.clone(), orders.clone(), args.scheduled_delay_ms);
+    let run_one = move |k| {
+        let (engine, orders) = (engine.clone(), orders.clone());
+        async move {
+            let (strategy, order) = bulk_order(k, delay);
+            let options = StartOptions::new()
+                .idempotency_key(order.order_id.clone())
+                .strategy(strategy);
+            let id = engine.start(&orders, &order, options).await?.saga_id;
+            Ok(engine.outcome(id).await?.status)
         }
-    }
-    Ok(counts)
+    };
+    let (total, concurrency) = (args.bulk, args.bulk_concurrency);
+    bulk::run(total, concurrency, SagaStatus::Compensated, run_one).await
 }
 
 /// A customer's order: the saga's input.
@@ -495,31 +456,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut registry = Registry::new();
     let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
-    let mut config = EngineConfig {
-        index_lag: Duration::from_millis(args.index_lag_ms),
-        ..EngineConfig::default()
-    };
-    if let Some(n) = args.crash_after {
-        config.after_durable_append = Some(Arc::new(move |count| {
-            if count == n {
-                eprintln!("--crash-after {n}: aborting right after durable append #{count}");
-                std::process::abort();
-            }
-        }));
-    }
-    let (before, after) = (args.crash_before_call, args.crash_after_call);
-    if before.is_some() || after.is_some() {
-        config.around_call = Some(Arc::new(move |point, count| {
-            let planned = match point {
-                CallPoint::BeforeCall => before,
-                CallPoint::AfterCall => after,
-            };
-            if planned == Some(count) {
-                eprintln!("--crash-{point:?} {count}: aborting at call #{count}");
-                std::process::abort();
-            }
-        }));
-    }
+    let config = CrashPlan::new(&args.crash).config();
     let engine = Engine::open(args.data_dir.join("log"), registry, config).await?;
     let recovered = engine.recovery();
     if !args.json {

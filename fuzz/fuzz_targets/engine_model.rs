@@ -69,18 +69,17 @@ fn outcome(behaviour: u16, step: u32, phase: Phase, attempt: u32) -> (u8, bool) 
 }
 
 fn registry(model: &Shared) -> (Registry, SagaRef<u16>) {
+    // Three forward attempts and four compensation attempts, 100 ms
+    // doubling to at most 1 s.
+    let forward = RetryPolicy {
+        max_interval_ms: 1_000,
+        ..RetryPolicy::forward_default()
+    };
     let mut builder = SagaDefinition::<u16>::builder("model")
-        .retry(RetryPolicy {
-            max_attempts: 3,
-            initial_interval_ms: 100,
-            max_interval_ms: 1_000,
-            ..RetryPolicy::forward_default()
-        })
+        .retry(forward)
         .compensation_retry(RetryPolicy {
             max_attempts: 4,
-            initial_interval_ms: 100,
-            max_interval_ms: 1_000,
-            ..RetryPolicy::forward_default()
+            ..forward
         })
         .timeout(Duration::from_secs(60));
     for step in 0..STEPS {

@@ -3,7 +3,7 @@
 //! clock value always give the same answer (invariant I6).
 
 use crate::ids::{Attempt, StepIndex, UnixMillis};
-use crate::log::record::{Decision, WaitPurpose};
+use crate::log::record::{Decision, StepFailure, WaitPurpose};
 use crate::policy::CompensationStrategy;
 use crate::state::{CallState, Retry, SagaState};
 use crate::status::SagaStatus;
@@ -308,56 +308,10 @@ fn stuck(state: &SagaState) -> NextAction {
 }
 
 fn next_confirm(state: &SagaState, now: UnixMillis, live: &[StepIndex]) -> NextAction {
-    let policy = &state.plan().compensation_retry;
     let mut choice = Choice::default();
-    for (index, step) in state.steps.iter().enumerate() {
-        let index = index as StepIndex;
-        if live.contains(&index) {
-            continue;
-        }
-        let name = state.plan().step_name(index);
-        let used = step.confirm.used();
-        match &step.confirm.state {
-            CallState::Succeeded { .. } => {}
-            CallState::NotStarted => choice.run(NextAction::Confirm {
-                step: index,
-                attempt: 1,
-            }),
-            CallState::InFlight { attempt, .. } if used < policy.max_attempts || used == 0 => {
-                choice.run(NextAction::Confirm {
-                    step: index,
-                    attempt: attempt + 1,
-                })
-            }
-            CallState::InFlight { attempt, .. } => choice.suspend(format!(
-                "confirm of branch '{name}' was left in doubt {attempt} times; an operator must check it and order a retry"
-            )),
-            CallState::Failed { attempt, .. } if used == 0 => choice.run(NextAction::Confirm {
-                step: index,
-                attempt: attempt + 1,
-            }),
-            CallState::Failed {
-                attempt,
-                failure,
-                at,
-            } => {
-                if !failure.class.retries() || used >= policy.max_attempts {
-                    choice.suspend(format!(
-                        "confirm of branch '{name}' failed {used} times, last: {}; an operator must fix the cause and order a retry",
-                        failure.message
-                    ));
-                } else {
-                    let delay =
-                        policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 2);
-                    let (step, attempt) = (index, attempt + 1);
-                    choice.after_backoff(
-                        now,
-                        at.plus_millis(delay),
-                        WaitPurpose::ConfirmBackoff { step, attempt },
-                        NextAction::Confirm { step, attempt },
-                    );
-                }
-            }
+    for index in 0..state.steps.len() as StepIndex {
+        if !live.contains(&index) {
+            settle(&mut choice, state, now, index, Settling::Confirm);
         }
     }
     choice.pick(live).unwrap_or(NextAction::Finish {
@@ -434,15 +388,12 @@ pub fn to_compensate(state: &SagaState) -> Vec<String> {
 
 /// Compensates (cancels) what needs it, each step only after every step
 /// that depends on it; finishes with `done` when nothing is left.
-// Long on purpose: one match over the states of a compensation, each arm one
-// rule of DESIGN.md §5.
 fn next_compensation(
     state: &SagaState,
     now: UnixMillis,
     live: &[StepIndex],
     done: SagaStatus,
 ) -> NextAction {
-    let policy = &state.plan().compensation_retry;
     let mut choice = Choice::default();
     for (index, step) in state.steps.iter().enumerate().rev() {
         let index = index as StepIndex;
@@ -453,60 +404,8 @@ fn next_compensation(
             .plan()
             .dependents(index)
             .any(|d| !state.steps[d as usize].is_compensated_or_untouched());
-        if blocked {
-            continue;
-        }
-        let name = state.plan().step_name(index);
-        let used = step.compensation.used();
-        match &step.compensation.state {
-            CallState::NotStarted => choice.run(NextAction::Compensate {
-                step: index,
-                attempt: 1,
-            }),
-            // Unreachable through the filter above.
-            CallState::Succeeded { .. } => {}
-            CallState::InFlight { attempt, .. } if used < policy.max_attempts => {
-                choice.run(NextAction::Compensate {
-                    step: index,
-                    attempt: attempt + 1,
-                })
-            }
-            CallState::InFlight { attempt, .. } => choice.suspend(format!(
-                "compensation of step '{name}' was left in doubt {attempt} times (the process died during the call each time); an operator must check it"
-            )),
-            // An operator's "compensate now" grants one attempt whatever the
-            // last error was.
-            CallState::Failed { attempt, .. } if used == 0 => choice.run(NextAction::Compensate {
-                step: index,
-                attempt: attempt + 1,
-            }),
-            CallState::Failed {
-                attempt,
-                failure,
-                at,
-            } => {
-                if !failure.class.retries() {
-                    choice.suspend(format!(
-                        "compensation of step '{name}' failed permanently on attempt {attempt}: {}; an operator must compensate it by hand and mark it compensated",
-                        failure.message
-                    ));
-                } else if used >= policy.max_attempts {
-                    choice.suspend(format!(
-                        "compensation of step '{name}' failed {used} times, last: {}; an operator must fix the cause and order compensate-now, or compensate by hand",
-                        failure.message
-                    ));
-                } else {
-                    let delay =
-                        policy.jittered_delay_after(used, state.jitter_seed(index, *attempt) ^ 1);
-                    let (step, attempt) = (index, attempt + 1);
-                    choice.after_backoff(
-                        now,
-                        at.plus_millis(delay),
-                        WaitPurpose::CompensationBackoff { step, attempt },
-                        NextAction::Compensate { step, attempt },
-                    );
-                }
-            }
+        if !blocked {
+            settle(&mut choice, state, now, index, Settling::Compensate);
         }
     }
     if let Some(action) = choice.pick(live) {
@@ -516,5 +415,114 @@ fn next_compensation(
         NextAction::Finish { status: done }
     } else {
         stuck(state)
+    }
+}
+
+/// The calls that settle a saga after its forward phase: a TCC confirm or a
+/// compensation. Both are retried under the saga's compensation policy until
+/// it is used up, then left to an operator.
+#[derive(Clone, Copy)]
+enum Settling {
+    Confirm,
+    Compensate,
+}
+
+impl Settling {
+    fn action(self, step: StepIndex, attempt: Attempt) -> NextAction {
+        match self {
+            Settling::Confirm => NextAction::Confirm { step, attempt },
+            Settling::Compensate => NextAction::Compensate { step, attempt },
+        }
+    }
+
+    fn backoff(self, step: StepIndex, attempt: Attempt) -> WaitPurpose {
+        match self {
+            Settling::Confirm => WaitPurpose::ConfirmBackoff { step, attempt },
+            Settling::Compensate => WaitPurpose::CompensationBackoff { step, attempt },
+        }
+    }
+
+    /// Keeps the jitter of a confirm and a compensation of one attempt apart.
+    fn salt(self) -> u64 {
+        match self {
+            Settling::Confirm => 2,
+            Settling::Compensate => 1,
+        }
+    }
+
+    fn left_in_doubt(self, name: &str, attempt: Attempt) -> String {
+        match self {
+            Settling::Confirm => format!(
+                "confirm of branch '{name}' was left in doubt {attempt} times; an operator must check it and order a retry"
+            ),
+            Settling::Compensate => format!(
+                "compensation of step '{name}' was left in doubt {attempt} times (the process died during the call each time); an operator must check it"
+            ),
+        }
+    }
+
+    fn gave_up(self, name: &str, used: Attempt, attempt: Attempt, failure: &StepFailure) -> String {
+        let last = &failure.message;
+        match self {
+            Settling::Confirm => format!(
+                "confirm of branch '{name}' failed {used} times, last: {last}; an operator must fix the cause and order a retry"
+            ),
+            Settling::Compensate if !failure.class.retries() => format!(
+                "compensation of step '{name}' failed permanently on attempt {attempt}: {last}; an operator must compensate it by hand and mark it compensated"
+            ),
+            Settling::Compensate => format!(
+                "compensation of step '{name}' failed {used} times, last: {last}; an operator must fix the cause and order compensate-now, or compensate by hand"
+            ),
+        }
+    }
+}
+
+/// Adds the next move of the `kind` call of step `index` to `choice`.
+fn settle(
+    choice: &mut Choice,
+    state: &SagaState,
+    now: UnixMillis,
+    index: StepIndex,
+    kind: Settling,
+) {
+    let step = &state.steps[index as usize];
+    let track = match kind {
+        Settling::Confirm => &step.confirm,
+        Settling::Compensate => &step.compensation,
+    };
+    let policy = &state.plan().compensation_retry;
+    let name = state.plan().step_name(index);
+    let used = track.used();
+    match &track.state {
+        CallState::Succeeded { .. } => {}
+        CallState::NotStarted => choice.run(kind.action(index, 1)),
+        // An operator's grant (used == 0) runs one more attempt whatever
+        // happened to the last one.
+        CallState::InFlight { attempt, .. } if used < policy.max_attempts || used == 0 => {
+            choice.run(kind.action(index, attempt + 1))
+        }
+        CallState::InFlight { attempt, .. } => choice.suspend(kind.left_in_doubt(name, *attempt)),
+        CallState::Failed { attempt, .. } if used == 0 => {
+            choice.run(kind.action(index, attempt + 1))
+        }
+        CallState::Failed {
+            attempt,
+            failure,
+            at,
+        } => {
+            if !failure.class.retries() || used >= policy.max_attempts {
+                choice.suspend(kind.gave_up(name, used, *attempt, failure));
+            } else {
+                let seed = state.jitter_seed(index, *attempt) ^ kind.salt();
+                let due = at.plus_millis(policy.jittered_delay_after(used, seed));
+                let attempt = attempt + 1;
+                choice.after_backoff(
+                    now,
+                    due,
+                    kind.backoff(index, attempt),
+                    kind.action(index, attempt),
+                );
+            }
+        }
     }
 }

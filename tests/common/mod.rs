@@ -74,6 +74,14 @@ impl Script {
         self.calls.lock().unwrap().clone()
     }
 
+    /// How many calls so far begin with `prefix`, e.g. `"car:action"`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+
     /// Records the call and behaves as scripted (for sagas built in a test).
     pub async fn perform_public<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
         self.perform(ctx).await
@@ -117,19 +125,14 @@ pub fn trip_definition(
     in_doubt: InDoubtPolicy,
 ) -> SagaDefinition<String> {
     let s = script.clone();
+    // Three attempts, 100 ms doubling to at most 1 s, forward and back.
+    let quick = RetryPolicy {
+        max_interval_ms: 1_000,
+        ..RetryPolicy::forward_default()
+    };
     let builder = SagaDefinition::<String>::builder(saga_type)
-        .retry(RetryPolicy {
-            max_attempts: 3,
-            initial_interval_ms: 100,
-            max_interval_ms: 1_000,
-            ..RetryPolicy::forward_default()
-        })
-        .compensation_retry(RetryPolicy {
-            max_attempts: 3,
-            initial_interval_ms: 100,
-            max_interval_ms: 1_000,
-            ..RetryPolicy::forward_default()
-        })
+        .retry(quick)
+        .compensation_retry(quick)
         .in_doubt(in_doubt);
     let (a, b, c, d, e, f) = (s.clone(), s.clone(), s.clone(), s.clone(), s.clone(), s);
     builder
@@ -264,6 +267,10 @@ pub async fn trip_on(store: &Arc<MemStore>, script: &Script) -> (Engine, SagaRef
     let (registry, trip) = trip_registry(script, InDoubtPolicy::Rerun);
     (open_mem(store, registry).await, trip)
 }
+
+/// The calls of a trip undone after its hotel and flight were booked: the
+/// two compensations, newest first.
+pub const TRIP_UNDONE: [&str; 2] = ["hotel:compensation:1", "flight:compensation:1"];
 
 /// Starts `saga` with `input` and waits for its outcome.
 pub async fn run_to_end<I: Serialize>(

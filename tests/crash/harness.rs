@@ -86,7 +86,48 @@ impl Workload {
     }
 }
 
-pub(super) fn every_crash_point_of(workload: Workload, flag: &str, marker: &str) -> u64 {
+/// Where the example aborts itself, counted from the start of the run.
+#[derive(Clone, Copy)]
+pub(super) enum CrashPoint {
+    /// Right after the Nth durable append.
+    AfterAppend,
+    /// Right before the Nth participant call, its intent durable.
+    BeforeCall,
+    /// Right after the Nth participant call, its result not yet durable.
+    AfterCall,
+}
+
+impl CrashPoint {
+    /// The example's flag and the word its abort message counts.
+    fn flag_and_marker(self) -> (&'static str, &'static str) {
+        match self {
+            CrashPoint::AfterAppend => ("crash-after", "append"),
+            CrashPoint::BeforeCall => ("crash-before-call", "call"),
+            CrashPoint::AfterCall => ("crash-after-call", "call"),
+        }
+    }
+}
+
+/// Aborts the workload at each crash point of the kind in turn, reruns it
+/// and checks it; asserts that the workload has many such points.
+pub(super) fn survives_every(workload: Workload, point: CrashPoint) {
+    let points = every_crash_point_of(workload, point);
+    let (flag, marker) = point.flag_and_marker();
+    println!(
+        "crash points covered: {points} ({}, --{flag})",
+        workload.name()
+    );
+    assert!(
+        points >= 10,
+        "the workload should have many {marker} points"
+    );
+}
+
+/// Aborts the example at the Nth point, N = 1, 2, ... until a run completes;
+/// after each abort, reruns it and checks everything. Returns how many crash
+/// points were covered.
+fn every_crash_point_of(workload: Workload, point: CrashPoint) -> u64 {
+    let (flag, marker) = point.flag_and_marker();
     for n in 1..=500u64 {
         let dir = tempfile::tempdir().unwrap();
         let crashed = workload.run(dir.path(), Some((flag, n)));

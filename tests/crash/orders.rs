@@ -1,7 +1,7 @@
 //! The orders example (sagas, every strategy) under crashes: its checks and
 //! its crash tests.
 
-use super::harness::{every_crash_point_of, example_binary, kill_loop, Workload};
+use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Workload};
 use super::*;
 
 /// The example binaries, (re)built by cargo first: `cargo test --test crash`
@@ -197,14 +197,7 @@ pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
     }
 }
 
-/// Aborts the example at crash point `flag` N = 1, 2, ... until a run
-/// completes; after each abort, reruns it and checks everything. Returns how
-/// many crash points were covered.
-fn every_crash_point(flag: &str, marker: &str) -> u64 {
-    every_crash_point_of(Workload::Orders, flag, marker)
-}
-
-/// The crash points above fall between the rewrites of one log value: a
+/// The crash points fall between the rewrites of one log value: a
 /// saga that runs without a pause writes its whole log as one value,
 /// rewritten with each append (DESIGN.md §4.3). Checks that the run did so,
 /// so that the crash tests do cover those rewrites.
@@ -230,32 +223,22 @@ pub(super) fn assert_grown_in_place(dir: &Path, stdout: &str) {
 
 #[test]
 fn orders_survive_an_abort_at_every_durable_append() {
-    let points = every_crash_point("crash-after", "append");
-    println!("crash points covered: {points} (after each durable append)");
-    assert!(points >= 10, "the workload should have many append points");
+    survives_every(Workload::Orders, CrashPoint::AfterAppend);
 }
 
 #[test]
 fn orders_survive_an_abort_before_every_participant_call() {
-    let points = every_crash_point("crash-before-call", "call");
-    println!("crash points covered: {points} (before each participant call, intent durable)");
-    assert!(points >= 10, "the workload should make many calls");
+    survives_every(Workload::Orders, CrashPoint::BeforeCall);
 }
 
 #[test]
 fn orders_survive_an_abort_after_every_participant_call() {
-    let points = every_crash_point("crash-after-call", "call");
-    println!(
-        "crash points covered: {points} (after each participant call, result not yet durable)"
-    );
-    assert!(points >= 10, "the workload should make many calls");
+    survives_every(Workload::Orders, CrashPoint::AfterCall);
 }
 
 #[test]
 fn orders_indexed_early_survive_an_abort_at_every_durable_append() {
-    let points = every_crash_point_of(Workload::OrdersIndexedEarly, "crash-after", "append");
-    println!("crash points covered: {points} (after each durable append, 1 ms index lag)");
-    assert!(points >= 10, "the workload should have many append points");
+    survives_every(Workload::OrdersIndexedEarly, CrashPoint::AfterAppend);
 }
 
 /// The random kill loop: a workload of thousands of mixed sagas runs in a

@@ -1,7 +1,7 @@
 //! The seckill example (TCC transactions, parallel tries) under crashes: its
 //! checks and its crash tests.
 
-use super::harness::{every_crash_point_of, example_binary, kill_loop, Workload};
+use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Workload};
 use super::*;
 
 pub(super) fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
@@ -34,28 +34,16 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
             .find(|l| l["scenario"] == name)
             .unwrap_or_else(|| panic!("{label}: no line for scenario {name}"))
     };
-    assert_eq!(scenario("success")["status"], "COMMITTED", "{label}");
-    assert_eq!(
-        scenario("insufficient-balance")["status"],
-        "ROLLED_BACK",
-        "{label}"
-    );
-    assert_eq!(
-        scenario("duplicate-confirm")["guard"],
-        "duplicate",
-        "{label}"
-    );
-    assert_eq!(
-        scenario("cancel-before-try")["cancel"],
-        "empty_rollback",
-        "{label}"
-    );
-    assert_eq!(
-        scenario("cancel-before-try")["late_try"],
-        "rejected",
-        "{label}"
-    );
-    assert_eq!(scenario("crash-recovery")["status"], "COMMITTED", "{label}");
+    for (name, field, expected) in [
+        ("success", "status", "COMMITTED"),
+        ("insufficient-balance", "status", "ROLLED_BACK"),
+        ("duplicate-confirm", "guard", "duplicate"),
+        ("cancel-before-try", "cancel", "empty_rollback"),
+        ("cancel-before-try", "late_try", "rejected"),
+        ("crash-recovery", "status", "COMMITTED"),
+    ] {
+        assert_eq!(scenario(name)[field], expected, "{label}: {name}.{field}");
+    }
     assert_eq!(scenario("bundle")["status"], "COMMITTED", "{label}");
     assert_eq!(
         scenario("bundle")["children"],
@@ -164,23 +152,17 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
 
 #[test]
 fn seckill_survives_an_abort_at_every_durable_append() {
-    let points = every_crash_point_of(Workload::Seckill, "crash-after", "append");
-    println!("crash points covered: {points} (seckill TCC, after each durable append)");
-    assert!(points >= 10, "the workload should have many append points");
+    survives_every(Workload::Seckill, CrashPoint::AfterAppend);
 }
 
 #[test]
 fn seckill_survives_an_abort_before_every_participant_call() {
-    let points = every_crash_point_of(Workload::Seckill, "crash-before-call", "call");
-    println!("crash points covered: {points} (seckill TCC, before each participant call)");
-    assert!(points >= 10, "the workload should make many calls");
+    survives_every(Workload::Seckill, CrashPoint::BeforeCall);
 }
 
 #[test]
 fn seckill_survives_an_abort_after_every_participant_call() {
-    let points = every_crash_point_of(Workload::Seckill, "crash-after-call", "call");
-    println!("crash points covered: {points} (seckill TCC, after each participant call)");
-    assert!(points >= 10, "the workload should make many calls");
+    survives_every(Workload::Seckill, CrashPoint::AfterCall);
 }
 
 /// The same loop over the seckill example: TCC transactions with parallel

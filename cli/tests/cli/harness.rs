@@ -113,6 +113,16 @@ pub(super) fn copy_of_fixture() -> tempfile::TempDir {
     dir
 }
 
+/// The ids of the sagas `list` shows, in its order.
+pub(super) fn listed(db: &Path) -> Vec<String> {
+    let list = json(db, &["list"]);
+    let sagas = list["sagas"].as_array().unwrap();
+    sagas
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// (manual saga, sleeping saga, finished sagas) of a fixture copy.
 pub(super) fn roles(db: &Path) -> (String, String, Vec<String>) {
     let list = json(db, &["list"]);

@@ -13,13 +13,7 @@ fn sweep_removes_finished_sagas_keeps_unfinished_ones_and_reports_disk_size() {
     assert_eq!(report["removed"], 3);
     assert!(report["bytes_on_disk_before"].as_u64().unwrap() > 0);
     assert!(report["bytes_on_disk_after"].as_u64().is_some());
-    let left: Vec<_> = json(db.path(), &["list"])["sagas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["saga_id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(left, [manual, sleeping]);
+    assert_eq!(listed(db.path()), [manual, sleeping]);
     let gone = sagalog(db.path(), &["show", &finished[0]]);
     assert!(!gone.status.success());
 }
@@ -34,13 +28,7 @@ fn compact_after_a_sweep_keeps_the_unfinished_sagas_and_reports_disk_size() {
 
     assert!(report["bytes_on_disk_before"].as_u64().unwrap() > 0);
     assert!(report["bytes_on_disk_after"].as_u64().unwrap() > 0);
-    let left: Vec<_> = json(db.path(), &["list"])["sagas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["saga_id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(left, [manual, sleeping]);
+    assert_eq!(listed(db.path()), [manual, sleeping]);
     assert_eq!(
         json(db.path(), &["verify"])["corrupt"],
         serde_json::json!([])

@@ -103,24 +103,18 @@ fn retryable_failure_waits_for_its_backoff_before_the_next_attempt() {
 
 #[test]
 fn exhausted_retries_lead_to_compensation() {
-    let log = vec![
-        start(InDoubtPolicy::Rerun),
-        ss(0, 1),
-        ok(0, 1),
-        ss(1, 1),
-        fail(1, 1, Retryable),
-        ss(1, 2),
-        fail(1, 2, Retryable),
-        ss(1, 3),
-        fail(1, 3, Retryable),
-    ];
-    assert_eq!(
-        decided(log, u64::MAX),
-        NextAction::Compensate {
-            step: 0,
-            attempt: 1
-        }
+    let log = with(
+        steps_done(1),
+        &[
+            ss(1, 1),
+            fail(1, 1, Retryable),
+            ss(1, 2),
+            fail(1, 2, Retryable),
+            ss(1, 3),
+            fail(1, 3, Retryable),
+        ],
     );
+    assert_eq!(decided(log, u64::MAX), compensate_first(0));
 }
 
 #[test]
@@ -143,25 +137,13 @@ fn step_with_unknown_outcome_is_compensated_when_retries_run_out() {
         ss(0, 2),
         fail(0, 2, Permanent),
     ];
-    assert_eq!(
-        decided(log, T0),
-        NextAction::Compensate {
-            step: 0,
-            attempt: 1
-        }
-    );
+    assert_eq!(decided(log, T0), compensate_first(0));
 }
 
 #[test]
 fn in_doubt_step_is_rerun_until_attempts_run_out() {
     let log = vec![start(InDoubtPolicy::Rerun), ss(0, 1), ss(0, 2), ss(0, 3)];
-    assert_eq!(
-        decided(log, T0),
-        NextAction::Compensate {
-            step: 0,
-            attempt: 1
-        }
-    );
+    assert_eq!(decided(log, T0), compensate_first(0));
 }
 
 #[test]
@@ -172,13 +154,7 @@ fn in_doubt_step_is_compensated_under_the_compensate_policy() {
         ok(0, 1),
         ss(1, 1),
     ];
-    assert_eq!(
-        decided(log, T0),
-        NextAction::Compensate {
-            step: 1,
-            attempt: 1
-        }
-    );
+    assert_eq!(decided(log, T0), compensate_first(1));
 }
 
 #[test]
@@ -210,15 +186,7 @@ fn permanently_failing_compensation_suspends_at_once() {
 
 #[test]
 fn all_steps_succeeded_decides_commit() {
-    let log = vec![
-        start(InDoubtPolicy::Rerun),
-        ss(0, 1),
-        ok(0, 1),
-        ss(1, 1),
-        ok(1, 1),
-        ss(2, 1),
-        ok(2, 1),
-    ];
+    let log = steps_done(3);
     assert_eq!(
         decided(log, T0),
         NextAction::Finish {
@@ -260,4 +228,9 @@ fn an_owned_record_that_cannot_start_a_saga_is_refused_like_a_borrowed_one() {
     };
     let borrowed = SagaState::from_start(&entry).unwrap_err();
     assert_eq!(SagaState::from_start_owned(entry).unwrap_err(), borrowed);
+}
+
+/// The first attempt at compensating `step`.
+fn compensate_first(step: StepIndex) -> NextAction {
+    NextAction::Compensate { step, attempt: 1 }
 }

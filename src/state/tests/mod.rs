@@ -112,13 +112,22 @@ fn with(mut base: Vec<Record>, more: &[Record]) -> Vec<Record> {
     base
 }
 
+/// A saga whose first `n` steps succeeded at their first attempt.
+fn steps_done(n: StepIndex) -> Vec<Record> {
+    let mut log = vec![start(InDoubtPolicy::Rerun)];
+    for step in 0..n {
+        log.extend([ss(step, 1), ok(step, 1)]);
+    }
+    log
+}
+
 use ErrorClass::{Permanent, Retryable, Unknown};
 
 /// The states of the table, each as the log that produces it.
 fn states() -> Vec<(&'static str, Vec<Record>)> {
     let created = vec![start(InDoubtPolicy::Rerun)];
     let step0_in_flight = with(created.clone(), &[ss(0, 1)]);
-    let step0_done = with(created.clone(), &[ss(0, 1), ok(0, 1)]);
+    let step0_done = steps_done(1);
     let step1_retryable = with(step0_done.clone(), &[ss(1, 1), fail(1, 1, Retryable)]);
     let step1_permanent = with(step0_done.clone(), &[ss(1, 1), fail(1, 1, Permanent)]);
     let compensating = with(step1_permanent.clone(), &[cs(0, 1)]);
