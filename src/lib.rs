@@ -60,6 +60,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin-http")]
+mod admin_http;
+pub mod api;
 #[cfg(feature = "barrier")]
 pub mod barrier;
 mod definition;
@@ -74,6 +77,8 @@ mod status;
 mod sync;
 mod timers;
 
+#[cfg(feature = "admin-http")]
+pub use admin_http::{AdminConfig, AdminError, AdminHandle};
 pub use definition::{
     DefinitionError, DuplicateSagaType, Phase, Registry, SagaBuilder, SagaDefinition, SagaRef,
     StepContext, StepError, StepOptions, TwoPhaseParticipant, DEFAULT_MAX_PARALLEL, MAX_NAME_LEN,
@@ -81,8 +86,9 @@ pub use definition::{
 };
 pub use engine::view::{CallStatus, HistoryEntry, Outcome, SagaListing, SagaView, StepView};
 pub use engine::{
-    CallHook, CallPoint, DelayedItem, Engine, EngineConfig, ManualItem, Recovery, Retention,
-    SagaFilter, StartOptions, Started, Stats, SuspendHook, SweepReport,
+    timeline, Action, ActionRequest, BulkItem, CallHook, CallPoint, DelayedItem, Engine,
+    EngineConfig, ListQuery, ManualItem, Recovery, Retention, SagaDetail, SagaFilter, StartOptions,
+    Started, Stats, SuspendHook, SweepReport, TimelineEvent,
 };
 pub use error::{Error, ParkReason};
 pub use ids::{Attempt, IdempotencyKey, SagaId, SagaType, StepIndex, StepName, UnixMillis};

@@ -9,7 +9,11 @@ use std::fmt;
 /// second source of truth (the active index keeps a copy only to make
 /// listing cheap, written in the same atomic batch as the record that
 /// changed it).
+///
+/// In JSON it is its [`name`](SagaStatus::name), e.g. `"COMPENSATING"`.
+/// (The log's binary encoding numbers the variants and ignores names.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[non_exhaustive]
 pub enum SagaStatus {
     /// The start record is durable; no step has been attempted yet.

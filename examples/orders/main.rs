@@ -417,7 +417,7 @@ impl SagaLine {
             saga_id: view.saga_id.to_string(),
             scenario: scenario.into(),
             saga_type: view.saga_type.to_string(),
-            strategy: view.strategy.into(),
+            strategy: view.strategy.clone(),
             status: view.status.to_string(),
             steps: view
                 .steps

@@ -20,7 +20,7 @@ use crate::sync::lock;
 use tokio::sync::oneshot;
 
 /// A saga waiting for an operator.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManualItem {
     /// The saga.
     pub saga_id: SagaId,
@@ -28,7 +28,9 @@ pub struct ManualItem {
     pub saga_type: SagaType,
     /// Why it waits.
     pub reason: String,
-    /// The forward step that failed, and its error.
+    /// The forward step that failed, and its error; in JSON `{"step",
+    /// "class", "message"}`.
+    #[serde(with = "crate::engine::view::failed_step")]
     pub failed_step: Option<(StepName, StepFailure)>,
     /// Steps compensation would undo, in the order it would.
     pub to_compensate: Vec<String>,
@@ -44,7 +46,7 @@ pub struct ManualItem {
 }
 
 /// A saga asleep on a durable timer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DelayedItem {
     /// When it wakes.
     pub due: UnixMillis,

@@ -25,6 +25,7 @@ mod admin;
 mod calls;
 mod config;
 mod nested;
+mod operator;
 mod outcome;
 mod ownership;
 mod query;
@@ -34,15 +35,19 @@ mod retention;
 mod run;
 mod staged;
 mod start;
+mod timeline;
 pub mod view;
+mod waiting;
 
 pub use admin::{DelayedItem, ManualItem};
 pub use config::{CallHook, CallPoint, EngineConfig, SuspendHook};
-pub use query::{SagaFilter, Stats};
+pub use operator::{Action, ActionRequest, BulkItem};
+pub use query::{ListQuery, SagaFilter, Stats};
 pub use recovery::Recovery;
 pub use retention::{Retention, SweepReport};
 pub(crate) use start::{Conflict, NewSaga};
 pub use start::{StartOptions, Started};
+pub use timeline::{timeline, SagaDetail, TimelineEvent};
 
 use crate::definition::{ErasedInput, ErasedSaga, Registry};
 use crate::error::{Error, ParkReason};
@@ -95,6 +100,9 @@ pub(crate) struct Inner {
     deferred: Deferred,
     /// What recovery found at open.
     recovery: Mutex<Recovery>,
+    /// The database directory, for an engine opened on one
+    /// ([`Engine::open`]): where the admin socket goes by default.
+    dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// Everything a loop needs to drive one saga.
@@ -156,6 +164,18 @@ impl Drop for UserHandle {
 }
 
 impl Engine {
+    /// The database directory this engine was opened on, if it was opened
+    /// with [`Engine::open`].
+    pub fn database_dir(&self) -> Option<&std::path::Path> {
+        self.inner.dir.get().map(|p| p.as_path())
+    }
+
+    /// Cancelled when the engine starts shutting down.
+    #[cfg_attr(not(feature = "admin-http"), allow(dead_code))]
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
     /// A clone for the engine's own tasks: it does not keep the engine
     /// running once the caller has dropped every handle.
     pub(crate) fn background(&self) -> Engine {

@@ -10,6 +10,7 @@ use crate::log::codec;
 use crate::log::store::IndexEntry;
 use crate::status::SagaStatus;
 use crate::sync::lock;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Which sagas [`Engine::find`] returns. Every condition set must hold.
@@ -21,6 +22,8 @@ pub struct SagaFilter {
     started_before: Option<UnixMillis>,
     unfinished_for: Option<Duration>,
     idempotency_key: Option<crate::ids::IdempotencyKey>,
+    after: Option<SagaId>,
+    limit: Option<usize>,
 }
 
 impl SagaFilter {
@@ -61,7 +64,23 @@ impl SagaFilter {
         self
     }
 
+    /// Only sagas whose id sorts after `id`: the next page of a listing
+    /// whose last saga was `id` (a keyset cursor; ids sort by creation).
+    pub fn after(mut self, id: SagaId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// At most `limit` sagas, the oldest that match.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
     fn accepts(&self, listing: &SagaListing, now: UnixMillis) -> bool {
+        if self.after.is_some_and(|after| listing.saga_id <= after) {
+            return false;
+        }
         if self.status.is_some_and(|s| s != listing.status) {
             return false;
         }
@@ -94,13 +113,119 @@ impl SagaFilter {
     }
 }
 
+/// A listing's filter as text, the way the admin API's query string
+/// (`GET /v1/sagas?status=suspended&limit=50`) and the command line's
+/// options give it. [`ListQuery::filter`] checks it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// A status by name, any case (e.g. `suspended`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A saga type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub saga_type: Option<String>,
+    /// Started at or after this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_after: Option<String>,
+    /// Started before this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_before: Option<String>,
+    /// Not finished although started this long ago (e.g. `10m`, `2h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished_for: Option<String>,
+    /// The idempotency key the saga was started with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// At most this many sagas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// The keyset cursor: only sagas after this id (the `next` of the
+    /// previous page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    /// The filter this query names, or [`Error::InvalidOptions`] saying
+    /// which value is wrong and what it should look like.
+    pub fn filter(&self) -> Result<SagaFilter, Error> {
+        let bad = |what: String| Err(Error::InvalidOptions(what));
+        let mut filter = SagaFilter::new();
+        if let Some(text) = &self.status {
+            match SagaStatus::ALL
+                .into_iter()
+                .find(|s| s.name().eq_ignore_ascii_case(text))
+            {
+                Some(status) => filter = filter.status(status),
+                None => {
+                    let names: Vec<_> = SagaStatus::ALL.iter().map(|s| s.name()).collect();
+                    return bad(format!(
+                        "status '{text}' is not a status; use one of {}",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(saga_type) = &self.saga_type {
+            filter = filter.saga_type(saga_type.as_str());
+        }
+        let time = |text: &str| match humantime::parse_rfc3339_weak(text)
+            .ok()
+            .and_then(UnixMillis::from_system_time)
+        {
+            Some(at) => Ok(at),
+            None => Err(Error::InvalidOptions(format!(
+                "'{text}' is not a time; use RFC 3339, e.g. 2026-11-21T08:00:00Z"
+            ))),
+        };
+        if self.started_after.is_some() || self.started_before.is_some() {
+            let from = self.started_after.as_deref().map(time).transpose()?;
+            let before = self.started_before.as_deref().map(time).transpose()?;
+            filter = filter.started_between(
+                from.unwrap_or(UnixMillis(0)),
+                before.unwrap_or(UnixMillis(u64::MAX)),
+            );
+        }
+        if let Some(text) = &self.unfinished_for {
+            match humantime::parse_duration(text) {
+                Ok(age) => filter = filter.unfinished_for(age),
+                Err(e) => {
+                    return bad(format!(
+                        "unfinished_for '{text}' is not a duration ({e}); try 30s, 10m, 2h or 7d"
+                    ))
+                }
+            }
+        }
+        if let Some(key) = &self.key {
+            filter = filter.idempotency_key(key.as_str());
+        }
+        if let Some(limit) = self.limit {
+            filter = filter.limit(limit);
+        }
+        if let Some(text) = &self.after {
+            match SagaId::parse(text) {
+                Some(id) => filter = filter.after(id),
+                None => {
+                    return bad(format!(
+                        "after '{text}' is not a saga id; pass the `next` of the previous page"
+                    ))
+                }
+            }
+        }
+        Ok(filter)
+    }
+}
+
 /// What an operator watches, read from the indexes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// How many sagas have each status (parked ones count as `Suspended`);
-    /// statuses with none are left out.
+    /// statuses with none are left out. In JSON an object by status name.
+    #[serde(with = "by_status")]
     pub by_status: Vec<(SagaStatus, u64)>,
-    /// The saga that started longest ago and is not finished, and when.
+    /// The saga that started longest ago and is not finished, and when; in
+    /// JSON `{"saga_id", "started_at"}`.
+    #[serde(with = "oldest")]
     pub oldest_in_flight: Option<(SagaId, UnixMillis)>,
     /// Sagas asleep on a durable timer.
     pub delay_queue_depth: u64,
@@ -130,6 +255,9 @@ impl Engine {
             .filter(|l| filter.accepts(l, now))
             .collect();
         out.sort_by_key(|l| l.saga_id);
+        if let Some(limit) = filter.limit {
+            out.truncate(limit);
+        }
         Ok(out)
     }
 
@@ -222,5 +350,63 @@ impl Engine {
                 }
             })
             .collect())
+    }
+}
+
+/// `Vec<(SagaStatus, u64)>` as `{"SUSPENDED": 2, ...}`, in status order.
+mod by_status {
+    use super::*;
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &[(SagaStatus, u64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(value.len()))?;
+        for (status, count) in value {
+            map.serialize_entry(status, count)?;
+        }
+        map.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(SagaStatus, u64)>, D::Error> {
+        let map = std::collections::HashMap::<SagaStatus, u64>::deserialize(deserializer)?;
+        let mut counts: Vec<_> = map.into_iter().collect();
+        counts.sort_by_key(|(status, _)| SagaStatus::ALL.iter().position(|s| s == status));
+        Ok(counts)
+    }
+}
+
+/// `Option<(SagaId, UnixMillis)>` as `{"saga_id", "started_at"}`.
+mod oldest {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Oldest {
+        saga_id: SagaId,
+        started_at: UnixMillis,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<(SagaId, UnixMillis)>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .map(|(saga_id, started_at)| Oldest {
+                saga_id,
+                started_at,
+            })
+            .serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<(SagaId, UnixMillis)>, D::Error> {
+        let value = Option::<Oldest>::deserialize(deserializer)?;
+        Ok(value.map(|o| (o.saga_id, o.started_at)))
     }
 }

@@ -41,6 +41,7 @@ impl Engine {
                 }
                 if let Some(reason) = parked {
                     view.status = SagaStatus::Suspended;
+                    view.waiting = Some(parked_waiting(&reason));
                     view.reason = Some(reason);
                 }
                 Ok((view, Some(state)))
@@ -55,14 +56,15 @@ impl Engine {
                         .unwrap_or_else(|| "?".into()),
                     version: 0,
                     status: SagaStatus::Suspended,
-                    strategy: "?",
+                    strategy: "?".to_owned(),
                     tcc: false,
                     idempotency_key: None,
                     started_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
                     updated_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
                     steps: Vec::new(),
                     failure: None,
-                    reason: Some(parked.unwrap_or_else(|| e.to_string())),
+                    reason: Some(parked.clone().unwrap_or_else(|| e.to_string())),
+                    waiting: Some(parked_waiting(&parked.unwrap_or_else(|| e.to_string()))),
                     parent: None,
                     children: Vec::new(),
                     pending: Vec::new(),
@@ -209,4 +211,9 @@ pub(super) fn load_entries(store: &dyn LogStore, id: SagaId) -> Result<Vec<LogEn
 pub(crate) fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
     let entries = load_entries(store, id)?;
     fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
+}
+
+/// What a parked saga waits for: someone to fix the cause and reopen.
+fn parked_waiting(reason: &str) -> String {
+    format!("parked until the cause is fixed and the engine reopened: {reason}")
 }

@@ -45,10 +45,13 @@ impl Engine {
         let options = config.sled.clone();
         // Opening reads and may wait for the file lock: keep it off the
         // async workers.
+        let dir = path.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(path, options))
             .await
             .map_err(|e| StoreError::Backend(format!("the open task failed: {e}")))??;
-        Self::open_with_store(Arc::new(store), registry, config).await
+        let engine = Self::open_with_store(Arc::new(store), registry, config).await?;
+        let _ = engine.inner.dir.set(dir);
+        Ok(engine)
     }
 
     /// Opens the engine over any [`LogStore`] and recovers every saga in
@@ -118,6 +121,7 @@ impl Engine {
             admin_only,
             sweeper: Mutex::new(None),
             recovery: Mutex::new(Recovery::default()),
+            dir: std::sync::OnceLock::new(),
         });
         let engine = Engine {
             _handle: Some(Arc::new(UserHandle {

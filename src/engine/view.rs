@@ -1,4 +1,8 @@
 //! What the read API returns: plain data, detached from the engine.
+//!
+//! Every type here is also the JSON schema of the admin API and of the
+//! command line's `--json`: it derives `Serialize` and `Deserialize`, and
+//! nothing builds that JSON by hand.
 
 use crate::ids::{Attempt, SagaId, SagaType, StepIndex, StepName, UnixMillis};
 use crate::log::codec::DecodeError;
@@ -6,15 +10,18 @@ use crate::log::record::{ParentLink, Record, StepFailure};
 use crate::policy::InDoubtPolicy;
 use crate::state::{CallState, SagaState};
 use crate::status::SagaStatus;
+use serde::{Deserialize, Serialize};
 
 /// How a saga ended, or why it stopped moving.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The saga.
     pub saga_id: SagaId,
     /// A terminal status, or `Suspended` (waiting for an operator or parked).
     pub status: SagaStatus,
-    /// The forward failure that made the saga compensate, with the step's name.
+    /// The forward failure that made the saga compensate, with the step's
+    /// name; in JSON `{"step", "class", "message"}`.
+    #[serde(with = "failed_step")]
     pub failure: Option<(StepName, StepFailure)>,
     /// Why the saga is suspended or parked, if it is.
     pub reason: Option<String>,
@@ -47,8 +54,10 @@ pub(crate) fn reason_of(state: &SagaState) -> Option<String> {
     }
 }
 
-/// Where one call kind (action or compensation) of a step stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where one call kind (action or compensation) of a step stands; in JSON
+/// `not_started`, `in_flight`, `failed` or `succeeded`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CallStatus {
     /// Never attempted.
@@ -73,10 +82,14 @@ impl CallStatus {
 }
 
 /// One step of a saga, for display.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepView {
     /// The step's name.
     pub name: StepName,
+    /// Where the step stands in one word, in the saga's own words:
+    /// [`StepView::summary`] for a saga, [`StepView::tcc_summary`] for a
+    /// TCC branch.
+    pub state: String,
     /// The forward action.
     pub action: CallStatus,
     /// Attempts of the action.
@@ -128,7 +141,7 @@ impl StepView {
 }
 
 /// A saga's current state, for display.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaView {
     /// The saga.
     pub saga_id: SagaId,
@@ -138,8 +151,9 @@ pub struct SagaView {
     pub version: u32,
     /// Its status. A parked saga shows `Suspended`.
     pub status: SagaStatus,
-    /// Compensation strategy name.
-    pub strategy: &'static str,
+    /// Compensation strategy name (`immediate`, `scheduled`, `manual`,
+    /// `retry_then_compensate`).
+    pub strategy: String,
     /// A TCC transaction (try / confirm / cancel branches), not a saga of
     /// steps.
     pub tcc: bool,
@@ -151,13 +165,21 @@ pub struct SagaView {
     pub updated_at: UnixMillis,
     /// Its steps, in forward order.
     pub steps: Vec<StepView>,
-    /// The forward failure that made it compensate.
+    /// The forward failure that made it compensate; in JSON `{"step",
+    /// "class", "message"}`.
+    #[serde(with = "failed_step")]
     pub failure: Option<(StepName, StepFailure)>,
     /// Why it is suspended or parked.
     pub reason: Option<String>,
+    /// What the saga waits for now, in one line (a timer and when, a call
+    /// in flight and since when, an operator and why); `None` once it is
+    /// terminal. Times are UTC, RFC 3339.
+    pub waiting: Option<String>,
     /// The saga and step this one runs as a sub-saga of, if it does.
     pub parent: Option<ParentLink>,
-    /// The sub-sagas its steps started, by step name.
+    /// The sub-sagas its steps started, by step name; in JSON
+    /// `[{"step", "saga_id"}]`.
+    #[serde(with = "children")]
     pub children: Vec<(StepName, SagaId)>,
     /// Operator actions recorded and not yet carried out (see
     /// [`SagaListing::pending`]), each as "NAME by ACTOR at TIME: REASON".
@@ -167,6 +189,7 @@ pub struct SagaView {
 impl SagaView {
     pub(crate) fn from_state(saga_id: SagaId, state: &SagaState) -> Self {
         let plan = state.plan();
+        let tcc = plan.is_tcc();
         let in_doubt = given_up_in_doubt(state);
         let steps = state
             .steps
@@ -185,8 +208,9 @@ impl SagaView {
                         .map(|(_, failure)| failure.clone()),
                     _ => None,
                 };
-                StepView {
+                let mut view = StepView {
                     name: name.name.clone(),
+                    state: String::new(),
                     action: CallStatus::of(&s.forward.state),
                     action_attempts: s.forward.attempts(),
                     compensation: CallStatus::of(&s.compensation.state),
@@ -194,7 +218,13 @@ impl SagaView {
                     confirm: CallStatus::of(&s.confirm.state),
                     confirm_attempts: s.confirm.attempts(),
                     last_error,
+                };
+                view.state = match tcc {
+                    true => view.tcc_summary(),
+                    false => view.summary(),
                 }
+                .to_owned();
+                view
             })
             .collect();
         SagaView {
@@ -202,14 +232,15 @@ impl SagaView {
             saga_type: state.saga_type().clone(),
             version: state.started.version,
             status: state.status(),
-            strategy: plan.strategy.name(),
-            tcc: plan.is_tcc(),
+            strategy: plan.strategy.name().to_owned(),
+            tcc,
             idempotency_key: state.idempotency_key().map(|k| k.as_str().to_owned()),
             started_at: state.started_at,
             updated_at: state.last_at,
             steps,
             failure: failure_of(state),
             reason: reason_of(state),
+            waiting: super::waiting::waiting_of(state),
             parent: state.started.parent,
             children: Vec::new(),
             pending: pending_of(state),
@@ -307,7 +338,7 @@ fn given_up_in_doubt(state: &SagaState) -> Option<(StepIndex, StepFailure)> {
 }
 
 /// One line of a saga's list.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaListing {
     /// The saga.
     pub saga_id: SagaId,
@@ -339,4 +370,74 @@ pub struct HistoryEntry {
     pub seq: u64,
     /// The record and its timestamp, or why its bytes are unreadable.
     pub record: Result<(UnixMillis, Record), DecodeError>,
+}
+
+/// `Option<(StepName, StepFailure)>` as `{"step", "class", "message"}`.
+pub(crate) mod failed_step {
+    use super::*;
+    use crate::log::record::ErrorClass;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct FailedStep {
+        step: StepName,
+        class: ErrorClass,
+        message: String,
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Option<(StepName, StepFailure)>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .as_ref()
+            .map(|(step, failure)| FailedStep {
+                step: step.clone(),
+                class: failure.class,
+                message: failure.message.clone(),
+            })
+            .serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<(StepName, StepFailure)>, D::Error> {
+        let value = Option::<FailedStep>::deserialize(deserializer)?;
+        Ok(value.map(|f| {
+            let failure = StepFailure {
+                class: f.class,
+                message: f.message,
+            };
+            (f.step, failure)
+        }))
+    }
+}
+
+/// `Vec<(StepName, SagaId)>` as `[{"step", "saga_id"}]`.
+mod children {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Child {
+        step: StepName,
+        saga_id: SagaId,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &[(StepName, SagaId)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(value.iter().map(|(step, saga_id)| Child {
+            step: step.clone(),
+            saga_id: *saga_id,
+        }))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(StepName, SagaId)>, D::Error> {
+        let children = Vec::<Child>::deserialize(deserializer)?;
+        Ok(children.into_iter().map(|c| (c.step, c.saga_id)).collect())
+    }
 }
