@@ -57,6 +57,58 @@ struct Args {
     /// How many generated orders run at once.
     #[arg(long, default_value_t = 32)]
     bulk_concurrency: usize,
+    /// After the scenarios, keep the engine open with its admin server on
+    /// DATA_DIR/log/admin.sock until Ctrl-C or SIGTERM. The manual order is
+    /// left waiting for you (see it with `sagalog --db DATA_DIR/log manual`).
+    #[arg(long)]
+    serve: bool,
+    /// With --serve, also serve the API and the page on this TCP address
+    /// (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR", requires = "serve")]
+    admin_addr: Option<std::net::SocketAddr>,
+    /// With --admin-addr, the bearer token TCP requests must carry (needed
+    /// for an address that is not loopback).
+    #[arg(long, value_name = "TOKEN", requires = "admin_addr")]
+    admin_token: Option<String>,
+}
+
+/// Serves the admin API until Ctrl-C or SIGTERM, saying where and how.
+async fn serve_until_stopped(
+    engine: &Engine,
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = sagalog::AdminConfig {
+        tcp: args.admin_addr,
+        token: args.admin_token.clone(),
+        ..sagalog::AdminConfig::default()
+    };
+    let admin = engine.serve_admin(config).await?;
+    let db = args.data_dir.join("log");
+    if args.json {
+        let serving = serde_json::json!({"socket": admin.socket(), "tcp": admin.tcp()});
+        println!("{}", serde_json::json!({ "serving": serving }));
+    } else {
+        println!("\nserving the admin API on {}", admin.socket().display());
+        match admin.tcp() {
+            Some(addr) => println!("open the page:  http://{addr}/"),
+            None => println!("for the page, run with --admin-addr 127.0.0.1:8080 and open http://127.0.0.1:8080/"),
+        }
+        println!("try, in another shell:");
+        println!("  sagalog --db {} list", db.display());
+        println!("  sagalog --db {} manual", db.display());
+        println!(
+            "  sagalog --db {} compensate <saga id> --reason \"customer agreed\"",
+            db.display()
+        );
+        println!("Ctrl-C or SIGTERM stops it.");
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    admin.stop().await;
+    Ok(())
 }
 
 /// Generated order `k` of the bulk workload, with its strategy.
@@ -505,10 +557,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map_or("(unreadable purpose)".into(), |p| p.describe(&names))
         })
         .collect();
-    print_queues(args.json, engine.now(), &delay_queue, &waits, &manual_queue)?;
+    print_queues(&args, engine.now(), &delay_queue, &waits, &manual_queue)?;
 
-    // The operator resolves the manual queue: compensate now.
-    for item in &manual_queue {
+    // The operator resolves the manual queue: compensate now. With --serve
+    // the manual order is left for a person to resolve while it runs.
+    for item in manual_queue.iter().filter(|_| !args.serve) {
         if !item.parked {
             engine
                 .compensate_now(
@@ -527,9 +580,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let mut lines = Vec::new();
-    for (scenario, id) in started {
-        engine.outcome(id).await?;
-        lines.push(SagaLine::new(scenario, &engine.saga(id)?));
+    for (scenario, id) in &started {
+        engine.outcome(*id).await?;
+        lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
+    }
+    if args.serve {
+        serve_until_stopped(&engine, &args).await?;
+        lines.clear();
+        for (scenario, id) in &started {
+            lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
+        }
     }
     engine.shutdown(Duration::from_secs(10)).await;
     let books = ledger.books()?;
@@ -625,13 +685,14 @@ async fn wait_until_asleep_or_done(engine: &Engine, id: SagaId) -> Result<(), sa
 /// Prints the delay queue (with each wait's purpose in words, `waits`)
 /// and the manual queue.
 fn print_queues(
-    json: bool,
+    args: &Args,
     now: UnixMillis,
     delayed: &[DelayedItem],
     waits: &[String],
     manual: &[ManualItem],
 ) -> Result<(), serde_json::Error> {
-    if json {
+    let serve = args.serve;
+    if args.json {
         let delayed: Vec<_> = delayed
             .iter()
             .zip(waits)
@@ -670,7 +731,10 @@ fn print_queues(
             m.to_compensate.join(", ")
         );
     }
-    println!("  -> example-operator runs \"compensate now\" on each manual item\n");
+    match serve {
+        true => println!("  -> left for you to resolve (see below)\n"),
+        false => println!("  -> example-operator runs \"compensate now\" on each manual item\n"),
+    }
     Ok(())
 }
 

@@ -78,7 +78,7 @@ pub(crate) fn waiting_of(state: &SagaState) -> Option<String> {
     }
     if let Some(action) = state.pending.last() {
         return Some(format!(
-            "an operator's {} is recorded; the service carries it out when it next runs the saga",
+            "an operator's {} is recorded and is carried out next (by a stopped service, when it starts)",
             action.command.name()
         ));
     }
