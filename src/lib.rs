@@ -37,9 +37,10 @@
 //! public on purpose: [`store`] holds what a store implementer needs (the
 //! [`store::LogStore`] trait and the values it moves), [`tools`] what
 //! operator tools use (verify, repair, the codec, the pure core), and
-//! [`metrics`] the names of every metric. Behind features: `barrier` (a
-//! participant-side guard on sled) and `testing` (fault injection for this
-//! crate's own tests).
+//! [`metrics`] the names of every metric; [`api`] holds the documents of the
+//! admin API. Behind features: `admin-http` (the admin server,
+//! `Engine::serve_admin`), `barrier` (a participant-side guard on sled) and
+//! `testing` (fault injection for this crate's own tests).
 //!
 //! Inside, the source is organised by the question "is it a decision, a
 //! side effect, bytes, or time?":
@@ -51,7 +52,8 @@
 //!   `repair`);
 //! - `state/`: `fold` and `decide`, pure functions of the records;
 //! - `timers/`: the clock and the delay queue;
-//! - `engine/`: the loop, recovery, ownership, and the read and operator API.
+//! - `engine/`: the loop, recovery, ownership, and the read and operator API;
+//! - `admin_http/`: the admin server over that API (feature `admin-http`).
 //!
 //! DESIGN.md describes each, with the on-disk format byte by byte.
 

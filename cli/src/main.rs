@@ -1,29 +1,44 @@
-//! `sagalog`: the operator's command line. It opens a service's saga
-//! database while the service is stopped (sled lets one process open a
-//! database at a time), answers questions about it, and records operator
-//! actions that the service carries out at its next start.
+//! `sagalog`: the operator's command line. It works on a service's saga
+//! database whether the service is stopped or running: it opens a stopped
+//! service's database itself (actions are then recorded, and the service
+//! carries them out at its next start), and talks to a running service
+//! through its admin server (`DIR/admin.sock`, or `--admin`), where actions
+//! take effect at once.
 //!
-//! Output is a human-readable table by default and JSON with `--json`.
-//! Exit status: 0 when the command did what it was asked, 1 when it failed
-//! or `verify` found damaged values, 2 for bad arguments.
+//! Output is a human-readable table by default and JSON with `--json`: the
+//! documents of the admin API (docs/ADMIN-API.md), whichever way the data
+//! came. Exit status: 0 when the command did what it was asked, 1 when it
+//! failed or `verify` found damaged values, 2 for bad arguments.
 
+mod remote;
 mod render;
+mod service;
 
-use clap::{Parser, Subcommand};
-use sagalog::SledOptions;
-use sagalog::{Engine, Error, SagaFilter, SagaId, SagaStatus, SledStore, StoreError, UnixMillis};
+use clap::{CommandFactory, Parser, Subcommand};
+use remote::{Remote, Target};
+use sagalog::{
+    Action, ActionRequest, Error, ListQuery, SagaId, SledOptions, SledStore, StoreError,
+};
+use service::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Inspect and act on a sagalog database while its service is stopped.
+/// Inspect and act on a sagalog database, while its service is stopped or
+/// while it runs.
 #[derive(Parser, Debug)]
 #[command(name = "sagalog", version)]
 struct Cli {
     /// The database directory (the path the service passes to Engine::open).
-    #[arg(long, value_name = "DIR")]
-    db: PathBuf,
+    /// If the service runs, the tool uses its admin server at DIR/admin.sock.
+    #[arg(long, value_name = "DIR", global = true)]
+    db: Option<PathBuf>,
+    /// A running service's admin server: unix:PATH or http://HOST:PORT.
+    #[arg(long, value_name = "URL", global = true)]
+    admin: Option<String>,
+    /// The bearer token of an admin server on TCP.
+    #[arg(long, value_name = "TOKEN", global = true)]
+    token: Option<String>,
     /// Print JSON (one document per command) instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -31,30 +46,55 @@ struct Cli {
     command: Command,
 }
 
+/// Which sagas: the filters of `list`, also taken by `watch` and `bulk`.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Filter {
+    /// Only this status (e.g. suspended, compensated).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this saga type.
+    #[arg(long = "type", value_name = "TYPE")]
+    saga_type: Option<String>,
+    /// Only sagas started at or after this time (RFC 3339, e.g. 2026-11-21T08:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    started_after: Option<String>,
+    /// Only sagas started before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    started_before: Option<String>,
+    /// Only sagas not finished although they started this long ago (e.g. 10m, 2h, 7d).
+    #[arg(long, value_name = "DURATION")]
+    unfinished_for: Option<String>,
+    /// Only the saga this idempotency key belongs to.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+}
+
+impl Filter {
+    /// The filter as the API takes it; checked here so that a bad value is
+    /// refused before anything is opened.
+    fn query(&self) -> Result<ListQuery, Usage> {
+        let query = ListQuery {
+            status: self.status.clone(),
+            saga_type: self.saga_type.clone(),
+            started_after: self.started_after.clone(),
+            started_before: self.started_before.clone(),
+            unfinished_for: self.unfinished_for.clone(),
+            key: self.key.clone(),
+            ..ListQuery::default()
+        };
+        query.filter().map_err(|e| Usage(e.to_string()))?;
+        Ok(query)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List sagas, oldest first.
     List {
-        /// Only this status (e.g. suspended, compensated).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this saga type.
-        #[arg(long = "type", value_name = "TYPE")]
-        saga_type: Option<String>,
-        /// Only sagas started at or after this time (RFC 3339, e.g. 2026-11-21T08:00:00Z).
-        #[arg(long, value_name = "TIME")]
-        started_after: Option<String>,
-        /// Only sagas started before this time (RFC 3339).
-        #[arg(long, value_name = "TIME")]
-        started_before: Option<String>,
-        /// Only sagas not finished although they started this long ago (e.g. 10m, 2h, 7d).
-        #[arg(long, value_name = "DURATION")]
-        unfinished_for: Option<String>,
-        /// Only the saga this idempotency key belongs to.
-        #[arg(long, value_name = "KEY")]
-        key: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
     },
-    /// Show one saga: summary, steps, and its full timeline.
+    /// Show one saga: summary, why it waits, steps, and its full timeline.
     Show {
         /// The saga's id.
         #[arg(required_unless_present = "key", conflicts_with = "key")]
@@ -65,6 +105,19 @@ enum Command {
     },
     /// The manual queue: sagas waiting for an operator.
     Manual,
+    /// The delay queue: sagas asleep on a timer, soonest first.
+    Delay,
+    /// A list that refreshes until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        filter: Filter,
+        /// How often to refresh (e.g. 2s, 500ms).
+        #[arg(long, value_name = "DURATION", default_value = "2s")]
+        every: String,
+        /// Stop after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Resolve a manual item by hand: mark steps compensated, or abandon the saga.
     Resolve {
         /// The saga's id.
@@ -89,6 +142,13 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// Retry the failed forward step with a fresh retry budget, even after a permanent error.
+    RetryStep {
+        /// The saga's id.
+        saga: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Compensate now (also reopens a committed saga to undo every step).
     Compensate {
         /// The saga's id.
@@ -103,13 +163,29 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// One action on every saga a filter accepts, e.g. after an incident:
+    /// `bulk compensate-now --status suspended --dry-run --reason ...`.
+    Bulk {
+        /// compensate-now, retry-now, retry-step, cancel, abandon or mark-compensated.
+        action: String,
+        #[command(flatten)]
+        filter: Filter,
+        /// The step, for mark-compensated.
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
+        /// Only list the sagas the action would touch.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Counts per status, the oldest saga in flight, queue depths.
     Stats,
-    /// Decode every stored value and report the damaged ones with their keys, what cannot be read, and acknowledged writes that are missing.
+    /// Decode every stored value and report the damaged ones with their keys, what cannot be read, and acknowledged writes that are missing. Needs the service stopped.
     Verify,
-    /// Repair a damaged database: rebuild its witness, set sled's snapshots aside, or copy every readable saga into DIR.salvaged. Never deletes the original.
+    /// Repair a damaged database: rebuild its witness, set sled's snapshots aside, or copy every readable saga into DIR.salvaged. Never deletes the original. Needs the service stopped.
     Repair,
-    /// Delete sagas finished longer ago than --older-than (their space is reused by new writes).
+    /// Delete sagas finished longer ago than --older-than (their space is reused by new writes). Needs the service stopped.
     Sweep {
         /// Age of a finished saga to delete (e.g. 7d, 12h).
         #[arg(long, value_name = "DURATION", default_value = "7d")]
@@ -118,8 +194,13 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         batch: usize,
     },
-    /// Rewrite the database compactly, giving the space of deleted sagas back to the filesystem; shows the size before and after.
+    /// Rewrite the database compactly, giving the space of deleted sagas back to the filesystem; shows the size before and after. Needs the service stopped.
     Compact,
+    /// Print a shell completion script: `sagalog completions bash > /etc/bash_completion.d/sagalog`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Who acts and why: written into the saga's log with the action.
@@ -128,17 +209,26 @@ struct Who {
     /// Why you act; recorded in the saga's log.
     #[arg(long)]
     reason: String,
-    /// Who acts; recorded in the saga's log. Default: $USER.
+    /// Who acts; recorded in the saga's log. Default: $USER, or for a
+    /// running service the user the admin server sees on its socket.
     #[arg(long)]
     actor: Option<String>,
 }
 
 impl Who {
-    fn actor(&self) -> String {
-        self.actor
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "sagalog-cli".into())
+    /// The request, with the actor left empty for a running service to
+    /// fill in from the connection.
+    fn request(&self, live: bool, step: Option<String>) -> ActionRequest {
+        let actor = match (&self.actor, live) {
+            (Some(actor), _) => actor.clone(),
+            (None, true) => String::new(),
+            (None, false) => std::env::var("USER").unwrap_or_else(|_| "sagalog-cli".into()),
+        };
+        ActionRequest {
+            actor,
+            reason: self.reason.clone(),
+            step,
+        }
     }
 }
 
@@ -252,28 +342,6 @@ fn duration(text: &str) -> Result<Duration, Usage> {
     })
 }
 
-fn time(text: &str) -> Result<UnixMillis, Usage> {
-    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        Usage(format!(
-            "'{text}' is not a time ({e}); use RFC 3339, e.g. 2026-11-21T08:00:00Z"
-        ))
-    })?;
-    UnixMillis::from_system_time(at).ok_or_else(|| Usage(format!("'{text}' is before 1970")))
-}
-
-fn status(text: &str) -> Result<SagaStatus, Usage> {
-    SagaStatus::ALL
-        .into_iter()
-        .find(|s| s.name().eq_ignore_ascii_case(text))
-        .ok_or_else(|| {
-            let names: Vec<_> = SagaStatus::ALL.iter().map(|s| s.name()).collect();
-            Usage(format!(
-                "'{text}' is not a status; one of {}",
-                names.join(", ")
-            ))
-        })
-}
-
 /// How the tool opens sled: never creating a database, and waiting only
 /// briefly for a lock.
 fn sled_options() -> SledOptions {
@@ -292,40 +360,75 @@ fn store_failure(e: StoreError) -> Failure {
     }
 }
 
-async fn open(cli: &Cli) -> Result<(Engine, Arc<SledStore>), Failure> {
-    let path = cli.db.clone();
-    let opened = tokio::task::spawn_blocking(move || SledStore::open(path, sled_options()))
-        .await
-        .map_err(|e| Failure(format!("the open task failed: {e}")))?;
-    let store = Arc::new(opened.map_err(store_failure)?);
-    let engine = Engine::open_admin_with_store(store.clone()).await?;
-    Ok((engine, store))
-}
-
 fn locked(path: &std::path::Path) -> Failure {
     Failure(format!(
-        "the database at {} is locked: a running process (probably the service) has it open, and sled lets one process open it at a time. \
-         Stop the service to use this tool, or act while it runs through the service's admin API \
-         (Engine::manual_queue, Engine::compensate_now, Engine::retry_now, ...).",
-        path.display()
+        "the database at {} is locked: a running process (probably the service) has it open, and it serves no admin socket at {}. \
+         Start the service's admin server (Engine::serve_admin, feature admin-http) to act while it runs, name a server with --admin, \
+         or stop the service. verify, repair, sweep and compact always need the service stopped.",
+        path.display(),
+        path.join("admin.sock").display()
     ))
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Failed> {
-    let out = render::Output { json: cli.json };
-    let path = cli.db.clone();
-    match cli.command {
+fn db(cli: &Cli) -> Result<PathBuf, Usage> {
+    cli.db.clone().ok_or_else(|| {
+        Usage("name the database with --db DIR, or a running service's admin server with --admin unix:PATH or --admin http://HOST:PORT".into())
+    })
+}
+
+/// The service behind `cli`: the admin server `--admin` names; else the
+/// database opened here; else, when the database is locked by a running
+/// service, the admin server on its socket.
+async fn connect(cli: &Cli) -> Result<Service, Failed> {
+    if let Some(admin) = &cli.admin {
+        let target = Target::parse(admin).ok_or_else(|| {
+            Usage(format!(
+                "'{admin}' is not an admin server address; use unix:PATH or http://HOST:PORT"
+            ))
+        })?;
+        return Ok(Service::Remote(Remote {
+            target,
+            token: cli.token.clone(),
+        }));
+    }
+    let path = db(cli)?;
+    let opening = path.clone();
+    let opened = tokio::task::spawn_blocking(move || SledStore::open(opening, sled_options()))
+        .await
+        .map_err(|e| Failure(format!("the open task failed: {e}")))?;
+    match opened {
+        Ok(store) => Ok(Service::open_local(store).await?),
+        Err(StoreError::Locked { path: locked_path }) => {
+            let socket = path.join("admin.sock");
+            if socket.exists() {
+                return Ok(Service::Remote(Remote {
+                    target: Target::Unix(socket),
+                    token: cli.token.clone(),
+                }));
+            }
+            Err(locked(&locked_path).into())
+        }
+        Err(e) => Err(store_failure(e).into()),
+    }
+}
+
+/// The commands that work on the files themselves and need the service
+/// stopped; `None` for the others.
+async fn offline(cli: &Cli, out: &render::Output) -> Result<Option<ExitCode>, Failed> {
+    match &cli.command {
         Command::Compact => {
+            let path = db(cli)?;
             let compacted =
                 tokio::task::spawn_blocking(move || SledStore::compact(&path, sled_options()))
                     .await
                     .map_err(|e| Failure(format!("the compaction task failed: {e}")))?;
             out.compacted(&compacted.map_err(store_failure)?);
-            return Ok(ExitCode::SUCCESS);
+            Ok(Some(ExitCode::SUCCESS))
         }
         Command::Verify => {
             // Opened for inspection: lost writes are reported, not refused,
             // and nothing is written.
+            let path = db(cli)?;
             let report = tokio::task::spawn_blocking(move || {
                 let store = SledStore::open_for_inspection(&path, sled_options())?;
                 sagalog::tools::verify(&store)
@@ -334,81 +437,91 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
             .map_err(|e| Failure(format!("the verify task failed: {e}")))?
             .map_err(store_failure)?;
             out.verify(&report);
-            return Ok(if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            Ok(Some(match report.is_clean() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            }))
         }
         Command::Repair => {
+            let path = db(cli)?;
             let report =
                 tokio::task::spawn_blocking(move || sagalog::tools::repair(&path, sled_options()))
                     .await
                     .map_err(|e| Failure(format!("the repair task failed: {e}")))?
                     .map_err(store_failure)?;
             out.repaired(&report);
-            return Ok(ExitCode::SUCCESS);
+            Ok(Some(ExitCode::SUCCESS))
         }
-        _ => {}
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "sagalog", &mut std::io::stdout());
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        _ => Ok(None),
     }
-    let (engine, store) = open(&cli).await?;
-    let code = match &cli.command {
-        Command::List {
-            status: wanted,
-            saga_type,
-            started_after,
-            started_before,
-            unfinished_for,
-            key,
-        } => {
-            let mut filter = SagaFilter::new();
-            if let Some(key) = key {
-                filter = filter.idempotency_key(key.as_str());
-            }
-            if let Some(s) = wanted {
-                filter = filter.status(status(s)?);
-            }
-            if let Some(t) = saga_type {
-                filter = filter.saga_type(t.as_str());
-            }
-            if started_after.is_some() || started_before.is_some() {
-                let from = started_after.as_deref().map(time).transpose()?;
-                let before = started_before.as_deref().map(time).transpose()?;
-                filter = filter.started_between(
-                    from.unwrap_or(UnixMillis(0)),
-                    before.unwrap_or(UnixMillis(u64::MAX)),
-                );
-            }
-            if let Some(age) = unfinished_for {
-                filter = filter.unfinished_for(duration(age)?);
-            }
-            let sagas = engine.find(&filter)?;
-            let keys: Vec<Option<String>> = match cli.json {
-                true => sagas
-                    .iter()
-                    .map(|s| engine.saga(s.saga_id).ok().and_then(|v| v.idempotency_key))
-                    .collect(),
-                false => Vec::new(),
-            };
-            out.list(&sagas, &keys);
-            ExitCode::SUCCESS
+}
+
+// Long on purpose: one arm per command, each a few lines of the same shape.
+async fn run(cli: Cli) -> Result<ExitCode, Failed> {
+    let out = render::Output { json: cli.json };
+    if let Some(code) = offline(&cli, &out).await? {
+        return Ok(code);
+    }
+    let service = connect(&cli).await?;
+    let live = service.is_live();
+    let act = |id: &str, action: Action, who: &Who, step: Option<String>| {
+        let id = saga_id(id);
+        let request = who.request(live, step);
+        let service = &service;
+        async move { service.act(id?, action, &request).await }
+    };
+    let result = match &cli.command {
+        Command::List { filter } => {
+            let page = service.list(&filter.query()?).await?;
+            out.list(&page);
+            Ok(())
         }
         Command::Show { saga, key } => {
             let id = match (saga, key) {
                 (Some(saga), _) => saga_id(saga)?,
-                (None, Some(key)) => engine.find_by_key(&key.as_str().into())?.map(|v| v.saga_id).ok_or_else(|| {
-                    Failure(format!("no saga was started with idempotency key '{key}'; `sagalog list --json` shows each saga's key"))
-                })?,
+                (None, Some(key)) => service.by_key(key).await?,
                 (None, None) => return Err(Usage("name a saga id or --key".into()).into()),
             };
-            let view = engine.saga(id)?;
-            let history = engine.history(id)?;
-            out.show(&view, &history);
-            ExitCode::SUCCESS
+            out.show(&service.detail(id).await?, service.now());
+            Ok(())
         }
         Command::Manual => {
-            out.manual(&engine.manual_queue()?);
-            ExitCode::SUCCESS
+            out.manual(&service.manual().await?);
+            Ok(())
+        }
+        Command::Delay => {
+            out.delay(&service.delay().await?, service.now());
+            Ok(())
+        }
+        Command::Watch {
+            filter,
+            every,
+            count,
+        } => {
+            let every = duration(every)?;
+            let query = filter.query()?;
+            let mut shown = 0u64;
+            loop {
+                let page = service.list(&query).await?;
+                if !cli.json {
+                    print!("\x1b[2J\x1b[H");
+                    println!(
+                        "sagalog watch, every {} (Ctrl-C stops)\n",
+                        humantime::format_duration(every)
+                    );
+                }
+                out.list(&page);
+                shown += 1;
+                if count.is_some_and(|n| shown >= n) {
+                    break Ok(());
+                }
+                tokio::time::sleep(every).await;
+            }
         }
         Command::Resolve {
             saga,
@@ -416,54 +529,80 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
             abandon,
             who,
         } => {
-            let id = saga_id(saga)?;
-            let actor = who.actor();
             let mut done = Vec::new();
             if *abandon {
-                engine.abandon(id, &actor, &who.reason).await?;
-                done.push("abandon".to_string());
+                done.push(act(saga, Action::Abandon, who, None).await?);
             }
             for step in steps {
-                engine
-                    .mark_compensated(id, step, &actor, &who.reason)
-                    .await?;
-                done.push(format!("mark_compensated {step}"));
+                done.push(act(saga, Action::MarkCompensated, who, Some(step.clone())).await?);
             }
-            out.recorded(id, &done, &actor);
-            ExitCode::SUCCESS
+            out.acted(&done, live);
+            Ok(())
         }
         Command::Retry { saga, who } => {
-            let id = saga_id(saga)?;
-            engine.retry_now(id, &who.actor(), &who.reason).await?;
-            out.recorded(id, &["retry_now".into()], &who.actor());
-            ExitCode::SUCCESS
+            one(&out, act(saga, Action::RetryNow, who, None).await, live)
         }
-        Command::Compensate { saga, who } => {
-            let id = saga_id(saga)?;
-            engine.compensate_now(id, &who.actor(), &who.reason).await?;
-            out.recorded(id, &["compensate_now".into()], &who.actor());
-            ExitCode::SUCCESS
+        Command::RetryStep { saga, who } => {
+            one(&out, act(saga, Action::RetryStep, who, None).await, live)
         }
+        Command::Compensate { saga, who } => one(
+            &out,
+            act(saga, Action::CompensateNow, who, None).await,
+            live,
+        ),
         Command::Cancel { saga, who } => {
-            let id = saga_id(saga)?;
-            engine.cancel(id, &who.actor(), &who.reason).await?;
-            out.recorded(id, &["cancel".into()], &who.actor());
-            ExitCode::SUCCESS
+            one(&out, act(saga, Action::Cancel, who, None).await, live)
+        }
+        Command::Bulk {
+            action,
+            filter,
+            step,
+            dry_run,
+            who,
+        } => {
+            let action = Action::parse(action).map_err(|e| Usage(e.to_string()))?;
+            let bulk = sagalog::api::BulkRequest {
+                filter: filter.query()?,
+                dry_run: *dry_run,
+                request: who.request(live, step.clone()),
+            };
+            out.bulk(&service.bulk(action, &bulk).await?);
+            Ok(())
         }
         Command::Stats => {
-            out.stats(&engine.stats()?);
-            ExitCode::SUCCESS
+            out.stats(&service.stats().await?);
+            Ok(())
         }
         Command::Sweep { older_than, batch } => {
             let age = duration(older_than)?;
-            let before = store.size_on_disk()?;
-            let report = engine.sweep_finished(age, *batch).await?;
-            let after = store.size_on_disk()?;
-            out.sweep(&report, before, after);
-            ExitCode::SUCCESS
+            match &service {
+                Service::Local { engine, store } => {
+                    let before = store.size_on_disk()?;
+                    let report = engine.sweep_finished(age, *batch).await?;
+                    let after = store.size_on_disk()?;
+                    out.sweep(&report, before, after);
+                    Ok(())
+                }
+                Service::Remote(_) => Err(Failure(
+                    "sweep needs the service stopped (it reports the database's size on disk); the service's own retention (EngineConfig) sweeps while it runs".into(),
+                )
+                .into()),
+            }
         }
-        Command::Compact | Command::Verify | Command::Repair => ExitCode::SUCCESS,
+        Command::Compact | Command::Verify | Command::Repair | Command::Completions { .. } => {
+            Ok(())
+        }
     };
-    engine.shutdown(Duration::from_secs(5)).await;
-    Ok(code)
+    service.close().await;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Prints one action's result.
+fn one(
+    out: &render::Output,
+    done: Result<sagalog::api::ActionDone, Failed>,
+    live: bool,
+) -> Result<(), Failed> {
+    out.acted(&[done?], live);
+    Ok(())
 }

@@ -16,11 +16,9 @@ macro_rules! say {
     }};
 }
 
+use sagalog::api::{ActionDone, BulkReport, DelayQueue, ManualQueue, SagaPage};
 use sagalog::tools::VerifyReport;
-use sagalog::{
-    HistoryEntry, ManualItem, SagaId, SagaListing, SagaView, Stats, SweepReport, UnixMillis,
-};
-use sagalog::{Record, WaitPurpose};
+use sagalog::{SagaDetail, Stats, SweepReport, UnixMillis};
 use serde_json::{json, Value};
 
 /// Where results go, and in which form.
@@ -76,176 +74,62 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Step `i`'s name from the plan, or `#i` if the plan has no such step.
-fn step_name(steps: &[String], i: u32) -> String {
-    steps
-        .get(i as usize)
-        .cloned()
-        .unwrap_or_else(|| format!("#{i}"))
+/// A time and how far it is from now, e.g. "2026-12-02T12:04:05.000Z (in
+/// 2.1 s)" or "(3 min ago)".
+pub fn time_from_now(at: UnixMillis, now: UnixMillis) -> String {
+    format!("{} ({})", time(at), relative(at, now))
 }
 
-/// The words for a saga's calls: a saga's steps have an action and a
-/// compensation; a TCC transaction's branches a try, a confirm and a
-/// cancel (a compensation once the transaction committed).
-#[derive(Clone, Copy)]
-struct Words {
-    forward: &'static str,
-    backward: &'static str,
-}
-
-impl Words {
-    const SAGA: Words = Words {
-        forward: "action",
-        backward: "compensation",
+/// "in 2.1 s" or "3 min ago".
+fn relative(at: UnixMillis, now: UnixMillis) -> String {
+    let (ms, ahead) = match at.0.checked_sub(now.0) {
+        Some(ahead) => (ahead, true),
+        None => (now.0 - at.0, false),
     };
-
-    /// The words for each record of `history`, in order.
-    fn of_history(tcc: bool, history: &[HistoryEntry]) -> Vec<Words> {
-        let mut committed = false;
-        history
-            .iter()
-            .map(|e| {
-                if let Ok((_, Record::Decided(d))) = &e.record {
-                    committed = d.decision == sagalog::Decision::Commit;
-                }
-                match (tcc, committed) {
-                    (false, _) => Words::SAGA,
-                    (true, false) => Words {
-                        forward: "try",
-                        backward: "cancel",
-                    },
-                    (true, true) => Words {
-                        forward: "try",
-                        backward: "compensation",
-                    },
-                }
-            })
-            .collect()
+    let secs = ms as f64 / 1000.0;
+    let span = match secs {
+        s if s < 60.0 => format!("{s:.1} s"),
+        s if s < 3600.0 => format!("{:.0} min", s / 60.0),
+        s if s < 86_400.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} d", s / 86_400.0),
+    };
+    match ahead {
+        true => format!("in {span}"),
+        false => format!("{span} ago"),
     }
 }
 
-/// One record in words, with step names from the saga's plan.
-fn describe(record: &Record, steps: &[String], words: Words) -> String {
-    let step = |i: u32| step_name(steps, i);
-    let (forward, backward) = (words.forward, words.backward);
-    match record {
-        Record::SagaStarted(s) => {
-            let key = s
-                .idempotency_key
-                .as_ref()
-                .map(|k| format!(", key {}", k.as_str()))
-                .unwrap_or_default();
-            let parent = s
-                .parent
-                .map(|p| format!(", sub-saga of {} step #{}", p.saga, p.step))
-                .unwrap_or_default();
-            let kind = if s.plan.is_tcc() {
-                "TCC (try / confirm / cancel)".to_string()
-            } else {
-                format!("strategy {}", s.plan.strategy.name())
-            };
-            format!(
-                "started {} v{}, {kind}{key}{parent}",
-                s.saga_type, s.version
-            )
-        }
-        Record::StepStarted(c) => {
-            format!("{} {forward}, attempt {}: intent", step(c.step), c.attempt)
-        }
-        Record::StepSucceeded(r) => format!(
-            "{} {forward}, attempt {}: succeeded",
-            step(r.call.step),
-            r.call.attempt
-        ),
-        Record::StepFailed(f) => format!(
-            "{} {forward}, attempt {}: failed ({:?}): {}",
-            step(f.call.step),
-            f.call.attempt,
-            f.failure.class,
-            f.failure.message
-        ),
-        Record::CompensationStarted(c) => {
-            format!("{} {backward}, attempt {}: intent", step(c.step), c.attempt)
-        }
-        Record::CompensationSucceeded(c) => format!(
-            "{} {backward}, attempt {}: succeeded",
-            step(c.step),
-            c.attempt
-        ),
-        Record::CompensationFailed(f) => format!(
-            "{} {backward}, attempt {}: failed ({:?}): {}",
-            step(f.call.step),
-            f.call.attempt,
-            f.failure.class,
-            f.failure.message
-        ),
-        Record::SagaSuspended(s) => format!("suspended: {}", s.reason),
-        Record::SagaFinished(f) => format!("finished {}", f.status),
-        Record::TimerSet(t) => format!(
-            "asleep until {}: {}",
-            time(t.due),
-            purpose(&t.purpose, steps)
-        ),
-        Record::OperatorAction(a) => {
-            let command = match a.command {
-                sagalog::OperatorCommand::MarkCompensated { step: s } => {
-                    format!("mark_compensated {}", step(s))
-                }
-                other => other.name().to_string(),
-            };
-            format!("operator {}: {command} ({})", a.actor, a.reason)
-        }
-        Record::Decided(d) => format!("decided: {:?}", d.decision).to_lowercase(),
-        Record::ConfirmStarted(c) => {
-            format!("{} confirm, attempt {}: intent", step(c.step), c.attempt)
-        }
-        Record::ConfirmSucceeded(c) => {
-            format!("{} confirm, attempt {}: succeeded", step(c.step), c.attempt)
-        }
-        Record::ConfirmFailed(f) => format!(
-            "{} confirm, attempt {}: failed ({:?}): {}",
-            step(f.call.step),
-            f.call.attempt,
-            f.failure.class,
-            f.failure.message
-        ),
-        other => format!(
-            "{} (a record kind this tool does not know)",
-            other.kind_name()
-        ),
-    }
+/// Adds how far from now each RFC 3339 time in `line` is.
+fn with_relative(line: &str, now: UnixMillis) -> String {
+    line.split(' ')
+        .map(|word| {
+            let bare = word.trim_end_matches([',', ';', ')']);
+            match humantime::parse_rfc3339(bare)
+                .ok()
+                .and_then(UnixMillis::from_system_time)
+            {
+                Some(at) => word.replacen(bare, &format!("{bare} ({})", relative(at, now)), 1),
+                None => word.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-fn purpose(purpose: &WaitPurpose, steps: &[String]) -> String {
-    let names: Vec<&str> = steps.iter().map(String::as_str).collect();
-    purpose.describe(&names)
+fn to_json<T: serde::Serialize>(document: &T) {
+    match serde_json::to_value(document) {
+        Ok(value) => print_json(value),
+        Err(e) => print_json(json!({ "error": e.to_string() })),
+    }
 }
 
 impl Output {
-    /// `keys` holds each saga's idempotency key (JSON only: reading them
-    /// costs a log read per saga).
-    pub fn list(&self, sagas: &[SagaListing], keys: &[Option<String>]) {
+    pub fn list(&self, page: &SagaPage) {
         if self.json {
-            let rows: Vec<Value> = sagas
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    json!({
-                        "saga_id": s.saga_id.to_string(),
-                        "idempotency_key": keys.get(i).cloned().flatten(),
-                        "saga_type": s.saga_type.as_str(),
-                        "status": s.status.name(),
-                        "started_at": s.started_at.0,
-                        "changed_at": s.changed_at.0,
-                        "next_wake": s.next_wake.map(|t| t.0),
-                        "parked": s.parked,
-                        "pending": s.pending,
-                    })
-                })
-                .collect();
-            return print_json(json!({ "sagas": rows }));
+            return to_json(page);
         }
-        let rows: Vec<Vec<String>> = sagas
+        let rows: Vec<Vec<String>> = page
+            .sagas
             .iter()
             .map(|s| {
                 vec![
@@ -268,82 +152,19 @@ impl Output {
                 &rows
             )
         );
-        say!("({})", plural(sagas.len(), "saga", "sagas"));
+        say!("({})", plural(page.sagas.len(), "saga", "sagas"));
     }
 
-    pub fn show(&self, view: &SagaView, history: &[HistoryEntry]) {
-        let names: Vec<String> = view.steps.iter().map(|s| s.name.to_string()).collect();
-        let words = Words::of_history(view.tcc, history);
-        let word = |i: usize| words.get(i).copied().unwrap_or(Words::SAGA);
+    pub fn show(&self, detail: &SagaDetail, now: UnixMillis) {
+        if self.json {
+            return to_json(detail);
+        }
+        let view = &detail.saga;
         let strategy = if view.tcc {
             "try / confirm / cancel (TCC)".to_string()
         } else {
-            view.strategy.to_string()
+            view.strategy.clone()
         };
-        if self.json {
-            let steps: Vec<Value> = view
-                .steps
-                .iter()
-                .map(|s| {
-                    if view.tcc {
-                        json!({
-                            "name": s.name.as_str(),
-                            "summary": s.tcc_summary(),
-                            "try": format!("{:?}", s.action),
-                            "try_attempts": s.action_attempts,
-                            "confirm": format!("{:?}", s.confirm),
-                            "confirm_attempts": s.confirm_attempts,
-                            "cancel": format!("{:?}", s.compensation),
-                            "cancel_attempts": s.compensation_attempts,
-                            "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
-                        })
-                    } else {
-                        json!({
-                            "name": s.name.as_str(),
-                            "summary": s.summary(),
-                            "action": format!("{:?}", s.action),
-                            "action_attempts": s.action_attempts,
-                            "compensation": format!("{:?}", s.compensation),
-                            "compensation_attempts": s.compensation_attempts,
-                            "last_error": s.last_error.as_ref().map(|e| e.message.clone()),
-                        })
-                    }
-                })
-                .collect();
-            let timeline: Vec<Value> = history
-                .iter()
-                .enumerate()
-                .map(|(i, e)| match &e.record {
-                    Ok((at, record)) => json!({
-                        "seq": e.seq,
-                        "at": at.0,
-                        "kind": record.kind_name(),
-                        "text": describe(record, &names, word(i)),
-                    }),
-                    Err(error) => json!({"seq": e.seq, "unreadable": error.to_string()}),
-                })
-                .collect();
-            return print_json(json!({
-                "saga_id": view.saga_id.to_string(),
-                "saga_type": view.saga_type.as_str(),
-                "version": view.version,
-                "status": view.status.name(),
-                "strategy": strategy,
-                "tcc": view.tcc,
-                "idempotency_key": view.idempotency_key,
-                "started_at": view.started_at.0,
-                "updated_at": view.updated_at.0,
-                "failure": view.failure.as_ref().map(|(step, f)| json!({
-                    "step": step.as_str(), "class": format!("{:?}", f.class), "message": f.message,
-                })),
-                "reason": view.reason,
-                "pending": view.pending,
-                "parent": view.parent.map(|p| json!({"saga_id": p.saga.to_string(), "step": p.step})),
-                "children": view.children.iter().map(|(step, id)| json!({"step": step.as_str(), "saga_id": id.to_string()})).collect::<Vec<_>>(),
-                "steps": steps,
-                "timeline": timeline,
-            }));
-        }
         let mut summary = vec![
             ("saga", view.saga_id.to_string()),
             (
@@ -359,13 +180,22 @@ impl Output {
             ("started", time(view.started_at)),
             ("updated", time(view.updated_at)),
         ];
+        if let Some(waiting) = &view.waiting {
+            summary.push(("waiting", with_relative(waiting, now)));
+        }
         if let Some((step, failure)) = &view.failure {
             summary.push((
                 "failure",
                 format!("{step}: {} ({:?})", failure.message, failure.class),
             ));
         }
-        if let Some(reason) = &view.reason {
+        // A suspended saga's reason is already in its waiting line.
+        if let Some(reason) = view.reason.as_ref().filter(|r| {
+            !view
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.contains(r.as_str()))
+        }) {
             summary.push(("reason", reason.clone()));
         }
         for pending in &view.pending {
@@ -397,24 +227,16 @@ impl Output {
                     .last_error
                     .as_ref()
                     .map_or("-".into(), |e| e.message.clone());
+                let mut row = vec![
+                    s.name.to_string(),
+                    s.state.clone(),
+                    s.action_attempts.to_string(),
+                ];
                 if view.tcc {
-                    vec![
-                        s.name.to_string(),
-                        s.tcc_summary().to_string(),
-                        s.action_attempts.to_string(),
-                        s.confirm_attempts.to_string(),
-                        s.compensation_attempts.to_string(),
-                        error,
-                    ]
-                } else {
-                    vec![
-                        s.name.to_string(),
-                        s.summary().to_string(),
-                        s.action_attempts.to_string(),
-                        s.compensation_attempts.to_string(),
-                        error,
-                    ]
+                    row.push(s.confirm_attempts.to_string());
                 }
+                row.extend([s.compensation_attempts.to_string(), error]);
+                row
             })
             .collect();
         let headers: &[&str] = if view.tcc {
@@ -430,45 +252,28 @@ impl Output {
             &["STEP", "STATE", "ACTION TRIES", "COMP TRIES", "LAST ERROR"]
         };
         say!("\n{}", table(headers, &steps));
-        let timeline: Vec<Vec<String>> = history
+        let timeline: Vec<Vec<String>> = detail
+            .timeline
             .iter()
-            .enumerate()
-            .map(|(i, e)| match &e.record {
-                Ok((at, record)) => vec![
+            .map(|e| {
+                vec![
                     e.seq.to_string(),
-                    time(*at),
-                    describe(record, &names, word(i)),
-                ],
-                Err(error) => vec![
-                    e.seq.to_string(),
-                    "?".into(),
-                    format!("UNREADABLE: {error}"),
-                ],
+                    e.at.map_or("?".into(), time),
+                    match e.kind.as_str() {
+                        "unreadable" => e.text.to_uppercase(),
+                        _ => e.text.clone(),
+                    },
+                ]
             })
             .collect();
         say!("\n{}", table(&["SEQ", "TIME", "RECORD"], &timeline));
     }
 
-    pub fn manual(&self, items: &[ManualItem]) {
+    pub fn manual(&self, queue: &ManualQueue) {
         if self.json {
-            let rows: Vec<Value> = items
-                .iter()
-                .map(|m| {
-                    json!({
-                        "saga_id": m.saga_id.to_string(),
-                        "saga_type": m.saga_type.as_str(),
-                        "since": m.since.0,
-                        "parked": m.parked,
-                        "failed_step": m.failed_step.as_ref().map(|(s, _)| s.as_str()),
-                        "error": m.failed_step.as_ref().map(|(_, f)| f.message.clone()),
-                        "to_compensate": m.to_compensate,
-                        "reason": m.reason,
-                        "pending": m.pending,
-                    })
-                })
-                .collect();
-            return print_json(json!({ "manual_queue": rows }));
+            return to_json(queue);
         }
+        let items = &queue.manual_queue;
         let rows: Vec<Vec<String>> = items
             .iter()
             .map(|m| {
@@ -511,36 +316,92 @@ impl Output {
         say!("({} waiting)", items.len());
     }
 
-    pub fn recorded(&self, saga: SagaId, actions: &[String], actor: &str) {
+    pub fn delay(&self, queue: &DelayQueue, now: UnixMillis) {
         if self.json {
-            return print_json(json!({
-                "saga_id": saga.to_string(),
-                "recorded": actions,
-                "actor": actor,
-            }));
+            return to_json(queue);
         }
-        for action in actions {
-            say!("recorded {action} on saga {saga} by {actor}");
+        let rows: Vec<Vec<String>> = queue
+            .delay_queue
+            .iter()
+            .map(|d| {
+                vec![
+                    time_from_now(d.due, now),
+                    d.saga_id.to_string(),
+                    d.purpose
+                        .as_ref()
+                        .map_or("(unreadable purpose)".into(), |p| p.describe(&[])),
+                ]
+            })
+            .collect();
+        say!("{}", table(&["DUE", "SAGA", "WHY"], &rows));
+        say!("({} asleep)", queue.delay_queue.len());
+    }
+
+    /// Actions done: at once on a running service (`live`), or recorded
+    /// for the service's next start.
+    pub fn acted(&self, done: &[ActionDone], live: bool) {
+        if self.json {
+            return to_json(&done);
         }
-        say!("the service carries it out at its next start");
+        let Some(last) = done.last() else { return };
+        for d in done {
+            say!(
+                "{} on saga {} by {}",
+                d.action.name(),
+                d.saga.saga_id,
+                d.actor
+            );
+        }
+        let saga = &last.saga;
+        match live {
+            true => say!(
+                "done: the saga is now {}{}",
+                saga.status.name(),
+                saga.waiting
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
+            false => say!("recorded; the service carries it out at its next start"),
+        }
+    }
+
+    pub fn bulk(&self, report: &BulkReport) {
+        if self.json {
+            return to_json(report);
+        }
+        let rows: Vec<Vec<String>> = report
+            .sagas
+            .iter()
+            .map(|item| {
+                let result = match (&item.error, item.applied) {
+                    (Some(error), _) => format!("refused: {error}"),
+                    (None, true) => "applied".to_string(),
+                    (None, false) => "would apply".to_string(),
+                };
+                vec![item.saga_id.to_string(), item.status.name().into(), result]
+            })
+            .collect();
+        say!("{}", table(&["SAGA", "STATUS", "RESULT"], &rows));
+        let applied = report.sagas.iter().filter(|i| i.applied).count();
+        match report.dry_run {
+            true => say!(
+                "dry run: {} would get {}; run again without --dry-run to apply",
+                plural(report.sagas.len(), "saga", "sagas"),
+                report.action.name()
+            ),
+            false => say!(
+                "{} applied to {} of {}",
+                report.action.name(),
+                applied,
+                plural(report.sagas.len(), "saga", "sagas")
+            ),
+        }
     }
 
     pub fn stats(&self, stats: &Stats) {
         if self.json {
-            let by_status: serde_json::Map<String, Value> = stats
-                .by_status
-                .iter()
-                .map(|(s, n)| (s.name().to_string(), json!(n)))
-                .collect();
-            return print_json(json!({
-                "by_status": by_status,
-                "oldest_in_flight": stats.oldest_in_flight.map(|(id, at)| json!({
-                    "saga_id": id.to_string(), "started_at": at.0,
-                })),
-                "delay_queue_depth": stats.delay_queue_depth,
-                "manual_queue_depth": stats.manual_queue_depth,
-                "parked": stats.parked,
-            }));
+            return to_json(stats);
         }
         let rows: Vec<Vec<String>> = stats
             .by_status

@@ -580,16 +580,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let mut lines = Vec::new();
-    for (scenario, id) in &started {
-        engine.outcome(*id).await?;
-        lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
-    }
     if args.serve {
         serve_until_stopped(&engine, &args).await?;
-        lines.clear();
-        for (scenario, id) in &started {
-            lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
+    }
+    for (scenario, id) in &started {
+        // While serving, a person decides when sagas end; after it, they
+        // are shown as they stand.
+        if !args.serve {
+            engine.outcome(*id).await?;
         }
+        lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
     }
     engine.shutdown(Duration::from_secs(10)).await;
     let books = ledger.books()?;

@@ -17,7 +17,7 @@ fn actions_are_recorded_and_the_service_carries_them_out_at_its_next_start() {
         &[&["retry", &sleeping][..], &who].concat(),
     ));
     assert_eq!(
-        json(db.path(), &["show", &manual])["status"],
+        json(db.path(), &["show", &manual])["saga"]["status"],
         "COMPENSATING",
         "recorded, not yet carried out"
     );
@@ -31,7 +31,7 @@ fn actions_are_recorded_and_the_service_carries_them_out_at_its_next_start() {
     );
     for id in [&manual, &sleeping] {
         let view = json(db.path(), &["show", id]);
-        assert_eq!(view["status"], "COMPENSATED");
+        assert_eq!(view["saga"]["status"], "COMPENSATED");
         let actors: Vec<_> = view["timeline"]
             .as_array()
             .unwrap()
@@ -60,7 +60,7 @@ fn resolve_marks_a_step_compensated_by_hand() {
         ],
     ));
     let view = json(db.path(), &["show", &manual]);
-    assert_eq!(view["steps"][0]["summary"], "compensated");
+    assert_eq!(view["saga"]["steps"][0]["state"], "compensated");
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn an_action_after_an_offline_abandon_is_refused_and_the_abandon_shows_as_pendin
         .unwrap()
         .starts_with("abandon by"));
     let view = json(db.path(), &["show", &manual]);
-    assert!(view["pending"][0]
+    assert!(view["saga"]["pending"][0]
         .as_str()
         .unwrap()
         .starts_with("abandon by"));

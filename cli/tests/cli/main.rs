@@ -10,6 +10,7 @@
 
 mod actions;
 mod harness;
+mod live;
 mod maintenance;
 mod reading;
 mod refusals;

@@ -56,7 +56,7 @@ fn a_locked_database_is_reported_with_what_to_do_instead() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is locked"), "{stderr}");
-    assert!(stderr.contains("admin API"), "{stderr}");
+    assert!(stderr.contains("Engine::serve_admin"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
