@@ -284,17 +284,33 @@ impl From<Error> for Failure {
     }
 }
 
+/// A failed command's document on stderr, with `--json`.
+#[derive(serde::Serialize)]
+struct CliError<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    exit_code: u8,
+}
+
+impl CliError<'_> {
+    fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| format!("{:?}", self.error))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // With --json, a refused argument is a JSON error too.
         Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
-            let message = e.kind().to_string();
             let detail = e.to_string();
-            eprintln!(
-                "{}",
-                serde_json::json!({ "error": message, "detail": detail.trim(), "exit_code": 2 })
-            );
+            let error = CliError {
+                error: e.kind().to_string(),
+                detail: Some(detail.trim()),
+                exit_code: 2,
+            };
+            eprintln!("{}", error.json());
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),
@@ -316,10 +332,12 @@ fn main() -> ExitCode {
         Err(Failed::Usage(Usage(message))) => (message, 2),
     };
     if json {
-        eprintln!(
-            "{}",
-            serde_json::json!({ "error": message, "exit_code": code })
-        );
+        let error = CliError {
+            error: message,
+            detail: None,
+            exit_code: code,
+        };
+        eprintln!("{}", error.json());
     } else {
         eprintln!("error: {message}");
     }

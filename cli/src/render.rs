@@ -19,7 +19,7 @@ macro_rules! say {
 use sagalog::api::{ActionDone, BulkReport, DelayQueue, ManualQueue, SagaPage};
 use sagalog::tools::VerifyReport;
 use sagalog::{SagaDetail, Stats, SweepReport, UnixMillis};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Where results go, and in which form.
 pub struct Output {
@@ -119,7 +119,7 @@ fn with_relative(line: &str, now: UnixMillis) -> String {
 fn to_json<T: serde::Serialize>(document: &T) {
     match serde_json::to_value(document) {
         Ok(value) => print_json(value),
-        Err(e) => print_json(json!({ "error": e.to_string() })),
+        Err(e) => print_json(Value::String(format!("could not write the document: {e}"))),
     }
 }
 
@@ -421,25 +421,7 @@ impl Output {
     pub fn verify(&self, report: &VerifyReport) {
         let hex = |key: &[u8]| key.iter().map(|b| format!("{b:02x}")).collect::<String>();
         if self.json {
-            let problems: Vec<Value> = report
-                .problems
-                .iter()
-                .map(|p| {
-                    json!({
-                        "key": hex(&p.key),
-                        "saga_id": p.saga.map(|s| s.to_string()),
-                        "what": p.what,
-                        "error": p.error,
-                    })
-                })
-                .collect();
-            return print_json(json!({
-                "keys": report.keys,
-                "log_values": report.log_values,
-                "records": report.records,
-                "index_entries": report.index_entries,
-                "corrupt": problems,
-            }));
+            return to_json(report);
         }
         say!(
             "checked {} keys: {} log values ({} records), {} index entries",
@@ -472,15 +454,20 @@ impl Output {
     }
 
     pub fn sweep(&self, report: &SweepReport, before: u64, after: u64) {
+        /// `sweep --json`: the report with the database's size around it.
+        #[derive(serde::Serialize)]
+        struct Swept<'a> {
+            #[serde(flatten)]
+            report: &'a SweepReport,
+            bytes_on_disk_before: u64,
+            bytes_on_disk_after: u64,
+        }
         if self.json {
-            return print_json(json!({
-                "eligible": report.eligible,
-                "removed": report.removed,
-                "keys_removed": report.keys_removed,
-                "skipped": report.skipped,
-                "bytes_on_disk_before": before,
-                "bytes_on_disk_after": after,
-            }));
+            return to_json(&Swept {
+                report,
+                bytes_on_disk_before: before,
+                bytes_on_disk_after: after,
+            });
         }
         say!(
             "removed {} of {} finished sagas old enough ({} keys; {} skipped)",
@@ -495,11 +482,7 @@ impl Output {
 
     pub fn compacted(&self, compacted: &sagalog::Compacted) {
         if self.json {
-            return print_json(json!({
-                "keys": compacted.keys,
-                "bytes_on_disk_before": compacted.bytes_before,
-                "bytes_on_disk_after": compacted.bytes_after,
-            }));
+            return to_json(compacted);
         }
         say!(
             "copied {} keys; disk size before {} bytes, after {} bytes",
@@ -518,16 +501,7 @@ impl Output {
             _ => None,
         };
         if self.json {
-            return print_json(json!({
-                "witness_rebuilt": report.witness_rebuilt,
-                "set_aside": report.set_aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "outcome": if salvage.is_some() { "salvaged" } else { "healthy" },
-                "salvaged_into": salvage.map(|s| s.into.display().to_string()),
-                "keys_copied": salvage.map(|s| s.keys),
-                "reason": salvage.map(|s| s.reason.clone()),
-                "incomplete_sagas": salvage.map(|s| s.incomplete.iter().map(|id| id.to_string()).collect::<Vec<_>>()),
-                "problems": salvage.map(|s| s.problems.clone()),
-            }));
+            return to_json(report);
         }
         if report.witness_rebuilt {
             say!("rebuilt the witness file from sled's group mark (the damaged one is kept beside it)");

@@ -43,7 +43,7 @@ impl Default for Retention {
 }
 
 /// What one sweep did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SweepReport {
     /// Finished sagas old enough to delete.
     pub eligible: u64,

@@ -32,19 +32,22 @@ use crate::log::store::{sibling, SledOptions, SledStore, StoreError};
 use crate::log::witness::{self, Mark, Witness};
 use std::path::{Path, PathBuf};
 
-/// What [`repair`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What [`repair`] did. In JSON the outcome's fields sit beside the
+/// others, under `"outcome": "healthy" | "salvaged"`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RepairReport {
     /// The witness file was rebuilt from sled's group mark.
     pub witness_rebuilt: bool,
     /// sled files moved aside (step 2), where they are now.
     pub set_aside: Vec<PathBuf>,
     /// How it ended.
+    #[serde(flatten)]
     pub outcome: RepairOutcome,
 }
 
 /// How [`repair`] ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RepairOutcome {
     /// The database opens and every value can be read: use it as it is.
@@ -54,7 +57,7 @@ pub enum RepairOutcome {
 }
 
 /// What step 3 of [`repair`] copied, and what it could not.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Salvage {
     /// The fresh database.
     pub into: PathBuf,

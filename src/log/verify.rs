@@ -9,12 +9,15 @@ use crate::log::record::WaitPurpose;
 use crate::log::store::{keys, IndexEntry, LogStore, StoreError, LAYOUT_VERSION};
 use crate::log::witness::Mark;
 
-/// One value that does not decode, or a key that fits no keyspace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One value that does not decode, or a key that fits no keyspace. In
+/// JSON: `{"key": hex, "saga_id", "what", "error"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// The raw key.
+    #[serde(serialize_with = "hex")]
     pub key: Vec<u8>,
     /// The saga the key belongs to, when the key itself says so.
+    #[serde(rename = "saga_id")]
     pub saga: Option<SagaId>,
     /// What kind of value it should have held (`log`, `active index`, ...).
     pub what: &'static str,
@@ -22,8 +25,8 @@ pub struct Problem {
     pub error: String,
 }
 
-/// What [`verify`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`verify`] found; in JSON the problems are `corrupt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// Keys read.
     pub keys: u64,
@@ -34,7 +37,14 @@ pub struct VerifyReport {
     /// Index entries (active and finished) decoded.
     pub index_entries: u64,
     /// Everything that failed to decode, in key order.
+    #[serde(rename = "corrupt")]
     pub problems: Vec<Problem>,
+}
+
+/// A key as lowercase hex.
+fn hex<S: serde::Serializer>(key: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    serializer.serialize_str(&text)
 }
 
 impl VerifyReport {

@@ -131,14 +131,17 @@ pub fn discard_torn_sled_snapshots(path: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// What [`SledStore::compact`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What [`SledStore::compact`] did; in JSON the sizes are
+/// `bytes_on_disk_before` and `bytes_on_disk_after`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Compacted {
     /// Keys copied.
     pub keys: u64,
     /// Bytes on disk before.
+    #[serde(rename = "bytes_on_disk_before")]
     pub bytes_before: u64,
     /// Bytes on disk after.
+    #[serde(rename = "bytes_on_disk_after")]
     pub bytes_after: u64,
 }
 
