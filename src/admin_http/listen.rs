@@ -119,23 +119,20 @@ pub(super) async fn serve_unix(
     stop: CancellationToken,
     drain: Duration,
 ) {
-    let service = app.into_make_service_with_connect_info::<Peer>();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
-    until_stopped(server, &stop, drain).await;
+    serve(listener, app, stop, drain).await;
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&path);
     }
 }
 
-/// Serves `app` on TCP until `stop`.
-pub(super) async fn serve_tcp(
-    listener: TcpListener,
-    app: Router,
-    stop: CancellationToken,
-    drain: Duration,
-) {
+/// Serves `app` on `listener` until `stop`, each request knowing its
+/// [`Peer`].
+pub(super) async fn serve<L>(listener: L, app: Router, stop: CancellationToken, drain: Duration)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let service = app.into_make_service_with_connect_info::<Peer>();
     let server = axum::serve(listener, service)
         .with_graceful_shutdown(stop.clone().cancelled_owned())

@@ -158,7 +158,7 @@ impl Engine {
                     source,
                 })?;
             tcp = listener.local_addr().ok();
-            tasks.push(tokio::spawn(listen::serve_tcp(
+            tasks.push(tokio::spawn(listen::serve(
                 listener,
                 app,
                 stop.clone(),
