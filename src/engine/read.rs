@@ -48,6 +48,7 @@ impl Engine {
             }
             Err(e @ (Error::Decode { .. } | Error::Illegal { .. })) => {
                 let entry = self.index_entry(id)?;
+                let reason = parked.unwrap_or_else(|| e.to_string());
                 let view = SagaView {
                     saga_id: id,
                     saga_type: entry
@@ -63,8 +64,8 @@ impl Engine {
                     updated_at: entry.as_ref().map_or(UnixMillis(0), |e| e.started_at),
                     steps: Vec::new(),
                     failure: None,
-                    reason: Some(parked.clone().unwrap_or_else(|| e.to_string())),
-                    waiting: Some(parked_waiting(&parked.unwrap_or_else(|| e.to_string()))),
+                    waiting: Some(parked_waiting(&reason)),
+                    reason: Some(reason),
                     parent: None,
                     children: Vec::new(),
                     pending: Vec::new(),
