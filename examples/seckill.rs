@@ -546,7 +546,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. The confirm of ada's funds is delivered again: the barrier absorbs it.
     let again = shop.guarded(ada_id, Branch::Funds, BarrierPhase::Confirm, &ada);
-    lines.push(json!({"scenario": "duplicate-confirm", "saga_id": ada_id.to_string(), "status": status_of(&engine, ada_id)?, "guard": guard_name(&again)}));
+    lines.push(json!({"scenario": "duplicate-confirm", "saga_id": ada_id.to_string(), "status": status_of(&engine, ada_id).await?, "guard": guard_name(&again)}));
 
     // 4. A cancel overtakes its try: empty rollback, then the late try is rejected.
     let (late, dan) = (
@@ -585,7 +585,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let options = StartOptions::new().idempotency_key(erin.order_id.clone());
     let id = engine.start(&sagas.bundle, &erin, options).await?.saga_id;
     let status = engine.outcome(id).await?.status;
-    let children = engine.saga(id)?.children.len();
+    let children = engine.saga(id).await?.children.len();
     lines.push(json!({"scenario": "bundle", "saga_id": id.to_string(), "status": status.name(), "children": children}));
 
     if args.bulk > 0 {
@@ -605,8 +605,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn status_of(engine: &Engine, id: SagaId) -> Result<&'static str, sagalog::Error> {
-    Ok(engine.saga(id)?.status.name())
+async fn status_of(engine: &Engine, id: SagaId) -> Result<&'static str, sagalog::Error> {
+    Ok(engine.saga(id).await?.status.name())
 }
 
 fn print_table(lines: &[serde_json::Value]) {

@@ -108,15 +108,17 @@ pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;
 
 pub mod store {
-    //! What a log store implements: the [`LogStore`] trait the engine writes
-    //! through, and the values it moves. [`crate::SledStore`] and
-    //! [`crate::MemStore`] implement it; another store (a SQL database, a
-    //! test wrapper) implements it the same way and opens with
+    //! What a log store implements: the asynchronous [`LogStore`] trait the
+    //! engine calls, and the values it moves. A store in one ordered
+    //! key-value map that one process opens ([`crate::SledStore`],
+    //! [`crate::MemStore`]) implements the synchronous [`KvLogStore`]
+    //! instead and gets `LogStore` with it; any other store (a SQL
+    //! database, a test wrapper) implements `LogStore` and opens with
     //! [`crate::Engine::open_with_store`].
     pub use crate::log::store::{
-        input_fingerprint, BatchItems, Claim, FinishedBatch, IndexEntry, IndexSet, IndexUpdate,
-        KeyClaim, LogStore, LogValue, Removal, Removed, SagaAppend, TimerKey, TimerScan,
-        WriteTimes, LAYOUT_VERSION,
+        input_fingerprint, BatchItems, Claim, Committed, FinishedBatch, IndexEntry, IndexSet,
+        IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal, Removal, Removed,
+        SagaAppend, StoreFuture, TimerKey, TimerScan, WriteTimes, LAYOUT_VERSION,
     };
 }
 

@@ -26,9 +26,10 @@ async fn leave_one_saga(
     let (engine, trip) = trip_at(store, &script, T0).await;
     let id = start(&engine, &trip, strategy).await;
     loop {
-        let view = engine.saga(id).unwrap();
+        let view = engine.saga(id).await.unwrap();
         let asleep = engine
             .delay_queue(10)
+            .await
             .unwrap()
             .iter()
             .any(|d| d.saga_id == id);
@@ -68,8 +69,8 @@ async fn admin_engine_runs_nothing_and_refuses_to_start_sagas() {
     let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
     let (_, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
 
-    assert_eq!(admin.saga(id).unwrap().status, SagaStatus::Suspended);
-    assert_eq!(admin.manual_queue().unwrap().len(), 1);
+    assert_eq!(admin.saga(id).await.unwrap().status, SagaStatus::Suspended);
+    assert_eq!(admin.manual_queue().await.unwrap().len(), 1);
     assert!(matches!(
         admin.start(&trip, &"bob".into(), StartOptions::new()).await,
         Err(Error::AdminOnly)
@@ -88,7 +89,7 @@ async fn action_recorded_by_the_admin_engine_is_carried_out_at_the_services_next
         .await
         .unwrap();
     assert_eq!(
-        admin.saga(id).unwrap().status,
+        admin.saga(id).await.unwrap().status,
         SagaStatus::Compensating,
         "recorded, not carried out"
     );
@@ -227,9 +228,9 @@ async fn a_pending_abandon_is_shown_as_pending_in_show_list_and_manual() {
     let store = Arc::new(MemStore::new());
     let (id, admin) = abandoned_offline(&store).await;
 
-    let view = admin.saga(id).unwrap();
-    let listed = admin.find(&sagalog::SagaFilter::new()).unwrap();
-    let manual = admin.manual_queue().unwrap();
+    let view = admin.saga(id).await.unwrap();
+    let listed = admin.find(&sagalog::SagaFilter::new()).await.unwrap();
+    let manual = admin.manual_queue().await.unwrap();
 
     assert_eq!(view.pending, ["abandon by ada: customer left"]);
     assert_eq!(listed[0].pending.as_deref(), Some("abandon"));
@@ -246,8 +247,8 @@ async fn the_service_carries_out_a_pending_abandon_and_it_is_pending_no_more() {
     let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Failed);
-    assert!(engine.saga(id).unwrap().pending.is_empty());
-    let listed = engine.find(&sagalog::SagaFilter::new()).unwrap();
+    assert!(engine.saga(id).await.unwrap().pending.is_empty());
+    let listed = engine.find(&sagalog::SagaFilter::new()).await.unwrap();
     assert_eq!(listed[0].pending, None);
 }
 
@@ -265,7 +266,7 @@ async fn marking_two_steps_compensated_offline_is_accepted() {
         .await
         .unwrap();
 
-    assert_eq!(admin.saga(id).unwrap().pending.len(), 2);
+    assert_eq!(admin.saga(id).await.unwrap().pending.len(), 2);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{start_saga, status_of, trip_registry, Behaviour, Script};
-use sagalog::store::LogStore;
+use sagalog::store::KvLogStore;
 use sagalog::testing::log_key;
 use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, SledStore};
 use std::path::Path;
@@ -69,14 +69,17 @@ async fn reopen_and_check(dir: &Path, damaged: SagaId, healthy: SagaId, seq: u64
             .contains(&format!("record {seq} of saga {damaged} is unreadable")),
         "{reason}"
     );
-    assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
-    let history = engine.history(damaged).unwrap();
+    assert_eq!(
+        engine.saga(damaged).await.unwrap().status,
+        SagaStatus::Suspended
+    );
+    let history = engine.history(damaged).await.unwrap();
     assert!(history.iter().any(|e| e.seq == seq && e.record.is_err()));
     assert!(
         history.iter().any(|e| e.record.is_ok()),
         "undamaged values stay readable"
     );
-    let manual = engine.manual_queue().unwrap();
+    let manual = engine.manual_queue().await.unwrap();
     assert!(manual.iter().any(|m| m.saga_id == damaged && m.parked));
     assert_eq!(
         script.calls(),

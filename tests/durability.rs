@@ -50,8 +50,8 @@ async fn a_saga_whose_input_sled_keeps_in_a_blob_file_reads_back_whole_after_a_r
     let engine = Engine::open(dir.path(), registry, EngineConfig::default())
         .await
         .unwrap();
-    assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Committed);
-    let history = engine.history(id).unwrap();
+    assert_eq!(engine.saga(id).await.unwrap().status, SagaStatus::Committed);
+    let history = engine.history(id).await.unwrap();
     let Ok((_, Record::SagaStarted(started))) = &history[0].record else {
         panic!("the first record is not a readable start: {:?}", history[0]);
     };

@@ -48,6 +48,7 @@ async fn later_step_reads_an_earlier_steps_output() {
 
     let hotel_output = engine
         .history(id)
+        .await
         .unwrap()
         .into_iter()
         .find_map(|e| match e.record {
@@ -100,7 +101,7 @@ async fn shutdown_lets_a_running_call_finish_and_records_its_result() {
 
     engine.shutdown(Duration::from_secs(5)).await;
 
-    let view = engine.saga(id).unwrap();
+    let view = engine.saga(id).await.unwrap();
     assert_eq!(view.steps[0].summary(), "done");
     assert_eq!(
         view.steps[1].summary(),
@@ -185,7 +186,14 @@ async fn compensation_that_keeps_failing_suspends_the_saga() {
             .contains(&"flight:compensation:1".to_string()),
         "reverse order holds"
     );
-    assert_eq!(engine.list(Some(SagaStatus::Suspended)).unwrap().len(), 1);
+    assert_eq!(
+        engine
+            .list(Some(SagaStatus::Suspended))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -198,6 +206,7 @@ async fn history_lists_every_record_in_order_with_timestamps() {
 
     let kinds: Vec<&str> = engine
         .history(id)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.record.as_ref().unwrap().1.kind_name())
@@ -215,7 +224,7 @@ async fn history_lists_every_record_in_order_with_timestamps() {
             "saga_finished"
         ]
     );
-    let history = engine.history(id).unwrap();
+    let history = engine.history(id).await.unwrap();
     let times: Vec<u64> = history
         .iter()
         .map(|e| e.record.as_ref().unwrap().0 .0)
@@ -238,8 +247,8 @@ async fn list_filters_sagas_by_status() {
     let bad = start_saga(&engine, &trip, &"bad".to_string()).await;
     outcome_of(&engine, bad).await;
 
-    let committed = engine.list(Some(SagaStatus::Committed)).unwrap();
-    let compensated = engine.list(Some(SagaStatus::Compensated)).unwrap();
+    let committed = engine.list(Some(SagaStatus::Committed)).await.unwrap();
+    let compensated = engine.list(Some(SagaStatus::Compensated)).await.unwrap();
     assert_eq!(
         committed.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
         [ok]
@@ -248,7 +257,7 @@ async fn list_filters_sagas_by_status() {
         compensated.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
         [bad]
     );
-    assert_eq!(engine.list(None).unwrap().len(), 2);
+    assert_eq!(engine.list(None).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -421,5 +430,8 @@ async fn dropping_the_last_engine_handle_releases_the_directory() {
     let reopened = Engine::open(dir.path(), registry, EngineConfig::default())
         .await
         .expect("the directory is free once every handle is dropped");
-    assert_eq!(reopened.saga(saga).unwrap().status, SagaStatus::Committed);
+    assert_eq!(
+        reopened.saga(saga).await.unwrap().status,
+        SagaStatus::Committed
+    );
 }

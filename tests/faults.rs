@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
-use sagalog::store::LogStore;
+use sagalog::store::KvLogStore;
 use sagalog::tools::{decode_record, decode_value};
 use sagalog::{CallRef, Record};
 use sagalog::{
@@ -134,7 +134,7 @@ async fn run_seed(seed: u64) -> usize {
     let engine = Engine::open_with_store(store.clone(), reg, EngineConfig::default())
         .await
         .unwrap();
-    let sagas = engine.list(None).unwrap();
+    let sagas = engine.list(None).await.unwrap();
     // Every saga with a log is found, whether or not it had an index entry.
     let listed: HashSet<SagaId> = sagas.iter().map(|l| l.saga_id).collect();
     let mut logged = HashSet::new();
@@ -152,7 +152,7 @@ async fn run_seed(seed: u64) -> usize {
             .outcome(listing.saga_id)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let history = engine.history(listing.saga_id).unwrap();
+        let history = engine.history(listing.saga_id).await.unwrap();
         let Ok((_, Record::SagaStarted(start))) = &history[0].record else {
             panic!("seed {seed}: a log starts with its start record");
         };

@@ -110,7 +110,7 @@ async fn concurrent_starts_with_one_key_and_two_inputs_give_one_saga_and_conflic
         1 + 8,
         "the other input's 8 conflict"
     );
-    assert_eq!(engine.list(None).unwrap().len(), 1);
+    assert_eq!(engine.list(None).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -131,16 +131,25 @@ async fn find_by_key_returns_the_saga_its_idempotency_key_belongs_to() {
         .await
         .unwrap();
 
-    let found = engine.find_by_key(&"order-7".into()).unwrap().unwrap();
+    let found = engine
+        .find_by_key(&"order-7".into())
+        .await
+        .unwrap()
+        .unwrap();
     let listed = engine
         .find(&sagalog::SagaFilter::new().idempotency_key("order-7"))
+        .await
         .unwrap();
 
     assert_eq!(found.saga_id, started.saga_id);
     assert_eq!(found.idempotency_key.as_deref(), Some("order-7"));
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].saga_id, started.saga_id);
-    assert!(engine.find_by_key(&"order-8".into()).unwrap().is_none());
+    assert!(engine
+        .find_by_key(&"order-8".into())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,5 +180,5 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
     ids.dedup();
     assert_eq!(ids.len(), 1);
     outcome_of(&engine, ids[0]).await;
-    assert_eq!(engine.list(None).unwrap().len(), 1);
+    assert_eq!(engine.list(None).await.unwrap().len(), 1);
 }

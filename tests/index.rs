@@ -9,7 +9,7 @@ use common::{
     outcome_of, start_saga, status_of, trip_definition, trip_registry, until_calls, Behaviour,
     Script,
 };
-use sagalog::store::LogStore;
+use sagalog::store::KvLogStore;
 use sagalog::testing::FaultTiming;
 use sagalog::{
     Engine, EngineConfig, InDoubtPolicy, MemStore, Phase, SagaId, SagaRef, SagaStatus, StartOptions,
@@ -132,7 +132,7 @@ async fn a_young_saga_is_listed_while_it_runs() {
         store, engine, id, ..
     } = saga_in_flight(Duration::from_secs(600)).await;
 
-    let listed = engine.list(Some(SagaStatus::Running)).unwrap();
+    let listed = engine.list(Some(SagaStatus::Running)).await.unwrap();
 
     assert_eq!(listed.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [id]);
     assert!(keys_with_prefix(&store, b'A').is_empty());
@@ -219,7 +219,7 @@ async fn saga_whose_index_entry_was_in_a_failed_group() -> InFlight {
 async fn a_saga_whose_index_entry_was_in_a_failed_group_is_still_listed() {
     let InFlight { engine, id, .. } = saga_whose_index_entry_was_in_a_failed_group().await;
 
-    let listed = engine.list(Some(SagaStatus::Running)).unwrap();
+    let listed = engine.list(Some(SagaStatus::Running)).await.unwrap();
 
     assert_eq!(listed.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [id]);
     engine.shutdown(Duration::ZERO).await;
@@ -240,6 +240,7 @@ async fn a_saga_whose_index_entry_was_in_a_failed_group_is_listed_once_when_it_f
 
     let listed: Vec<SagaId> = engine
         .list(None)
+        .await
         .unwrap()
         .iter()
         .map(|l| l.saga_id)

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{open_mem, start_saga, status_of, trip_registry, until_calls, Behaviour, Script};
-use sagalog::store::LogStore;
+use sagalog::store::KvLogStore;
 use sagalog::testing::FaultTiming;
 use sagalog::tools::decode_records;
 use sagalog::{Engine, InDoubtPolicy, MemStore, Phase, SagaId, SagaStatus};
@@ -26,8 +26,8 @@ fn value_seqs(store: &MemStore, id: SagaId) -> Vec<u64> {
 
 /// Every record of the saga decodes, and their sequence numbers run
 /// 0, 1, 2, ... across the values without a gap.
-fn assert_whole_history(engine: &Engine, id: SagaId) {
-    let history = engine.history(id).unwrap();
+async fn assert_whole_history(engine: &Engine, id: SagaId) {
+    let history = engine.history(id).await.unwrap();
     for (expected, entry) in history.iter().enumerate() {
         assert_eq!(entry.seq, expected as u64);
         assert!(entry.record.is_ok(), "record {} decodes", entry.seq);
@@ -50,9 +50,9 @@ async fn a_short_saga_keeps_its_whole_log_in_one_value() {
     assert_eq!(value_seqs(&store, id), [0]);
     // Start, three intents and results, finish: four appends' records.
     let records = decode_records(&values[0].1).unwrap();
-    assert_eq!(records.len(), engine.history(id).unwrap().len());
+    assert_eq!(records.len(), engine.history(id).await.unwrap().len());
     assert!(records.len() >= 8, "{} records", records.len());
-    assert_whole_history(&engine, id);
+    assert_whole_history(&engine, id).await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -65,7 +65,7 @@ async fn a_value_past_the_limit_is_left_and_the_next_records_start_a_new_one() {
     assert_eq!(seqs[..2], [0, 2]);
     let first = store.read_log(id).unwrap().remove(0).1;
     assert_eq!(decode_records(&first).unwrap().len(), 2);
-    assert_whole_history(&engine, id);
+    assert_whole_history(&engine, id).await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -90,7 +90,7 @@ async fn a_saga_resumed_after_a_restart_goes_on_in_a_new_value() {
     let engine = open_mem(&store, registry).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
     assert_eq!(value_seqs(&store, id), [0, 4]);
-    assert_whole_history(&engine, id);
+    assert_whole_history(&engine, id).await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -112,7 +112,7 @@ async fn values_after_a_failed_second_append(timing: FaultTiming) -> Vec<u64> {
     let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
     let engine = open_mem(&store, registry).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Committed);
-    assert_whole_history(&engine, id);
+    assert_whole_history(&engine, id).await;
     engine.shutdown(Duration::from_secs(1)).await;
     value_seqs(&store, id)
 }

@@ -35,9 +35,10 @@ fn order_registry(script: &Script) -> (Registry, SagaRef<u32>) {
     (registry, order)
 }
 
-fn child(engine: &Engine) -> sagalog::SagaId {
+async fn child(engine: &Engine) -> sagalog::SagaId {
     let children = engine
         .find(&SagaFilter::new().saga_type("payment"))
+        .await
         .unwrap();
     assert_eq!(children.len(), 1, "exactly one sub-saga");
     children[0].saga_id
@@ -61,9 +62,12 @@ async fn the_parent_waits_for_its_child_and_commits_after_it() {
             "ship:action:1"
         ]
     );
-    let child = child(&engine);
-    assert_eq!(engine.saga(child).unwrap().status, SagaStatus::Committed);
-    assert_eq!(engine.saga(id).unwrap().children[0].1, child);
+    let child = child(&engine).await;
+    assert_eq!(
+        engine.saga(child).await.unwrap().status,
+        SagaStatus::Committed
+    );
+    assert_eq!(engine.saga(id).await.unwrap().children[0].1, child);
 }
 
 #[tokio::test(start_paused = true)]
@@ -75,12 +79,13 @@ async fn the_childs_log_links_to_the_parents_step() {
     let id = start_saga(&engine, &order, &3).await;
     outcome_of(&engine, id).await;
 
-    let child = child(&engine);
-    let Ok((_, Record::SagaStarted(start))) = &engine.history(child).unwrap()[0].record else {
+    let child = child(&engine).await;
+    let Ok((_, Record::SagaStarted(start))) = &engine.history(child).await.unwrap()[0].record
+    else {
         panic!("a saga's log starts with its start record");
     };
     assert_eq!(start.parent, Some(ParentLink { saga: id, step: 1 }));
-    assert_eq!(engine.saga(child).unwrap().parent, start.parent);
+    assert_eq!(engine.saga(child).await.unwrap().parent, start.parent);
 }
 
 /// Runs an order whose `step` fails for good with `message`; asserts that
@@ -93,7 +98,7 @@ async fn compensated_order_failing(step: &str, message: &str) -> Vec<String> {
     let (_, outcome) = run_to_end(&engine, &order, &3).await;
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
-    let child = engine.saga(child(&engine)).unwrap();
+    let child = engine.saga(child(&engine).await).await.unwrap();
     assert_eq!(child.status, SagaStatus::Compensated);
     script.calls()
 }
@@ -136,8 +141,11 @@ async fn recovery_restores_a_parent_and_its_child_without_a_second_child() {
     let outcome = outcome_of(&engine, id).await;
 
     assert_eq!(outcome.status, SagaStatus::Committed);
-    let child = child(&engine);
-    assert_eq!(engine.saga(child).unwrap().status, SagaStatus::Committed);
+    let child = child(&engine).await;
+    assert_eq!(
+        engine.saga(child).await.unwrap().status,
+        SagaStatus::Committed
+    );
     let calls = second.calls();
     assert!(calls.contains(&"capture:action:2".to_string()), "{calls:?}");
     assert!(

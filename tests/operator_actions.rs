@@ -29,7 +29,10 @@ async fn steps_marked_compensated_by_hand_are_not_called() {
         SagaStatus::Suspended,
         "flight is still to compensate"
     );
-    assert_eq!(engine.manual_queue().unwrap()[0].to_compensate, ["flight"]);
+    assert_eq!(
+        engine.manual_queue().await.unwrap()[0].to_compensate,
+        ["flight"]
+    );
     engine
         .mark_compensated(id, "flight", "bob", "refunded by hand")
         .await
@@ -75,7 +78,10 @@ async fn abandoned_saga_ends_failed_without_compensating() {
 
     assert_eq!(outcome.status, SagaStatus::Failed);
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
-    assert_eq!(engine.list(Some(SagaStatus::Failed)).unwrap().len(), 1);
+    assert_eq!(
+        engine.list(Some(SagaStatus::Failed)).await.unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -85,12 +91,12 @@ async fn operator_action_that_makes_no_sense_is_refused_and_changes_nothing() {
     let engine = open(&Arc::new(MemStore::new()), registry, T0).await;
     let id = start(&engine, &trip, CompensationStrategy::Immediate).await;
     outcome_of(&engine, id).await;
-    let records = engine.history(id).unwrap().len();
+    let records = engine.history(id).await.unwrap().len();
 
     let result = engine.retry_step(id, "eve", "why not").await;
 
     assert!(matches!(result, Err(Error::Illegal { .. })), "{result:?}");
-    assert_eq!(engine.history(id).unwrap().len(), records);
+    assert_eq!(engine.history(id).await.unwrap().len(), records);
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,8 +144,22 @@ async fn committed_saga_can_be_compensated_afterwards() {
             "flight:compensation:1"
         ]
     );
-    assert_eq!(engine.list(Some(SagaStatus::Committed)).unwrap().len(), 0);
-    assert_eq!(engine.list(Some(SagaStatus::Compensated)).unwrap().len(), 1);
+    assert_eq!(
+        engine
+            .list(Some(SagaStatus::Committed))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        engine
+            .list(Some(SagaStatus::Compensated))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

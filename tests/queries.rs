@@ -43,7 +43,10 @@ async fn find_filters_by_saga_type() {
     outcome_of(&engine, a).await;
     outcome_of(&engine, b).await;
 
-    let found = engine.find(&SagaFilter::new().saga_type("other")).unwrap();
+    let found = engine
+        .find(&SagaFilter::new().saga_type("other"))
+        .await
+        .unwrap();
 
     assert_eq!(found.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [b]);
 }
@@ -59,7 +62,7 @@ async fn find_filters_by_start_time() {
     outcome_of(&engine, late).await;
 
     let window = SagaFilter::new().started_between(UnixMillis(T0 + 5_000), UnixMillis(T0 + 60_000));
-    let found = engine.find(&window).unwrap();
+    let found = engine.find(&window).await.unwrap();
 
     assert_eq!(found.iter().map(|l| l.saga_id).collect::<Vec<_>>(), [late]);
 }
@@ -84,9 +87,11 @@ async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
 
     let half_hour = engine
         .find(&SagaFilter::new().unfinished_for(Duration::from_secs(1_800)))
+        .await
         .unwrap();
     let two_hours = engine
         .find(&SagaFilter::new().unfinished_for(Duration::from_secs(7_200)))
+        .await
         .unwrap();
 
     assert_eq!(
@@ -123,11 +128,11 @@ async fn stats_count_statuses_queues_and_the_oldest_saga_in_flight() {
         .await
         .unwrap()
         .saga_id;
-    while engine.delay_queue(10).unwrap().is_empty() {
+    while engine.delay_queue(10).await.unwrap().is_empty() {
         tokio::task::yield_now().await;
     }
 
-    let stats = engine.stats().unwrap();
+    let stats = engine.stats().await.unwrap();
 
     assert_eq!(
         stats.by_status,

@@ -98,9 +98,9 @@ async fn unknown_saga_type_is_parked_and_other_sagas_proceed() {
         matches!(&reason, ParkReason::UnknownType { saga_type } if saga_type.as_str() == "retired"),
         "{reason}"
     );
-    let view = engine.saga(orphan).unwrap();
+    let view = engine.saga(orphan).await.unwrap();
     assert_eq!(view.status, SagaStatus::Suspended);
-    let suspended = engine.list(Some(SagaStatus::Suspended)).unwrap();
+    let suspended = engine.list(Some(SagaStatus::Suspended)).await.unwrap();
     assert_eq!(suspended.len(), 1);
     assert_eq!(suspended[0].saga_id, orphan);
     assert!(suspended[0].parked.is_some());
@@ -137,12 +137,15 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
     };
     assert!(matches!(&reason, ParkReason::Unreadable(_)), "{reason}");
     assert!(reason.to_string().contains("record 0"), "{reason}");
-    let history = engine.history(damaged).unwrap();
+    let history = engine.history(damaged).await.unwrap();
     assert!(
         history[0].record.is_err(),
         "the damaged record shows its decode error"
     );
-    assert_eq!(engine.saga(damaged).unwrap().status, SagaStatus::Suspended);
+    assert_eq!(
+        engine.saga(damaged).await.unwrap().status,
+        SagaStatus::Suspended
+    );
 }
 
 /// Starts a trip on a store that fails the saga's second append (the
@@ -241,7 +244,7 @@ async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
 
     assert!(matches!(first, Err(Error::Store(_))), "{first:?}");
     assert!(matches!(later, Err(Error::Parked { .. })), "{later:?}");
-    let parked = engine.list(Some(SagaStatus::Suspended)).unwrap();
+    let parked = engine.list(Some(SagaStatus::Suspended)).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(parked[0]
         .parked
@@ -268,7 +271,7 @@ async fn a_step_given_up_under_the_compensate_policy_says_it_was_in_doubt() {
     assert_eq!(step.as_str(), "hotel");
     assert_eq!(failure.class, ErrorClass::Unknown);
     assert!(failure.message.contains("in doubt"), "{}", failure.message);
-    let view = engine.saga(id).unwrap();
+    let view = engine.saga(id).await.unwrap();
     assert_eq!(view.steps[1].last_error.as_ref(), Some(&failure));
 }
 

@@ -176,5 +176,5 @@ async fn compensation_that_keeps_failing_escalates_with_an_alert() {
         "{}",
         alerts[0].1
     );
-    assert_eq!(engine.manual_queue().unwrap().len(), 1);
+    assert_eq!(engine.manual_queue().await.unwrap().len(), 1);
 }

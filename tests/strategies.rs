@@ -40,7 +40,10 @@ async fn scheduled_compensation_runs_at_its_due_time_and_never_before() {
         waiting.purpose,
         Some(WaitPurpose::ScheduledCompensation { step: 2 })
     );
-    assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Compensating);
+    assert_eq!(
+        engine.saga(id).await.unwrap().status,
+        SagaStatus::Compensating
+    );
     assert!(!script.calls().iter().any(|c| c.contains("compensation")));
     let outcome = outcome_of(&engine, id).await;
     assert_eq!(outcome.status, SagaStatus::Compensated);
@@ -89,7 +92,7 @@ async fn saga_asleep_on_a_timer_is_not_loaded_at_recovery_until_due() {
     }
 
     assert!(script.calls().is_empty(), "nothing ran before the due time");
-    assert_eq!(engine.delay_queue(10).unwrap()[0].due, waiting.due);
+    assert_eq!(engine.delay_queue(10).await.unwrap()[0].due, waiting.due);
     assert_eq!(status_of(&engine, id).await, SagaStatus::Compensated);
 }
 
@@ -108,7 +111,7 @@ async fn manual_queue_survives_a_restart_and_is_resolved_after_it() {
 
     let script = Script::default();
     let (engine, _) = trip_at(&store, &script, T0 + 1_000).await;
-    let queue = engine.manual_queue().unwrap();
+    let queue = engine.manual_queue().await.unwrap();
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].saga_id, id);
     let (step, failure) = queue[0].failed_step.clone().unwrap();
@@ -126,9 +129,10 @@ async fn manual_queue_survives_a_restart_and_is_resolved_after_it() {
 
     assert_eq!(outcome.status, SagaStatus::Compensated);
     assert_eq!(script.calls(), TRIP_UNDONE);
-    assert!(engine.manual_queue().unwrap().is_empty());
+    assert!(engine.manual_queue().await.unwrap().is_empty());
     let actions: Vec<_> = engine
         .history(id)
+        .await
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.record {
@@ -259,5 +263,5 @@ async fn more_sleeping_sagas_than_the_in_memory_window_all_wake() {
         2 * count,
         "each saga failed once, slept, and ran again"
     );
-    assert!(engine.delay_queue(10).unwrap().is_empty());
+    assert!(engine.delay_queue(10).await.unwrap().is_empty());
 }

@@ -47,7 +47,7 @@ fn seckill(
 /// after its outcome was reported, reaches `status`; panics if it never does.
 async fn until_status(engine: &Engine, id: SagaId, status: SagaStatus) {
     for _ in 0..1_000 {
-        if engine.saga(id).unwrap().status == status {
+        if engine.saga(id).await.unwrap().status == status {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -55,9 +55,10 @@ async fn until_status(engine: &Engine, id: SagaId, status: SagaStatus) {
     panic!("the background confirms or cancels never reached {status}");
 }
 
-fn decisions(engine: &Engine, id: SagaId) -> Vec<Decision> {
+async fn decisions(engine: &Engine, id: SagaId) -> Vec<Decision> {
     engine
         .history(id)
+        .await
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.record {
@@ -84,7 +85,7 @@ async fn every_try_succeeds_then_every_branch_is_confirmed() {
         confirms,
         ["funds:confirm:1", "order:confirm:1", "stock:confirm:1"]
     );
-    assert_eq!(decisions(&engine, id), [Decision::Commit]);
+    assert_eq!(decisions(&engine, id).await, [Decision::Commit]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,7 +105,7 @@ async fn a_failed_try_cancels_every_branch_that_was_tried_and_rolls_back() {
         "order was never tried"
     );
     assert!(!calls.iter().any(|c| c.contains("confirm")));
-    assert_eq!(decisions(&engine, id), [Decision::Rollback]);
+    assert_eq!(decisions(&engine, id).await, [Decision::Rollback]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,7 +154,7 @@ async fn a_confirm_that_keeps_failing_waits_for_an_operator_then_commits_on_retr
 
     let (id, outcome) = run_to_end(&engine, &saga, &7).await;
     assert_eq!(outcome.status, SagaStatus::Suspended);
-    let queue = engine.manual_queue().unwrap();
+    let queue = engine.manual_queue().await.unwrap();
     assert_eq!(queue.len(), 1);
     assert!(
         queue[0].reason.contains("confirm of branch 'order'"),
@@ -199,7 +200,7 @@ async fn async_confirms_left_running_by_a_shutdown_finish_after_reopening() {
     let engine = open_mem(&store, registry).await;
     until_status(&engine, id, SagaStatus::Committed).await;
 
-    assert_eq!(engine.saga(id).unwrap().status, SagaStatus::Committed);
+    assert_eq!(engine.saga(id).await.unwrap().status, SagaStatus::Committed);
     assert!(second.calls().contains(&"stock:confirm:2".to_string()));
     assert!(
         second.calls().iter().all(|c| c.contains("confirm")),

@@ -18,7 +18,7 @@ async fn a_saga_in_backoff_says_which_attempt_of_how_many_and_when() {
 
     let asleep = until_sleeping(&engine, id).await;
 
-    let waiting = engine.saga(id).unwrap().waiting.unwrap();
+    let waiting = engine.saga(id).await.unwrap().waiting.unwrap();
     assert_eq!(
         waiting,
         format!("retrying car, attempt 2 of 5, next at {}", asleep.due)
@@ -38,7 +38,7 @@ async fn a_saga_before_its_scheduled_compensation_says_when_and_after_what() {
 
     let asleep = until_sleeping(&engine, id).await;
 
-    let waiting = engine.saga(id).unwrap().waiting.unwrap();
+    let waiting = engine.saga(id).await.unwrap().waiting.unwrap();
     assert_eq!(
         waiting,
         format!("scheduled compensation at {}, after car failed", asleep.due)
@@ -57,7 +57,7 @@ async fn a_saga_in_a_call_says_which_call_and_since_when() {
     })
     .await;
 
-    let waiting = engine.saga(id).unwrap().waiting.unwrap();
+    let waiting = engine.saga(id).await.unwrap().waiting.unwrap();
     assert!(
         waiting.starts_with("calling hotel (attempt 1) since "),
         "{waiting}"
@@ -71,7 +71,7 @@ async fn a_suspended_saga_says_it_waits_for_an_operator_and_why() {
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
     outcome_of(&engine, id).await;
 
-    let waiting = engine.saga(id).unwrap().waiting.unwrap();
+    let waiting = engine.saga(id).await.unwrap().waiting.unwrap();
 
     assert!(
         waiting.starts_with("waiting for an operator: "),
@@ -87,5 +87,5 @@ async fn a_finished_saga_waits_for_nothing() {
 
     let (id, _) = run_to_end(&engine, &trip, &"ada".to_string()).await;
 
-    assert_eq!(engine.saga(id).unwrap().waiting, None);
+    assert_eq!(engine.saga(id).await.unwrap().waiting, None);
 }

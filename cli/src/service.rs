@@ -49,7 +49,7 @@ impl Service {
         match self {
             Service::Local { engine, .. } => {
                 let filter = query.filter().map_err(|e| Usage(e.to_string()))?;
-                let sagas = engine.find(&filter)?;
+                let sagas = engine.find(&filter).await?;
                 Ok(SagaPage { sagas, next: None })
             }
             Service::Remote(remote) => {
@@ -76,7 +76,7 @@ impl Service {
 
     pub async fn detail(&self, id: SagaId) -> Result<SagaDetail, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(engine.detail(id)?),
+            Service::Local { engine, .. } => Ok(engine.detail(id).await?),
             Service::Remote(remote) => Ok(remote.get(&format!("/v1/sagas/{id}")).await?),
         }
     }
@@ -84,7 +84,7 @@ impl Service {
     pub async fn manual(&self) -> Result<ManualQueue, Failed> {
         match self {
             Service::Local { engine, .. } => Ok(ManualQueue {
-                manual_queue: engine.manual_queue()?,
+                manual_queue: engine.manual_queue().await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/manual").await?),
         }
@@ -93,7 +93,7 @@ impl Service {
     pub async fn delay(&self) -> Result<DelayQueue, Failed> {
         match self {
             Service::Local { engine, .. } => Ok(DelayQueue {
-                delay_queue: engine.delay_queue(1000)?,
+                delay_queue: engine.delay_queue(1000).await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/delay?limit=1000").await?),
         }
@@ -101,7 +101,7 @@ impl Service {
 
     pub async fn stats(&self) -> Result<Stats, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(engine.stats()?),
+            Service::Local { engine, .. } => Ok(engine.stats().await?),
             Service::Remote(remote) => Ok(remote.get("/v1/stats").await?),
         }
     }
@@ -118,7 +118,7 @@ impl Service {
                 Ok(ActionDone {
                     action,
                     actor: request.actor.clone(),
-                    saga: engine.saga(id)?,
+                    saga: engine.saga(id).await?,
                 })
             }
             Service::Remote(remote) => {

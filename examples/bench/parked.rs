@@ -52,7 +52,7 @@ pub(crate) async fn parked(args: &Args, dir: &Path) -> serde_json::Value {
     }
     let park_secs = began.elapsed().as_secs_f64();
     let rss_parked = rss_mb("VmRSS:");
-    let queued = engine.delay_queue(10).map(|q| q.len()).unwrap_or(0);
+    let queued = engine.delay_queue(10).await.map(|q| q.len()).unwrap_or(0);
     engine.shutdown(Duration::from_secs(10)).await;
     drop(engine);
     let disk = dir_size(&dir.join("log"));

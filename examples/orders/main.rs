@@ -545,18 +545,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The queues as they stand: the scheduled saga sleeps, the manual one waits.
-    let delay_queue = engine.delay_queue(100)?;
-    let manual_queue = engine.manual_queue()?;
-    let waits: Vec<String> = delay_queue
-        .iter()
-        .map(|d| {
-            let steps = engine.saga(d.saga_id).map(|v| v.steps).unwrap_or_default();
-            let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    let delay_queue = engine.delay_queue(100).await?;
+    let manual_queue = engine.manual_queue().await?;
+    let mut waits: Vec<String> = Vec::with_capacity(delay_queue.len());
+    for d in &delay_queue {
+        let steps = engine
+            .saga(d.saga_id)
+            .await
+            .map(|v| v.steps)
+            .unwrap_or_default();
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        waits.push(
             d.purpose
                 .as_ref()
-                .map_or("(unreadable purpose)".into(), |p| p.describe(&names))
-        })
-        .collect();
+                .map_or("(unreadable purpose)".into(), |p| p.describe(&names)),
+        );
+    }
     print_queues(&args, engine.now(), &delay_queue, &waits, &manual_queue)?;
 
     // The operator resolves the manual queue: compensate now. With --serve
@@ -589,7 +593,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if !args.serve {
             engine.outcome(*id).await?;
         }
-        lines.push(SagaLine::new(scenario, &engine.saga(*id)?));
+        lines.push(SagaLine::new(scenario, &engine.saga(*id).await?));
     }
     engine.shutdown(Duration::from_secs(10)).await;
     let books = ledger.books()?;
@@ -668,13 +672,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 async fn wait_until_asleep_or_done(engine: &Engine, id: SagaId) -> Result<(), sagalog::Error> {
     loop {
         if engine
-            .delay_queue(100)?
+            .delay_queue(100)
+            .await?
             .iter()
             .any(|item| item.saga_id == id)
         {
             return Ok(());
         }
-        let status = engine.saga(id)?.status;
+        let status = engine.saga(id).await?.status;
         if status.is_terminal() || status == SagaStatus::Suspended {
             return Ok(());
         }

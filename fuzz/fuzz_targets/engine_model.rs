@@ -257,6 +257,7 @@ async fn scenario(ops: Vec<Op>) {
     let (engine, _) = open(&store, &model, clock).await;
     let sagas: Vec<SagaId> = engine
         .list(None)
+        .await
         .expect("list")
         .into_iter()
         .map(|l| l.saga_id)
@@ -282,7 +283,7 @@ async fn scenario(ops: Vec<Op>) {
     // Every call had its intent in the log.
     let mut logged: HashMap<SagaId, HashSet<(u32, Phase, u32)>> = HashMap::new();
     for id in &sagas {
-        let history = engine.history(*id).expect("history");
+        let history = engine.history(*id).await.expect("history");
         let set = logged.entry(*id).or_default();
         for entry in history {
             let (_, record) = entry.record.expect("no damaged record without damage");
@@ -330,6 +331,7 @@ async fn scenario(ops: Vec<Op>) {
     for (id, status) in &statuses {
         let marked: HashSet<u32> = engine
             .history(*id)
+            .await
             .expect("history")
             .into_iter()
             .filter_map(|e| match e.record.ok()?.1 {

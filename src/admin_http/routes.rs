@@ -140,14 +140,23 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Runs a read on the blocking pool: reads scan sled and must not hold an
-/// async worker that saga loops need.
-async fn read<T: Send + 'static>(
+/// Runs a read. On a local store a read scans sled inline, so it runs on
+/// the blocking pool: it must not hold an async worker that saga loops
+/// need. Any other store is awaited here.
+async fn read<T, R>(
     engine: &Engine,
-    f: impl FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Problem> {
+    f: impl FnOnce(Engine) -> R + Send + 'static,
+) -> Result<T, Problem>
+where
+    T: Send + 'static,
+    R: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+{
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || f(&engine))
+    if !engine.reads_block() {
+        return f(engine).await.map_err(Problem::from);
+    }
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(f(engine)))
         .await
         .map_err(|e| {
             Problem::new(
@@ -177,7 +186,7 @@ async fn list(
 ) -> Result<Json<SagaPage>, Problem> {
     let Query(query) = query?;
     let filter = query.filter()?;
-    let sagas = read(&app.engine, move |e| e.find(&filter)).await?;
+    let sagas = read(&app.engine, move |e| async move { e.find(&filter).await }).await?;
     let next = match query.limit {
         Some(limit) if limit > 0 && sagas.len() == limit => sagas.last().map(|s| s.saga_id),
         _ => None,
@@ -190,11 +199,13 @@ async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<crate::engine::SagaDetail>, Problem> {
     let id = saga_id(&id)?;
-    Ok(Json(read(&app.engine, move |e| e.detail(id)).await?))
+    Ok(Json(
+        read(&app.engine, move |e| async move { e.detail(id).await }).await?,
+    ))
 }
 
 async fn manual(State(app): State<App>) -> Result<Json<ManualQueue>, Problem> {
-    let manual_queue = read(&app.engine, |e| e.manual_queue()).await?;
+    let manual_queue = read(&app.engine, move |e| async move { e.manual_queue().await }).await?;
     Ok(Json(ManualQueue { manual_queue }))
 }
 
@@ -210,16 +221,22 @@ async fn delay(
 ) -> Result<Json<DelayQueue>, Problem> {
     let Query(DelayLimit { limit }) = query?;
     let limit = limit.unwrap_or(100);
-    let delay_queue = read(&app.engine, move |e| e.delay_queue(limit)).await?;
+    let delay_queue = read(
+        &app.engine,
+        move |e| async move { e.delay_queue(limit).await },
+    )
+    .await?;
     Ok(Json(DelayQueue { delay_queue }))
 }
 
 async fn stats(State(app): State<App>) -> Result<Json<crate::engine::Stats>, Problem> {
-    Ok(Json(read(&app.engine, |e| e.stats()).await?))
+    Ok(Json(
+        read(&app.engine, move |e| async move { e.stats().await }).await?,
+    ))
 }
 
 async fn metrics(State(app): State<App>) -> Result<Response, Problem> {
-    let stats = read(&app.engine, |e| e.stats()).await?;
+    let stats = read(&app.engine, move |e| async move { e.stats().await }).await?;
     let text = prometheus::render(&stats, &app.engine.log_stats());
     Ok((
         [(
@@ -249,7 +266,7 @@ async fn act(
     let Json(request) = body?;
     let request = with_actor(request, &peer);
     app.engine.act(id, action, &request).await?;
-    let saga = read(&app.engine, move |e| e.saga(id)).await?;
+    let saga = read(&app.engine, move |e| async move { e.saga(id).await }).await?;
     Ok(Json(ActionDone {
         action,
         actor: request.actor,

@@ -125,7 +125,7 @@ impl Engine {
         if self.inner.stopping.is_cancelled() {
             return Err(Error::shutting_down(id));
         }
-        let mut state = self.load_state(id)?;
+        let mut state = self.load_state(id).await?;
         let mut staged = Staged::new(id, Some(&state));
         staged.push_checked(
             &mut state,
@@ -154,7 +154,7 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<(), Error> {
-        let state = self.load_state(id)?;
+        let state = self.load_state(id).await?;
         let index = state
             .plan()
             .steps
@@ -185,7 +185,7 @@ impl Engine {
     /// [`Error::InvalidOptions`] for a saga that waits for nothing (running
     /// or finished).
     pub async fn retry_now(&self, id: SagaId, actor: &str, reason: &str) -> Result<(), Error> {
-        let state = self.load_state(id)?;
+        let state = self.load_state(id).await?;
         let command = match state.timer.as_ref().map(|t| &t.purpose) {
             Some(WaitPurpose::RetryBackoff { .. }) | Some(WaitPurpose::ConfirmBackoff { .. }) => {
                 OperatorCommand::RetryStep
@@ -230,9 +230,9 @@ impl Engine {
     /// Every saga waiting for an operator, oldest first, including parked
     /// ones (whose log or index entry cannot be read, or whose type is not
     /// registered).
-    pub fn manual_queue(&self) -> Result<Vec<ManualItem>, Error> {
+    pub async fn manual_queue(&self) -> Result<Vec<ManualItem>, Error> {
         let mut items = Vec::new();
-        for listing in self.index_rows()? {
+        for listing in self.index_rows().await? {
             if listing.status != SagaStatus::Suspended {
                 continue;
             }
@@ -250,7 +250,7 @@ impl Engine {
                 items.push(parked(reason.clone()));
                 continue;
             }
-            let state = match self.load_state(listing.saga_id) {
+            let state = match self.load_state(listing.saga_id).await {
                 Ok(state) => state,
                 Err(e) => {
                     items.push(parked(e.to_string()));
@@ -282,8 +282,9 @@ impl Engine {
     }
 
     /// The first `limit` sagas asleep on a durable timer, earliest first.
-    pub fn delay_queue(&self, limit: usize) -> Result<Vec<DelayedItem>, Error> {
-        let (timers, _) = self.inner.store.scan_timers(limit, &mut |_| false)?;
+    pub async fn delay_queue(&self, limit: usize) -> Result<Vec<DelayedItem>, Error> {
+        let none = std::collections::HashSet::new();
+        let (timers, _) = self.inner.store.scan_timers(limit, &none).await?;
         Ok(timers
             .into_iter()
             .map(|(key, purpose)| DelayedItem {

@@ -73,6 +73,10 @@ pub(crate) type Command = (OperatorAction, oneshot::Sender<Result<(), Error>>);
 
 pub(crate) struct Inner {
     store: Arc<dyn LogStore>,
+    /// Whether the store is local ([`LogStore::local`]): its reads answer
+    /// inline, and a saga's last log value grows in place (rewriting a
+    /// value there costs less than a new key).
+    local_store: bool,
     writer: Writer,
     registry: Registry,
     clock: Clock,
@@ -168,6 +172,13 @@ impl Engine {
     /// with [`Engine::open`].
     pub fn database_dir(&self) -> Option<&std::path::Path> {
         self.inner.dir.get().map(|p| p.as_path())
+    }
+
+    /// Whether a read runs inline on the caller's thread: true for a local
+    /// store ([`LogStore::local`]), whose reads never yield.
+    #[cfg_attr(not(feature = "admin-http"), allow(dead_code))]
+    pub(crate) fn reads_block(&self) -> bool {
+        self.inner.local_store
     }
 
     /// Cancelled when the engine starts shutting down.

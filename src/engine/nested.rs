@@ -23,8 +23,8 @@ impl Engine {
     }
 
     /// The sub-saga that step `step` of saga `parent` started, if it has.
-    pub fn child_of(&self, parent: SagaId, step: StepIndex) -> Result<Option<SagaId>, Error> {
-        Ok(self.inner.store.key_owner(&Self::child_key(parent, step))?)
+    pub async fn child_of(&self, parent: SagaId, step: StepIndex) -> Result<Option<SagaId>, Error> {
+        Ok(self.key_owner(&Self::child_key(parent, step)).await?)
     }
 
     /// The call of a sub-saga step: starts (or finds) the child and waits
@@ -53,7 +53,7 @@ impl Engine {
         input: Result<Vec<u8>, StepError>,
     ) -> Result<Vec<u8>, StepError> {
         let key = Self::child_key(parent, step);
-        let id = match self.inner.store.key_owner(&key).map_err(unknown)? {
+        let id = match self.key_owner(&key).await.map_err(unknown)? {
             Some(id) => id,
             None => {
                 let input = input?;
@@ -112,13 +112,13 @@ impl Engine {
     }
 
     async fn compensate_child(&self, parent: SagaId, step: StepIndex) -> Result<(), StepError> {
-        let Some(id) = self.child_of(parent, step).map_err(unknown)? else {
+        let Some(id) = self.child_of(parent, step).await.map_err(unknown)? else {
             // The step's action never got as far as starting the child.
             return Ok(());
         };
         let reason = format!("parent saga {parent} compensates its step {step}");
         for _ in 0..4 {
-            let status = self.saga(id).map_err(unknown)?.status;
+            let status = self.saga(id).await.map_err(unknown)?.status;
             let ordered = match status {
                 SagaStatus::Compensated | SagaStatus::RolledBack => return Ok(()),
                 SagaStatus::Failed => {

@@ -136,7 +136,7 @@ impl Engine {
     ) -> Result<Vec<BulkItem>, Error> {
         checked(request)?;
         let mut items = Vec::new();
-        for listing in self.find(filter)? {
+        for listing in self.find(filter).await? {
             let mut item = BulkItem {
                 saga_id: listing.saga_id,
                 status: listing.status,

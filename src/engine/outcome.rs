@@ -22,7 +22,7 @@ impl Engine {
         // Register before looking, so that a loop ending in between is not missed.
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.waiters).entry(id).or_default().push(tx);
-        match self.outcome_at_once(id) {
+        match self.outcome_at_once(id).await {
             Some(result) => {
                 drop(rx);
                 self.inner.forget_closed_waiters(id);
@@ -35,7 +35,7 @@ impl Engine {
     /// The outcome of saga `id` if it is known without waiting: the saga
     /// is parked, unknown, stopped, or reports at its TCC decision, or the
     /// engine is stopping. `None` while a loop drives it (or will).
-    pub(super) fn outcome_at_once(&self, id: SagaId) -> Option<Result<Outcome, Error>> {
+    pub(super) async fn outcome_at_once(&self, id: SagaId) -> Option<Result<Outcome, Error>> {
         if let Some(reason) = lock(&self.inner.parked).get(&id) {
             return Some(Err(Error::Parked {
                 saga: id,
@@ -45,7 +45,7 @@ impl Engine {
         if lock(&self.inner.running).contains_key(&id) {
             return None;
         }
-        let (view, state) = match self.view_and_state(id) {
+        let (view, state) = match self.view_and_state(id).await {
             Ok(found) => found,
             Err(e) => return Some(Err(e)),
         };

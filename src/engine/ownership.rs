@@ -41,9 +41,10 @@ impl Engine {
 
     /// Loads an owned saga and finds its definition. Any failure is the
     /// reason to park it.
-    pub(super) fn prepare(&self, id: SagaId) -> Result<SagaRun, ParkReason> {
+    pub(super) async fn prepare(&self, id: SagaId) -> Result<SagaRun, ParkReason> {
         let state = self
             .load_state(id)
+            .await
             .map_err(|e| ParkReason::Unreadable(Box::new(e)))?;
         self.prepare_state(id, state)
     }
@@ -99,8 +100,8 @@ impl Engine {
         })
     }
 
-    pub(super) fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
-        load_state(&*self.inner.store, id)
+    pub(super) async fn load_state(&self, id: SagaId) -> Result<SagaState, Error> {
+        load_state(&*self.inner.store, id).await
     }
 
     /// Runs the loop of a saga this task owns.
@@ -155,7 +156,9 @@ impl Engine {
     }
 
     /// A timer fell due: run the saga's loop, unless some task owns the saga
-    /// or the timer is stale (the saga moved on since it was set).
+    /// or the timer is stale (the saga moved on since it was set). The saga
+    /// is claimed now and read from the log in a task of its own, so that
+    /// the delay queue never waits for the store.
     pub(super) fn wake(&self, key: TimerKey) {
         if !self.claim(key.saga) {
             // Some task owns the saga (a loop, an operator action). If that
@@ -168,14 +171,17 @@ impl Engine {
             });
             return;
         }
-        let state = match self.load_state(key.saga) {
-            Ok(state) => state,
-            Err(e) => return self.park(key.saga, ParkReason::Unreadable(Box::new(e))),
-        };
-        let stale = state.timer.as_ref().map(|t| t.seq) != Some(key.seq);
-        if stale && self.inner.release_if_idle(key.saga) {
-            return;
-        }
-        self.run_or_park(key.saga, self.prepare_state(key.saga, state));
+        let engine = self.background();
+        self.inner.tracker.spawn(async move {
+            let state = match engine.load_state(key.saga).await {
+                Ok(state) => state,
+                Err(e) => return engine.park(key.saga, ParkReason::Unreadable(Box::new(e))),
+            };
+            let stale = state.timer.as_ref().map(|t| t.seq) != Some(key.seq);
+            if stale && engine.inner.release_if_idle(key.saga) {
+                return;
+            }
+            engine.run_or_park(key.saga, engine.prepare_state(key.saga, state));
+        });
     }
 }

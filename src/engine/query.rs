@@ -237,18 +237,19 @@ pub struct Stats {
 
 impl Engine {
     /// Every saga (active and finished) that `filter` accepts, oldest first.
-    pub fn find(&self, filter: &SagaFilter) -> Result<Vec<SagaListing>, Error> {
+    pub async fn find(&self, filter: &SagaFilter) -> Result<Vec<SagaListing>, Error> {
         let now = self.now();
         let rows = match &filter.idempotency_key {
-            Some(key) => match self.inner.store.key_owner(key)? {
+            Some(key) => match self.key_owner(key).await? {
                 Some(id) => self
-                    .index_rows()?
+                    .index_rows()
+                    .await?
                     .into_iter()
                     .filter(|l| l.saga_id == id)
                     .collect(),
                 None => Vec::new(),
             },
-            None => self.index_rows()?,
+            None => self.index_rows().await?,
         };
         let mut out: Vec<SagaListing> = rows
             .into_iter()
@@ -262,22 +263,35 @@ impl Engine {
     }
 
     /// The saga the idempotency key `key` belongs to, if any.
-    pub fn find_by_key(
+    pub async fn find_by_key(
         &self,
         key: &crate::ids::IdempotencyKey,
     ) -> Result<Option<crate::engine::view::SagaView>, Error> {
-        match self.inner.store.key_owner(key)? {
-            Some(id) => self.saga(id).map(Some),
+        match self.key_owner(key).await? {
+            Some(id) => self.saga(id).await.map(Some),
             None => Ok(None),
         }
     }
 
+    /// The saga an idempotency key belongs to, if any.
+    pub(crate) async fn key_owner(
+        &self,
+        key: &crate::ids::IdempotencyKey,
+    ) -> Result<Option<SagaId>, crate::log::store::StoreError> {
+        Ok(self
+            .inner
+            .store
+            .key_claim(key)
+            .await?
+            .map(|claim| claim.saga))
+    }
+
     /// Counts per status, the oldest saga in flight, and the depth of the
     /// delay queue and the manual queue.
-    pub fn stats(&self) -> Result<Stats, Error> {
+    pub async fn stats(&self) -> Result<Stats, Error> {
         let mut stats = Stats::default();
         let mut counts = [0u64; SagaStatus::ALL.len()];
-        for listing in self.index_rows()? {
+        for listing in self.index_rows().await? {
             if let Some(i) = SagaStatus::ALL.iter().position(|s| *s == listing.status) {
                 counts[i] += 1;
             }
@@ -313,9 +327,9 @@ impl Engine {
     }
 
     /// One listing per saga from the active and finished indexes.
-    pub(crate) fn index_rows(&self) -> Result<Vec<SagaListing>, Error> {
+    pub(crate) async fn index_rows(&self) -> Result<Vec<SagaListing>, Error> {
+        let rows = self.index_pairs().await?;
         let parked = lock(&self.inner.parked).clone();
-        let rows = self.index_pairs()?;
         Ok(rows
             .into_iter()
             .map(|(id, bytes)| {

@@ -18,23 +18,23 @@ impl Engine {
     ///
     /// A parked saga whose log cannot be read is returned from its index
     /// entry with status `Suspended` and the park reason.
-    pub fn saga(&self, id: SagaId) -> Result<SagaView, Error> {
-        self.view_and_state(id).map(|(view, _)| view)
+    pub async fn saga(&self, id: SagaId) -> Result<SagaView, Error> {
+        self.view_and_state(id).await.map(|(view, _)| view)
     }
 
     /// The view of saga `id`, with the state it was made from when its log
     /// could be read: one read of the log for both.
-    pub(super) fn view_and_state(
+    pub(super) async fn view_and_state(
         &self,
         id: SagaId,
     ) -> Result<(SagaView, Option<SagaState>), Error> {
         let parked = lock(&self.inner.parked).get(&id).map(ToString::to_string);
-        match self.load_state(id) {
+        match self.load_state(id).await {
             Ok(state) => {
                 let mut view = SagaView::from_state(id, &state);
                 for (step, plan) in state.plan().steps.iter().enumerate() {
                     if plan.child.is_some() {
-                        if let Some(child) = self.child_of(id, step as u32)? {
+                        if let Some(child) = self.child_of(id, step as u32).await? {
                             view.children.push((plan.name.clone(), child));
                         }
                     }
@@ -47,7 +47,7 @@ impl Engine {
                 Ok((view, Some(state)))
             }
             Err(e @ (Error::Decode { .. } | Error::Illegal { .. })) => {
-                let entry = self.index_entry(id)?;
+                let entry = self.index_entry(id).await?;
                 let reason = parked.unwrap_or_else(|| e.to_string());
                 let view = SagaView {
                     saga_id: id,
@@ -76,15 +76,17 @@ impl Engine {
         }
     }
 
-    pub(super) fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
-        let stored = self.inner.store.read_active(id)?;
-        let bytes = match stored.or_else(|| lock(&self.inner.deferred).get(&id).cloned()) {
+    pub(super) async fn index_entry(&self, id: SagaId) -> Result<Option<IndexEntry>, Error> {
+        let stored = self.inner.store.read_active(id).await?;
+        let deferred = lock(&self.inner.deferred).get(&id).cloned();
+        let bytes = match stored.or(deferred) {
             Some(bytes) => Some(bytes),
             // Only for a saga whose log cannot be read: no need to be quick.
             None => self
                 .inner
                 .store
-                .scan_finished()?
+                .scan_finished()
+                .await?
                 .into_iter()
                 .find(|(saga, _)| *saga == id)
                 .map(|(_, bytes)| bytes),
@@ -94,12 +96,12 @@ impl Engine {
 
     /// Every saga's encoded index entry: the active and finished indexes,
     /// and the entries the writer has not written yet.
-    pub(super) fn index_pairs(&self) -> Result<Vec<(SagaId, Vec<u8>)>, Error> {
+    pub(super) async fn index_pairs(&self) -> Result<Vec<(SagaId, Vec<u8>)>, Error> {
         // Deferred first: a saga that has just been indexed can be in both
         // for a moment, and the store's entry is the newer one then.
         let deferred = lock(&self.inner.deferred).clone();
-        let mut pairs = self.inner.store.scan_active()?;
-        pairs.extend(self.inner.store.scan_finished()?);
+        let mut pairs = self.inner.store.scan_active(None, usize::MAX).await?;
+        pairs.extend(self.inner.store.scan_finished().await?);
         let stored: std::collections::HashSet<SagaId> = pairs.iter().map(|(id, _)| *id).collect();
         pairs.extend(deferred.into_iter().filter(|(id, _)| !stored.contains(id)));
         Ok(pairs)
@@ -107,19 +109,19 @@ impl Engine {
 
     /// Every record of saga `id` in order, with timestamps. Unreadable
     /// records appear with their decode error.
-    pub fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
-        read_history(&*self.inner.store, id)
+    pub async fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
+        read_history(&*self.inner.store, id).await
     }
 
     /// Every saga (active and finished), oldest first, optionally only
     /// those with `status`. Parked sagas count as `Suspended`. See
     /// [`Engine::find`] for more filters.
-    pub fn list(&self, status: Option<SagaStatus>) -> Result<Vec<SagaListing>, Error> {
+    pub async fn list(&self, status: Option<SagaStatus>) -> Result<Vec<SagaListing>, Error> {
         let filter = match status {
             Some(status) => SagaFilter::new().status(status),
             None => SagaFilter::new(),
         };
-        self.find(&filter)
+        self.find(&filter).await
     }
 
     /// Sagas parked because they cannot run, with the reason, in id order.
@@ -134,8 +136,8 @@ impl Engine {
 
     /// Decodes every value in the store and reports the ones that do not
     /// decode, with their keys; see [`crate::log::verify::verify`].
-    pub fn verify(&self) -> Result<crate::log::verify::VerifyReport, Error> {
-        Ok(crate::log::verify::verify(self.inner.store.as_ref())?)
+    pub async fn verify(&self) -> Result<crate::log::verify::VerifyReport, Error> {
+        Ok(self.inner.store.verify().await?)
     }
 
     /// The engine's current time, as written into records.
@@ -164,8 +166,15 @@ impl Engine {
 /// Every record of saga `id` in order, with timestamps. In a damaged value,
 /// the records before the damage are read, and the rest of the value
 /// appears as one entry with its decode error.
-pub(super) fn read_history(store: &dyn LogStore, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
-    let raw = store.read_log(id)?;
+pub(super) async fn read_history(
+    store: &dyn LogStore,
+    id: SagaId,
+) -> Result<Vec<HistoryEntry>, Error> {
+    history_of(id, store.read_log(id).await?)
+}
+
+/// The history in the log values `raw` of saga `id` (see [`read_history`]).
+fn history_of(id: SagaId, raw: Vec<(u64, Vec<u8>)>) -> Result<Vec<HistoryEntry>, Error> {
     if raw.is_empty() {
         return Err(Error::NotFound(id));
     }
@@ -190,9 +199,10 @@ pub(super) fn read_history(store: &dyn LogStore, id: SagaId) -> Result<Vec<Histo
     Ok(history)
 }
 
-/// The saga's records in order; the first unreadable value is an error.
-pub(super) fn load_entries(store: &dyn LogStore, id: SagaId) -> Result<Vec<LogEntry>, Error> {
-    read_history(store, id)?
+/// The saga's records in `history` in order; the first unreadable value is
+/// an error.
+fn entries_of(id: SagaId, history: Vec<HistoryEntry>) -> Result<Vec<LogEntry>, Error> {
+    history
         .into_iter()
         .map(|entry| match entry.record {
             Ok((at, record)) => Ok(LogEntry {
@@ -209,8 +219,14 @@ pub(super) fn load_entries(store: &dyn LogStore, id: SagaId) -> Result<Vec<LogEn
         .collect()
 }
 
-pub(crate) fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
-    let entries = load_entries(store, id)?;
+/// Saga `id`'s state, folded from its log.
+pub(crate) async fn load_state(store: &dyn LogStore, id: SagaId) -> Result<SagaState, Error> {
+    state_of(id, store.read_log(id).await?)
+}
+
+/// The state folded from the log values `raw` of saga `id`.
+pub(crate) fn state_of(id: SagaId, raw: Vec<(u64, Vec<u8>)>) -> Result<SagaState, Error> {
+    let entries = entries_of(id, history_of(id, raw)?)?;
     fold(&entries).map_err(|error| Error::Illegal { saga: id, error })
 }
 

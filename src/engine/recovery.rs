@@ -1,12 +1,12 @@
 //! Opening an engine and recovering every saga in flight from the log.
 
-use super::read::load_state;
+use super::read::state_of;
 use super::{retention, Engine, EngineConfig, Inner, UserHandle};
 use crate::definition::Registry;
 use crate::error::Error;
 use crate::ids::{IdMap, SagaId, UnixMillis};
 use crate::log::codec;
-use crate::log::store::{IndexEntry, LogStore, SledOptions, SledStore, StoreError};
+use crate::log::store::{IndexEntry, KvLogStore, LogStore, SledOptions, SledStore, StoreError};
 use crate::log::writer::{Deferred, IndexPlan, Writer};
 use crate::status::SagaStatus;
 use crate::sync::lock;
@@ -17,6 +17,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+/// How many active sagas recovery reads at a time from a store that is not
+/// local.
+const RECOVERY_PAGE: usize = 1024;
 
 /// What recovery found in the log when the engine opened
 /// ([`Engine::recovery`]).
@@ -93,15 +97,24 @@ impl Engine {
         if config.start_time.is_none() {
             UnixMillis::checked_now()?;
         }
-        let mark = store.watermark()?;
-        let deferred: Deferred = Arc::new(Mutex::new(young_sagas(&*store, mark)?));
+        // Only a local store defers young sagas' index entries; with any
+        // other every saga has its entry from its start.
+        let (mark, young, lag) = match store.local() {
+            Some(local) => {
+                let mark = local.watermark()?;
+                (mark, young_sagas(local, mark)?, config.index_lag)
+            }
+            None => (None, IdMap::default(), std::time::Duration::ZERO),
+        };
+        let deferred: Deferred = Arc::new(Mutex::new(young));
         let plan = IndexPlan {
             mark,
-            lag: config.index_lag,
+            lag,
             deferred: deferred.clone(),
         };
         let writer = Writer::start(store.clone(), config.after_durable_append.clone(), plan)?;
         let inner = Arc::new(Inner {
+            local_store: store.local().is_some(),
             store,
             writer,
             deferred,
@@ -132,7 +145,7 @@ impl Engine {
         if admin_only {
             return Ok(engine);
         }
-        engine.recover()?;
+        engine.recover().await?;
         let queue = engine.background();
         engine.inner.tracker.spawn(
             async move {
@@ -156,7 +169,7 @@ impl Engine {
         Ok(engine)
     }
 
-    pub(super) fn recover(&self) -> Result<(), Error> {
+    pub(super) async fn recover(&self) -> Result<(), Error> {
         let (mut resumed, mut sleeping, mut parked) = (0usize, 0usize, 0usize);
         let mut suspended = 0usize;
         // Streamed: only the ids of runnable sagas are kept. A saga asleep
@@ -177,10 +190,27 @@ impl Engine {
                 runnable.push(id);
             }
         };
-        self.inner.store.for_each_active(&mut |id, bytes| {
-            sort(id, bytes);
-            true
-        })?;
+        match self.inner.store.local() {
+            Some(local) => {
+                local.for_each_active(SagaId::from_bytes([0; 16]), &mut |id, bytes| {
+                    sort(id, bytes);
+                    true
+                })?
+            }
+            None => {
+                let mut after = None;
+                loop {
+                    let page = self.inner.store.scan_active(after, RECOVERY_PAGE).await?;
+                    let Some((last, _)) = page.last() else {
+                        break;
+                    };
+                    after = Some(*last);
+                    for (id, bytes) in &page {
+                        sort(*id, bytes);
+                    }
+                }
+            }
+        }
         for (id, bytes) in lock(&self.inner.deferred).iter() {
             sort(*id, bytes);
         }
@@ -188,7 +218,7 @@ impl Engine {
             if !self.claim(id) {
                 continue;
             }
-            match self.prepare(id) {
+            match self.prepare(id).await {
                 Ok(run) => {
                     resumed += 1;
                     self.spawn_owned(run);
@@ -231,7 +261,7 @@ impl Engine {
 /// their logs. A saga whose log cannot be folded gets an entry that says
 /// so (status `SUSPENDED`): recovery parks it, and operators see it.
 pub(super) fn young_sagas(
-    store: &dyn LogStore,
+    store: &dyn KvLogStore,
     mark: Option<SagaId>,
 ) -> Result<IdMap<SagaId, Vec<u8>>, Error> {
     let mut found = IdMap::default();
@@ -250,7 +280,11 @@ pub(super) fn young_sagas(
         if finished.contains(&id) || store.read_active(id)?.is_some() {
             continue;
         }
-        let entry = match load_state(store, id) {
+        let entry = match store
+            .read_log(id)
+            .map_err(Error::from)
+            .and_then(|raw| state_of(id, raw))
+        {
             Ok(state) if state.status().is_terminal() => continue,
             Ok(state) => super::staged::index_entry(&state),
             Err(e) => {

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::record::Record;
-use crate::log::store::{IndexEntry, Removal, StoreError};
+use crate::log::store::{IndexEntry, KvLogStore, Removal, Removed, StoreError};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -70,23 +70,23 @@ impl Engine {
     ) -> Result<SweepReport, Error> {
         let cutoff = self.now().minus(older_than);
         let mut report = SweepReport::default();
-        let named = self.batches_naming_each_saga()?;
-        let candidates = self.finished_before(cutoff)?;
+        let named = match self.inner.store.local() {
+            Some(local) => batches_naming_each_saga(local)?,
+            None => HashMap::new(),
+        };
+        let candidates = self.finished_before(cutoff).await?;
         report.eligible = candidates.len() as u64;
         for chunk in candidates.chunks(batch.max(1)) {
-            let removals = self.claim_removals(chunk, &named, &mut report);
-            let store = self.inner.store.clone();
+            let removals = self.claim_removals(chunk, &named, &mut report).await;
             let ids: Vec<SagaId> = removals.iter().map(|r| r.saga).collect();
-            let removed = tokio::task::spawn_blocking(move || store.remove_finished(&removals))
-                .await
-                .map_err(|e| StoreError::Backend(format!("the sweep task failed: {e}")));
+            let removed = self.remove(removals).await;
             for id in ids {
                 let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
                 for (_, reply) in pending {
                     let _ = reply.send(Err(Error::NotFound(id)));
                 }
             }
-            let removed = removed??;
+            let removed = removed?;
             report.removed += removed.sagas;
             metrics::counter!(crate::metrics::SAGAS_SWEPT).increment(removed.sagas);
             report.keys_removed += removed.keys;
@@ -102,27 +102,28 @@ impl Engine {
         Ok(report)
     }
 
-    /// Which finished batches name each saga: a saga's items go with it.
-    fn batches_naming_each_saga(&self) -> Result<HashMap<SagaId, Vec<SagaId>>, Error> {
-        let mut named: HashMap<SagaId, Vec<SagaId>> = HashMap::new();
-        let batches = self
-            .inner
-            .store
-            .scan_finished_batches(SagaId::from_bytes([0; 16]))?;
-        for batch in batches {
-            for (saga, _) in &batch.items {
-                named.entry(*saga).or_default().push(batch.id);
-            }
+    /// Deletes `removals` in one write: off the async workers for a local
+    /// store, whose write blocks.
+    async fn remove(&self, removals: Vec<Removal>) -> Result<Removed, StoreError> {
+        if self.inner.store.local().is_none() {
+            return self.inner.store.remove_finished(&removals).await;
         }
-        Ok(named)
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || match store.local() {
+            Some(local) => local.remove_finished(&removals),
+            None => Ok(Removed::default()),
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the sweep task failed: {e}")))?
     }
 
     /// The sagas that finished at or before `cutoff`.
-    fn finished_before(&self, cutoff: crate::ids::UnixMillis) -> Result<Vec<SagaId>, Error> {
+    async fn finished_before(&self, cutoff: crate::ids::UnixMillis) -> Result<Vec<SagaId>, Error> {
         Ok(self
             .inner
             .store
-            .scan_finished()?
+            .scan_finished()
+            .await?
             .into_iter()
             .filter(|(_, bytes)| {
                 codec::decode_index_entry::<IndexEntry>(bytes)
@@ -135,7 +136,7 @@ impl Engine {
     /// Claims each saga of `chunk` and returns the removals of those that
     /// may go: a saga some task owns, whose start record cannot be read, or
     /// that a command reached meanwhile is skipped (and counted in `report`).
-    fn claim_removals(
+    async fn claim_removals(
         &self,
         chunk: &[SagaId],
         named: &HashMap<SagaId, Vec<SagaId>>,
@@ -147,7 +148,7 @@ impl Engine {
                 report.skipped += 1;
                 continue;
             }
-            match self.start_record_key(id) {
+            match self.start_record_key(id).await {
                 Some(key) => removals.push(Removal {
                     saga: id,
                     idempotency_key: key,
@@ -155,28 +156,30 @@ impl Engine {
                 }),
                 None => {
                     report.skipped += 1;
-                    self.hand_back(id);
+                    self.hand_back(id).await;
                 }
             }
         }
         // Commands that reached a claimed saga before the delete win.
-        removals.retain(|r| {
-            let idle = lock(&self.inner.running)
-                .get(&r.saga)
-                .is_none_or(|mailbox| mailbox.is_empty());
-            if !idle {
+        let mut idle = Vec::with_capacity(removals.len());
+        for removal in removals {
+            let waiting = lock(&self.inner.running)
+                .get(&removal.saga)
+                .is_some_and(|mailbox| !mailbox.is_empty());
+            if waiting {
                 report.skipped += 1;
-                self.hand_back(r.saga);
+                self.hand_back(removal.saga).await;
+            } else {
+                idle.push(removal);
             }
-            idle
-        });
-        removals
+        }
+        idle
     }
 
     /// The idempotency key of an owned saga's start record: `Some(None)`
     /// when it has none, `None` when the record cannot be read.
-    fn start_record_key(&self, id: SagaId) -> Option<Option<crate::ids::IdempotencyKey>> {
-        let history = self.history(id).ok()?;
+    async fn start_record_key(&self, id: SagaId) -> Option<Option<crate::ids::IdempotencyKey>> {
+        let history = self.history(id).await.ok()?;
         match history.into_iter().next()?.record {
             Ok((_, Record::SagaStarted(started))) => Some(started.idempotency_key),
             _ => None,
@@ -185,12 +188,24 @@ impl Engine {
 
     /// Gives an owned saga back: released if nothing waits for it, else its
     /// loop runs and applies the waiting commands.
-    fn hand_back(&self, id: SagaId) {
+    async fn hand_back(&self, id: SagaId) {
         if self.inner.release_if_idle(id) {
             return;
         }
-        self.run_or_park(id, self.prepare(id));
+        let prepared = self.prepare(id).await;
+        self.run_or_park(id, prepared);
     }
+}
+
+/// Which finished batches name each saga: a saga's items go with it.
+fn batches_naming_each_saga(store: &dyn KvLogStore) -> Result<HashMap<SagaId, Vec<SagaId>>, Error> {
+    let mut named: HashMap<SagaId, Vec<SagaId>> = HashMap::new();
+    for batch in store.scan_finished_batches(SagaId::from_bytes([0; 16]))? {
+        for (saga, _) in &batch.items {
+            named.entry(*saga).or_default().push(batch.id);
+        }
+    }
+    Ok(named)
 }
 
 /// The background sweeper: a thread that sleeps on the real clock, not on

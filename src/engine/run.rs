@@ -51,7 +51,7 @@ impl Inner {
             None => Ok(()),
             Some(append) => match self.writer.append(append).await {
                 Ok(append) => {
-                    staged.written(append);
+                    staged.written(append, self.local_store);
                     record_transition(before, state);
                     if undecided && reports_at_decision(state) {
                         // asyncConfirm / asyncCancel: the caller learns the
@@ -62,6 +62,9 @@ impl Inner {
                 }
                 Err(AppendError::Store(e)) => Err(Error::Store(e)),
                 Err(AppendError::Closed) => Err(Error::shutting_down(staged.saga)),
+                Err(AppendError::Conflict) => {
+                    Err(Error::Store(super::start::conflict(staged.saga)))
+                }
                 Err(AppendError::KeyTaken(_)) => Err(Error::Store(
                     crate::log::store::StoreError::Backend("unexpected key claim conflict".into()),
                 )),

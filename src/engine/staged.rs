@@ -186,13 +186,16 @@ impl Staged {
         Ok(Some(append))
     }
 
-    /// `append`, taken from this `Staged`, is durable: its log value, while
-    /// under [`OPEN_VALUE_LIMIT`], becomes the open value the next append
-    /// extends. Only an acknowledged write may be extended (§4.3), so the
-    /// caller hands the append back only after the writer's `Ok`.
-    pub(crate) fn written(&mut self, append: SagaAppend) {
+    /// `append`, taken from this `Staged`, is durable: with `grow` (a store
+    /// that grows values in place, [`crate::store::LogStore::local`]), its
+    /// log value, while under [`OPEN_VALUE_LIMIT`], becomes the open value
+    /// the next append extends. Only an acknowledged write may be extended
+    /// (§4.3), so the caller hands the append back only after the writer's
+    /// `Ok`.
+    pub(crate) fn written(&mut self, append: SagaAppend, grow: bool) {
         let value = append.value;
-        if self.value.bytes.is_empty()
+        if grow
+            && self.value.bytes.is_empty()
             && !value.bytes.is_empty()
             && value.bytes.len() < OPEN_VALUE_LIMIT
         {

@@ -124,7 +124,7 @@ impl Engine {
             attach: options.attach_on_conflict,
         };
         if let Some(key) = &options.idempotency_key {
-            if let Some(claim) = self.inner.store.key_claim(key)? {
+            if let Some(claim) = self.inner.store.key_claim(key).await? {
                 return on_conflict.resolve(key, claim);
             }
         }
@@ -220,7 +220,7 @@ impl Engine {
             return Err(Error::shutting_down(id));
         }
         match self.inner.writer.append(append).await {
-            Ok(append) => staged.written(append),
+            Ok(append) => staged.written(append, self.inner.local_store),
             Err(AppendError::KeyTaken(owner)) => {
                 return match (idempotency_key, on_conflict) {
                     (Some(key), Some(on_conflict)) => on_conflict.resolve(&key, owner),
@@ -231,6 +231,7 @@ impl Engine {
                 }
             }
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
+            Err(AppendError::Conflict) => return Err(Error::Store(conflict(id))),
             Err(AppendError::Closed) => return Err(Error::shutting_down(id)),
         }
         tracing::info!(saga_id = %id, %saga_type, "saga started");
@@ -291,4 +292,12 @@ fn stage_first_intents(
         staged.push(state, at, Record::StepStarted(call))?;
         pending_calls.push((call, calls::CallKind::Forward));
     }
+}
+
+/// The error of an append the store refused because the log already holds
+/// records at its sequence numbers: some other writer appended to the saga.
+pub(super) fn conflict(saga: SagaId) -> crate::log::store::StoreError {
+    crate::log::store::StoreError::Backend(format!(
+        "saga {saga}: the log already holds records where this append goes, so another writer appended to it; the saga is read again from its log at the next open"
+    ))
 }

@@ -56,9 +56,9 @@ pub struct SagaDetail {
 impl Engine {
     /// Saga `id`'s view and timeline; [`Error::NotFound`] if there is no
     /// such saga.
-    pub fn detail(&self, id: SagaId) -> Result<SagaDetail, Error> {
-        let saga = self.saga(id)?;
-        let history = self.history(id)?;
+    pub async fn detail(&self, id: SagaId) -> Result<SagaDetail, Error> {
+        let saga = self.saga(id).await?;
+        let history = self.history(id).await?;
         let timeline = timeline(&saga, &history);
         Ok(SagaDetail { saga, timeline })
     }

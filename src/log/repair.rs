@@ -136,18 +136,15 @@ fn witness_is_unusable(path: &Path) -> bool {
 /// Step 1: a new witness with sled's own group mark.
 fn rebuild_witness(path: &Path, options: &SledOptions) -> Result<(), StoreError> {
     let io = |what: &str, e: std::io::Error| damaged(path, format!("{what}: {e}"));
-    // sled's own lock keeps a running service out while this reads.
-    let db = sled::Config::new()
-        .path(path)
-        .flush_every_ms(None)
-        .cache_capacity(options.cache_capacity)
-        .open()
-        .map_err(|e| {
-            damaged(
-                path,
-                format!("sled cannot open it to rebuild the witness: {e}"),
-            )
-        })?;
+    // sled's own lock keeps a running service out while this reads; the
+    // handle this process dropped a moment ago may still hold it briefly.
+    let db = crate::log::store::open_sled(path, options).map_err(|e| match e {
+        StoreError::Locked { .. } => e,
+        e => damaged(
+            path,
+            format!("sled cannot open it to rebuild the witness: {e}"),
+        ),
+    })?;
     let mark = db
         .get(crate::log::store::keys::GROUP)
         .map_err(|e| damaged(path, format!("sled cannot read its group mark: {e}")))?
@@ -225,7 +222,7 @@ fn salvage(path: &Path, options: &SledOptions, reason: String) -> Result<Salvage
     let mut pairs = Vec::new();
     let mut keys = 0u64;
     let mut failed = None;
-    crate::log::store::LogStore::for_each_raw_salvaging(
+    crate::log::store::KvLogStore::for_each_raw_salvaging(
         &source,
         &mut |key, value| {
             if crate::log::store::keys::is_metadata(key) {
@@ -322,7 +319,7 @@ fn salvage_source(
 /// How many keys a salvaging scan of `store` reads.
 fn readable_keys(store: &SledStore) -> u64 {
     let mut keys = 0;
-    let _ = crate::log::store::LogStore::for_each_raw_salvaging(
+    let _ = crate::log::store::KvLogStore::for_each_raw_salvaging(
         store,
         &mut |_, _| {
             keys += 1;

@@ -6,7 +6,7 @@
 use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::record::WaitPurpose;
-use crate::log::store::{keys, IndexEntry, LogStore, StoreError, LAYOUT_VERSION};
+use crate::log::store::{keys, IndexEntry, KvLogStore, StoreError, LAYOUT_VERSION};
 use crate::log::witness::Mark;
 
 /// One value that does not decode, or a key that fits no keyspace. In
@@ -62,9 +62,9 @@ impl VerifyReport {
 /// DESIGN.md §4.2); below it, appends and deletes write them together, so one
 /// without the other means damage. An index entry, key or timer whose saga
 /// has no log is reported too. First comes what opening found (lost
-/// writes: [`LogStore::open_finding`]); a stretch of keys the store cannot
+/// writes: [`KvLogStore::open_finding`]); a stretch of keys the store cannot
 /// read is reported and skipped. Bad values are reported, never fatal.
-pub fn verify(store: &dyn LogStore) -> Result<VerifyReport, StoreError> {
+pub fn verify(store: &dyn KvLogStore) -> Result<VerifyReport, StoreError> {
     let mut check = Checker {
         report: VerifyReport::default(),
         // An unreadable watermark is reported with its key; meanwhile no

@@ -28,7 +28,7 @@ pub(crate) async fn run(
         }
         if queue.needs_refill() {
             let owned = owned();
-            match store.scan_timers(WINDOW, &mut |saga| owned.contains(&saga)) {
+            match store.scan_timers(WINDOW, &owned).await {
                 Ok((timers, complete)) => {
                     queue.refill(timers.into_iter().map(|(key, _)| key).collect(), complete)
                 }

@@ -38,7 +38,7 @@ async fn an_action_without_an_actor_is_recorded_as_the_sockets_user() {
 
     let actor = reply.json["actor"].as_str().unwrap().to_string();
     assert!(!actor.is_empty());
-    let history = served.engine.detail(id).unwrap().timeline;
+    let history = served.engine.detail(id).await.unwrap().timeline;
     let action = history
         .iter()
         .find(|e| e.kind == "operator_action")
@@ -53,7 +53,7 @@ async fn an_action_without_a_reason_is_a_400_and_writes_nothing() {
 
     assert_eq!(reply.status, 400);
     assert!(error(&reply).contains("a reason is required"));
-    let timeline = served.engine.detail(id).unwrap().timeline;
+    let timeline = served.engine.detail(id).await.unwrap().timeline;
     assert!(timeline.iter().all(|e| e.kind != "operator_action"));
 }
 
@@ -143,7 +143,7 @@ async fn a_bulk_dry_run_lists_the_sagas_and_changes_none() {
     );
     for id in [a, b] {
         assert_eq!(
-            served.engine.saga(id).unwrap().status,
+            served.engine.saga(id).await.unwrap().status,
             SagaStatus::Suspended
         );
     }

@@ -147,7 +147,7 @@ async fn clients_that_do_not_read_stall_no_saga_and_no_other_client() {
     for i in 0..20 {
         let id = suspended(&served, &format!("new-{i}")).await;
         assert_eq!(
-            served.engine.saga(id).unwrap().status,
+            served.engine.saga(id).await.unwrap().status,
             SagaStatus::Suspended
         );
     }

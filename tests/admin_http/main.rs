@@ -81,7 +81,7 @@ async fn run(served: &Served, input: &str, strategy: CompensationStrategy) -> Sa
 async fn suspended(served: &Served, input: &str) -> SagaId {
     let id = run(served, input, CompensationStrategy::Manual).await;
     assert_eq!(
-        served.engine.saga(id).unwrap().status,
+        served.engine.saga(id).await.unwrap().status,
         SagaStatus::Suspended
     );
     id

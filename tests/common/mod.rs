@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod async_only;
 pub mod timed;
 
 use sagalog::{
@@ -230,10 +231,21 @@ pub async fn until_calls(script: &Script, done: impl Fn(&[String]) -> bool) {
     );
 }
 
+/// The store an engine test opens over `store`: `store` itself, or with
+/// `SAGALOG_TEST_STORE=async` the same store behind the asynchronous
+/// boundary alone ([`async_only::AsyncOnly`]), the path of a store on a
+/// network database.
+pub fn engine_store(store: &Arc<MemStore>) -> Arc<dyn sagalog::store::LogStore> {
+    match std::env::var("SAGALOG_TEST_STORE").as_deref() {
+        Ok("async") => Arc::new(async_only::AsyncOnly(store.clone())),
+        _ => store.clone(),
+    }
+}
+
 /// Opens an engine with the default configuration over `store`; panics if
 /// it does not open.
 pub async fn open_mem(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(store.clone(), registry, EngineConfig::default())
+    Engine::open_with_store(engine_store(store), registry, EngineConfig::default())
         .await
         .expect("engine opens")
 }

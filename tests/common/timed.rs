@@ -14,7 +14,7 @@ pub fn config_at(start: u64) -> EngineConfig {
 }
 
 pub async fn open(store: &Arc<MemStore>, registry: Registry, start: u64) -> Engine {
-    Engine::open_with_store(store.clone(), registry, config_at(start))
+    Engine::open_with_store(engine_store(store), registry, config_at(start))
         .await
         .expect("engine opens")
 }
@@ -40,6 +40,7 @@ pub async fn until_sleeping(engine: &Engine, id: SagaId) -> sagalog::DelayedItem
     loop {
         if let Some(item) = engine
             .delay_queue(100)
+            .await
             .unwrap()
             .into_iter()
             .find(|i| i.saga_id == id)

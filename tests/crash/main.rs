@@ -13,7 +13,7 @@ mod harness;
 mod orders;
 mod seckill;
 
-use sagalog::store::LogStore;
+use sagalog::store::KvLogStore;
 use sagalog::tools::decode_records;
 use sagalog::Record;
 use sagalog::{SagaId, SledStore};

@@ -8,7 +8,7 @@ mod detection;
 mod fixture;
 mod repair;
 
-use sagalog::store::{LogStore, SagaAppend};
+use sagalog::store::{KvLogStore, SagaAppend};
 use sagalog::tools::{repair, RepairOutcome};
 use sagalog::tools::{WitnessMark as Mark, WITNESS_FILE as WITNESS};
 use sagalog::SledOptions;

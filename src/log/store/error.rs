@@ -123,6 +123,11 @@ pub enum StoreError {
         /// How far before the epoch the clock reads.
         behind: Duration,
     },
+    /// The connection to the database was lost after the commit was sent,
+    /// so the write may or may not be durable. The sagas it carried are
+    /// read again from the log before they go on; nothing is retried blind.
+    #[error("the database connection was lost after a commit was sent ({0}); the write may or may not be durable, so the sagas it carried are read again from the log")]
+    Ambiguous(String),
     /// The store was opened for inspection ([`SledStore::open_for_inspection`](crate::SledStore::open_for_inspection))
     /// and takes no writes.
     #[error(

@@ -4,7 +4,7 @@
 
 use super::keys;
 use super::{
-    FinishedBatch, IndexSet, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreError,
+    FinishedBatch, IndexSet, KeyClaim, KvLogStore, Removal, Removed, SagaAppend, StoreError,
     TimerScan, WriteTimes,
 };
 use crate::ids::{IdempotencyKey, SagaId};
@@ -368,7 +368,7 @@ fn remove_finished<K: Kv>(kv: &K, sagas: &[Removal]) -> Result<Removed, StoreErr
     Ok(removed)
 }
 
-/// The raw visit of [`LogStore::for_each_raw_salvaging`]. After an error
+/// The raw visit of [`KvLogStore::for_each_raw_salvaging`]. After an error
 /// it restarts past the last key read (or past where the failed attempt
 /// started) at ever coarser steps: past that saga's log, then past ids
 /// sharing its first 8, 4 and 1 bytes, then past its keyspace. A read
@@ -463,19 +463,19 @@ pub(super) trait KvBacked: Send + Sync + 'static {
     type Kv: Kv;
     /// The map the reads go to.
     fn kv(&self) -> &Self::Kv;
-    /// Writes one group durably (see [`LogStore::append`]).
+    /// Writes one group durably (see [`KvLogStore::append`]).
     fn append_batch(
         &self,
         batch: &[&SagaAppend],
         watermark: Option<SagaId>,
     ) -> Result<WriteTimes, StoreError>;
-    /// Whether writes are accepted now (see [`LogStore::writable`]).
+    /// Whether writes are accepted now (see [`KvLogStore::writable`]).
     fn writable_now(&self) -> Result<(), StoreError>;
-    /// What opening found and did not refuse (see [`LogStore::open_finding`]).
+    /// What opening found and did not refuse (see [`KvLogStore::open_finding`]).
     fn finding(&self) -> Option<StoreError>;
 }
 
-impl<S: KvBacked> LogStore for S {
+impl<S: KvBacked> KvLogStore for S {
     fn append(
         &self,
         batch: &[&SagaAppend],
@@ -497,9 +497,10 @@ impl<S: KvBacked> LogStore for S {
     }
     fn for_each_active(
         &self,
+        from: SagaId,
         visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        for_each_index(self.kv(), keys::ACTIVE, visit)
+        for_each_index_from(self.kv(), keys::ACTIVE, from, visit)
     }
     fn scan_finished(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
         scan_finished(self.kv())

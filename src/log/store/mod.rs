@@ -1,11 +1,11 @@
-//! The log store: a small trait the engine writes through, and one generic
-//! implementation over an ordered key-value map that serves both sled
+//! The log store: the asynchronous [`LogStore`] the engine calls, the
+//! synchronous [`KvLogStore`] of a store in one ordered key-value map, and
+//! one generic implementation of the latter that serves both sled
 //! ([`SledStore`]) and memory ([`MemStore`]).
 //!
-//! The trait deals in encoded bytes, never in records: decoding happens in
+//! Both traits deal in encoded bytes, never in records: decoding happens in
 //! the engine, per saga, so one damaged value parks one saga instead of
-//! failing a scan. It does not assume sled: a SQL store implements `append`
-//! as one transaction and `read_log` as an ordered select.
+//! failing a scan.
 //!
 //! # Keyspace (one ordered map; see DESIGN.md)
 //!
@@ -22,8 +22,9 @@
 //!
 //! A saga that is not terminal has an `'A'` entry, unless its id is at or
 //! above the watermark: the writer defers the entries of young sagas, and
-//! most finish before they need one (see [`LogStore::append`]).
+//! most finish before they need one (see [`KvLogStore::append`]).
 
+mod boundary;
 mod compact;
 mod durability;
 mod error;
@@ -35,6 +36,7 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
+pub use boundary::{Committed, LogStore, Refusal, StoreFuture};
 pub(crate) use compact::sibling;
 pub use compact::{discard_torn_sled_snapshots, Compacted};
 pub use error::StoreError;
@@ -45,6 +47,7 @@ pub use kv::BatchItems;
 pub use mem::MemStore;
 #[cfg(feature = "testing")]
 pub use mem::{FailedAppend, FaultTiming};
+pub(crate) use open::open_sled;
 pub use sled::{SledOptions, SledStore};
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
@@ -234,10 +237,14 @@ impl SagaAppend {
     }
 }
 
-/// Where sagas' records live. Implementations must make `append` atomic
-/// (all of the batch or none of it survives a crash) and durable (on `Ok`,
-/// it survives `kill -9`).
-pub trait LogStore: Send + Sync + 'static {
+/// A log store in one ordered key-value map that one process opens at a
+/// time ([`SledStore`], [`MemStore`]), called synchronously. Its layout
+/// lets the engine defer young sagas' index entries (the watermark),
+/// finish sagas a batch at a time, and grow a saga's last value in place;
+/// the engine reaches it through [`LogStore::local`]. Implementations must
+/// make `append` atomic (all of the batch or none of it survives a crash)
+/// and durable (on `Ok`, it survives `kill -9`).
+pub trait KvLogStore: Send + Sync + 'static {
     /// Applies every append in `batch` as one atomic write and makes it
     /// durable before returning `Ok`. On `Err` the caller must assume
     /// nothing, and must not act as if any of it were written.
@@ -245,7 +252,7 @@ pub trait LogStore: Send + Sync + 'static {
     /// With `watermark`, the same write also stores it as the new index
     /// watermark. The caller promises that after this write every saga
     /// below it that is not terminal has an active-index entry; sagas at
-    /// or above it are found by [`LogStore::sagas_logged_from`].
+    /// or above it are found by [`KvLogStore::sagas_logged_from`].
     ///
     /// On `Ok`, says how long each part of the write took ([`WriteTimes`]).
     fn append(
@@ -271,11 +278,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// encoded index entry.
     fn scan_active(&self) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError>;
 
-    /// Visits the active index in id order, one entry at a time, until
-    /// `visit` returns false: what recovery uses, so that a million sagas
-    /// asleep on timers are never all in memory at once.
+    /// Visits the active index in id order from the first id at or above
+    /// `from`, one entry at a time, until `visit` returns false: what
+    /// recovery uses, so that a million sagas asleep on timers are never
+    /// all in memory at once.
     fn for_each_active(
         &self,
+        from: SagaId,
         visit: &mut dyn FnMut(SagaId, &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
@@ -301,7 +310,7 @@ pub trait LogStore: Send + Sync + 'static {
     fn key_claim(&self, key: &IdempotencyKey) -> Result<Option<KeyClaim>, StoreError>;
 
     /// The saga's encoded active-index entry, if any. A finished saga's
-    /// entry is found by [`LogStore::scan_finished`], or from its log.
+    /// entry is found by [`KvLogStore::scan_finished`], or from its log.
     fn read_active(&self, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Up to `limit` timers in due order, with their encoded purposes,
@@ -317,7 +326,7 @@ pub trait LogStore: Send + Sync + 'static {
     /// `visit` returns false. For `verify`: it never decodes anything.
     fn for_each_raw(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
 
-    /// Like [`LogStore::for_each_raw`], but a stretch of keys the store
+    /// Like [`KvLogStore::for_each_raw`], but a stretch of keys the store
     /// cannot read does not end the visit: `unreadable` gets the last key
     /// read before it (if any) and the error, and the visit goes on from
     /// the first key past it that can be read. For `verify` and `repair`.
@@ -380,7 +389,7 @@ pub struct FinishedBatch {
 }
 
 /// How long the parts of one durable write took, as reported by
-/// [`LogStore::append`]: where a group commit's time goes (CPU in `apply`,
+/// [`KvLogStore::append`]: where a group commit's time goes (CPU in `apply`,
 /// mostly the device in `flush` and `sync`). A store whose write has no
 /// such parts reports all of it as `apply`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -397,7 +406,7 @@ pub struct WriteTimes {
     pub sync: Duration,
 }
 
-/// What [`LogStore::remove_finished`] deleted.
+/// What [`KvLogStore::remove_finished`] deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     /// Sagas deleted.

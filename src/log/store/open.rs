@@ -218,7 +218,7 @@ fn dir_entries(path: &Path) -> std::io::Result<Vec<String>> {
 /// still be held for a moment by this process's previous handle (see
 /// [`SledOptions::lock_wait`]). Damage sled reports, and a panic inside
 /// sled, are [`StoreError::Damaged`].
-fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + options.lock_wait;
     loop {
         let config = sled_config(path, options);

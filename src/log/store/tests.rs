@@ -1,10 +1,11 @@
 use super::kv::Kv;
 use super::*;
+
 use std::sync::Arc;
 
 fn append_value(store: &SledStore, saga: SagaId, seq: u64) -> Result<(), StoreError> {
     let append = SagaAppend::records(saga, seq, vec![vec![7; 16]]);
-    store.append(&[&append], None).map(|_| ())
+    KvLogStore::append(store, &[&append], None).map(|_| ())
 }
 
 /// An append that extends `last` (the saga's durable value at seq 0)
@@ -27,7 +28,7 @@ fn an_append_that_extends_a_value_rewrites_it_whole_under_its_key() {
     let new_value = SagaAppend::records(fresh, 4, vec![vec![1; 300], vec![4; 2]]);
     let extended = extending(grown, &[3; 7], 2, &[2; 5]);
     assert_eq!(extended.added(), [2; 5]);
-    store.append(&[&new_value, &extended], None).unwrap();
+    KvLogStore::append(&store, &[&new_value, &extended], None).unwrap();
     let mut expected = vec![1; 300];
     expected.extend([4; 2]);
     assert_eq!(store.kv.get(&keys::log(fresh, 4)).unwrap(), Some(expected));
@@ -44,8 +45,8 @@ fn an_append_without_records_writes_no_log_value() {
     let saga = SagaId::new();
     let append = SagaAppend::records(saga, 0, Vec::new());
     assert!(!append.writes_log_value());
-    store.append(&[&append], None).unwrap();
-    assert_eq!(store.read_log(saga).unwrap(), Vec::new());
+    KvLogStore::append(&store, &[&append], None).unwrap();
+    assert_eq!(KvLogStore::read_log(&store, saga).unwrap(), Vec::new());
 }
 
 #[test]
@@ -64,7 +65,7 @@ fn a_failed_append_reports_only_the_frames_it_adds() {
     let saga = SagaId::new();
     let added = [frame(1), frame(2)].concat();
     let append = extending(saga, &frame(0), 5, &added);
-    assert!(store.append(&[&append], None).is_err());
+    assert!(KvLogStore::append(&store, &[&append], None).is_err());
     let failed = store.failed_appends();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].first_seq, 5);
@@ -95,13 +96,21 @@ fn a_failed_sync_refuses_every_later_write_until_the_store_is_reopened() {
         matches!(&refused, StoreError::WritesRefused { first } if first.starts_with("fdatasync")),
         "{refused}"
     );
-    let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
+    let seqs: Vec<u64> = KvLogStore::read_log(&store, saga)
+        .unwrap()
+        .iter()
+        .map(|v| v.0)
+        .collect();
     assert_eq!(seqs, [0, 1], "the refused write was not applied");
     drop(store);
 
     let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
     append_value(&store, saga, 2).unwrap();
-    let seqs: Vec<u64> = store.read_log(saga).unwrap().iter().map(|v| v.0).collect();
+    let seqs: Vec<u64> = KvLogStore::read_log(&store, saga)
+        .unwrap()
+        .iter()
+        .map(|v| v.0)
+        .collect();
     assert_eq!(seqs, [0, 1, 2]);
 }
 
@@ -126,7 +135,7 @@ fn a_failed_flush_refuses_every_later_write_as_a_failed_sync_does() {
         "{refused}"
     );
     assert!(matches!(
-        store.writable(),
+        KvLogStore::writable(&store),
         Err(StoreError::WritesRefused { .. })
     ));
 }
@@ -137,7 +146,7 @@ fn a_sled_append_reports_the_time_of_its_flush_and_its_sync() {
     let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
     let append = SagaAppend::records(SagaId::new(), 0, vec![vec![7; 16]]);
 
-    let times = store.append(&[&append], None).unwrap();
+    let times = KvLogStore::append(&store, &[&append], None).unwrap();
 
     // Both are system calls on a real file: neither takes no time.
     assert!(times.flush > Duration::ZERO, "{times:?}");
@@ -149,7 +158,7 @@ fn a_memory_append_reports_no_flush_and_no_sync() {
     let store = MemStore::new();
     let append = SagaAppend::records(SagaId::new(), 0, vec![vec![7; 16]]);
 
-    let times = store.append(&[&append], None).unwrap();
+    let times = KvLogStore::append(&store, &[&append], None).unwrap();
 
     assert_eq!((times.flush, times.sync), (Duration::ZERO, Duration::ZERO));
 }

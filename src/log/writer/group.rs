@@ -4,13 +4,16 @@
 use super::watermark::Watermark;
 use super::{AppendError, DurableHook, Message, WriterStats, MAX_GROUP};
 use crate::ids::IdempotencyKey;
-use crate::log::store::{Claim, IndexSet, KeyClaim, LogStore, SagaAppend, WriteTimes};
+use crate::log::store::{
+    Claim, Committed, IndexSet, KeyClaim, LogStore, Refusal, SagaAppend, StoreError, WriteTimes,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 pub(super) fn run(
     store: Arc<dyn LogStore>,
+    runtime: tokio::runtime::Handle,
     mut rx: mpsc::UnboundedReceiver<Message>,
     hook: Option<DurableHook>,
     stats: Arc<WriterStats>,
@@ -23,6 +26,7 @@ pub(super) fn run(
     metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if writable { 1.0 } else { 0.0 });
     let mut writer = GroupCommit {
         store: &*store,
+        runtime,
         hook: &hook,
         stats: &stats,
         durable: 0,
@@ -79,6 +83,8 @@ fn answer((append, reply): Waiter, result: Result<(), AppendError>) {
 /// The writer thread's state between groups.
 pub(super) struct GroupCommit<'a> {
     store: &'a dyn LogStore,
+    /// Drives the appends of a store that is not local.
+    runtime: tokio::runtime::Handle,
     hook: &'a Option<DurableHook>,
     stats: &'a WriterStats,
     /// Appends made durable so far (what the hook is told).
@@ -91,7 +97,7 @@ pub(super) struct GroupCommit<'a> {
 impl GroupCommit<'_> {
     /// Writes `group` as one atomic, durable batch and answers each waiter.
     fn commit(&mut self, group: Vec<Waiter>) {
-        let mut accepted = self.claim_keys(group);
+        let (mut accepted, followers) = self.claim_keys(group);
         if accepted.is_empty() {
             return;
         }
@@ -103,17 +109,29 @@ impl GroupCommit<'_> {
             .collect();
         let counts = BatchCounts::of(&batch);
         let began = std::time::Instant::now();
-        let result = self.store.append(&batch, index.watermark);
+        let result = self.write(&batch, index.watermark);
         metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
         drop(batch);
         match result {
-            Ok(times) => {
+            Ok(Committed { times, refused }) => {
                 self.watermark.committed(index);
                 record_write_times(&times);
                 self.stats.add_times(&times);
                 counts.add_to(self.stats);
-                for waiter in accepted {
+                answer_followers(followers, &accepted, &refused);
+                let mut refused = refused.into_iter().peekable();
+                for (at, waiter) in accepted.into_iter().enumerate() {
+                    if let Some((_, refusal)) = refused.next_if(|(r, _)| *r == at) {
+                        answer(
+                            waiter,
+                            Err(match refusal {
+                                Refusal::KeyTaken(owner) => AppendError::KeyTaken(owner),
+                                Refusal::Conflict => AppendError::Conflict,
+                            }),
+                        );
+                        continue;
+                    }
                     self.durable += 1;
                     self.stats.appends.fetch_add(1, Ordering::Relaxed);
                     if let Some(hook) = self.hook {
@@ -126,6 +144,9 @@ impl GroupCommit<'_> {
                 self.watermark.failed(index);
                 tracing::error!(error = %e, appends = accepted.len(), "group commit failed");
                 self.check_writable();
+                for (waiter, _) in followers {
+                    answer(waiter, Err(AppendError::Store(e.clone())));
+                }
                 for waiter in accepted {
                     answer(waiter, Err(AppendError::Store(e.clone())));
                 }
@@ -133,33 +154,53 @@ impl GroupCommit<'_> {
         }
     }
 
-    /// Decides the group's idempotency-key claims, against the store and
-    /// against earlier claims in the group: a start whose key is taken is
-    /// answered now, and the rest go on to be written.
-    fn claim_keys(&self, group: Vec<Waiter>) -> Vec<Waiter> {
+    /// Writes one batch: synchronously to a local store (with the index
+    /// watermark), otherwise by awaiting the store on the engine's runtime.
+    fn write(
+        &self,
+        batch: &[&SagaAppend],
+        watermark: Option<crate::ids::SagaId>,
+    ) -> Result<Committed, StoreError> {
+        match self.store.local() {
+            Some(local) => local.append(batch, watermark).map(|times| Committed {
+                times,
+                refused: Vec::new(),
+            }),
+            None => self.runtime.block_on(self.store.append(batch)),
+        }
+    }
+
+    /// Decides the group's idempotency-key claims: against the store for a
+    /// local store (one process writes it, so that answer is exact; any
+    /// other store decides claims inside its write), and against earlier
+    /// claims in the group. A start whose key the store holds is answered
+    /// now. A start whose key an earlier start of the group claims is a
+    /// *follower* of that start, by its position among the accepted: it is
+    /// answered once the write says whether the leader's claim stood.
+    fn claim_keys(&self, group: Vec<Waiter>) -> (Vec<Waiter>, Vec<(Waiter, usize)>) {
         // Keyed by caller-chosen text, so std's SipHash rather than `IdMap`
         // (whose fast hash is for ids the engine makes).
-        let mut claimed: std::collections::HashMap<IdempotencyKey, KeyClaim> =
+        let mut claimed: std::collections::HashMap<IdempotencyKey, usize> =
             std::collections::HashMap::new();
         let mut accepted: Vec<Waiter> = Vec::with_capacity(group.len());
+        let mut followers = Vec::new();
         for waiter in group {
-            let append = &waiter.0;
-            if let Some(Claim { key, fingerprint }) = &append.claim {
-                let owner = match claimed.get(key) {
-                    Some(owner) => Ok(Some(*owner)),
-                    None => self.store.key_claim(key),
+            if let Some(Claim { key, .. }) = &waiter.0.claim {
+                if let Some(&leader) = claimed.get(key) {
+                    followers.push((waiter, leader));
+                    continue;
+                }
+                let stored = match self.store.local() {
+                    Some(local) => local.key_claim(key),
+                    None => Ok(None),
                 };
-                match owner {
+                match stored {
                     Ok(Some(owner)) => {
                         answer(waiter, Err(AppendError::KeyTaken(owner)));
                         continue;
                     }
                     Ok(None) => {
-                        let claim = KeyClaim {
-                            saga: append.saga,
-                            fingerprint: Some(*fingerprint),
-                        };
-                        claimed.insert(key.clone(), claim);
+                        claimed.insert(key.clone(), accepted.len());
                     }
                     Err(e) => {
                         answer(waiter, Err(AppendError::Store(e)));
@@ -169,7 +210,7 @@ impl GroupCommit<'_> {
             }
             accepted.push(waiter);
         }
-        accepted
+        (accepted, followers)
     }
 
     /// After a failed group: says once, by the group whose sync failed,
@@ -180,6 +221,28 @@ impl GroupCommit<'_> {
             metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);
             tracing::error!(error = %refusal, "the log takes no more writes; restart the service once the disk is fixed");
         }
+    }
+}
+
+/// Answers the starts whose key an earlier start of their group claimed
+/// (see `claim_keys`): the key belongs to that leader if its append was
+/// written, or to whoever the store said holds it.
+fn answer_followers(
+    followers: Vec<(Waiter, usize)>,
+    leaders: &[Waiter],
+    refused: &[(usize, Refusal)],
+) {
+    for (waiter, leader) in followers {
+        let refusal = refused.iter().find(|(at, _)| *at == leader).map(|(_, r)| r);
+        let result = match (refusal, leaders.get(leader)) {
+            (Some(Refusal::KeyTaken(owner)), _) => AppendError::KeyTaken(*owner),
+            (Some(Refusal::Conflict), _) | (None, None) => AppendError::Conflict,
+            (None, Some((append, _))) => AppendError::KeyTaken(KeyClaim {
+                saga: append.saga,
+                fingerprint: append.claim.as_ref().map(|claim| claim.fingerprint),
+            }),
+        };
+        answer(waiter, Err(result));
     }
 }
 

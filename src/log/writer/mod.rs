@@ -48,6 +48,10 @@ pub(crate) enum AppendError {
     /// The claimed idempotency key already belongs to a saga: this one,
     /// claimed by a start with this fingerprint.
     KeyTaken(KeyClaim),
+    /// The log already holds records at this append's sequence numbers
+    /// (another writer's, or an earlier write's whose outcome was unknown):
+    /// nothing was written, and the saga must be read again.
+    Conflict,
     /// The writer has stopped (the engine is shutting down); nothing was
     /// written.
     Closed,
@@ -105,18 +109,31 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`.
+    /// Starts the writer thread over `store`. A store that is not
+    /// [`LogStore::local`] is awaited on the thread through `runtime`, the
+    /// engine's runtime, which also drives the store's connections.
     pub(crate) fn start(
         store: Arc<dyn LogStore>,
         hook: Option<DurableHook>,
         index: IndexPlan,
     ) -> Result<Writer, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::Backend(format!("the engine needs a tokio runtime: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("sagalog-writer".into())
-            .spawn(move || run(store, rx, hook, thread_stats, Watermark::new(index)))
+            .spawn(move || {
+                run(
+                    store,
+                    runtime,
+                    rx,
+                    hook,
+                    thread_stats,
+                    Watermark::new(index),
+                )
+            })
             .map_err(|e| StoreError::io("starting the writer thread", e))?;
         Ok(Writer {
             tx,

@@ -1,0 +1,242 @@
+//! The store boundary the engine calls: [`LogStore`], asynchronous and no
+//! wider than what the engine needs, so that a store on a network database
+//! never blocks a runtime worker. Every [`KvLogStore`] (sled, memory) is a
+//! `LogStore` that answers at once, and also offers its layout's shortcuts
+//! through [`LogStore::local`].
+
+use super::{
+    KeyClaim, KvLogStore, Removal, Removed, SagaAppend, StoreError, TimerScan, WriteTimes,
+};
+use crate::ids::{IdempotencyKey, SagaId};
+use crate::log::verify::VerifyReport;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+
+/// What every [`LogStore`] call returns: a boxed future, so that the trait
+/// stays object-safe (the engine holds an `Arc<dyn LogStore>`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store left one append of a batch out of the write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The append claims an idempotency key that belongs to a saga
+    /// already (this one, claimed by a start with this fingerprint).
+    KeyTaken(KeyClaim),
+    /// The log already holds a record at one of the append's sequence
+    /// numbers: another writer's, or this writer's own from an earlier
+    /// write whose outcome it never learned. The saga must be read again
+    /// from the log before it appends more.
+    Conflict,
+}
+
+/// What a durable [`LogStore::append`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// How long the parts of the write took.
+    pub times: WriteTimes,
+    /// The appends left out, by their position in the batch, with why:
+    /// nothing of them was written. Every other append of the batch was
+    /// written, all in one atomic and durable write.
+    pub refused: Vec<(usize, Refusal)>,
+}
+
+/// Where sagas' records live, as the engine sees it.
+///
+/// Every call may be a round trip to a database: the engine awaits it and
+/// never holds a lock across it. A store that one process opens at a time
+/// implements [`KvLogStore`] instead and gets this trait for free.
+pub trait LogStore: Send + Sync + 'static {
+    /// The same store as a [`KvLogStore`], if it is one: the engine then
+    /// writes through the writer thread synchronously and uses the layout's
+    /// shortcuts (deferred index entries, finished batches, a saga's last
+    /// value grown in place). `None` (the default) for every other store:
+    /// each append is then a new value, and every saga not terminal has its
+    /// active entry from its start.
+    fn local(&self) -> Option<&dyn KvLogStore> {
+        None
+    }
+
+    /// Writes `batch` as one atomic and durable write and resolves once it
+    /// survives `kill -9`. The store decides each append's idempotency-key
+    /// claim inside the write: an append whose key is taken, or which
+    /// overlaps records already in the log, is left out and named in
+    /// [`Committed::refused`]. Two appends of one batch never claim the
+    /// same key (the writer answers the second itself). On `Err` nothing
+    /// may be assumed either way ([`StoreError::Ambiguous`] says so
+    /// explicitly): the caller must read the log again before it appends.
+    fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed>;
+
+    /// One saga's log values in sequence order, as `(seq of the value's
+    /// first record, frames)`; empty for a saga the store does not hold.
+    fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>>;
+
+    /// The saga's encoded active-index entry, if it is not terminal.
+    fn read_active(&self, saga: SagaId) -> StoreFuture<'_, Option<Vec<u8>>>;
+
+    /// Up to `limit` sagas that are not terminal, with their encoded index
+    /// entries, in id order from the first id after `after`: recovery pages
+    /// through them so that a million sagas asleep on timers are never all
+    /// in memory at once.
+    fn scan_active(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>>;
+
+    /// Every terminal saga with its encoded index entry, in id order.
+    fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>>;
+
+    /// The saga an idempotency key belongs to, with the fingerprint of the
+    /// start that claimed it.
+    fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>>;
+
+    /// Up to `limit` timers in due order, with their encoded purposes,
+    /// leaving out those of the sagas in `skip`. The flag is true when the
+    /// scan reached the end (no timer was left out for the limit).
+    fn scan_timers<'a>(
+        &'a self,
+        limit: usize,
+        skip: &'a HashSet<SagaId>,
+    ) -> StoreFuture<'a, TimerScan>;
+
+    /// Deletes finished sagas for good, as one atomic and durable write:
+    /// their logs, index entries and idempotency keys (a key only while it
+    /// still names that saga). A saga that is not terminal in the store is
+    /// left untouched, whatever the caller believed. [`Removal::batches`]
+    /// matters only to a store with finished batches.
+    fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed>;
+
+    /// Checks everything the store holds: every value decodes, and every
+    /// saga has its log and its index entry ([`crate::tools::VerifyReport`]).
+    fn verify(&self) -> StoreFuture<'_, VerifyReport>;
+
+    /// `Ok` while the store takes writes; otherwise the error every write
+    /// gets now. Answers from what the store knows, without a round trip.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A ready future: how a [`KvLogStore`] answers.
+fn ready<'a, T: Send + 'a>(result: Result<T, StoreError>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(result))
+}
+
+impl<S: KvLogStore> LogStore for S {
+    fn local(&self) -> Option<&dyn KvLogStore> {
+        Some(self)
+    }
+
+    fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed> {
+        ready(append_claiming(self, batch))
+    }
+
+    fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
+        ready(KvLogStore::read_log(self, saga))
+    }
+
+    fn read_active(&self, saga: SagaId) -> StoreFuture<'_, Option<Vec<u8>>> {
+        ready(KvLogStore::read_active(self, saga))
+    }
+
+    fn scan_active(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        let mut page = Vec::new();
+        let from = after.unwrap_or(SagaId::from_bytes([0; 16]));
+        let result = KvLogStore::for_each_active(self, from, &mut |id, bytes| {
+            if Some(id) != after {
+                page.push((id, bytes.to_vec()));
+            }
+            page.len() < limit
+        });
+        ready(result.map(|()| page))
+    }
+
+    fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        ready(KvLogStore::scan_finished(self))
+    }
+
+    fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
+        ready(KvLogStore::key_claim(self, key))
+    }
+
+    fn scan_timers<'a>(
+        &'a self,
+        limit: usize,
+        skip: &'a HashSet<SagaId>,
+    ) -> StoreFuture<'a, TimerScan> {
+        ready(KvLogStore::scan_timers(self, limit, &mut |saga| {
+            skip.contains(&saga)
+        }))
+    }
+
+    fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed> {
+        ready(remove_with_batches(self, sagas))
+    }
+
+    fn verify(&self) -> StoreFuture<'_, VerifyReport> {
+        ready(crate::log::verify::verify(self))
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        KvLogStore::writable(self)
+    }
+}
+
+/// [`LogStore::append`] over a [`KvLogStore`]: the claims are decided
+/// against the store before the write, which is exact because one process
+/// writes such a store. Sequence conflicts are not looked for: one writer
+/// never makes them.
+fn append_claiming<S: KvLogStore>(
+    store: &S,
+    batch: &[&SagaAppend],
+) -> Result<Committed, StoreError> {
+    let mut refused = Vec::new();
+    let mut accepted = Vec::with_capacity(batch.len());
+    for (at, append) in batch.iter().enumerate() {
+        if let Some(claim) = &append.claim {
+            if let Some(owner) = store.key_claim(&claim.key)? {
+                refused.push((at, Refusal::KeyTaken(owner)));
+                continue;
+            }
+        }
+        accepted.push(*append);
+    }
+    let times = if accepted.is_empty() {
+        WriteTimes::default()
+    } else {
+        store.append(&accepted, None)?
+    };
+    Ok(Committed { times, refused })
+}
+
+/// [`LogStore::remove_finished`] over a [`KvLogStore`]: a removal that
+/// names no finished batch gets every batch that names its saga, so that
+/// the caller need not know the layout.
+fn remove_with_batches<S: KvLogStore>(store: &S, sagas: &[Removal]) -> Result<Removed, StoreError> {
+    if sagas.iter().all(|removal| !removal.batches.is_empty()) {
+        return store.remove_finished(sagas);
+    }
+    let mut named: std::collections::HashMap<SagaId, Vec<SagaId>> = Default::default();
+    for batch in store.scan_finished_batches(SagaId::from_bytes([0; 16]))? {
+        for (saga, _) in &batch.items {
+            named.entry(*saga).or_default().push(batch.id);
+        }
+    }
+    let completed: Vec<Removal> = sagas
+        .iter()
+        .map(|removal| match removal.batches.is_empty() {
+            true => Removal {
+                batches: named.get(&removal.saga).cloned().unwrap_or_default(),
+                ..removal.clone()
+            },
+            false => removal.clone(),
+        })
+        .collect();
+    store.remove_finished(&completed)
+}
