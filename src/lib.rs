@@ -103,6 +103,8 @@ pub use log::record::{
 pub use log::store::{
     discard_torn_sled_snapshots, Compacted, MemStore, SledOptions, SledStore, StoreError,
 };
+#[cfg(feature = "postgres")]
+pub use log::store::{PgOptions, PgStore};
 pub use log::writer::{DurableHook, WriterStats};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;

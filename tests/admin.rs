@@ -7,7 +7,7 @@
 mod common;
 
 use common::timed::{config_at, start, trip_at, T0};
-use common::{outcome_of, start_saga, trip_registry, Script, TRIP_UNDONE};
+use common::{engine_store, outcome_of, start_saga, trip_registry, Script, TRIP_UNDONE};
 use sagalog::{
     CompensationStrategy, Engine, Error, InDoubtPolicy, MemStore, Phase, RetryPolicy, SagaId,
     SagaStatus, StartOptions, StepError,
@@ -66,7 +66,9 @@ async fn admin_engine_runs_nothing_and_refuses_to_start_sagas() {
     let id = leave_one_suspended(&store).await;
     let appends = store.append_count();
 
-    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let admin = Engine::open_admin_with_store(engine_store(&store).await)
+        .await
+        .unwrap();
     let (_, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
 
     assert_eq!(admin.saga(id).await.unwrap().status, SagaStatus::Suspended);
@@ -83,7 +85,9 @@ async fn action_recorded_by_the_admin_engine_is_carried_out_at_the_services_next
     let store = Arc::new(MemStore::new());
     let id = leave_one_suspended(&store).await;
 
-    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let admin = Engine::open_admin_with_store(engine_store(&store).await)
+        .await
+        .unwrap();
     admin
         .compensate_now(id, "alice", "customer cancelled")
         .await
@@ -109,7 +113,9 @@ async fn admin_engine_refuses_an_action_that_makes_no_sense_and_writes_nothing()
     let store = Arc::new(MemStore::new());
     let id = leave_one_suspended(&store).await;
     let appends = store.append_count();
-    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let admin = Engine::open_admin_with_store(engine_store(&store).await)
+        .await
+        .unwrap();
 
     let refused = admin.mark_compensated(id, "car", "alice", "typo").await;
 
@@ -162,7 +168,7 @@ async fn retry_now_on_a_finished_saga_is_refused() {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(store, registry, config_at(T0))
+    let engine = Engine::open_with_store(engine_store(&store).await, registry, config_at(T0))
         .await
         .unwrap();
     let id = start_saga(&engine, &trip, &"ada".into()).await;
@@ -180,7 +186,9 @@ async fn retry_now_on_a_finished_saga_is_refused() {
 /// as the CLI opens it while the service is stopped.
 async fn suspended_with_admin(store: &Arc<MemStore>) -> (SagaId, Engine) {
     let id = leave_one_suspended(store).await;
-    let admin = Engine::open_admin_with_store(store.clone()).await.unwrap();
+    let admin = Engine::open_admin_with_store(engine_store(store).await)
+        .await
+        .unwrap();
     (id, admin)
 }
 
@@ -189,7 +197,7 @@ async fn suspended_with_admin(store: &Arc<MemStore>) -> (SagaId, Engine) {
 async fn service_after(admin: Engine, store: &Arc<MemStore>) -> Engine {
     admin.shutdown(Duration::ZERO).await;
     let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    Engine::open_with_store(store.clone(), registry, config_at(T0))
+    Engine::open_with_store(engine_store(store).await, registry, config_at(T0))
         .await
         .unwrap()
 }

@@ -42,6 +42,15 @@ struct Args {
     /// Directory for the saga log and the participants' ledger.
     #[arg(long, default_value = "./sagalog-data")]
     data_dir: PathBuf,
+    /// Keep the saga log in this PostgreSQL database instead of
+    /// DATA_DIR/log (postgres://USER@HOST:PORT/DB). The participants'
+    /// ledger stays in DATA_DIR: use the two together.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// With --store, the schema for sagalog's tables (default: the
+    /// connection's search_path).
+    #[arg(long, value_name = "NAME", requires = "store")]
+    schema: Option<String>,
     #[command(flatten)]
     crash: CrashFlags,
     /// Print one JSON object per saga, then the ledger, instead of a table.
@@ -78,6 +87,11 @@ async fn serve_until_stopped(
     args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let config = sagalog::AdminConfig {
+        // A log in PostgreSQL has no directory: the socket goes in DATA_DIR.
+        socket: args
+            .store
+            .as_ref()
+            .map(|_| args.data_dir.join("admin.sock")),
         tcp: args.admin_addr,
         token: args.admin_token.clone(),
         ..sagalog::AdminConfig::default()
@@ -509,13 +523,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut registry = Registry::new();
     let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
     let config = CrashPlan::new(&args.crash).config();
-    let engine = Engine::open(args.data_dir.join("log"), registry, config).await?;
+    let engine = match &args.store {
+        Some(url) => {
+            let mut options = sagalog::PgOptions::default();
+            if let Some(schema) = &args.schema {
+                options = options.schema(schema.clone());
+            }
+            let store = sagalog::PgStore::connect(url, options).await?;
+            Engine::open_with_store(std::sync::Arc::new(store), registry, config).await?
+        }
+        None => Engine::open(args.data_dir.join("log"), registry, config).await?,
+    };
     let recovered = engine.recovery();
     if !args.json {
-        println!(
-            "sagalog orders example (data in {})\n",
-            args.data_dir.display()
-        );
+        match &args.store {
+            Some(_) => println!(
+                "sagalog orders example (log in PostgreSQL, ledger in {})\n",
+                args.data_dir.display()
+            ),
+            None => println!(
+                "sagalog orders example (data in {})\n",
+                args.data_dir.display()
+            ),
+        }
         let from_before =
             recovered.resumed + recovered.sleeping + recovered.parked + recovered.suspended;
         if from_before > 0 {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod async_only;
+pub mod pg;
 pub mod timed;
 
 use sagalog::{
@@ -231,21 +232,39 @@ pub async fn until_calls(script: &Script, done: impl Fn(&[String]) -> bool) {
     );
 }
 
-/// The store an engine test opens over `store`: `store` itself, or with
+/// The store an engine test opens over `store`: `store` itself; with
 /// `SAGALOG_TEST_STORE=async` the same store behind the asynchronous
-/// boundary alone ([`async_only::AsyncOnly`]), the path of a store on a
-/// network database.
-pub fn engine_store(store: &Arc<MemStore>) -> Arc<dyn sagalog::store::LogStore> {
+/// boundary alone ([`async_only::AsyncOnly`]); with `SAGALOG_TEST_STORE=pg`
+/// a PostgreSQL schema of its own for each `MemStore` (the same schema
+/// every time that store is opened again), see [`pg`].
+pub async fn engine_store(store: &Arc<MemStore>) -> Arc<dyn sagalog::store::LogStore> {
     match std::env::var("SAGALOG_TEST_STORE").as_deref() {
         Ok("async") => Arc::new(async_only::AsyncOnly(store.clone())),
+        Ok("pg") => match pg::store_in(&schema_of(store)).await {
+            Some(pg) => Arc::new(pg),
+            None => store.clone(),
+        },
         _ => store.clone(),
     }
+}
+
+/// The PostgreSQL schema standing in for `store`. The map keeps each store
+/// alive, so that no later store gets its address and its data.
+fn schema_of(store: &Arc<MemStore>) -> String {
+    static SCHEMAS: Mutex<Vec<(Arc<MemStore>, String)>> = Mutex::new(Vec::new());
+    let mut schemas = SCHEMAS.lock().unwrap();
+    if let Some((_, schema)) = schemas.iter().find(|(s, _)| Arc::ptr_eq(s, store)) {
+        return schema.clone();
+    }
+    let schema = format!("sl_{}", SagaId::new().to_string().replace('-', ""));
+    schemas.push((store.clone(), schema.clone()));
+    schema
 }
 
 /// Opens an engine with the default configuration over `store`; panics if
 /// it does not open.
 pub async fn open_mem(store: &Arc<MemStore>, registry: Registry) -> Engine {
-    Engine::open_with_store(engine_store(store), registry, EngineConfig::default())
+    Engine::open_with_store(engine_store(store).await, registry, EngineConfig::default())
         .await
         .expect("engine opens")
 }

@@ -14,7 +14,7 @@ pub fn config_at(start: u64) -> EngineConfig {
 }
 
 pub async fn open(store: &Arc<MemStore>, registry: Registry, start: u64) -> Engine {
-    Engine::open_with_store(engine_store(store), registry, config_at(start))
+    Engine::open_with_store(engine_store(store).await, registry, config_at(start))
         .await
         .expect("engine opens")
 }

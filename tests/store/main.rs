@@ -1,14 +1,16 @@
 //! The store conformance suite: the same behaviours, through the
 //! asynchronous `LogStore` boundary alone, against every store: memory,
 //! sled, and a key-value store behind the boundary without its local
-//! shortcuts. Each behaviour is one test per store (`mem::…`, `sled::…`,
-//! `async_only::…`).
+//! shortcuts, and PostgreSQL. Each behaviour is one test per store
+//! (`mem::…`, `sled::…`, `async_only::…`, `pg::…`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/async_only.rs"]
 mod async_only_store;
 mod behaviours;
+#[path = "../common/pg.rs"]
+mod pg_server;
 
 use sagalog::store::LogStore;
 use std::sync::Arc;
@@ -20,29 +22,38 @@ pub struct Subject {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn mem() -> Subject {
-    Subject {
+async fn mem() -> Option<Subject> {
+    Some(Subject {
         store: Arc::new(sagalog::MemStore::new()),
         _dir: None,
-    }
+    })
 }
 
-fn sled() -> Subject {
+async fn sled() -> Option<Subject> {
     let dir = tempfile::tempdir().unwrap();
     let store = sagalog::SledStore::open(dir.path().join("log"), Default::default()).unwrap();
-    Subject {
+    Some(Subject {
         store: Arc::new(store),
         _dir: Some(dir),
-    }
+    })
 }
 
-fn async_only() -> Subject {
-    Subject {
+async fn async_only() -> Option<Subject> {
+    Some(Subject {
         store: Arc::new(async_only_store::AsyncOnly(Arc::new(
             sagalog::MemStore::new(),
         ))),
         _dir: None,
-    }
+    })
+}
+
+/// A schema of its own in the test PostgreSQL (`tests/common/pg.rs`);
+/// `None` when there is none and none is required.
+async fn pg() -> Option<Subject> {
+    Some(Subject {
+        store: Arc::new(pg_server::store().await?),
+        _dir: None,
+    })
 }
 
 /// One module per store, each with one test per behaviour.
@@ -51,8 +62,8 @@ macro_rules! conformance {
         mod $store {
             use super::behaviours as b;
 
-            fn subject() -> super::Subject {
-                super::$store()
+            async fn subject() -> Option<super::Subject> {
+                super::$store().await
             }
 
             conformance!(@tests
@@ -75,10 +86,10 @@ macro_rules! conformance {
     (@tests $($name:ident),*) => {$(
         #[tokio::test]
         async fn $name() {
-            let subject = subject();
+            let Some(subject) = subject().await else { return };
             b::$name(&*subject.store).await;
         }
     )*};
 }
 
-conformance!(mem, sled, async_only);
+conformance!(mem, sled, async_only, pg);

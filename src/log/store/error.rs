@@ -128,6 +128,31 @@ pub enum StoreError {
     /// read again from the log before they go on; nothing is retried blind.
     #[error("the database connection was lost after a commit was sent ({0}); the write may or may not be durable, so the sagas it carried are read again from the log")]
     Ambiguous(String),
+    /// The database refused or failed an operation, or could not be
+    /// reached (PostgreSQL).
+    #[error("the database failed while {doing}: {reason}; check that the server is up and the URL, user and permissions are right")]
+    Database {
+        /// What sagalog was doing.
+        doing: String,
+        /// What the database or the connection said.
+        reason: String,
+    },
+    /// The database cannot be reached at the moment; writes wait and are
+    /// retried with backoff, nothing is lost or parked meanwhile.
+    #[error("the database is unreachable ({reason}); writes wait and retry until it is back")]
+    Unreachable {
+        /// Why the last attempt failed.
+        reason: String,
+    },
+    /// The database's tables are of a newer version than this build
+    /// reads. Nothing was written.
+    #[error("the database's sagalog tables have schema version {found}, this build reads version {expected}; run the release that created them, or a newer one")]
+    SchemaMismatch {
+        /// The version the database has.
+        found: u32,
+        /// The version this build reads and writes.
+        expected: u32,
+    },
     /// The store was opened for inspection ([`SledStore::open_for_inspection`](crate::SledStore::open_for_inspection))
     /// and takes no writes.
     #[error(

@@ -32,6 +32,8 @@ pub(crate) mod keys;
 mod kv;
 mod mem;
 mod open;
+#[cfg(feature = "postgres")]
+mod pg;
 mod sled;
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,8 @@ pub use mem::MemStore;
 #[cfg(feature = "testing")]
 pub use mem::{FailedAppend, FaultTiming};
 pub(crate) use open::open_sled;
+#[cfg(feature = "postgres")]
+pub use pg::{PgOptions, PgStore};
 pub use sled::{SledOptions, SledStore};
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};

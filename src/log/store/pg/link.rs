@@ -1,0 +1,190 @@
+//! One connection to the database that opens itself again when it is lost,
+//! with its statements prepared once per connection.
+
+use super::PgOptions;
+use crate::log::store::StoreError;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// A connected client with the statements of its link prepared.
+pub(super) struct Conn {
+    pub(super) client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The prepared form of `sql`, one of the link's statements.
+    pub(super) fn statement(&self, sql: &'static str) -> Result<&Statement, StoreError> {
+        self.prepared.get(sql).ok_or_else(|| {
+            StoreError::Backend(format!("statement not prepared on this connection: {sql}"))
+        })
+    }
+}
+
+/// One connection, opened again on demand after it is lost.
+pub(super) struct Link {
+    config: Config,
+    name: &'static str,
+    statements: &'static [&'static str],
+    current: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// Why the database is unreachable, while it is.
+    down: Mutex<Option<String>>,
+    max_backoff: Duration,
+}
+
+/// The connection configuration of `url`, with `options` applied.
+pub(super) fn config(url: &str, options: &PgOptions) -> Result<Config, StoreError> {
+    let mut config: Config = url.parse().map_err(|e| StoreError::Database {
+        doing: "reading the database URL".into(),
+        reason: format!("{e} (expected postgres://USER@HOST:PORT/DB)"),
+    })?;
+    if let Some(schema) = &options.schema {
+        check_identifier(schema)?;
+        config.options(format!("-c search_path={schema}"));
+    }
+    config.application_name("sagalog");
+    config.connect_timeout(options.connect_timeout);
+    Ok(config)
+}
+
+/// A schema name we put in SQL text: lowercase letters, digits and `_`,
+/// not starting with a digit, at most 63 bytes.
+pub(super) fn check_identifier(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    match ok {
+        true => Ok(()),
+        false => Err(StoreError::Database {
+            doing: "checking the schema name".into(),
+            reason: format!("'{name}' is not a plain schema name: use lowercase letters, digits and '_', starting with a letter"),
+        }),
+    }
+}
+
+/// What went wrong, with the server's own message when it sent one.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+impl Link {
+    /// Opens the link, retrying for `options.connect_timeout`.
+    pub(super) async fn open(
+        config: Config,
+        options: &PgOptions,
+        name: &'static str,
+        statements: &'static [&'static str],
+    ) -> Result<Link, StoreError> {
+        let link = Link {
+            config,
+            name,
+            statements,
+            current: tokio::sync::Mutex::new(None),
+            down: Mutex::new(None),
+            max_backoff: options.max_backoff,
+        };
+        let deadline = Instant::now() + options.connect_timeout;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match link.conn().await {
+                Ok(_) => return Ok(link),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(link.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// The connection, opened again first if it was lost.
+    pub(super) async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            if !conn.client.is_closed() {
+                return Ok(conn.clone());
+            }
+        }
+        *current = None;
+        match self.connect().await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                *current = Some(conn.clone());
+                if crate::sync::lock(&self.down).take().is_some() {
+                    tracing::info!(link = self.name, "the database is reachable again");
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                let mut down = crate::sync::lock(&self.down);
+                if down.is_none() {
+                    tracing::error!(link = self.name, error = %e, "the database is unreachable; retrying");
+                }
+                *down = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The connection, waiting with backoff (up to the configured longest
+    /// wait between attempts) for as long as the database is unreachable.
+    pub(super) async fn conn_waiting(&self) -> Arc<Conn> {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            if let Ok(conn) = self.conn().await {
+                return conn;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(self.max_backoff);
+        }
+    }
+
+    /// Marks the database unreachable after a write lost its connection.
+    pub(super) fn lost(&self, why: String) {
+        *crate::sync::lock(&self.down) = Some(why);
+    }
+
+    /// `Ok` unless the last attempt to reach the database failed.
+    pub(super) fn reachable(&self) -> Result<(), StoreError> {
+        match crate::sync::lock(&self.down).as_ref() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Unreachable {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| super::db_error("connecting", e))?;
+        let name = self.name;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(link = name, error = %describe(&e), "database connection ended");
+            }
+        });
+        let mut prepared = HashMap::with_capacity(self.statements.len());
+        for sql in self.statements {
+            let statement = client
+                .prepare(sql)
+                .await
+                .map_err(|e| super::db_error("preparing a statement", e))?;
+            prepared.insert(*sql, statement);
+        }
+        Ok(Conn { client, prepared })
+    }
+}

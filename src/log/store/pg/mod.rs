@@ -1,0 +1,205 @@
+//! [`PgStore`]: the log on PostgreSQL (feature `postgres`), through
+//! tokio-postgres.
+//!
+//! The log is append-only rows (`sagalog_log`), one per append, holding
+//! the same record frames as sled. Each saga has one row in `sagalog_saga`
+//! with its encoded index entry, its status and its pending timer; an
+//! idempotency key is a row of `sagalog_key`, whose primary key decides a
+//! claim inside the group's transaction. The schema is versioned in
+//! `sagalog_meta` and created or migrated at connect (`schema`).
+//!
+//! Two connections: one the writer owns (a group commit is one
+//! transaction in two pipelined round trips, `write`), one for reads,
+//! which tokio-postgres pipelines when several are in flight. A lost
+//! connection is opened again with backoff; meanwhile writes wait and
+//! [`LogStore::writable`] says the database is unreachable.
+
+mod link;
+mod read;
+mod schema;
+mod verify;
+mod write;
+
+use super::{
+    Committed, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreError, StoreFuture, TimerScan,
+};
+use crate::ids::{IdempotencyKey, SagaId};
+use crate::log::verify::VerifyReport;
+use link::Link;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// How [`PgStore::connect`] reaches the database.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PgOptions {
+    /// The schema sagalog's tables live in, created if missing. `None`
+    /// (the default) uses the connection's `search_path` (normally
+    /// `public`). Several services can share one database with one
+    /// schema each.
+    pub schema: Option<String>,
+    /// Longest wait between two attempts to reach the database again after
+    /// the connection was lost. Default 5 s.
+    pub max_backoff: Duration,
+    /// How long `connect` keeps trying before it gives up. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: None,
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PgOptions {
+    /// The options with sagalog's tables in schema `schema`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+}
+
+/// A log store in a PostgreSQL database. Open an engine on it with
+/// `Engine::open_with_store(Arc::new(PgStore::connect(url, options).await?), ..)`.
+///
+/// Must be created inside the tokio runtime the engine runs on: its
+/// connections are tasks of that runtime.
+pub struct PgStore {
+    writer: Link,
+    reader: Link,
+    url: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// The version of the tables this build reads and writes (kept in
+    /// `sagalog_meta`); a database with a newer one is refused.
+    pub const SCHEMA_VERSION: u32 = schema::SCHEMA_VERSION;
+
+    /// Connects to the database at `url` (`postgres://user@host:port/db`,
+    /// or a key-value connection string), creates sagalog's tables on first
+    /// use and migrates older ones. Refuses a schema newer than this build
+    /// reads with [`StoreError::SchemaMismatch`], and a URL it cannot parse
+    /// or a database it cannot reach with [`StoreError::Database`].
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let config = link::config(url, &options)?;
+        let setup = Link::open(config.clone(), &options, "setup", &[]).await?;
+        schema::migrate(&setup.conn().await?.client, options.schema.as_deref()).await?;
+        drop(setup);
+        let writer = Link::open(config.clone(), &options, "writer", write::STATEMENTS).await?;
+        let reader = Link::open(config, &options, "reader", read::STATEMENTS).await?;
+        Ok(PgStore {
+            writer,
+            reader,
+            url: redacted(url),
+        })
+    }
+
+    /// The URL this store connected to, without its password: for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            match user.find(':') {
+                Some(colon) => {
+                    format!("{}{}:***{}", &url[..scheme + 3], &user[..colon], &url[at..])
+                }
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl LogStore for PgStore {
+    fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed> {
+        Box::pin(write::append(&self.writer, batch))
+    }
+
+    fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
+        Box::pin(read::log(&self.reader, saga))
+    }
+
+    fn read_active(&self, saga: SagaId) -> StoreFuture<'_, Option<Vec<u8>>> {
+        Box::pin(read::active(&self.reader, saga))
+    }
+
+    fn scan_active(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        Box::pin(read::active_page(&self.reader, after, limit))
+    }
+
+    fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        Box::pin(read::finished(&self.reader))
+    }
+
+    fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
+        Box::pin(read::key_claim(&self.reader, key))
+    }
+
+    fn scan_timers<'a>(
+        &'a self,
+        limit: usize,
+        skip: &'a HashSet<SagaId>,
+    ) -> StoreFuture<'a, TimerScan> {
+        Box::pin(read::timers(&self.reader, limit, skip))
+    }
+
+    fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed> {
+        Box::pin(write::remove_finished(&self.writer, sagas))
+    }
+
+    fn verify(&self) -> StoreFuture<'_, VerifyReport> {
+        Box::pin(verify::verify(&self.reader))
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.writer.reachable()
+    }
+}
+
+/// A saga id as the database's `uuid`.
+fn uuid(id: SagaId) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(id.to_bytes())
+}
+
+/// A `uuid` from the database as a saga id.
+fn saga_id(id: uuid::Uuid) -> SagaId {
+    SagaId::from_bytes(*id.as_bytes())
+}
+
+/// A database error as a store error, with what was being done.
+fn db_error(doing: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Database {
+        doing: doing.to_string(),
+        reason: link::describe(&e),
+    }
+}
+
+/// A `u64` stored in a `bigint` column (bit for bit).
+fn to_i64(value: u64) -> i64 {
+    value as i64
+}
+
+/// A `bigint` column holding a `u64` (bit for bit).
+fn to_u64(value: i64) -> u64 {
+    value as u64
+}

@@ -1,0 +1,139 @@
+//! Reads: one prepared statement each, on the reading connection.
+
+use super::link::Link;
+use super::{db_error, saga_id, to_u64, uuid};
+use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::log::store::{KeyClaim, StoreError, TimerKey, TimerScan};
+use std::collections::HashSet;
+
+const LOG: &str = "SELECT seq, frames FROM sagalog_log WHERE saga_id = $1 ORDER BY seq";
+const ACTIVE: &str = "SELECT entry FROM sagalog_saga WHERE saga_id = $1 AND NOT finished";
+const ACTIVE_PAGE: &str = "SELECT saga_id, entry FROM sagalog_saga
+    WHERE NOT finished AND ($1::uuid IS NULL OR saga_id > $1) ORDER BY saga_id LIMIT $2";
+const FINISHED: &str = "SELECT saga_id, entry FROM sagalog_saga WHERE finished ORDER BY saga_id";
+const KEY: &str = "SELECT saga_id, fingerprint FROM sagalog_key WHERE key = $1";
+const TIMERS: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM sagalog_saga
+    WHERE timer_due IS NOT NULL AND saga_id <> ALL($1)
+    ORDER BY timer_due, saga_id, timer_seq LIMIT $2";
+
+/// The statements the reading connection prepares.
+pub(super) const STATEMENTS: &[&str] = &[LOG, ACTIVE, ACTIVE_PAGE, FINISHED, KEY, TIMERS];
+
+/// Runs prepared statement `sql` with `params` on the reading connection.
+async fn query(
+    link: &Link,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    doing: &str,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let conn = link.conn().await?;
+    let statement = conn.statement(sql)?;
+    let rows = conn.client.query(statement, params).await;
+    rows.map_err(|e| db_error(doing, e))
+}
+
+/// A non-negative count as a `LIMIT`.
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reads column `i` of `row`, with a typed error if it does not fit.
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+    doing: &str,
+) -> Result<T, StoreError> {
+    row.try_get(i).map_err(|e| db_error(doing, e))
+}
+
+pub(super) async fn log(link: &Link, saga: SagaId) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let doing = "reading a saga's log";
+    let rows = query(link, LOG, &[&uuid(saga)], doing).await?;
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = get(row, 0, doing)?;
+            Ok((to_u64(seq), get(row, 1, doing)?))
+        })
+        .collect()
+}
+
+pub(super) async fn active(link: &Link, saga: SagaId) -> Result<Option<Vec<u8>>, StoreError> {
+    let doing = "reading a saga's index entry";
+    let rows = query(link, ACTIVE, &[&uuid(saga)], doing).await?;
+    rows.first().map(|row| get(row, 0, doing)).transpose()
+}
+
+fn entries(
+    rows: &[tokio_postgres::Row],
+    doing: &str,
+) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let id: uuid::Uuid = get(row, 0, doing)?;
+            Ok((saga_id(id), get(row, 1, doing)?))
+        })
+        .collect()
+}
+
+pub(super) async fn active_page(
+    link: &Link,
+    after: Option<SagaId>,
+    n: usize,
+) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    let doing = "listing the sagas in flight";
+    let after = after.map(uuid);
+    let rows = query(link, ACTIVE_PAGE, &[&after, &limit(n)], doing).await?;
+    entries(&rows, doing)
+}
+
+pub(super) async fn finished(link: &Link) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    let doing = "listing the finished sagas";
+    let rows = query(link, FINISHED, &[], doing).await?;
+    entries(&rows, doing)
+}
+
+pub(super) async fn key_claim(
+    link: &Link,
+    key: &IdempotencyKey,
+) -> Result<Option<KeyClaim>, StoreError> {
+    let doing = "reading an idempotency key";
+    let rows = query(link, KEY, &[&key.as_str()], doing).await?;
+    rows.first()
+        .map(|row| {
+            let id: uuid::Uuid = get(row, 0, doing)?;
+            let fingerprint: Option<i64> = get(row, 1, doing)?;
+            Ok(KeyClaim {
+                saga: saga_id(id),
+                fingerprint: fingerprint.map(to_u64),
+            })
+        })
+        .transpose()
+}
+
+pub(super) async fn timers(
+    link: &Link,
+    n: usize,
+    skip: &HashSet<SagaId>,
+) -> Result<TimerScan, StoreError> {
+    let doing = "reading the delay queue";
+    let skip: Vec<uuid::Uuid> = skip.iter().copied().map(uuid).collect();
+    let rows = query(link, TIMERS, &[&skip, &limit(n.saturating_add(1))], doing).await?;
+    let complete = rows.len() <= n;
+    let timers = rows
+        .iter()
+        .take(n)
+        .map(|row| {
+            let id: uuid::Uuid = get(row, 0, doing)?;
+            let due: i64 = get(row, 1, doing)?;
+            let seq: Option<i64> = get(row, 2, doing)?;
+            let purpose: Option<Vec<u8>> = get(row, 3, doing)?;
+            let key = TimerKey {
+                due: UnixMillis(to_u64(due)),
+                saga: saga_id(id),
+                seq: to_u64(seq.unwrap_or_default()),
+            };
+            Ok((key, purpose.unwrap_or_default()))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok((timers, complete))
+}

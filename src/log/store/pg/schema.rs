@@ -1,0 +1,121 @@
+//! The tables, created and migrated by sagalog itself.
+//!
+//! `sagalog_meta` holds `schema = N`. Connecting takes a lock on that
+//! table, so two services starting at once do not both create the tables,
+//! and refuses a schema newer than [`SCHEMA_VERSION`].
+
+use super::link::check_identifier;
+use crate::log::store::StoreError;
+use tokio_postgres::Client;
+
+/// The version of the tables this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Version 1: the saga rows, the log, the idempotency keys.
+const V1: &str = "
+CREATE TABLE sagalog_saga (
+    saga_id       uuid     PRIMARY KEY,
+    saga_type     text     NOT NULL,
+    status        smallint NOT NULL,
+    finished      boolean  NOT NULL,
+    started_at    bigint   NOT NULL,
+    changed_at    bigint   NOT NULL,
+    entry         bytea    NOT NULL,
+    idem_key      text,
+    timer_due     bigint,
+    timer_seq     bigint,
+    timer_purpose bytea
+) WITH (fillfactor = 85);
+CREATE INDEX sagalog_saga_active   ON sagalog_saga (saga_id) WHERE NOT finished;
+CREATE INDEX sagalog_saga_finished ON sagalog_saga (changed_at) WHERE finished;
+CREATE INDEX sagalog_saga_timers   ON sagalog_saga (timer_due, saga_id) WHERE timer_due IS NOT NULL;
+CREATE TABLE sagalog_log (
+    saga_id uuid   NOT NULL,
+    seq     bigint NOT NULL,
+    frames  bytea  NOT NULL,
+    PRIMARY KEY (saga_id, seq)
+);
+CREATE TABLE sagalog_key (
+    key         text   PRIMARY KEY,
+    saga_id     uuid   NOT NULL,
+    fingerprint bigint
+);
+";
+
+/// Creates the schema and the tables if they are missing; refuses tables
+/// of a newer version.
+pub(super) async fn migrate(client: &Client, schema: Option<&str>) -> Result<(), StoreError> {
+    let failed = |doing: &str| {
+        let doing = doing.to_string();
+        move |e| super::db_error(&doing, e)
+    };
+    if let Some(schema) = schema {
+        check_identifier(schema)?;
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(failed("creating the schema"))?;
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS sagalog_meta (key text PRIMARY KEY, value text NOT NULL)",
+        )
+        .await
+        .map_err(failed("creating sagalog_meta"))?;
+    client
+        .batch_execute("BEGIN; LOCK TABLE sagalog_meta IN EXCLUSIVE MODE")
+        .await
+        .map_err(failed("locking sagalog_meta"))?;
+    let result = upgrade(client).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client
+        .batch_execute(end)
+        .await
+        .map_err(failed("ending the migration"))?;
+    result
+}
+
+async fn upgrade(client: &Client) -> Result<(), StoreError> {
+    let row = client
+        .query_opt("SELECT value FROM sagalog_meta WHERE key = 'schema'", &[])
+        .await
+        .map_err(|e| super::db_error("reading the schema version", e))?;
+    let found: u32 = match row {
+        None => 0,
+        Some(row) => {
+            let text: String = row.get(0);
+            text.parse().map_err(|_| StoreError::Database {
+                doing: "reading the schema version".into(),
+                reason: format!("sagalog_meta says schema '{text}', which is not a number"),
+            })?
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaMismatch {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if found < 1 {
+        client
+            .batch_execute(V1)
+            .await
+            .map_err(|e| super::db_error("creating the tables", e))?;
+    }
+    if found < SCHEMA_VERSION {
+        client
+            .execute(
+                "INSERT INTO sagalog_meta (key, value) VALUES ('schema', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&SCHEMA_VERSION.to_string()],
+            )
+            .await
+            .map_err(|e| super::db_error("writing the schema version", e))?;
+        tracing::info!(
+            from = found,
+            to = SCHEMA_VERSION,
+            "database schema migrated"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,499 @@
+//! Writes: a group commit is one transaction in two pipelined round trips,
+//! every statement a prepared multi-row statement over binary arrays.
+//!
+//! ```text
+//! RT1: BEGIN; claim the group's keys (INSERT .. ON CONFLICT DO NOTHING
+//!      RETURNING key); insert the log rows of the appends that claim no key
+//!      (.. ON CONFLICT DO NOTHING RETURNING saga_id, seq)
+//! RT2: insert the log rows of the starts whose claim stood; insert the new
+//!      saga rows; update the changed ones; clear and set timers; COMMIT
+//! ```
+//!
+//! A start whose key is taken, and an append whose log row is there
+//! already, are left out of RT2 and refused. A connection lost before
+//! COMMIT was sent aborts the transaction on the server: the write is
+//! retried on a new connection, with backoff, for as long as the database
+//! is unreachable. A connection lost after it is [`StoreError::Ambiguous`].
+
+use super::link::{Conn, Link};
+use super::{db_error, saga_id, to_i64, uuid};
+use crate::log::codec;
+use crate::log::store::{
+    Committed, IndexEntry, IndexSet, KeyClaim, Refusal, Removal, Removed, SagaAppend, StoreError,
+    WriteTimes,
+};
+use crate::status::SagaStatus;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+
+const CLAIM: &str = "INSERT INTO sagalog_key (key, saga_id, fingerprint)
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[])
+    ON CONFLICT (key) DO NOTHING RETURNING key";
+const OWNERS: &str = "SELECT key, saga_id, fingerprint FROM sagalog_key WHERE key = ANY($1)";
+const LOG_NEW: &str = "INSERT INTO sagalog_log (saga_id, seq, frames)
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[])
+    ON CONFLICT (saga_id, seq) DO NOTHING RETURNING saga_id, seq";
+const LOG_STARTS: &str = "INSERT INTO sagalog_log (saga_id, seq, frames)
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[])";
+const SAGAS_NEW: &str = "INSERT INTO sagalog_saga
+    (saga_id, saga_type, status, finished, started_at, changed_at, entry, idem_key)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::bool[], $5::int8[],
+                         $6::int8[], $7::bytea[], $8::text[])";
+const SAGAS_CHANGED: &str = "UPDATE sagalog_saga t
+    SET status = u.status, finished = u.finished, changed_at = u.changed_at, entry = u.entry
+    FROM unnest($1::uuid[], $2::int2[], $3::bool[], $4::int8[], $5::bytea[])
+         AS u(saga_id, status, finished, changed_at, entry)
+    WHERE t.saga_id = u.saga_id";
+const TIMERS_CLEARED: &str = "UPDATE sagalog_saga t
+    SET timer_due = NULL, timer_seq = NULL, timer_purpose = NULL
+    FROM unnest($1::uuid[], $2::int8[]) AS u(saga_id, seq)
+    WHERE t.saga_id = u.saga_id AND t.timer_seq = u.seq";
+const TIMERS_SET: &str = "UPDATE sagalog_saga t
+    SET timer_due = u.due, timer_seq = u.seq, timer_purpose = u.purpose
+    FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::bytea[]) AS u(saga_id, due, seq, purpose)
+    WHERE t.saga_id = u.saga_id";
+const REMOVE_SAGAS: &str = "DELETE FROM sagalog_saga WHERE saga_id = ANY($1) AND finished
+    RETURNING saga_id, idem_key";
+const REMOVE_LOGS: &str = "DELETE FROM sagalog_log WHERE saga_id = ANY($1)";
+const REMOVE_KEYS: &str = "DELETE FROM sagalog_key WHERE key = ANY($1) AND saga_id = ANY($2)";
+
+/// The statements the writing connection prepares.
+pub(super) const STATEMENTS: &[&str] = &[
+    CLAIM,
+    OWNERS,
+    LOG_NEW,
+    LOG_STARTS,
+    SAGAS_NEW,
+    SAGAS_CHANGED,
+    TIMERS_CLEARED,
+    TIMERS_SET,
+    REMOVE_SAGAS,
+    REMOVE_LOGS,
+    REMOVE_KEYS,
+];
+
+/// The status as stored: its place in [`SagaStatus::ALL`] (DESIGN.md §9).
+pub(super) fn status_code(status: SagaStatus) -> i16 {
+    SagaStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .map_or(-1, |i| i as i16)
+}
+
+/// Why one attempt at a transaction did not commit.
+enum Failure {
+    /// Nothing was committed and trying again may work (the connection was
+    /// lost before COMMIT was sent, or the server asked for a retry).
+    Retry(String),
+    /// The connection was lost after COMMIT was sent.
+    Ambiguous(String),
+    /// Nothing was committed, and trying again will not help.
+    Failed(StoreError),
+}
+
+/// Sorts an error of round trip `rt` of a transaction (2 = the one that
+/// carries COMMIT).
+fn classify(doing: &str, e: tokio_postgres::Error, rt: u8) -> Failure {
+    match e.as_db_error() {
+        Some(db) if matches!(db.code().code(), "40001" | "40P01") => {
+            Failure::Retry(super::link::describe(&e))
+        }
+        Some(_) => Failure::Failed(db_error(doing, e)),
+        None if rt == 2 => Failure::Ambiguous(super::link::describe(&e)),
+        None => Failure::Retry(super::link::describe(&e)),
+    }
+}
+
+/// Writes `batch` in one transaction (see the module docs).
+pub(super) async fn append(link: &Link, batch: &[&SagaAppend]) -> Result<Committed, StoreError> {
+    let group = Group::of(batch)?;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let conn = link.conn_waiting().await;
+        let began = Instant::now();
+        match group.attempt(&conn).await {
+            Ok(refused) => {
+                let times = WriteTimes {
+                    apply: began.elapsed(),
+                    ..WriteTimes::default()
+                };
+                return Ok(Committed { times, refused });
+            }
+            Err(failure) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                match failure {
+                    Failure::Failed(e) => return Err(e),
+                    Failure::Ambiguous(why) => {
+                        link.lost(why.clone());
+                        return Err(StoreError::Ambiguous(why));
+                    }
+                    Failure::Retry(why) => {
+                        tracing::warn!(reason = %why, "group commit did not commit; retrying");
+                        link.lost(why);
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One append's rows, decoded once.
+struct Row<'a> {
+    append: &'a SagaAppend,
+    /// The index entry, decoded for the saga row's columns.
+    entry: Option<IndexEntry>,
+}
+
+/// A batch ready to be written.
+struct Group<'a> {
+    rows: Vec<Row<'a>>,
+}
+
+/// Column arrays for one multi-row statement, built for one set of appends.
+#[derive(Default)]
+struct Logs {
+    ids: Vec<uuid::Uuid>,
+    seqs: Vec<i64>,
+    frames: Vec<Vec<u8>>,
+    /// Position in the batch of each row.
+    at: Vec<usize>,
+}
+
+impl<'a> Group<'a> {
+    fn of(batch: &[&'a SagaAppend]) -> Result<Self, StoreError> {
+        let rows = batch
+            .iter()
+            .map(|append| {
+                let entry = match &append.index {
+                    None => None,
+                    Some(index) => Some(
+                        codec::decode_index_entry::<IndexEntry>(&index.entry).map_err(|e| {
+                            StoreError::Corrupt {
+                                key: append.saga.to_bytes().to_vec(),
+                                reason: format!("the index entry to write does not decode: {e}"),
+                            }
+                        })?,
+                    ),
+                };
+                Ok(Row { append, entry })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Group { rows })
+    }
+
+    fn logs(&self, pick: impl Fn(usize, &Row) -> bool) -> Logs {
+        let mut logs = Logs::default();
+        for (at, row) in self.rows.iter().enumerate() {
+            if row.append.writes_log_value() && pick(at, row) {
+                logs.ids.push(uuid(row.append.saga));
+                logs.seqs.push(to_i64(row.append.first_seq));
+                logs.frames.push(row.append.added().to_vec());
+                logs.at.push(at);
+            }
+        }
+        logs
+    }
+
+    /// One attempt: the refused appends on commit.
+    async fn attempt(&self, conn: &Conn) -> Result<Vec<(usize, Refusal)>, Failure> {
+        let client = &conn.client;
+        let statement = |sql| conn.statement(sql).map_err(Failure::Failed);
+        let fail = |doing: &'static str| move |e| classify(doing, e, 1);
+
+        // RT1: BEGIN, the claims, the log rows of appends without a claim.
+        let (mut keys, mut key_ids, mut prints, mut claim_at) = (vec![], vec![], vec![], vec![]);
+        for (at, row) in self.rows.iter().enumerate() {
+            if let Some(claim) = &row.append.claim {
+                keys.push(claim.key.as_str().to_string());
+                key_ids.push(uuid(row.append.saga));
+                prints.push(to_i64(claim.fingerprint));
+                claim_at.push(at);
+            }
+        }
+        let plain = self.logs(|_, row| row.append.claim.is_none());
+        let begin = client.batch_execute("BEGIN");
+        let claim = async {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let params: [&(dyn ToSql + Sync); 3] = [&keys, &key_ids, &prints];
+            client
+                .query(statement(CLAIM)?, &params)
+                .await
+                .map_err(fail("claiming idempotency keys"))
+        };
+        let log = async {
+            if plain.ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let params: [&(dyn ToSql + Sync); 3] = [&plain.ids, &plain.seqs, &plain.frames];
+            client
+                .query(statement(LOG_NEW)?, &params)
+                .await
+                .map_err(fail("appending to the log"))
+        };
+        let (began, claimed, logged) = tokio::join!(begin, claim, log);
+        began.map_err(fail("beginning a transaction"))?;
+        let (claimed, logged) = (claimed?, logged?);
+
+        let mut refused: Vec<(usize, Refusal)> = Vec::new();
+        let won: HashSet<String> = claimed.iter().filter_map(|r| r.try_get(0).ok()).collect();
+        let lost: Vec<String> = keys.iter().filter(|k| !won.contains(*k)).cloned().collect();
+        if !lost.is_empty() {
+            let owners = client
+                .query(statement(OWNERS)?, &[&lost])
+                .await
+                .map_err(fail("reading who holds the taken keys"))?;
+            let owners: HashMap<String, KeyClaim> = owners
+                .iter()
+                .filter_map(|row| {
+                    let key: String = row.try_get(0).ok()?;
+                    let id: uuid::Uuid = row.try_get(1).ok()?;
+                    let print: Option<i64> = row.try_get(2).ok()?;
+                    Some((
+                        key,
+                        KeyClaim {
+                            saga: saga_id(id),
+                            fingerprint: print.map(super::to_u64),
+                        },
+                    ))
+                })
+                .collect();
+            for (key, at) in keys.iter().zip(&claim_at) {
+                if let (false, Some(owner)) = (won.contains(key), owners.get(key)) {
+                    refused.push((*at, Refusal::KeyTaken(*owner)));
+                } else if !won.contains(key) {
+                    // Taken and gone again within the transaction: a
+                    // retention sweep raced it. Retry the whole group.
+                    return Err(Failure::Retry(format!(
+                        "idempotency key '{key}' changed hands during the write"
+                    )));
+                }
+            }
+        }
+        let written: HashSet<(uuid::Uuid, i64)> = logged
+            .iter()
+            .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+            .collect();
+        for (i, at) in plain.at.iter().enumerate() {
+            if !written.contains(&(plain.ids[i], plain.seqs[i])) {
+                refused.push((*at, Refusal::Conflict));
+            }
+        }
+        refused.sort_by_key(|(at, _)| *at);
+        let out: HashSet<usize> = refused.iter().map(|(at, _)| *at).collect();
+
+        // RT2: the rest, and COMMIT.
+        let starts = self.logs(|at, row| row.append.claim.is_some() && !out.contains(&at));
+        let mut new = NewSagas::default();
+        let mut changed = Changed::default();
+        let (mut cleared_ids, mut cleared_seqs) = (vec![], vec![]);
+        let mut set = TimersSet::default();
+        for (at, row) in self.rows.iter().enumerate() {
+            if out.contains(&at) {
+                continue;
+            }
+            let id = uuid(row.append.saga);
+            if let (Some(index), Some(entry)) = (&row.append.index, &row.entry) {
+                let finished = index.to == IndexSet::Finished;
+                if index.from.is_none() {
+                    new.ids.push(id);
+                    new.types.push(entry.saga_type.as_str().to_string());
+                    new.statuses.push(status_code(entry.status));
+                    new.finished.push(finished);
+                    new.started.push(to_i64(entry.started_at.0));
+                    new.changed.push(to_i64(entry.changed_at.0));
+                    new.entries.push(index.entry.clone());
+                    new.keys.push(
+                        row.append
+                            .claim
+                            .as_ref()
+                            .map(|c| c.key.as_str().to_string()),
+                    );
+                } else {
+                    changed.ids.push(id);
+                    changed.statuses.push(status_code(entry.status));
+                    changed.finished.push(finished);
+                    changed.changed.push(to_i64(entry.changed_at.0));
+                    changed.entries.push(index.entry.clone());
+                }
+            }
+            if let Some(timer) = &row.append.timer_delete {
+                cleared_ids.push(id);
+                cleared_seqs.push(to_i64(timer.seq));
+            }
+            if let Some((timer, purpose)) = &row.append.timer_put {
+                set.ids.push(id);
+                set.dues.push(to_i64(timer.due.0));
+                set.seqs.push(to_i64(timer.seq));
+                set.purposes.push(purpose.clone());
+            }
+        }
+        let fail2 = |doing: &'static str| move |e| classify(doing, e, 2);
+        let starts_logged = async {
+            if starts.ids.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 3] = [&starts.ids, &starts.seqs, &starts.frames];
+            client
+                .execute(statement(LOG_STARTS)?, &params)
+                .await
+                .map_err(fail2("appending starts to the log"))
+        };
+        let inserted = async {
+            if new.ids.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &new.ids,
+                &new.types,
+                &new.statuses,
+                &new.finished,
+                &new.started,
+                &new.changed,
+                &new.entries,
+                &new.keys,
+            ];
+            client
+                .execute(statement(SAGAS_NEW)?, &params)
+                .await
+                .map_err(fail2("inserting saga rows"))
+        };
+        let updated = async {
+            if changed.ids.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &changed.ids,
+                &changed.statuses,
+                &changed.finished,
+                &changed.changed,
+                &changed.entries,
+            ];
+            client
+                .execute(statement(SAGAS_CHANGED)?, &params)
+                .await
+                .map_err(fail2("updating saga rows"))
+        };
+        let timers_cleared = async {
+            if cleared_ids.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 2] = [&cleared_ids, &cleared_seqs];
+            client
+                .execute(statement(TIMERS_CLEARED)?, &params)
+                .await
+                .map_err(fail2("clearing timers"))
+        };
+        let timers_set = async {
+            if set.ids.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 4] = [&set.ids, &set.dues, &set.seqs, &set.purposes];
+            client
+                .execute(statement(TIMERS_SET)?, &params)
+                .await
+                .map_err(fail2("setting timers"))
+        };
+        let commit = client.batch_execute("COMMIT");
+        let (a, b, c, d, e, committed) = tokio::join!(
+            starts_logged,
+            inserted,
+            updated,
+            timers_cleared,
+            timers_set,
+            commit
+        );
+        a?;
+        b?;
+        c?;
+        d?;
+        e?;
+        committed.map_err(fail2("committing"))?;
+        Ok(refused)
+    }
+}
+
+#[derive(Default)]
+struct NewSagas {
+    ids: Vec<uuid::Uuid>,
+    types: Vec<String>,
+    statuses: Vec<i16>,
+    finished: Vec<bool>,
+    started: Vec<i64>,
+    changed: Vec<i64>,
+    entries: Vec<Vec<u8>>,
+    keys: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct Changed {
+    ids: Vec<uuid::Uuid>,
+    statuses: Vec<i16>,
+    finished: Vec<bool>,
+    changed: Vec<i64>,
+    entries: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct TimersSet {
+    ids: Vec<uuid::Uuid>,
+    dues: Vec<i64>,
+    seqs: Vec<i64>,
+    purposes: Vec<Vec<u8>>,
+}
+
+/// Deletes finished sagas in one transaction (two round trips): their
+/// rows (re-checking `finished`), then their logs and keys.
+pub(super) async fn remove_finished(link: &Link, sagas: &[Removal]) -> Result<Removed, StoreError> {
+    if sagas.is_empty() {
+        return Ok(Removed::default());
+    }
+    let conn = link.conn().await?;
+    let result = remove(&conn, sagas).await;
+    if result.is_err() {
+        let _ = conn.client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn remove(conn: &Conn, sagas: &[Removal]) -> Result<Removed, StoreError> {
+    let client = &conn.client;
+    let doing = "deleting finished sagas";
+    let ids: Vec<uuid::Uuid> = sagas.iter().map(|r| uuid(r.saga)).collect();
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (began, deleted) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(conn.statement(REMOVE_SAGAS)?, &params)
+    );
+    began.map_err(|e| db_error(doing, e))?;
+    let deleted = deleted.map_err(|e| db_error(doing, e))?;
+    let mut gone: Vec<uuid::Uuid> = Vec::with_capacity(deleted.len());
+    let mut keys: Vec<String> = Vec::new();
+    for row in &deleted {
+        gone.push(row.try_get(0).map_err(|e| db_error(doing, e))?);
+        if let Some(key) = row
+            .try_get::<_, Option<String>>(1)
+            .map_err(|e| db_error(doing, e))?
+        {
+            keys.push(key);
+        }
+    }
+    let logs_params: [&(dyn ToSql + Sync); 1] = [&gone];
+    let keys_params: [&(dyn ToSql + Sync); 2] = [&keys, &gone];
+    let (logs, keys_removed, committed) = tokio::join!(
+        client.execute(conn.statement(REMOVE_LOGS)?, &logs_params),
+        client.execute(conn.statement(REMOVE_KEYS)?, &keys_params),
+        client.batch_execute("COMMIT")
+    );
+    let logs = logs.map_err(|e| db_error(doing, e))?;
+    let keys_removed = keys_removed.map_err(|e| db_error(doing, e))?;
+    committed.map_err(|e| db_error(doing, e))?;
+    Ok(Removed {
+        sagas: gone.len() as u64,
+        keys: logs + keys_removed + gone.len() as u64,
+    })
+}

@@ -1,0 +1,142 @@
+//! PostgreSQL for the tests: the server named by `SAGALOG_TEST_PG`
+//! (`postgres://…`), or else a throwaway cluster this test process starts
+//! from the PostgreSQL binaries on the machine (as the `postgres` user when
+//! the tests run as root), on a private port, and that a watcher stops when
+//! the process ends. Each store gets a schema of its own, so tests run in
+//! parallel. Without binaries or a URL the PostgreSQL tests say so and pass
+//! without running, unless `SAGALOG_REQUIRE_PG=1` (set by `.ci/run`), which
+//! turns that into a failure.
+
+use sagalog::{PgOptions, PgStore};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The URL of the server the tests use, if there is one.
+pub fn url() -> Option<String> {
+    static URL: OnceLock<Option<String>> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("SAGALOG_TEST_PG") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => start_cluster(),
+    })
+    .clone()
+}
+
+/// A store in a new schema of the test server; `None` (after saying so)
+/// when there is no server and none is required.
+pub async fn store() -> Option<PgStore> {
+    let schema = format!("sl_{}", uuid_simple());
+    store_in(&schema).await
+}
+
+/// A store in schema `schema` of the test server (the same data each
+/// time it is called with the same name).
+pub async fn store_in(schema: &str) -> Option<PgStore> {
+    let Some(url) = url() else {
+        if std::env::var("SAGALOG_REQUIRE_PG").as_deref() == Ok("1") {
+            panic!("SAGALOG_REQUIRE_PG=1 but there is no PostgreSQL: set SAGALOG_TEST_PG or install the server binaries");
+        }
+        eprintln!("SKIPPED: no PostgreSQL (set SAGALOG_TEST_PG=postgres://… or install postgresql); this test did not run");
+        return None;
+    };
+    let options = PgOptions::default().schema(schema);
+    Some(
+        PgStore::connect(&url, options)
+            .await
+            .expect("the test database takes connections"),
+    )
+}
+
+fn uuid_simple() -> String {
+    sagalog::SagaId::new().to_string().replace('-', "")
+}
+
+/// The directory of the newest installed PostgreSQL's binaries.
+fn binaries() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// `program args` as the `postgres` user when we are root.
+fn as_server_user(program: PathBuf, args: &[&str]) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .args(args);
+        command
+    } else {
+        let mut command = Command::new(program);
+        command.args(args);
+        command
+    }
+}
+
+/// Starts a cluster for this process; its URL.
+fn start_cluster() -> Option<String> {
+    let bin = binaries()?;
+    let dir = std::env::temp_dir().join(format!("sagalog-pg-{}", uuid_simple()));
+    std::fs::create_dir_all(&dir).ok()?;
+    if is_root() {
+        let _ = Command::new("chown").arg("postgres:").arg(&dir).status();
+    }
+    let data = dir.join("data");
+    let (data_s, dir_s) = (data.to_str()?.to_string(), dir.to_str()?.to_string());
+    let init = as_server_user(
+        bin.join("initdb"),
+        &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync"],
+    )
+    .output()
+    .ok()?;
+    assert!(
+        init.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let settings = format!(
+        "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+    );
+    let log = format!("{dir_s}/log");
+    let start = as_server_user(
+        bin.join("pg_ctl"),
+        &["-D", &data_s, "-l", &log, "-w", "-o", &settings, "start"],
+    )
+    .output()
+    .ok()?;
+    assert!(
+        start.status.success(),
+        "pg_ctl start failed: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    // Stops the server and removes its files once this process is gone.
+    let pg_ctl = bin.join("pg_ctl");
+    let runuser = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let watcher = format!(
+        "while [ -d /proc/{pid} ]; do sleep 0.5; done; {runuser}{pg_ctl} -D {data_s} -m immediate stop >/dev/null 2>&1; rm -rf {dir_s}",
+        pid = std::process::id(),
+        pg_ctl = pg_ctl.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &format!("({watcher}) </dev/null >/dev/null 2>&1 &")])
+        .status()
+        .ok()?;
+    Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
