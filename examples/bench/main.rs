@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example bench -- --sagas 100000 --steps 3 --concurrency 256
 //! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 1
+//! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 256 --store postgres://postgres@127.0.0.1:55432/postgres
 //! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 256 --guard-ratio 0.4
 //! cargo run --release --example bench -- --mode fixture --data-dir D --in-flight 10000 --finished 1000000
 //! cargo run --release --example bench -- --mode recovery --data-dir D
@@ -23,6 +24,7 @@ mod baseline;
 mod long;
 mod measure;
 mod parked;
+mod postgres;
 mod recovery;
 mod throughput;
 mod workload;
@@ -32,6 +34,7 @@ use baseline::*;
 use long::long_run;
 use measure::*;
 use parked::parked;
+use postgres::pg_throughput;
 use recovery::{fixture, recovery, reopen};
 use throughput::throughput;
 use workload::*;
@@ -102,6 +105,11 @@ struct Args {
     /// sled cache size in MiB (default: the library's default).
     #[arg(long)]
     cache_mb: Option<u64>,
+    /// Throughput with the log in this PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB), in a fresh schema, against raw
+    /// tokio-postgres writing the same rows.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 static CACHE_MB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
@@ -128,7 +136,10 @@ async fn run(args: Args) {
         std::process::exit(2);
     }
     let out = match args.mode {
-        Mode::Throughput => throughput(&args, &dir).await,
+        Mode::Throughput => match &args.store {
+            Some(url) => pg_throughput(&args, url).await,
+            None => throughput(&args, &dir).await,
+        },
         Mode::Fixture => fixture(&args, &dir).await,
         Mode::Recovery => recovery(&args, &dir).await,
         Mode::Parked => parked(&args, &dir).await,

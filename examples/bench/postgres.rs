@@ -1,0 +1,175 @@
+//! `--store postgres://…` (throughput): the engine on `PgStore`, against
+//! raw tokio-postgres doing the same transactions in the same run: one
+//! transaction per engine group, of the engine's mean group size, with the
+//! same rows (per saga its start, one log row per append, one saga row
+//! inserted and one updated) in the same two pipelined round trips.
+
+use crate::*;
+use sagalog::{PgOptions, PgStore};
+use tokio_postgres::types::ToSql;
+
+pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
+    let schema = format!("bench_{}", SagaId::new().to_string().replace('-', ""));
+    let store = match PgStore::connect(url, PgOptions::default().schema(schema.clone())).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut registry = Registry::new();
+    let saga = bench_saga(&mut registry, "bench", args.steps, None);
+    let engine = Engine::open_with_store(
+        Arc::new(store),
+        registry,
+        config(args.concurrency.max(1024)),
+    )
+    .await
+    .expect("the engine opens on PostgreSQL");
+    let cpu_before = cpu_secs();
+    let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
+    let cpu = cpu_secs() - cpu_before;
+    let stats = engine.log_stats();
+    engine.shutdown(Duration::from_secs(10)).await;
+    drop(engine);
+    let secs = wall.as_secs_f64();
+    let appends = stats.appends.load(Ordering::Relaxed);
+    let groups = stats.flushes.load(Ordering::Relaxed).max(1);
+    let value_bytes = stats.log_value_bytes.load(Ordering::Relaxed);
+    let values = stats.log_values.load(Ordering::Relaxed).max(1);
+    let mean_value = (value_bytes / values) as usize;
+    let per_group = appends as f64 / groups as f64;
+    let baseline = raw_baseline(url, &schema, args, per_group, mean_value).await;
+    let engine_rate = args.sagas as f64 / secs;
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "store": "postgres",
+        "sagas": args.sagas,
+        "steps": args.steps,
+        "concurrency": args.concurrency,
+        "sagas_per_sec": engine_rate.round(),
+        "groups_per_sec": (groups as f64 / secs).round(),
+        "appends_per_group": (per_group * 10.0).round() / 10.0,
+        "mean_value_bytes": mean_value,
+        "p50_ms": round3(percentile(&latencies, 0.50)),
+        "p99_ms": round3(percentile(&latencies, 0.99)),
+        "p999_ms": round3(percentile(&latencies, 0.999)),
+        "cpu_us_per_saga": (cpu * 1e6 / args.sagas.max(1) as f64).round(),
+        "cpu_cores_busy": (cpu / secs * 100.0).round() / 100.0,
+        "pg_baseline_sagas_per_sec": baseline.round(),
+        "ratio": round3(engine_rate / baseline),
+        "pg_test_fsync_per_sec": pg_test_fsync(),
+    })
+}
+
+/// Sagas per second of raw tokio-postgres writing the engine's rows: as
+/// many transactions as it takes for `args.sagas` sagas at `per_group`
+/// appends each, one after another on one connection, like the writer.
+async fn raw_baseline(
+    url: &str,
+    schema: &str,
+    args: &Args,
+    per_group: f64,
+    value_bytes: usize,
+) -> f64 {
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "{url}{}options=-csearch_path%3D{schema}",
+            if url.contains('?') { "&" } else { "?" }
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the baseline connects");
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE raw_log (saga_id uuid, seq bigint, frames bytea, PRIMARY KEY (saga_id, seq));
+             CREATE TABLE raw_saga (saga_id uuid PRIMARY KEY, status smallint, entry bytea);",
+        )
+        .await
+        .expect("the baseline tables");
+    let log = client
+        .prepare("INSERT INTO raw_log SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[]) ON CONFLICT DO NOTHING RETURNING saga_id")
+        .await
+        .unwrap();
+    let new = client
+        .prepare("INSERT INTO raw_saga SELECT * FROM unnest($1::uuid[], $2::int2[], $3::bytea[])")
+        .await
+        .unwrap();
+    let done = client
+        .prepare("UPDATE raw_saga t SET status = u.s, entry = u.e FROM unnest($1::uuid[], $2::int2[], $3::bytea[]) AS u(id, s, e) WHERE t.saga_id = u.id")
+        .await
+        .unwrap();
+    let appends_per_saga = args.steps + 1;
+    let total = args.sagas * appends_per_saga;
+    let group = (per_group.round() as usize).max(1);
+    // Appends in saga order, spread so that each group holds sagas at
+    // every stage, as the engine's do: append k of saga s is the k-th.
+    let ids: Vec<uuid::Uuid> = (0..args.sagas).map(|_| uuid::Uuid::now_v7()).collect();
+    let frames = vec![7u8; value_bytes];
+    let entry = vec![1u8; 40];
+    let began = Instant::now();
+    let mut next = 0;
+    while next < total {
+        let end = (next + group).min(total);
+        let (mut lid, mut lseq, mut lf) = (vec![], vec![], vec![]);
+        let (mut nid, mut ns, mut ne) = (vec![], vec![], vec![]);
+        let (mut did, mut ds, mut de) = (vec![], vec![], vec![]);
+        for i in next..end {
+            let (saga, seq) = (i % args.sagas, i / args.sagas);
+            let id = ids[saga];
+            lid.push(id);
+            lseq.push(seq as i64);
+            lf.push(frames.clone());
+            if seq == 0 {
+                nid.push(id);
+                ns.push(1i16);
+                ne.push(entry.clone());
+            } else if seq + 1 == appends_per_saga {
+                did.push(id);
+                ds.push(3i16);
+                de.push(entry.clone());
+            }
+        }
+        let p1: [&(dyn ToSql + Sync); 3] = [&lid, &lseq, &lf];
+        let p2: [&(dyn ToSql + Sync); 3] = [&nid, &ns, &ne];
+        let p3: [&(dyn ToSql + Sync); 3] = [&did, &ds, &de];
+        let (b, l) = tokio::join!(client.batch_execute("BEGIN"), client.query(&log, &p1));
+        b.unwrap();
+        l.unwrap();
+        let (n, d, c) = tokio::join!(
+            client.execute(&new, &p2),
+            client.execute(&done, &p3),
+            client.batch_execute("COMMIT")
+        );
+        n.unwrap();
+        d.unwrap();
+        c.unwrap();
+        next = end;
+    }
+    args.sagas as f64 / began.elapsed().as_secs_f64()
+}
+
+/// `pg_test_fsync`'s `fdatasync` rate (8 kB writes, ops/s) on this
+/// machine's temporary directory, if the tool is installed.
+fn pg_test_fsync() -> Option<f64> {
+    let tool = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin/pg_test_fsync")))
+        .find(|p| p.exists())?;
+    let file = std::env::temp_dir().join(format!("pg_test_fsync.{}", std::process::id()));
+    let out = std::process::Command::new(tool)
+        .args(["-s", "2", "-f"])
+        .arg(&file)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.trim_start().starts_with("fdatasync"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.replace(',', "").parse::<f64>().ok())
+        })
+}
