@@ -31,8 +31,13 @@ use std::time::Duration;
 struct Cli {
     /// The database directory (the path the service passes to Engine::open).
     /// If the service runs, the tool uses its admin server at DIR/admin.sock.
-    #[arg(long, value_name = "DIR", global = true)]
+    /// Or a PostgreSQL log: postgres://USER@HOST:PORT/DB, read while the
+    /// service runs.
+    #[arg(long, value_name = "DIR|URL", global = true)]
     db: Option<PathBuf>,
+    /// With a PostgreSQL --db, the schema of sagalog's tables.
+    #[arg(long, value_name = "NAME", global = true)]
+    schema: Option<String>,
     /// A running service's admin server: unix:PATH or http://HOST:PORT.
     #[arg(long, value_name = "URL", global = true)]
     admin: Option<String>,
@@ -409,6 +414,9 @@ async fn connect(cli: &Cli) -> Result<Service, Failed> {
             token: cli.token.clone(),
         }));
     }
+    if let Some(url) = pg_url(cli) {
+        return Service::open_pg(&url, pg_options(cli)).await;
+    }
     let path = db(cli)?;
     let opening = path.clone();
     let opened = tokio::task::spawn_blocking(move || SledStore::open(opening, sled_options()))
@@ -430,9 +438,48 @@ async fn connect(cli: &Cli) -> Result<Service, Failed> {
     }
 }
 
+/// `--db` when it names a PostgreSQL database.
+fn pg_url(cli: &Cli) -> Option<String> {
+    let text = cli.db.as_ref()?.to_str()?;
+    (text.starts_with("postgres://") || text.starts_with("postgresql://")).then(|| text.to_owned())
+}
+
+fn pg_options(cli: &Cli) -> sagalog::PgOptions {
+    match &cli.schema {
+        Some(schema) => sagalog::PgOptions::default().schema(schema.clone()),
+        None => sagalog::PgOptions::default(),
+    }
+}
+
 /// The commands that work on the files themselves and need the service
 /// stopped; `None` for the others.
 async fn offline(cli: &Cli, out: &render::Output) -> Result<Option<ExitCode>, Failed> {
+    if let Some(url) = pg_url(cli) {
+        return match &cli.command {
+            Command::Compact => Err(Failure(
+                "compact is for a sled directory; on PostgreSQL, VACUUM reclaims the space of swept sagas".into(),
+            )
+            .into()),
+            Command::Repair => Err(Failure(
+                "repair is for a sled directory; a PostgreSQL log is repaired with the database's own backups and tools (run verify to see what is wrong)".into(),
+            )
+            .into()),
+            Command::Verify => {
+                let store = sagalog::PgStore::connect(&url, pg_options(cli))
+                    .await
+                    .map_err(store_failure)?;
+                let report = sagalog::store::LogStore::verify(&store)
+                    .await
+                    .map_err(store_failure)?;
+                out.verify(&report);
+                Ok(Some(match report.is_clean() {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::FAILURE,
+                }))
+            }
+            _ => Ok(None),
+        };
+    }
     match &cli.command {
         Command::Compact => {
             let path = db(cli)?;
@@ -601,8 +648,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
                     out.sweep(&report, before, after);
                     Ok(())
                 }
-                Service::Remote(_) => Err(Failure(
-                    "sweep needs the service stopped (it reports the database's size on disk); the service's own retention (EngineConfig) sweeps while it runs".into(),
+                Service::Remote(_) | Service::Database { .. } => Err(Failure(
+                    "sweep needs a stopped service's sled directory (it reports the size on disk); the service's own retention (EngineConfig::retention) sweeps while it runs".into(),
                 )
                 .into()),
             }

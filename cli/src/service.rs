@@ -21,13 +21,26 @@ pub enum Service {
     },
     /// A running service: actions take effect at once.
     Remote(Remote),
+    /// A PostgreSQL log, read here while its service may run: reads only,
+    /// since an action appended from here could race the service's own.
+    Database { engine: Engine },
 }
+
+/// Why an action on a PostgreSQL log is refused from the command line.
+const RACES_THE_SERVICE: &str = "on a PostgreSQL log the service may be running, and an action written from here could race its own appends; act through the service's admin server instead (--admin unix:PATH or --admin http://HOST:PORT), or with Engine::act in the service";
 
 impl Service {
     pub async fn open_local(store: SledStore) -> Result<Service, Failed> {
         let store = Arc::new(store);
         let engine = Engine::open_admin_with_store(store.clone()).await?;
         Ok(Service::Local { engine, store })
+    }
+
+    /// Opens the PostgreSQL log at `url` for reading.
+    pub async fn open_pg(url: &str, options: sagalog::PgOptions) -> Result<Service, Failed> {
+        let store = sagalog::PgStore::connect(url, options).await?;
+        let engine = Engine::open_admin_with_store(Arc::new(store)).await?;
+        Ok(Service::Database { engine })
     }
 
     /// True for a running service, where actions take effect at once.
@@ -38,7 +51,7 @@ impl Service {
     /// The time to say "in 2 s" from.
     pub fn now(&self) -> UnixMillis {
         match self {
-            Service::Local { engine, .. } => engine.now(),
+            Service::Local { engine, .. } | Service::Database { engine } => engine.now(),
             Service::Remote(_) => {
                 UnixMillis::from_system_time(std::time::SystemTime::now()).unwrap_or(UnixMillis(0))
             }
@@ -47,7 +60,7 @@ impl Service {
 
     pub async fn list(&self, query: &ListQuery) -> Result<SagaPage, Failed> {
         match self {
-            Service::Local { engine, .. } => {
+            Service::Local { engine, .. } | Service::Database { engine } => {
                 let filter = query.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine.find(&filter).await?;
                 Ok(SagaPage { sagas, next: None })
@@ -76,14 +89,16 @@ impl Service {
 
     pub async fn detail(&self, id: SagaId) -> Result<SagaDetail, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(engine.detail(id).await?),
+            Service::Local { engine, .. } | Service::Database { engine } => {
+                Ok(engine.detail(id).await?)
+            }
             Service::Remote(remote) => Ok(remote.get(&format!("/v1/sagas/{id}")).await?),
         }
     }
 
     pub async fn manual(&self) -> Result<ManualQueue, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(ManualQueue {
+            Service::Local { engine, .. } | Service::Database { engine } => Ok(ManualQueue {
                 manual_queue: engine.manual_queue().await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/manual").await?),
@@ -92,7 +107,7 @@ impl Service {
 
     pub async fn delay(&self) -> Result<DelayQueue, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(DelayQueue {
+            Service::Local { engine, .. } | Service::Database { engine } => Ok(DelayQueue {
                 delay_queue: engine.delay_queue(1000).await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/delay?limit=1000").await?),
@@ -101,7 +116,9 @@ impl Service {
 
     pub async fn stats(&self) -> Result<Stats, Failed> {
         match self {
-            Service::Local { engine, .. } => Ok(engine.stats().await?),
+            Service::Local { engine, .. } | Service::Database { engine } => {
+                Ok(engine.stats().await?)
+            }
             Service::Remote(remote) => Ok(remote.get("/v1/stats").await?),
         }
     }
@@ -113,6 +130,7 @@ impl Service {
         request: &ActionRequest,
     ) -> Result<ActionDone, Failed> {
         match self {
+            Service::Database { .. } => Err(Failure(RACES_THE_SERVICE.into()).into()),
             Service::Local { engine, .. } => {
                 engine.act(id, action, request).await?;
                 Ok(ActionDone {
@@ -130,6 +148,7 @@ impl Service {
 
     pub async fn bulk(&self, action: Action, bulk: &BulkRequest) -> Result<BulkReport, Failed> {
         match self {
+            Service::Database { .. } => Err(Failure(RACES_THE_SERVICE.into()).into()),
             Service::Local { engine, .. } => {
                 let filter = bulk.filter.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine
@@ -149,7 +168,7 @@ impl Service {
     }
 
     pub async fn close(self) {
-        if let Service::Local { engine, .. } = self {
+        if let Service::Local { engine, .. } | Service::Database { engine } = self {
             engine.shutdown(Duration::from_secs(5)).await;
         }
     }

@@ -12,6 +12,7 @@ mod actions;
 mod harness;
 mod live;
 mod maintenance;
+mod postgres;
 mod reading;
 mod refusals;
 

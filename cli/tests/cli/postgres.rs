@@ -1,0 +1,99 @@
+//! `sagalog --db postgres://…`: reading a log in PostgreSQL that the orders
+//! example wrote, and refusing actions there (the service may be running).
+
+use super::harness::orders_binary;
+use super::*;
+
+#[allow(dead_code)]
+#[path = "../../../tests/common/pg.rs"]
+mod pg_server;
+
+/// The test server's URL, or `None` after saying the test is skipped.
+fn server() -> Option<String> {
+    let url = pg_server::url();
+    if url.is_none() {
+        assert_ne!(
+            std::env::var("SAGALOG_REQUIRE_PG").as_deref(),
+            Ok("1"),
+            "SAGALOG_REQUIRE_PG=1 but there is no PostgreSQL"
+        );
+        eprintln!("SKIPPED: no PostgreSQL (set SAGALOG_TEST_PG or install postgresql)");
+    }
+    url
+}
+
+/// Runs the orders example to its end with its log in schema `schema`.
+fn orders_on(url: &str, schema: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(orders_binary())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--json", "--store", url, "--schema", schema])
+        .output()
+        .expect("the orders example runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
+fn on_pg(url: &str, schema: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(["--db", url, "--schema", schema])
+        .args(args)
+        .output()
+        .expect("sagalog runs")
+}
+
+#[test]
+fn list_reads_the_sagas_of_a_postgresql_log() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+
+    let listed = on_pg(&url, &schema, &["list", "--json"]);
+
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let page: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(page["sagas"].as_array().map(Vec::len), Some(5));
+}
+
+#[test]
+fn an_action_on_a_postgresql_log_is_refused_as_a_race_with_the_service() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+    let listed = on_pg(&url, &schema, &["list", "--json"]);
+    let page: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = page["sagas"][0]["saga_id"].as_str().unwrap().to_string();
+
+    let acted = on_pg(&url, &schema, &["compensate", &id, "--reason", "test"]);
+
+    assert!(!acted.status.success());
+    let said = String::from_utf8_lossy(&acted.stderr);
+    assert!(said.contains("could race"), "{said}");
+    let after = on_pg(&url, &schema, &["show", &id, "--json"]);
+    let detail: Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(detail["saga"]["status"], "COMMITTED", "nothing was written");
+}
+
+#[test]
+fn verify_of_a_postgresql_log_the_example_wrote_is_clean() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+
+    let verified = on_pg(&url, &schema, &["verify", "--json"]);
+
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}
