@@ -142,6 +142,13 @@ impl Engine {
                         lock(&inner.running).remove(&id);
                         inner.notify_waiters(id, Err(Error::shutting_down(id)));
                     }
+                    Err(e) if reloads(&e) => {
+                        // Whether the last write landed is unknown, or
+                        // someone else wrote: the log says. Still owned;
+                        // waiters keep waiting.
+                        tracing::warn!(error = %e, "saga loop stopped on an unknown write; reading the saga again from its log");
+                        engine.reload(id);
+                    }
                     Err(e) => {
                         // Visible as parked until the engine is reopened,
                         // which resumes the saga from its durable log.
@@ -153,6 +160,36 @@ impl Engine {
             }
             .instrument(span),
         );
+    }
+
+    /// Reads an owned saga again from its log and runs it, retrying with
+    /// backoff while the store cannot be read: after a write whose outcome
+    /// is unknown. A saga whose log holds nothing (a start that did not
+    /// land) is let go; one that cannot run is parked.
+    pub(super) fn reload(&self, id: SagaId) {
+        let engine = self.background();
+        self.inner.tracker.spawn(async move {
+            let mut wait = std::time::Duration::from_millis(50);
+            loop {
+                if engine.inner.stopping.is_cancelled() {
+                    lock(&engine.inner.running).remove(&id);
+                    return engine.inner.notify_waiters(id, Err(Error::shutting_down(id)));
+                }
+                match engine.load_state(id).await {
+                    Ok(state) => return engine.run_or_park(id, engine.prepare_state(id, state)),
+                    Err(Error::NotFound(_)) => {
+                        engine.inner.release_if_idle(id);
+                        return engine.inner.notify_waiters(id, Err(Error::NotFound(id)));
+                    }
+                    Err(Error::Store(e)) => {
+                        tracing::warn!(saga_id = %id, error = %e, "cannot read the saga again yet; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(e) => return engine.park(id, ParkReason::Unreadable(Box::new(e))),
+                }
+            }
+        });
     }
 
     /// A timer fell due: run the saga's loop, unless some task owns the saga
@@ -184,4 +221,17 @@ impl Engine {
             engine.run_or_park(key.saga, engine.prepare_state(key.saga, state));
         });
     }
+}
+
+/// Whether a loop that stopped on `e` reads its saga again instead of
+/// parking it: the outcome of its last write is unknown, or another writer
+/// appended to it.
+fn reloads(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store(
+            crate::log::store::StoreError::Ambiguous(_)
+                | crate::log::store::StoreError::Conflict { .. }
+        )
+    )
 }

@@ -230,6 +230,15 @@ impl Engine {
                     }),
                 }
             }
+            Err(AppendError::Store(e @ crate::log::store::StoreError::Ambiguous(_))) => {
+                // The start may be in the log: whoever reads it next must
+                // find it running. Claimed now; the reload runs it, or
+                // lets it go if the log holds nothing.
+                if self.claim(id) {
+                    self.reload(id);
+                }
+                return Err(Error::Store(e));
+            }
             Err(AppendError::Store(e)) => return Err(Error::Store(e)),
             Err(AppendError::Conflict) => return Err(Error::Store(conflict(id))),
             Err(AppendError::Closed) => return Err(Error::shutting_down(id)),
@@ -297,7 +306,5 @@ fn stage_first_intents(
 /// The error of an append the store refused because the log already holds
 /// records at its sequence numbers: some other writer appended to the saga.
 pub(super) fn conflict(saga: SagaId) -> crate::log::store::StoreError {
-    crate::log::store::StoreError::Backend(format!(
-        "saga {saga}: the log already holds records where this append goes, so another writer appended to it; the saga is read again from its log at the next open"
-    ))
+    crate::log::store::StoreError::Conflict { saga }
 }

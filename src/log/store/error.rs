@@ -153,6 +153,14 @@ pub enum StoreError {
         /// The version this build reads and writes.
         expected: u32,
     },
+    /// The log already held records where an append was to go: another
+    /// writer appended to the saga. Nothing of the append was written; the
+    /// saga is read again from the log.
+    #[error("saga {saga}: the log already holds records where this append goes, so another writer appended to it; the saga is read again from its log")]
+    Conflict {
+        /// The saga.
+        saga: crate::ids::SagaId,
+    },
     /// The store was opened for inspection ([`SledStore::open_for_inspection`](crate::SledStore::open_for_inspection))
     /// and takes no writes.
     #[error(
