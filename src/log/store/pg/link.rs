@@ -67,6 +67,20 @@ pub(super) fn check_identifier(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Whether SQLSTATE `code` means the server ended the session (a lost
+/// connection, an administrator's termination, a shutdown or restart).
+pub(super) fn ends_session(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Whether `e` means the connection is gone, so a new one may succeed.
+pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => ends_session(db.code().code()),
+        None => e.is_closed() || std::error::Error::source(e).is_some(),
+    }
+}
+
 /// What went wrong, with the server's own message when it sent one.
 pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -153,6 +167,13 @@ impl Link {
     /// Marks the database unreachable after a write lost its connection.
     pub(super) fn lost(&self, why: String) {
         *crate::sync::lock(&self.down) = Some(why);
+    }
+
+    /// A write went through: the database is reachable.
+    pub(super) fn reached(&self) {
+        if crate::sync::lock(&self.down).take().is_some() {
+            tracing::info!(link = self.name, "the database is reachable again");
+        }
     }
 
     /// `Ok` unless the last attempt to reach the database failed.

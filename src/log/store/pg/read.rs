@@ -16,6 +16,10 @@ const TIMERS: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM s
     WHERE timer_due IS NOT NULL AND saga_id <> ALL($1)
     ORDER BY timer_due, saga_id, timer_seq LIMIT $2";
 
+/// How many times a read that lost its connection is tried on a new one
+/// before its error is returned.
+const READ_ATTEMPTS: usize = 5;
+
 /// The statements the reading connection prepares.
 pub(super) const STATEMENTS: &[&str] = &[LOG, ACTIVE, ACTIVE_PAGE, FINISHED, KEY, TIMERS];
 
@@ -26,6 +30,22 @@ async fn query(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     doing: &str,
 ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    // A read changes nothing, so one that lost its connection is simply
+    // made again on a new one, a few times.
+    let mut wait = std::time::Duration::from_millis(20);
+    for _ in 0..READ_ATTEMPTS {
+        let conn = link.conn().await?;
+        let statement = conn.statement(sql)?;
+        match conn.client.query(statement, params).await {
+            Ok(rows) => return Ok(rows),
+            Err(e) if super::link::connection_lost(&e) => {
+                link.lost(super::link::describe(&e));
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(db_error(doing, e)),
+        }
+    }
     let conn = link.conn().await?;
     let statement = conn.statement(sql)?;
     let rows = conn.client.query(statement, params).await;

@@ -92,16 +92,36 @@ enum Failure {
     Failed(StoreError),
 }
 
-/// Sorts an error of round trip `rt` of a transaction (2 = the one that
-/// carries COMMIT).
-fn classify(doing: &str, e: tokio_postgres::Error, rt: u8) -> Failure {
-    match e.as_db_error() {
-        Some(db) if matches!(db.code().code(), "40001" | "40P01") => {
-            Failure::Retry(super::link::describe(&e))
-        }
+/// Where in a transaction an error came back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// The first round trip: nothing can have committed.
+    First,
+    /// A statement of the second round trip, before its COMMIT.
+    Second,
+    /// The COMMIT itself.
+    Commit,
+}
+
+/// Sorts an error of a transaction by where it came back.
+fn classify(doing: &str, e: tokio_postgres::Error, at: At) -> Failure {
+    let why = super::link::describe(&e);
+    match e.as_db_error().map(|db| db.code().code()) {
+        // The server rolled the transaction back and asks for a retry.
+        Some("40001" | "40P01") => Failure::Retry(why),
+        // The server ended the session: at a statement before COMMIT, so
+        // COMMIT never ran; during COMMIT, it may have.
+        Some(code) if super::link::ends_session(code) => match at {
+            At::Commit => Failure::Ambiguous(why),
+            At::First | At::Second => Failure::Retry(why),
+        },
         Some(_) => Failure::Failed(db_error(doing, e)),
-        None if rt == 2 => Failure::Ambiguous(super::link::describe(&e)),
-        None => Failure::Retry(super::link::describe(&e)),
+        // The connection broke without an answer: after the second round
+        // trip was sent, COMMIT may have run.
+        None => match at {
+            At::First => Failure::Retry(why),
+            At::Second | At::Commit => Failure::Ambiguous(why),
+        },
     }
 }
 
@@ -114,6 +134,7 @@ pub(super) async fn append(link: &Link, batch: &[&SagaAppend]) -> Result<Committ
         let began = Instant::now();
         match group.attempt(&conn).await {
             Ok(refused) => {
+                link.reached();
                 let times = WriteTimes {
                     apply: began.elapsed(),
                     ..WriteTimes::default()
@@ -201,7 +222,7 @@ impl<'a> Group<'a> {
     async fn attempt(&self, conn: &Conn) -> Result<Vec<(usize, Refusal)>, Failure> {
         let client = &conn.client;
         let statement = |sql| conn.statement(sql).map_err(Failure::Failed);
-        let fail = |doing: &'static str| move |e| classify(doing, e, 1);
+        let fail = |doing: &'static str| move |e| classify(doing, e, At::First);
 
         // RT1: BEGIN, the claims, the log rows of appends without a claim.
         let (mut keys, mut key_ids, mut prints, mut claim_at) = (vec![], vec![], vec![], vec![]);
@@ -332,7 +353,7 @@ impl<'a> Group<'a> {
                 set.purposes.push(purpose.clone());
             }
         }
-        let fail2 = |doing: &'static str| move |e| classify(doing, e, 2);
+        let fail2 = |doing: &'static str| move |e| classify(doing, e, At::Second);
         let starts_logged = async {
             if starts.ids.is_empty() {
                 return Ok(0);
@@ -412,7 +433,7 @@ impl<'a> Group<'a> {
         c?;
         d?;
         e?;
-        committed.map_err(fail2("committing"))?;
+        committed.map_err(|e| classify("committing", e, At::Commit))?;
         Ok(refused)
     }
 }
