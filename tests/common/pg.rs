@@ -87,56 +87,112 @@ fn as_server_user(program: PathBuf, args: &[&str]) -> Command {
 
 /// Starts a cluster for this process; its URL.
 fn start_cluster() -> Option<String> {
-    let bin = binaries()?;
-    let dir = std::env::temp_dir().join(format!("sagalog-pg-{}", uuid_simple()));
-    std::fs::create_dir_all(&dir).ok()?;
-    if is_root() {
-        let _ = Command::new("chown").arg("postgres:").arg(&dir).status();
-    }
-    let data = dir.join("data");
-    let (data_s, dir_s) = (data.to_str()?.to_string(), dir.to_str()?.to_string());
-    let init = as_server_user(
-        bin.join("initdb"),
-        &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync"],
-    )
-    .output()
-    .ok()?;
-    assert!(
-        init.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let port = 20000 + (std::process::id() % 20000) as u16;
-    let settings = format!(
-        "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
-    );
-    let log = format!("{dir_s}/log");
-    let start = as_server_user(
-        bin.join("pg_ctl"),
-        &["-D", &data_s, "-l", &log, "-w", "-o", &settings, "start"],
-    )
-    .output()
-    .ok()?;
-    assert!(
-        start.status.success(),
-        "pg_ctl start failed: {}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    // Stops the server and removes its files once this process is gone.
-    let pg_ctl = bin.join("pg_ctl");
-    let runuser = if is_root() {
-        "runuser -u postgres -- "
-    } else {
-        ""
-    };
-    let watcher = format!(
-        "while [ -d /proc/{pid} ]; do sleep 0.5; done; {runuser}{pg_ctl} -D {data_s} -m immediate stop >/dev/null 2>&1; rm -rf {dir_s}",
-        pid = std::process::id(),
-        pg_ctl = pg_ctl.display(),
-    );
-    Command::new("sh")
-        .args(["-c", &format!("({watcher}) </dev/null >/dev/null 2>&1 &")])
-        .status()
+    Cluster::start(0).map(|cluster| cluster.url)
+}
+
+/// A throwaway cluster of this process, on a private port. A watcher stops
+/// it and removes its files once the process is gone.
+pub struct Cluster {
+    /// Where it takes connections.
+    pub url: String,
+    pg_ctl: PathBuf,
+    data: String,
+    log: String,
+    settings: String,
+}
+
+impl Cluster {
+    /// Starts a cluster, the `n`-th of this process; `None` without the
+    /// server binaries.
+    pub fn start(n: u32) -> Option<Cluster> {
+        let bin = binaries()?;
+        let dir = std::env::temp_dir().join(format!("sagalog-pg-{}", uuid_simple()));
+        std::fs::create_dir_all(&dir).ok()?;
+        if is_root() {
+            let _ = Command::new("chown").arg("postgres:").arg(&dir).status();
+        }
+        let (data, dir_s) = (
+            dir.join("data").to_str()?.to_string(),
+            dir.to_str()?.to_string(),
+        );
+        let init = as_server_user(
+            bin.join("initdb"),
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )
+        .output()
         .ok()?;
-    Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = 20000 + ((std::process::id() * 4 + n) % 40000) as u16;
+        let cluster = Cluster {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            pg_ctl: bin.join("pg_ctl"),
+            log: format!("{dir_s}/log"),
+            settings: format!(
+                "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+            ),
+            data,
+        };
+        cluster.pg_ctl_start();
+        let runuser = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let watcher = format!(
+            "while [ -d /proc/{pid} ]; do sleep 0.5; done; {runuser}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir_s}",
+            pid = std::process::id(),
+            pg_ctl = cluster.pg_ctl.display(),
+            data = cluster.data,
+        );
+        Command::new("sh")
+            .args(["-c", &format!("({watcher}) </dev/null >/dev/null 2>&1 &")])
+            .status()
+            .ok()?;
+        Some(cluster)
+    }
+
+    fn pg_ctl_start(&self) {
+        let start = as_server_user(
+            self.pg_ctl.clone(),
+            &[
+                "-D",
+                &self.data,
+                "-l",
+                &self.log,
+                "-w",
+                "-o",
+                &self.settings,
+                "start",
+            ],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            start.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&start.stderr)
+        );
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, WAL
+    /// redo at the next start) and starts it again, after `down`.
+    pub fn crash_and_restart(&self, down: std::time::Duration) {
+        let stop = as_server_user(
+            self.pg_ctl.clone(),
+            &["-D", &self.data, "-m", "immediate", "-w", "stop"],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            stop.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&stop.stderr)
+        );
+        std::thread::sleep(down);
+        self.pg_ctl_start();
+    }
 }

@@ -9,6 +9,7 @@
 #[path = "../common/async_only.rs"]
 mod async_only_store;
 mod behaviours;
+#[allow(dead_code)]
 #[path = "../common/pg.rs"]
 mod pg_server;
 
