@@ -42,7 +42,8 @@ pub const APPEND_SECONDS: &str = "sagalog_log_append_seconds";
 pub const WRITE_PHASE_SECONDS: &str = "sagalog_log_write_phase_seconds";
 /// Histogram: appends per group commit.
 pub const BATCH_APPENDS: &str = "sagalog_log_batch_appends";
-/// Gauge: 1 while the log takes writes, 0 after a failed sync.
+/// Gauge: 1 while the log takes writes; 0 after a failed sync, or while
+/// the database of a PostgreSQL log is unreachable (writes wait).
 pub const LOG_WRITABLE: &str = "sagalog_log_writable";
 /// Counter: finished sagas deleted by retention.
 pub const SAGAS_SWEPT: &str = "sagalog_sagas_swept_total";

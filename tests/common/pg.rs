@@ -181,6 +181,13 @@ impl Cluster {
     /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, WAL
     /// redo at the next start) and starts it again, after `down`.
     pub fn crash_and_restart(&self, down: std::time::Duration) {
+        self.crash();
+        std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`).
+    pub fn crash(&self) {
         let stop = as_server_user(
             self.pg_ctl.clone(),
             &["-D", &self.data, "-m", "immediate", "-w", "stop"],
@@ -192,7 +199,10 @@ impl Cluster {
             "pg_ctl stop failed: {}",
             String::from_utf8_lossy(&stop.stderr)
         );
-        std::thread::sleep(down);
+    }
+
+    /// Starts the server again after [`Cluster::crash`].
+    pub fn start_again(&self) {
         self.pg_ctl_start();
     }
 }

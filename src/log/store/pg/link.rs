@@ -135,9 +135,7 @@ impl Link {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 *current = Some(conn.clone());
-                if crate::sync::lock(&self.down).take().is_some() {
-                    tracing::info!(link = self.name, "the database is reachable again");
-                }
+                self.reached();
                 Ok(conn)
             }
             Err(e) => {
@@ -146,6 +144,8 @@ impl Link {
                     tracing::error!(link = self.name, error = %e, "the database is unreachable; retrying");
                 }
                 *down = Some(e.to_string());
+                drop(down);
+                self.gauge(false);
                 Err(e)
             }
         }
@@ -167,12 +167,21 @@ impl Link {
     /// Marks the database unreachable after a write lost its connection.
     pub(super) fn lost(&self, why: String) {
         *crate::sync::lock(&self.down) = Some(why);
+        self.gauge(false);
+    }
+
+    /// `sagalog_log_writable`, for the writer's link only.
+    fn gauge(&self, up: bool) {
+        if self.name == "writer" {
+            metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if up { 1.0 } else { 0.0 });
+        }
     }
 
     /// A write went through: the database is reachable.
     pub(super) fn reached(&self) {
         if crate::sync::lock(&self.down).take().is_some() {
             tracing::info!(link = self.name, "the database is reachable again");
+            self.gauge(true);
         }
     }
 

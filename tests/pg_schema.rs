@@ -1,0 +1,115 @@
+//! The PostgreSQL store's schema and reachability: a newer schema is
+//! refused and left as it was; while the server is down, writes wait,
+//! `writable()` says why, and they go through once it is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
+
+mod common;
+
+use common::pg::Cluster;
+use common::{trip_registry, Script};
+use sagalog::{
+    Engine, EngineConfig, Error, InDoubtPolicy, PgOptions, PgStore, SagaId, SagaStatus,
+    StartOptions, StoreError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn new_schema() -> String {
+    format!("schema_{}", SagaId::new().to_string().replace('-', ""))
+}
+
+#[tokio::test]
+async fn a_database_with_a_newer_schema_is_refused_and_left_as_it_was() {
+    let schema = new_schema();
+    let Some(store) = common::pg::store_in(&schema).await else {
+        return;
+    };
+    drop(store);
+    let url = common::pg::url().unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let meta = format!("{schema}.sagalog_meta");
+    client
+        .execute(
+            &format!("UPDATE {meta} SET value = '99' WHERE key = 'schema'"),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let opened = PgStore::connect(&url, PgOptions::default().schema(schema.clone())).await;
+
+    assert!(
+        matches!(
+            opened,
+            Err(StoreError::SchemaMismatch {
+                found: 99,
+                expected: PgStore::SCHEMA_VERSION
+            })
+        ),
+        "{opened:?}"
+    );
+    let row = client
+        .query_one(
+            &format!("SELECT value FROM {meta} WHERE key = 'schema'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "99", "left as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_server_is_down_a_start_waits_and_writable_says_why() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| Cluster::start(2))
+        .await
+        .unwrap()
+    else {
+        assert_ne!(std::env::var("SAGALOG_REQUIRE_PG").as_deref(), Ok("1"));
+        eprintln!("SKIPPED: no PostgreSQL server binaries to stop and start");
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let options = PgOptions::default().schema(new_schema());
+    let store = PgStore::connect(&cluster.url, options).await.unwrap();
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let down = cluster.clone();
+    tokio::task::spawn_blocking(move || down.crash())
+        .await
+        .unwrap();
+
+    let (starter, trip2) = (engine.clone(), trip.clone());
+    let start = tokio::spawn(async move {
+        starter
+            .start(&trip2, &"ada".to_string(), StartOptions::new())
+            .await
+    });
+    let mut refused = None;
+    for _ in 0..200 {
+        if let Err(e) = engine.writable() {
+            refused = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = cluster.clone();
+    tokio::task::spawn_blocking(move || back.start_again())
+        .await
+        .unwrap();
+    let started = start.await.unwrap().unwrap();
+    let outcome = engine.outcome(started.saga_id).await.unwrap();
+
+    assert!(
+        matches!(refused, Some(Error::Store(StoreError::Unreachable { .. }))),
+        "{refused:?}"
+    );
+    assert_eq!(outcome.status, SagaStatus::Committed);
+    assert!(engine.writable().is_ok());
+}
