@@ -1,16 +1,17 @@
 //! The PostgreSQL store's schema and reachability: a newer schema is
 //! refused and left as it was; while the server is down, writes wait,
-//! `writable()` says why, and they go through once it is back.
+//! `writable()` says why, and they go through once it is back; a timer
+//! that falls due meanwhile fires once the saga can be read again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
 mod common;
 
 use common::pg::Cluster;
-use common::{trip_registry, Script};
+use common::{trip_registry, Behaviour, Script};
 use sagalog::{
-    Engine, EngineConfig, Error, InDoubtPolicy, PgOptions, PgStore, SagaId, SagaStatus,
-    StartOptions, StoreError,
+    Engine, EngineConfig, Error, InDoubtPolicy, PgOptions, PgStore, Phase, SagaId, SagaStatus,
+    StartOptions, StepError, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,4 +113,59 @@ async fn while_the_server_is_down_a_start_waits_and_writable_says_why() {
     );
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert!(engine.writable().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_that_falls_due_while_the_server_is_down_fires_once_it_is_back() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| Cluster::start(3))
+        .await
+        .unwrap()
+    else {
+        assert_ne!(std::env::var("SAGALOG_REQUIRE_PG").as_deref(), Ok("1"));
+        eprintln!("SKIPPED: no PostgreSQL server binaries to stop and start");
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let options = PgOptions::default().schema(new_schema());
+    let store = PgStore::connect(&cluster.url, options).await.unwrap();
+    let script = Script::default();
+    // The second step fails once: its retry waits 100 ms on a timer.
+    script.set(
+        "hotel",
+        Phase::Action,
+        Behaviour::FailTimes(1, StepError::retryable("busy")),
+    );
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"ada".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    while !engine
+        .delay_queue(10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|item| item.saga_id == id)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let down = cluster.clone();
+    tokio::task::spawn_blocking(move || down.crash_and_restart(Duration::from_millis(1_500)))
+        .await
+        .unwrap();
+    let outcome = loop {
+        match engine.outcome(id).await {
+            Err(Error::Store(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => break other.unwrap(),
+        }
+    };
+
+    assert_eq!(outcome.status, SagaStatus::Committed);
+    assert!(engine.parked().is_empty(), "not parked for the outage");
+    assert_eq!(script.count("hotel:action"), 2);
 }

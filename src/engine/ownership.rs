@@ -212,6 +212,21 @@ impl Engine {
         self.inner.tracker.spawn(async move {
             let state = match engine.load_state(key.saga).await {
                 Ok(state) => state,
+                // The store cannot answer now (a database that is down):
+                // the timer comes round again in a second; a saga that
+                // commands reached meanwhile is read again with backoff.
+                Err(Error::Store(e)) => {
+                    tracing::warn!(saga_id = %key.saga, error = %e, "a timer fell due but the saga cannot be read yet; retrying");
+                    if engine.inner.release_if_idle(key.saga) {
+                        engine.inner.delay_queue.insert(TimerKey {
+                            due: engine.inner.clock.now().plus_millis(1_000),
+                            ..key
+                        });
+                    } else {
+                        engine.reload(key.saga);
+                    }
+                    return;
+                }
                 Err(e) => return engine.park(key.saga, ParkReason::Unreadable(Box::new(e))),
             };
             let stale = state.timer.as_ref().map(|t| t.seq) != Some(key.seq);
