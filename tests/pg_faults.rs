@@ -9,7 +9,6 @@
 
 mod common;
 
-use common::pg::Cluster;
 use common::{trip_registry, Script};
 use sagalog::{Engine, EngineConfig, InDoubtPolicy, SagaId, SagaStatus, StartOptions};
 use std::collections::HashSet;
@@ -93,15 +92,17 @@ async fn run_workload(engine: &Engine, trip: &sagalog::SagaRef<String>) -> HashS
     acknowledged
 }
 
+/// A store in `schema` of the server at `url`.
+async fn store_at(url: &str, schema: &str) -> sagalog::PgStore {
+    let options = sagalog::PgOptions::default().schema(schema);
+    sagalog::PgStore::connect(url, options).await.unwrap()
+}
+
 /// Opens a fresh engine on the schema and checks what the run left: one
-/// saga per key, each acknowledged one there and terminal, verify clean.
+/// saga per key, each acknowledged one there and settled, verify clean.
 /// Returns how many committed.
-async fn check_log(schema: &str, acknowledged: &HashSet<SagaId>) -> usize {
-    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let store = common::pg::store_in(schema).await.unwrap();
-    let reopened = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
-        .await
-        .unwrap();
+async fn check_log(url: &str, schema: &str, acknowledged: &HashSet<SagaId>) -> usize {
+    let (reopened, _) = trip_engine(store_at(url, schema).await).await;
     let listed = reopened.list(None).await.unwrap();
     let found: HashSet<SagaId> = listed.iter().map(|l| l.saga_id).collect();
     assert_eq!(acknowledged.len(), SAGAS, "one saga per key");
@@ -135,16 +136,20 @@ fn new_schema() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_finish_and_nothing_acknowledged_is_lost_while_backends_are_killed() {
     let schema = new_schema();
-    let Some(store) = common::pg::store_in(&schema).await else {
+    let Some(url) = common::pg::url_or_skip() else {
         return;
     };
-    let url = common::pg::url().unwrap();
-    let (engine, trip) = trip_engine(store).await;
+    let (engine, trip) = trip_engine(store_at(&url, &schema).await).await;
     let (stop, killed) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
-    let kills = tokio::spawn(killer(url, 0x5eed_1234, stop.clone(), killed.clone()));
+    let kills = tokio::spawn(killer(
+        url.clone(),
+        0x5eed_1234,
+        stop.clone(),
+        killed.clone(),
+    ));
 
     let acknowledged = run_workload(&engine, &trip).await;
     stop.store(true, Ordering::SeqCst);
@@ -152,7 +157,7 @@ async fn sagas_finish_and_nothing_acknowledged_is_lost_while_backends_are_killed
     engine.shutdown(Duration::from_secs(5)).await;
     drop(engine);
 
-    let committed = check_log(&schema, &acknowledged).await;
+    let committed = check_log(&url, &schema, &acknowledged).await;
     let killed = killed.load(Ordering::SeqCst);
     println!(
         "pg faults: {killed} backends killed; {} sagas acknowledged and in the log after a reopen, {committed} committed, the rest compensated or suspended; verify clean",
@@ -163,25 +168,11 @@ async fn sagas_finish_and_nothing_acknowledged_is_lost_while_backends_are_killed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_finish_and_nothing_acknowledged_is_lost_across_a_database_crash() {
-    let Some(cluster) = tokio::task::spawn_blocking(|| Cluster::start(1))
-        .await
-        .unwrap()
-    else {
-        assert_ne!(
-            std::env::var("SAGALOG_REQUIRE_PG").as_deref(),
-            Ok("1"),
-            "SAGALOG_REQUIRE_PG=1 but the PostgreSQL server binaries are missing"
-        );
-        eprintln!("SKIPPED: no PostgreSQL server binaries to crash and restart");
+    let Some(cluster) = common::pg::private_cluster(1).await else {
         return;
     };
-    let cluster = Arc::new(cluster);
     let schema = new_schema();
-    let options = sagalog::PgOptions::default().schema(schema.clone());
-    let store = sagalog::PgStore::connect(&cluster.url, options)
-        .await
-        .unwrap();
-    let (engine, trip) = trip_engine(store).await;
+    let (engine, trip) = trip_engine(store_at(&cluster.url, &schema).await).await;
     let (crasher, stats) = (cluster.clone(), engine.log_stats());
     let crash = tokio::spawn(async move {
         // A quarter of the way: each saga makes four appends.
@@ -202,31 +193,7 @@ async fn sagas_finish_and_nothing_acknowledged_is_lost_across_a_database_crash()
     engine.shutdown(Duration::from_secs(5)).await;
     drop(engine);
 
-    // `check_log` reads through the shared test server; this log is on the
-    // crashed one, so read it here.
-    let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-    let options = sagalog::PgOptions::default().schema(schema.clone());
-    let store = sagalog::PgStore::connect(&cluster.url, options)
-        .await
-        .unwrap();
-    let reopened = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
-        .await
-        .unwrap();
-    let listed = reopened.list(None).await.unwrap();
-    let found: HashSet<SagaId> = listed.iter().map(|l| l.saga_id).collect();
-    assert_eq!(acknowledged.len(), SAGAS, "one saga per key");
-    assert!(
-        acknowledged.is_subset(&found),
-        "every acknowledged saga is in the log"
-    );
-    assert!(listed
-        .iter()
-        .all(|l| l.status.is_terminal() || l.status == SagaStatus::Suspended));
-    assert!(reopened.verify().await.unwrap().is_clean());
-    let committed = listed
-        .iter()
-        .filter(|l| l.status == SagaStatus::Committed)
-        .count();
+    let committed = check_log(&cluster.url, &schema, &acknowledged).await;
     println!(
         "pg crash: server crashed (-m immediate) after {before_crash} of {appends} appends and restarted; {} sagas acknowledged and in the log after a reopen, {committed} committed, the rest compensated or suspended; verify clean",
         acknowledged.len()

@@ -7,7 +7,6 @@
 
 mod common;
 
-use common::pg::Cluster;
 use common::{trip_registry, Behaviour, Script};
 use sagalog::{
     Engine, EngineConfig, Error, InDoubtPolicy, PgOptions, PgStore, Phase, SagaId, SagaStatus,
@@ -65,15 +64,9 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_as_it_was() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_server_is_down_a_start_waits_and_writable_says_why() {
-    let Some(cluster) = tokio::task::spawn_blocking(|| Cluster::start(2))
-        .await
-        .unwrap()
-    else {
-        assert_ne!(std::env::var("SAGALOG_REQUIRE_PG").as_deref(), Ok("1"));
-        eprintln!("SKIPPED: no PostgreSQL server binaries to stop and start");
+    let Some(cluster) = common::pg::private_cluster(2).await else {
         return;
     };
-    let cluster = Arc::new(cluster);
     let options = PgOptions::default().schema(new_schema());
     let store = PgStore::connect(&cluster.url, options).await.unwrap();
     let script = Script::default();
@@ -117,15 +110,9 @@ async fn while_the_server_is_down_a_start_waits_and_writable_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_that_falls_due_while_the_server_is_down_fires_once_it_is_back() {
-    let Some(cluster) = tokio::task::spawn_blocking(|| Cluster::start(3))
-        .await
-        .unwrap()
-    else {
-        assert_ne!(std::env::var("SAGALOG_REQUIRE_PG").as_deref(), Ok("1"));
-        eprintln!("SKIPPED: no PostgreSQL server binaries to stop and start");
+    let Some(cluster) = common::pg::private_cluster(3).await else {
         return;
     };
-    let cluster = Arc::new(cluster);
     let options = PgOptions::default().schema(new_schema());
     let store = PgStore::connect(&cluster.url, options).await.unwrap();
     let script = Script::default();

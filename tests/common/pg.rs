@@ -12,6 +12,36 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Says that a PostgreSQL test did not run for want of `what`, or fails it
+/// under `SAGALOG_REQUIRE_PG=1`.
+pub fn skipped(what: &str) {
+    if std::env::var("SAGALOG_REQUIRE_PG").as_deref() == Ok("1") {
+        panic!("SAGALOG_REQUIRE_PG=1 but there is no {what}: set SAGALOG_TEST_PG or install the server binaries");
+    }
+    eprintln!("SKIPPED: no {what} (set SAGALOG_TEST_PG=postgres://… or install postgresql); this test did not run");
+}
+
+/// The URL of the test server, or `None` after [`skipped`].
+pub fn url_or_skip() -> Option<String> {
+    let url = url();
+    if url.is_none() {
+        skipped("PostgreSQL");
+    }
+    url
+}
+
+/// A private cluster of this process (see [`Cluster::start`]) for a test
+/// that crashes or stops its server, or `None` after [`skipped`].
+pub async fn private_cluster(n: u32) -> Option<std::sync::Arc<Cluster>> {
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(n))
+        .await
+        .expect("the cluster's start task runs");
+    if cluster.is_none() {
+        skipped("PostgreSQL server binaries to crash and restart");
+    }
+    cluster.map(std::sync::Arc::new)
+}
+
 /// The URL of the server the tests use, if there is one.
 pub fn url() -> Option<String> {
     static URL: OnceLock<Option<String>> = OnceLock::new();
@@ -32,13 +62,7 @@ pub async fn store() -> Option<PgStore> {
 /// A store in schema `schema` of the test server (the same data each
 /// time it is called with the same name).
 pub async fn store_in(schema: &str) -> Option<PgStore> {
-    let Some(url) = url() else {
-        if std::env::var("SAGALOG_REQUIRE_PG").as_deref() == Ok("1") {
-            panic!("SAGALOG_REQUIRE_PG=1 but there is no PostgreSQL: set SAGALOG_TEST_PG or install the server binaries");
-        }
-        eprintln!("SKIPPED: no PostgreSQL (set SAGALOG_TEST_PG=postgres://… or install postgresql); this test did not run");
-        return None;
-    };
+    let url = url_or_skip()?;
     let options = PgOptions::default().schema(schema);
     Some(
         PgStore::connect(&url, options)

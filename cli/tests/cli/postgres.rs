@@ -8,18 +8,8 @@ use super::*;
 #[path = "../../../tests/common/pg.rs"]
 mod pg_server;
 
-/// The test server's URL, or `None` after saying the test is skipped.
 fn server() -> Option<String> {
-    let url = pg_server::url();
-    if url.is_none() {
-        assert_ne!(
-            std::env::var("SAGALOG_REQUIRE_PG").as_deref(),
-            Ok("1"),
-            "SAGALOG_REQUIRE_PG=1 but there is no PostgreSQL"
-        );
-        eprintln!("SKIPPED: no PostgreSQL (set SAGALOG_TEST_PG or install postgresql)");
-    }
-    url
+    pg_server::url_or_skip()
 }
 
 /// Runs the orders example to its end with its log in schema `schema`.
