@@ -173,12 +173,13 @@ struct Group<'a> {
     rows: Vec<Row<'a>>,
 }
 
-/// Column arrays for one multi-row statement, built for one set of appends.
+/// Column arrays for one multi-row statement, built for one set of appends;
+/// they borrow the batch's bytes.
 #[derive(Default)]
-struct Logs {
+struct Logs<'a> {
     ids: Vec<uuid::Uuid>,
     seqs: Vec<i64>,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<&'a [u8]>,
     /// Position in the batch of each row.
     at: Vec<usize>,
 }
@@ -205,13 +206,13 @@ impl<'a> Group<'a> {
         Ok(Group { rows })
     }
 
-    fn logs(&self, pick: impl Fn(usize, &Row) -> bool) -> Logs {
+    fn logs(&self, pick: impl Fn(usize, &Row) -> bool) -> Logs<'_> {
         let mut logs = Logs::default();
         for (at, row) in self.rows.iter().enumerate() {
             if row.append.writes_log_value() && pick(at, row) {
                 logs.ids.push(uuid(row.append.saga));
                 logs.seqs.push(to_i64(row.append.first_seq));
-                logs.frames.push(row.append.added().to_vec());
+                logs.frames.push(row.append.added());
                 logs.at.push(at);
             }
         }
@@ -228,7 +229,7 @@ impl<'a> Group<'a> {
         let (mut keys, mut key_ids, mut prints, mut claim_at) = (vec![], vec![], vec![], vec![]);
         for (at, row) in self.rows.iter().enumerate() {
             if let Some(claim) = &row.append.claim {
-                keys.push(claim.key.as_str().to_string());
+                keys.push(claim.key.as_str());
                 key_ids.push(uuid(row.append.saga));
                 prints.push(to_i64(claim.fingerprint));
                 claim_at.push(at);
@@ -262,7 +263,7 @@ impl<'a> Group<'a> {
 
         let mut refused: Vec<(usize, Refusal)> = Vec::new();
         let won: HashSet<String> = claimed.iter().filter_map(|r| r.try_get(0).ok()).collect();
-        let lost: Vec<String> = keys.iter().filter(|k| !won.contains(*k)).cloned().collect();
+        let lost: Vec<&str> = keys.iter().copied().filter(|k| !won.contains(*k)).collect();
         if !lost.is_empty() {
             let owners = client
                 .query(statement(OWNERS)?, &[&lost])
@@ -283,7 +284,7 @@ impl<'a> Group<'a> {
                     ))
                 })
                 .collect();
-            for (key, at) in keys.iter().zip(&claim_at) {
+            for (&key, at) in keys.iter().zip(&claim_at) {
                 if let (false, Some(owner)) = (won.contains(key), owners.get(key)) {
                     refused.push((*at, Refusal::KeyTaken(*owner)));
                 } else if !won.contains(key) {
@@ -322,24 +323,24 @@ impl<'a> Group<'a> {
                 let finished = index.to == IndexSet::Finished;
                 if index.from.is_none() {
                     new.ids.push(id);
-                    new.types.push(entry.saga_type.as_str().to_string());
+                    new.types.push(entry.saga_type.as_str());
                     new.statuses.push(status_code(entry.status));
                     new.finished.push(finished);
                     new.started.push(to_i64(entry.started_at.0));
                     new.changed.push(to_i64(entry.changed_at.0));
-                    new.entries.push(index.entry.clone());
+                    new.entries.push(&index.entry);
                     new.keys.push(
                         row.append
                             .claim
                             .as_ref()
-                            .map(|c| c.key.as_str().to_string()),
+                            .map(|c| c.key.as_str()),
                     );
                 } else {
                     changed.ids.push(id);
                     changed.statuses.push(status_code(entry.status));
                     changed.finished.push(finished);
                     changed.changed.push(to_i64(entry.changed_at.0));
-                    changed.entries.push(index.entry.clone());
+                    changed.entries.push(&index.entry);
                 }
             }
             if let Some(timer) = &row.append.timer_delete {
@@ -350,7 +351,7 @@ impl<'a> Group<'a> {
                 set.ids.push(id);
                 set.dues.push(to_i64(timer.due.0));
                 set.seqs.push(to_i64(timer.seq));
-                set.purposes.push(purpose.clone());
+                set.purposes.push(purpose);
             }
         }
         let fail2 = |doing: &'static str| move |e| classify(doing, e, At::Second);
@@ -439,32 +440,32 @@ impl<'a> Group<'a> {
 }
 
 #[derive(Default)]
-struct NewSagas {
+struct NewSagas<'a> {
     ids: Vec<uuid::Uuid>,
-    types: Vec<String>,
+    types: Vec<&'a str>,
     statuses: Vec<i16>,
     finished: Vec<bool>,
     started: Vec<i64>,
     changed: Vec<i64>,
-    entries: Vec<Vec<u8>>,
-    keys: Vec<Option<String>>,
+    entries: Vec<&'a [u8]>,
+    keys: Vec<Option<&'a str>>,
 }
 
 #[derive(Default)]
-struct Changed {
+struct Changed<'a> {
     ids: Vec<uuid::Uuid>,
     statuses: Vec<i16>,
     finished: Vec<bool>,
     changed: Vec<i64>,
-    entries: Vec<Vec<u8>>,
+    entries: Vec<&'a [u8]>,
 }
 
 #[derive(Default)]
-struct TimersSet {
+struct TimersSet<'a> {
     ids: Vec<uuid::Uuid>,
     dues: Vec<i64>,
     seqs: Vec<i64>,
-    purposes: Vec<Vec<u8>>,
+    purposes: Vec<&'a [u8]>,
 }
 
 /// Deletes finished sagas in one transaction (two round trips): their
