@@ -329,12 +329,8 @@ impl<'a> Group<'a> {
                     new.started.push(to_i64(entry.started_at.0));
                     new.changed.push(to_i64(entry.changed_at.0));
                     new.entries.push(&index.entry);
-                    new.keys.push(
-                        row.append
-                            .claim
-                            .as_ref()
-                            .map(|c| c.key.as_str()),
-                    );
+                    new.keys
+                        .push(row.append.claim.as_ref().map(|c| c.key.as_str()));
                 } else {
                     changed.ids.push(id);
                     changed.statuses.push(status_code(entry.status));
