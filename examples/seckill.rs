@@ -3,7 +3,8 @@
 //! three or cancel every branch that was tried. Each participant keeps its
 //! state in its own sled tree and is protected by a [`Barrier`]: repeated
 //! calls are no-ops, a cancel without its try is an empty rollback, and a try
-//! after its cancel is rejected.
+//! after its cancel is rejected. With `--store postgres://…` the log and the
+//! participants' state are in PostgreSQL, guarded by the barrier's SQL form.
 //!
 //! ```text
 //! cargo run --release --example seckill                      # readable table
@@ -28,9 +29,12 @@
 mod bulk;
 #[path = "support/crash.rs"]
 mod crash;
+#[path = "support/pg_pool.rs"]
+mod pg_pool;
 
 use clap::Parser;
 use crash::{CrashFlags, CrashPlan};
+use pg_pool::Pool;
 use sagalog::barrier::{Barrier, BarrierError, BarrierPhase, Guarded};
 use sagalog::{
     Engine, Registry, RetryPolicy, SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions,
@@ -52,6 +56,15 @@ struct Args {
     /// Directory for the saga log and the participants' store.
     #[arg(long, default_value = "./sagalog-seckill")]
     data_dir: PathBuf,
+    /// Keep the saga log and the participants' store in this PostgreSQL
+    /// database instead of DATA_DIR (postgres://USER@HOST:PORT/DB).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// With --store, the schema for sagalog's tables (default: the
+    /// connection's search_path); the shop's go in NAME_ledger (default:
+    /// seckill_ledger).
+    #[arg(long, value_name = "NAME", requires = "store")]
+    schema: Option<String>,
     #[command(flatten)]
     crash: CrashFlags,
     /// Print one JSON object per scenario, then the ledger, instead of a table.
@@ -124,71 +137,183 @@ fn add(tx: &Tx, key: &str, delta: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// One business change of one participant: what try, confirm and cancel do.
-fn business(branch: Branch, phase: BarrierPhase, p: &Purchase, tx: &Tx) -> Result<(), Refusal> {
-    let (user, item, amount) = (p.user.as_str(), p.item.as_str(), p.amount());
-    match (branch, phase) {
-        (Branch::Funds, BarrierPhase::Try) => {
-            let balance = read(tx, &format!("balance/{user}"))?;
-            if balance < amount {
-                return Err(Refusal::Rule(format!(
-                    "insufficient balance: {user} has {balance}, needs {amount}"
-                )));
+/// The words of a refusal, given the counter's value.
+type Refuse = Box<dyn Fn(i64) -> String + Send + Sync>;
+
+/// One business change of one participant: refused unless a counter holds
+/// enough, then amounts added to counters.
+struct Change {
+    need: Option<(String, i64, Refuse)>,
+    adds: Vec<(String, i64)>,
+}
+
+impl Change {
+    fn new() -> Change {
+        Change {
+            need: None,
+            adds: Vec::new(),
+        }
+    }
+
+    fn need(
+        mut self,
+        key: String,
+        at_least: i64,
+        refusal: impl Fn(i64) -> String + Send + Sync + 'static,
+    ) -> Change {
+        self.need = Some((key, at_least, Box::new(refusal)));
+        self
+    }
+
+    fn add(mut self, key: impl Into<String>, delta: i64) -> Change {
+        self.adds.push((key.into(), delta));
+        self
+    }
+
+    /// The change inside a sled transaction of the participant's tree.
+    fn apply_sled(&self, tx: &Tx) -> Result<(), Refusal> {
+        if let Some((key, at_least, refusal)) = &self.need {
+            let value = read(tx, key)?;
+            if value < *at_least {
+                return Err(Refusal::Rule(refusal(value)));
             }
-            add(tx, &format!("balance/{user}"), -amount)?;
-            add(tx, &format!("frozen/{user}"), amount)
         }
-        (Branch::Funds, BarrierPhase::Confirm) => {
-            add(tx, &format!("frozen/{user}"), -amount)?;
-            add(tx, "merchant", amount)
+        for (key, delta) in &self.adds {
+            add(tx, key, *delta)?;
         }
-        (Branch::Funds, BarrierPhase::Cancel) => {
-            add(tx, &format!("frozen/{user}"), -amount)?;
-            add(tx, &format!("balance/{user}"), amount)
+        Ok(())
+    }
+
+    /// The change inside a PostgreSQL transaction, the participant's
+    /// counters under `tree/`: additions in key order (two transactions
+    /// lock shared counters in the same order), the need checked on the
+    /// value the row held before.
+    async fn apply_pg(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        schema: &str,
+        tree: &str,
+    ) -> Result<(), Refusal> {
+        let mut adds: std::collections::BTreeMap<&str, i64> = Default::default();
+        for (key, delta) in &self.adds {
+            *adds.entry(key.as_str()).or_default() += delta;
         }
-        (Branch::Stock, BarrierPhase::Try) => {
-            let available = read(tx, &format!("available/{item}"))?;
-            if available < p.qty {
-                return Err(Refusal::Rule(format!("{item} sold out ({available} left)")));
+        if let Some((key, _, _)) = &self.need {
+            adds.entry(key.as_str()).or_default();
+        }
+        let upsert = format!(
+            "INSERT INTO {schema}.counter AS c VALUES ($1, $2) ON CONFLICT (key) \
+             DO UPDATE SET value = c.value + EXCLUDED.value RETURNING value"
+        );
+        for (key, delta) in adds {
+            let row = tx
+                .query_one(&upsert, &[&format!("{tree}/{key}"), &delta])
+                .await
+                .map_err(|e| Refusal::Storage(e.to_string()))?;
+            let before = row.get::<_, i64>(0) - delta;
+            if let Some((need, at_least, refusal)) = &self.need {
+                if need == key && before < *at_least {
+                    return Err(Refusal::Rule(refusal(before)));
+                }
             }
-            add(tx, &format!("available/{item}"), -p.qty)?;
-            add(tx, &format!("reserved/{item}"), p.qty)
         }
-        (Branch::Stock, BarrierPhase::Confirm) => {
-            add(tx, &format!("reserved/{item}"), -p.qty)?;
-            add(tx, &format!("sold/{item}"), p.qty)
-        }
-        (Branch::Stock, BarrierPhase::Cancel) => {
-            add(tx, &format!("reserved/{item}"), -p.qty)?;
-            add(tx, &format!("available/{item}"), p.qty)
-        }
-        (Branch::Order, BarrierPhase::Try) => add(tx, "orders/pending", 1),
-        (Branch::Order, BarrierPhase::Confirm) => {
-            add(tx, "orders/pending", -1)?;
-            add(tx, "orders/paid", 1)
-        }
-        (Branch::Order, BarrierPhase::Cancel) => {
-            add(tx, "orders/pending", -1)?;
-            add(tx, "orders/cancelled", 1)
-        }
+        Ok(())
     }
 }
 
-/// The participants' store: one sled database beside the saga log, a tree
-/// (with its barrier) per participant, and a call log written before every
-/// call's effect, so a checker can match each call to an intent record.
+/// What try, confirm and cancel of each participant do.
+fn business(branch: Branch, phase: BarrierPhase, p: &Purchase) -> Change {
+    let (user, item, amount, qty) = (p.user.clone(), p.item.clone(), p.amount(), p.qty);
+    match (branch, phase) {
+        (Branch::Funds, BarrierPhase::Try) => Change::new()
+            .need(format!("balance/{user}"), amount, move |balance| {
+                format!("insufficient balance: {user} has {balance}, needs {amount}")
+            })
+            .add(format!("balance/{}", p.user), -amount)
+            .add(format!("frozen/{}", p.user), amount),
+        (Branch::Funds, BarrierPhase::Confirm) => Change::new()
+            .add(format!("frozen/{user}"), -amount)
+            .add("merchant", amount),
+        (Branch::Funds, BarrierPhase::Cancel) => Change::new()
+            .add(format!("frozen/{user}"), -amount)
+            .add(format!("balance/{user}"), amount),
+        (Branch::Stock, BarrierPhase::Try) => Change::new()
+            .need(format!("available/{item}"), qty, move |available| {
+                format!("{item} sold out ({available} left)")
+            })
+            .add(format!("available/{}", p.item), -qty)
+            .add(format!("reserved/{}", p.item), qty),
+        (Branch::Stock, BarrierPhase::Confirm) => Change::new()
+            .add(format!("reserved/{item}"), -qty)
+            .add(format!("sold/{item}"), qty),
+        (Branch::Stock, BarrierPhase::Cancel) => Change::new()
+            .add(format!("reserved/{item}"), -qty)
+            .add(format!("available/{item}"), qty),
+        (Branch::Order, BarrierPhase::Try) => Change::new().add("orders/pending", 1),
+        (Branch::Order, BarrierPhase::Confirm) => Change::new()
+            .add("orders/pending", -1)
+            .add("orders/paid", 1),
+        (Branch::Order, BarrierPhase::Cancel) => Change::new()
+            .add("orders/pending", -1)
+            .add("orders/cancelled", 1),
+    }
+}
+
+/// Where the participants keep their state.
+#[derive(Clone)]
+enum Books {
+    /// One sled database beside the saga log: a tree (with its barrier)
+    /// per participant, and the call log.
+    Sled {
+        db: sled::Db,
+        trees: [(sled::Tree, Barrier); 3],
+        calls: sled::Tree,
+    },
+    /// Tables beside the saga log in PostgreSQL: the counters (each
+    /// participant's under its tree's name), the barrier, and the call log.
+    Pg { pool: Pool, schema: String },
+}
+
+/// The participants' store and a call log written before every call's
+/// effect, so a checker can match each call to an intent record.
 #[derive(Clone)]
 struct Shop {
-    db: sled::Db,
-    trees: [(sled::Tree, Barrier); 3],
-    calls: sled::Tree,
+    books: Books,
     /// Scenario 5: the next funds confirm of user "carol" hangs (the process
     /// "crashes" between try and confirm).
     hang_next_confirm: Arc<AtomicBool>,
     hung: Arc<Notify>,
 }
 
+fn tree_name(branch: Branch) -> &'static str {
+    match branch {
+        Branch::Funds => "funds",
+        Branch::Stock => "stock",
+        Branch::Order => "orders",
+    }
+}
+
+fn phase_name(phase: BarrierPhase) -> &'static str {
+    match phase {
+        BarrierPhase::Try => "try",
+        BarrierPhase::Confirm => "confirm",
+        BarrierPhase::Cancel => "cancel",
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Storage(e.to_string())
+}
+
 impl Shop {
+    fn new(books: Books) -> Shop {
+        Shop {
+            books,
+            hang_next_confirm: Arc::new(AtomicBool::new(false)),
+            hung: Arc::new(Notify::new()),
+        }
+    }
+
     fn open(path: &Path) -> Result<Shop, String> {
         // sled 0.34 cannot reopen past a snapshot torn by a kill.
         sagalog::discard_torn_sled_snapshots(path).map_err(|e| e.to_string())?;
@@ -202,70 +327,132 @@ impl Shop {
             let tree = db.open_tree(name).map_err(|e| e.to_string())?;
             Ok((tree.clone(), Barrier::new(tree)))
         };
-        Ok(Shop {
+        Ok(Shop::new(Books::Sled {
             trees: [tree("funds")?, tree("stock")?, tree("orders")?],
             calls: db.open_tree("calls").map_err(|e| e.to_string())?,
             db,
-            hang_next_confirm: Arc::new(AtomicBool::new(false)),
-            hung: Arc::new(Notify::new()),
-        })
+        }))
     }
 
-    fn tree(&self, branch: Branch) -> &(sled::Tree, Barrier) {
-        match branch {
-            Branch::Funds => &self.trees[0],
-            Branch::Stock => &self.trees[1],
-            Branch::Order => &self.trees[2],
+    /// The shop in schema `schema` of the PostgreSQL at `url`, whose tables
+    /// are made if missing.
+    async fn open_pg(url: &str, schema: &str) -> Result<Shop, String> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(format!(
+                "the shop's schema {schema:?} should be lowercase letters, digits and _"
+            ));
         }
+        let pool = Pool::new(url, 8);
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema};
+                 CREATE TABLE IF NOT EXISTS {schema}.counter (key text PRIMARY KEY, value bigint NOT NULL);
+                 CREATE TABLE IF NOT EXISTS {schema}.barrier (saga_id text, branch text, phase text, \
+                     mark text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), \
+                     PRIMARY KEY (saga_id, branch, phase));
+                 CREATE TABLE IF NOT EXISTS {schema}.call (id bigserial PRIMARY KEY, record text NOT NULL);"
+            ))
+            .await
+            .map_err(|e| format!("making the shop's tables in {schema}: {e}"))?;
+        Ok(Shop::new(Books::Pg {
+            pool,
+            schema: schema.to_string(),
+        }))
     }
 
     /// Stocks the shop once; later runs change nothing.
-    fn initialize(&self, users: &[(&str, i64)], items: &[(&str, i64)]) -> Result<(), String> {
-        let (funds, stock) = (&self.tree(Branch::Funds).0, &self.tree(Branch::Stock).0);
-        if funds
-            .get("initialized")
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {
-            return Ok(());
-        }
-        for (user, money) in users {
-            funds
-                .insert(format!("balance/{user}"), &money.to_be_bytes())
-                .map_err(|e| e.to_string())?;
-        }
-        for (item, count) in items {
-            stock
-                .insert(format!("available/{item}"), &count.to_be_bytes())
-                .map_err(|e| e.to_string())?;
-        }
+    async fn initialize(&self, users: &[(&str, i64)], items: &[(&str, i64)]) -> Result<(), String> {
         let money: i64 = users.iter().map(|(_, m)| m).sum();
         let count: i64 = items.iter().map(|(_, c)| c).sum();
-        funds
-            .insert("initial", &money.to_be_bytes())
-            .map_err(|e| e.to_string())?;
-        stock
-            .insert("initial", &count.to_be_bytes())
-            .map_err(|e| e.to_string())?;
-        // Last: a kill before this line initializes again from scratch.
-        funds
-            .insert("initialized", &[1u8][..])
-            .map_err(|e| e.to_string())?;
-        self.db.flush().map_err(|e| e.to_string())?;
+        let mut counters = vec![
+            ("funds/initial".to_string(), money),
+            ("stock/initial".to_string(), count),
+        ];
+        counters.extend(
+            users
+                .iter()
+                .map(|(u, m)| (format!("funds/balance/{u}"), *m)),
+        );
+        counters.extend(
+            items
+                .iter()
+                .map(|(i, c)| (format!("stock/available/{i}"), *c)),
+        );
+        match &self.books {
+            Books::Sled { db, trees, .. } => {
+                let funds = &trees[0].0;
+                if funds
+                    .get("initialized")
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    return Ok(());
+                }
+                for (key, value) in &counters {
+                    let (tree, key) = key.split_once('/').unwrap_or_default();
+                    let tree = if tree == "funds" {
+                        &trees[0].0
+                    } else {
+                        &trees[1].0
+                    };
+                    tree.insert(key, &value.to_be_bytes())
+                        .map_err(|e| e.to_string())?;
+                }
+                // Last: a kill before this line initializes again from scratch.
+                funds
+                    .insert("initialized", &[1u8][..])
+                    .map_err(|e| e.to_string())?;
+                db.flush().map_err(|e| e.to_string())?;
+            }
+            Books::Pg { pool, schema } => {
+                let mut conn = pool.get().await?;
+                let tx = conn.transaction().await.map_err(|e| e.to_string())?;
+                let first = tx
+                    .execute(
+                        &format!("INSERT INTO {schema}.counter VALUES ('initialized', 1) ON CONFLICT DO NOTHING"),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if first == 1 {
+                    for (key, value) in &counters {
+                        tx.execute(
+                            &format!("INSERT INTO {schema}.counter VALUES ($1, $2)"),
+                            &[key, value],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    }
+                }
+                tx.commit().await.map_err(|e| e.to_string())?;
+            }
+        }
         Ok(())
     }
 
     /// Runs one guarded participant call and says what the barrier did.
-    fn guarded(
+    async fn guarded(
         &self,
         saga: SagaId,
         branch: Branch,
         phase: BarrierPhase,
         purchase: &Purchase,
     ) -> Result<Guarded<()>, StepError> {
-        let result = self.tree(branch).1.call(saga, branch.name(), phase, |tx| {
-            business(branch, phase, purchase, tx)
-        });
+        let change = business(branch, phase, purchase);
+        let result = match &self.books {
+            Books::Sled { trees, .. } => {
+                let barrier = &trees[branch as usize].1;
+                barrier.call(saga, branch.name(), phase, |tx| change.apply_sled(tx))
+            }
+            Books::Pg { pool, schema } => guarded_pg(pool, schema, saga, branch, phase, &change)
+                .await
+                .map_err(BarrierError::Business),
+        };
         match result {
             Ok(guarded) => Ok(guarded),
             Err(BarrierError::Business(Refusal::Rule(why))) => Err(StepError::permanent(why)),
@@ -278,6 +465,29 @@ impl Shop {
             Err(_) => Err(StepError::unknown(
                 "the barrier failed in a way this example does not know",
             )),
+        }
+    }
+
+    /// Appends a call to the call log, durably, before any effect.
+    async fn record_call(&self, record: &serde_json::Value) -> Result<(), Refusal> {
+        match &self.books {
+            Books::Sled { db, calls, .. } => {
+                let id = db.generate_id().map_err(storage)?;
+                calls
+                    .insert(id.to_be_bytes(), record.to_string().as_bytes())
+                    .map_err(storage)?;
+                db.flush().map(|_| ()).map_err(storage)
+            }
+            Books::Pg { pool, schema } => {
+                let conn = pool.get().await.map_err(Refusal::Storage)?;
+                conn.execute(
+                    &format!("INSERT INTO {schema}.call (record) VALUES ($1)"),
+                    &[&record.to_string()],
+                )
+                .await
+                .map(|_| ())
+                .map_err(storage)
+            }
         }
     }
 
@@ -294,16 +504,9 @@ impl Shop {
             "phase": ctx.phase().as_str(),
             "attempt": ctx.attempt(),
         });
-        let id = self
-            .db
-            .generate_id()
-            .map_err(|e| StepError::unknown(e.to_string()))?;
-        self.calls
-            .insert(id.to_be_bytes(), record.to_string().as_bytes())
-            .map_err(|e| StepError::unknown(e.to_string()))?;
-        self.db
-            .flush()
-            .map_err(|e| StepError::unknown(e.to_string()))?;
+        self.record_call(&record).await.map_err(|e| match e {
+            Refusal::Rule(why) | Refusal::Storage(why) => StepError::unknown(why),
+        })?;
         let purchase = ctx.input();
         if branch == Branch::Funds
             && phase == BarrierPhase::Confirm
@@ -313,7 +516,7 @@ impl Shop {
             self.hung.notify_one();
             std::future::pending::<()>().await;
         }
-        match self.guarded(ctx.saga_id(), branch, phase, purchase)? {
+        match self.guarded(ctx.saga_id(), branch, phase, purchase).await? {
             Guarded::Rejected => Err(StepError::permanent(
                 "rejected by the barrier: this branch was already cancelled",
             )),
@@ -321,41 +524,120 @@ impl Shop {
         }
     }
 
-    /// The books, as the final `{"ledger": ...}` line prints them.
-    fn ledger(&self) -> Result<serde_json::Value, String> {
-        let sum = |tree: &sled::Tree, prefix: &str| -> Result<i64, String> {
-            let mut total = 0;
-            for item in tree.scan_prefix(prefix) {
-                let (_, v) = item.map_err(|e| e.to_string())?;
-                total += <[u8; 8]>::try_from(v.as_ref()).map_or(0, i64::from_be_bytes);
+    /// The total of one participant's counters under `prefix`.
+    async fn sum(&self, tree: &str, prefix: &str) -> Result<i64, String> {
+        match &self.books {
+            Books::Sled { trees, .. } => {
+                let index = ["funds", "stock", "orders"]
+                    .iter()
+                    .position(|t| *t == tree)
+                    .ok_or_else(|| format!("no tree {tree}"))?;
+                let mut total = 0;
+                for item in trees[index].0.scan_prefix(prefix) {
+                    let (_, v) = item.map_err(|e| e.to_string())?;
+                    total += <[u8; 8]>::try_from(v.as_ref()).map_or(0, i64::from_be_bytes);
+                }
+                Ok(total)
             }
-            Ok(total)
-        };
-        let (funds, stock, orders) = (
-            &self.tree(Branch::Funds).0,
-            &self.tree(Branch::Stock).0,
-            &self.tree(Branch::Order).0,
-        );
+            Books::Pg { pool, schema } => {
+                let conn = pool.get().await?;
+                let row = conn
+                    .query_one(
+                        &format!(
+                            "SELECT COALESCE(sum(value), 0)::bigint FROM {schema}.counter WHERE starts_with(key, $1)"
+                        ),
+                        &[&format!("{tree}/{prefix}")],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(row.get(0))
+            }
+        }
+    }
+
+    /// The books, as the final `{"ledger": ...}` line prints them.
+    async fn ledger(&self) -> Result<serde_json::Value, String> {
         Ok(json!({"ledger": {
             "money": {
-                "initial": sum(funds, "initial")?,
-                "balance": sum(funds, "balance/")?,
-                "frozen": sum(funds, "frozen/")?,
-                "merchant": sum(funds, "merchant")?,
+                "initial": self.sum("funds", "initial").await?,
+                "balance": self.sum("funds", "balance/").await?,
+                "frozen": self.sum("funds", "frozen/").await?,
+                "merchant": self.sum("funds", "merchant").await?,
             },
             "stock": {
-                "initial": sum(stock, "initial")?,
-                "available": sum(stock, "available/")?,
-                "reserved": sum(stock, "reserved/")?,
-                "sold": sum(stock, "sold/")?,
+                "initial": self.sum("stock", "initial").await?,
+                "available": self.sum("stock", "available/").await?,
+                "reserved": self.sum("stock", "reserved/").await?,
+                "sold": self.sum("stock", "sold/").await?,
             },
             "orders": {
-                "pending": sum(orders, "orders/pending")?,
-                "paid": sum(orders, "orders/paid")?,
-                "cancelled": sum(orders, "orders/cancelled")?,
+                "pending": self.sum("orders", "orders/pending").await?,
+                "paid": self.sum("orders", "orders/paid").await?,
+                "cancelled": self.sum("orders", "orders/cancelled").await?,
             },
         }}))
     }
+}
+
+/// The barrier's SQL form (docs/guide.md) around one change, in one
+/// transaction: a cancel first inserts its try's tombstone (if that row is
+/// new, the try never ran: an empty rollback); every call then claims its
+/// (saga, branch, phase) row by the primary key, and 0 rows inserted is a
+/// repeat, or for a try, a tombstone (rejected). A refused change rolls
+/// the claim back with it.
+async fn guarded_pg(
+    pool: &Pool,
+    schema: &str,
+    saga: SagaId,
+    branch: Branch,
+    phase: BarrierPhase,
+    change: &Change,
+) -> Result<Guarded<()>, Refusal> {
+    let mut conn = pool.get().await.map_err(Refusal::Storage)?;
+    let tx = conn.transaction().await.map_err(storage)?;
+    let saga = saga.to_string();
+    let claim = format!(
+        "INSERT INTO {schema}.barrier (saga_id, branch, phase, mark) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING"
+    );
+    let branch_name = branch.name();
+    if phase == BarrierPhase::Cancel {
+        let tombstone = tx
+            .execute(&claim, &[&saga, &branch_name, &"try", &"blocked"])
+            .await
+            .map_err(storage)?;
+        if tombstone == 1 {
+            tx.execute(&claim, &[&saga, &branch_name, &"cancel", &"done"])
+                .await
+                .map_err(storage)?;
+            tx.commit().await.map_err(storage)?;
+            return Ok(Guarded::EmptyRollback);
+        }
+    }
+    let phase_text = phase_name(phase);
+    let claimed = tx
+        .execute(&claim, &[&saga, &branch_name, &phase_text, &"done"])
+        .await
+        .map_err(storage)?;
+    if claimed == 0 {
+        let mark: String = tx
+            .query_one(
+                &format!("SELECT mark FROM {schema}.barrier WHERE saga_id = $1 AND branch = $2 AND phase = $3"),
+                &[&saga, &branch_name, &phase_text],
+            )
+            .await
+            .map_err(storage)?
+            .get(0);
+        return Ok(if mark == "blocked" {
+            Guarded::Rejected
+        } else {
+            Guarded::Duplicate(())
+        });
+    }
+    // On a refusal, dropping the transaction rolls it back.
+    change.apply_pg(&tx, schema, tree_name(branch)).await?;
+    tx.commit().await.map_err(storage)?;
+    Ok(Guarded::Ran(()))
 }
 
 type CallFuture = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send>>;
@@ -452,7 +734,17 @@ async fn open_engine(
     let mut registry = Registry::new();
     let seckill = registry.register(seckill(shop)?)?;
     let bundle = registry.register(bundle(&seckill)?)?;
-    let engine = Engine::open(args.data_dir.join("log"), registry, plan.config()).await?;
+    let engine = match &args.store {
+        Some(url) => {
+            let mut options = sagalog::PgOptions::default();
+            if let Some(schema) = &args.schema {
+                options = options.schema(schema.clone());
+            }
+            let store = sagalog::PgStore::connect(url, options).await?;
+            Engine::open_with_store(Arc::new(store), registry, plan.config()).await?
+        }
+        None => Engine::open(args.data_dir.join("log"), registry, plan.config()).await?,
+    };
     Ok((engine, Sagas { seckill, bundle }))
 }
 
@@ -512,7 +804,13 @@ async fn run_bulk(
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let shop = Shop::open(&args.data_dir.join("shop"))?;
+    let shop = match &args.store {
+        Some(url) => {
+            let schema = format!("{}_ledger", args.schema.as_deref().unwrap_or("seckill"));
+            Shop::open_pg(url, &schema).await?
+        }
+        None => Shop::open(&args.data_dir.join("shop"))?,
+    };
     let mut users = vec![
         ("ada", 1_000),
         ("bob", 30),
@@ -526,7 +824,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     shop.initialize(
         &users,
         &[("phone", 10), ("case", 10), ("bulk-item", 1_000_000)],
-    )?;
+    )
+    .await?;
     let plan = CrashPlan::new(&args.crash);
     let (mut engine, mut sagas) = open_engine(&args, &shop, &plan).await?;
     let saga = sagas.seckill.clone();
@@ -545,7 +844,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     lines.push(json!({"scenario": "insufficient-balance", "saga_id": id.to_string(), "status": status.name()}));
 
     // 3. The confirm of ada's funds is delivered again: the barrier absorbs it.
-    let again = shop.guarded(ada_id, Branch::Funds, BarrierPhase::Confirm, &ada);
+    let again = shop
+        .guarded(ada_id, Branch::Funds, BarrierPhase::Confirm, &ada)
+        .await;
     lines.push(json!({"scenario": "duplicate-confirm", "saga_id": ada_id.to_string(), "status": status_of(&engine, ada_id).await?, "guard": guard_name(&again)}));
 
     // 4. A cancel overtakes its try: empty rollback, then the late try is rejected.
@@ -553,8 +854,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         SagaId::new(),
         purchase("seckill-dan", "dan", "phone", 1, 100),
     );
-    let cancel = shop.guarded(late, Branch::Funds, BarrierPhase::Cancel, &dan);
-    let try_ = shop.guarded(late, Branch::Funds, BarrierPhase::Try, &dan);
+    let cancel = shop
+        .guarded(late, Branch::Funds, BarrierPhase::Cancel, &dan)
+        .await;
+    let try_ = shop
+        .guarded(late, Branch::Funds, BarrierPhase::Try, &dan)
+        .await;
     lines.push(json!({"scenario": "cancel-before-try", "saga_id": late.to_string(), "cancel": guard_name(&cancel), "late_try": guard_name(&try_)}));
 
     // 5. The process stops between try and confirm (the confirm hangs and
@@ -593,7 +898,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lines.push(json!({"bulk": {"total": args.bulk, "committed": committed, "rolled_back": rolled_back}}));
     }
     engine.shutdown(Duration::from_secs(5)).await;
-    lines.push(shop.ledger()?);
+    lines.push(shop.ledger().await?);
 
     if args.json {
         for line in &lines {

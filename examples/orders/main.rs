@@ -1,6 +1,7 @@
 //! The sagalog orders example: an order flow over inventory, payment and
-//! shipping, each participant keeping its books durably in its own sled
-//! database and applying every effect once by its idempotency key.
+//! shipping, the participants keeping their books durably (in a sled
+//! database beside the log, or in PostgreSQL beside it with `--store`) and
+//! applying every effect once by its idempotency key.
 //!
 //! ```text
 //! cargo run --release --example orders                      # readable table
@@ -24,10 +25,12 @@ mod bulk;
 #[path = "../support/crash.rs"]
 mod crash;
 mod ledger;
+#[path = "../support/pg_pool.rs"]
+mod pg_pool;
 
 use clap::Parser;
 use crash::{CrashFlags, CrashPlan};
-use ledger::{CallRecord, Ledger, Refusal};
+use ledger::{CallRecord, Effect, Ledger, Refusal};
 use sagalog::{
     CompensationStrategy, DelayedItem, Engine, ManualItem, Registry, RetryPolicy, SagaDefinition,
     SagaId, SagaRef, SagaStatus, SagaView, StartOptions, StepContext, StepError, UnixMillis,
@@ -42,13 +45,13 @@ struct Args {
     /// Directory for the saga log and the participants' ledger.
     #[arg(long, default_value = "./sagalog-data")]
     data_dir: PathBuf,
-    /// Keep the saga log in this PostgreSQL database instead of
-    /// DATA_DIR/log (postgres://USER@HOST:PORT/DB). The participants'
-    /// ledger stays in DATA_DIR: use the two together.
+    /// Keep the saga log and the participants' ledger in this PostgreSQL
+    /// database instead of DATA_DIR (postgres://USER@HOST:PORT/DB).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// With --store, the schema for sagalog's tables (default: the
-    /// connection's search_path).
+    /// connection's search_path); the ledger's go in NAME_ledger (default:
+    /// orders_ledger).
     #[arg(long, value_name = "NAME", requires = "store")]
     schema: Option<String>,
     #[command(flatten)]
@@ -123,6 +126,11 @@ async fn serve_until_stopped(
     }
     admin.stop().await;
     Ok(())
+}
+
+/// The ledger's schema: beside the log's, `NAME_ledger`, or `orders_ledger`.
+fn ledger_schema(log_schema: Option<&str>) -> String {
+    format!("{}_ledger", log_schema.unwrap_or("orders"))
 }
 
 /// Generated order `k` of the bulk workload, with its strategy.
@@ -210,15 +218,18 @@ fn refusal(r: Refusal) -> StepError {
 }
 
 /// Records the call, then applies `effect` once per idempotency key.
-fn participate<F>(ledger: &Ledger, ctx: &StepContext<Order>, effect: F) -> Result<String, StepError>
-where
-    F: Fn(
-        &sled::transaction::TransactionalTree,
-    ) -> sled::transaction::ConflictableTransactionResult<Result<String, String>, String>,
-{
-    ledger.record_call(&call_record(ctx)).map_err(refusal)?;
+async fn participate(
+    ledger: &Ledger,
+    ctx: &StepContext<Order>,
+    effect: Effect,
+) -> Result<String, StepError> {
+    ledger
+        .record_call(&call_record(ctx))
+        .await
+        .map_err(refusal)?;
     ledger
         .apply_once(ctx.idempotency_key(), effect)
+        .await
         .map_err(refusal)
 }
 
@@ -237,176 +248,141 @@ fn action_key(ctx: &StepContext<Order>) -> String {
     format!("{}/{}/action", ctx.saga_id(), ctx.step())
 }
 
+fn product(o: &Order, field: &str) -> String {
+    format!("product/{}/{field}", o.product)
+}
+
+fn account(o: &Order, field: &str) -> String {
+    format!("account/{}/{field}", o.customer)
+}
+
 fn order_saga(ledger: &Ledger) -> Result<SagaDefinition<Order>, sagalog::DefinitionError> {
-    let l = ledger.clone();
-    let (l1, l2, l3, l4, l5, l6, l7, l8) = (
-        l.clone(),
-        l.clone(),
-        l.clone(),
-        l.clone(),
-        l.clone(),
-        l.clone(),
-        l.clone(),
-        l,
-    );
+    // Each call gets a clone of the ledger (a cheap handle).
+    let with = |ledger: &Ledger| {
+        let ledger = ledger.clone();
+        move || ledger.clone()
+    };
+    let (l1, l2, l3, l4) = (with(ledger), with(ledger), with(ledger), with(ledger));
+    let (l5, l6, l7, l8) = (with(ledger), with(ledger), with(ledger), with(ledger));
     SagaDefinition::<Order>::builder("order")
         .step(
             "reserve_stock",
             move |ctx| {
-                let l = l1.clone();
+                let l = l1();
                 async move {
                     let o = ctx.input().clone();
-                    participate(&l, &ctx, |tx| {
-                        let mut p = Ledger::product(tx, &o.product)?;
-                        if p.available < o.quantity {
-                            return Ok(Err(format!("only {} {} in stock", p.available, o.product)));
-                        }
-                        p.available -= o.quantity;
-                        p.reserved += o.quantity;
-                        Ledger::set_product(tx, &o.product, &p)?;
-                        Ok(Ok(format!("res-{}", o.order_id)))
-                    })
+                    let name = o.product.clone();
+                    let effect = Effect::new(format!("res-{}", o.order_id))
+                        .need(product(&o, "available"), o.quantity, move |n| {
+                            format!("only {n} {name} in stock")
+                        })
+                        .add(product(&o, "available"), -o.quantity)
+                        .add(product(&o, "reserved"), o.quantity);
+                    participate(&l, &ctx, effect).await
                 }
             },
             move |ctx| {
-                let l = l2.clone();
+                let l = l2();
                 async move {
                     let o = ctx.input().clone();
-                    let reserved = action_key(&ctx);
-                    participate(&l, &ctx, |tx| {
-                        if Ledger::applied(tx, &reserved)? {
-                            let mut p = Ledger::product(tx, &o.product)?;
-                            p.reserved -= o.quantity;
-                            p.available += o.quantity;
-                            Ledger::set_product(tx, &o.product, &p)?;
-                            Ok(Ok("released".into()))
-                        } else {
-                            Ok(Ok("nothing was reserved".into()))
-                        }
-                    })
-                    .map(|_| ())
+                    let effect = Effect::new("released")
+                        .only_after(action_key(&ctx), "nothing was reserved")
+                        .add(product(&o, "reserved"), -o.quantity)
+                        .add(product(&o, "available"), o.quantity);
+                    participate(&l, &ctx, effect).await.map(|_| ())
                 }
             },
         )
         .step(
             "charge_payment",
             move |ctx| {
-                let l = l3.clone();
+                let l = l3();
                 async move {
                     let o = ctx.input().clone();
                     let reservation: String = ctx.output("reserve_stock")?;
-                    participate(&l, &ctx, |tx| {
-                        let mut a = Ledger::account(tx, &o.customer)?;
-                        if a.balance < o.amount() {
-                            return Ok(Err(format!(
-                                "payment declined: balance {} < {} for {reservation}",
-                                a.balance,
-                                o.amount()
-                            )));
-                        }
-                        a.balance -= o.amount();
-                        a.held += o.amount();
-                        Ledger::set_account(tx, &o.customer, &a)?;
-                        Ok(Ok(format!("pay-{}", o.order_id)))
-                    })
+                    let amount = o.amount();
+                    let effect = Effect::new(format!("pay-{}", o.order_id))
+                        .need(account(&o, "balance"), amount, move |balance| {
+                            format!(
+                                "payment declined: balance {balance} < {amount} for {reservation}"
+                            )
+                        })
+                        .add(account(&o, "balance"), -amount)
+                        .add(account(&o, "held"), amount);
+                    participate(&l, &ctx, effect).await
                 }
             },
             move |ctx| {
-                let l = l4.clone();
+                let l = l4();
                 async move {
                     let o = ctx.input().clone();
-                    let charged = action_key(&ctx);
-                    participate(&l, &ctx, |tx| {
-                        if Ledger::applied(tx, &charged)? {
-                            let mut a = Ledger::account(tx, &o.customer)?;
-                            a.held -= o.amount();
-                            a.balance += o.amount();
-                            Ledger::set_account(tx, &o.customer, &a)?;
-                        }
-                        Ok(Ok("refunded".into()))
-                    })
-                    .map(|_| ())
+                    let effect = Effect::new("refunded")
+                        .only_after(action_key(&ctx), "refunded")
+                        .add(account(&o, "held"), -o.amount())
+                        .add(account(&o, "balance"), o.amount());
+                    participate(&l, &ctx, effect).await.map(|_| ())
                 }
             },
         )
         .step(
             "create_shipment",
             move |ctx| {
-                let l = l5.clone();
+                let l = l5();
                 async move {
                     let o = ctx.input().clone();
                     if o.address == "flaky-courier" {
                         // The courier's API is down: the call is recorded,
                         // nothing takes effect, try again later.
-                        l.record_call(&call_record(&ctx)).map_err(refusal)?;
+                        l.record_call(&call_record(&ctx)).await.map_err(refusal)?;
                         return Err(StepError::retryable("courier API unavailable"));
                     }
-                    participate(&l, &ctx, |tx| {
-                        if o.address.is_empty() || o.address == "nowhere" {
-                            return Ok(Err(format!("cannot ship to '{}'", o.address)));
-                        }
-                        let mut s = Ledger::shipments(tx)?;
-                        s.created += 1;
-                        Ledger::set_shipments(tx, &s)?;
-                        Ok(Ok(format!("ship-{}", o.order_id)))
-                    })
+                    if o.address.is_empty() || o.address == "nowhere" {
+                        l.record_call(&call_record(&ctx)).await.map_err(refusal)?;
+                        return Err(StepError::permanent(format!(
+                            "cannot ship to '{}'",
+                            o.address
+                        )));
+                    }
+                    let effect = Effect::new(format!("ship-{}", o.order_id))
+                        .add("shipments/created".into(), 1);
+                    participate(&l, &ctx, effect).await
                 }
             },
             move |ctx| {
-                let l = l6.clone();
+                let l = l6();
                 async move {
-                    let created = action_key(&ctx);
-                    participate(&l, &ctx, |tx| {
-                        if Ledger::applied(tx, &created)? {
-                            let mut s = Ledger::shipments(tx)?;
-                            s.cancelled += 1;
-                            Ledger::set_shipments(tx, &s)?;
-                        }
-                        Ok(Ok("cancelled".into()))
-                    })
-                    .map(|_| ())
+                    let effect = Effect::new("cancelled")
+                        .only_after(action_key(&ctx), "cancelled")
+                        .add("shipments/cancelled".into(), 1);
+                    participate(&l, &ctx, effect).await.map(|_| ())
                 }
             },
         )
         .step(
             "confirm_order",
             move |ctx| {
-                let l = l7.clone();
+                let l = l7();
                 async move {
                     let o = ctx.input().clone();
-                    participate(&l, &ctx, |tx| {
-                        let mut p = Ledger::product(tx, &o.product)?;
-                        let mut a = Ledger::account(tx, &o.customer)?;
-                        p.reserved -= o.quantity;
-                        p.sold += o.quantity;
-                        a.held -= o.amount();
-                        a.paid += o.amount();
-                        Ledger::set_product(tx, &o.product, &p)?;
-                        Ledger::set_account(tx, &o.customer, &a)?;
-                        Ok(Ok("confirmed".into()))
-                    })
-                    .map(|_| ())
+                    let effect = Effect::new("confirmed")
+                        .add(product(&o, "reserved"), -o.quantity)
+                        .add(product(&o, "sold"), o.quantity)
+                        .add(account(&o, "held"), -o.amount())
+                        .add(account(&o, "paid"), o.amount());
+                    participate(&l, &ctx, effect).await.map(|_| ())
                 }
             },
             move |ctx| {
-                let l = l8.clone();
+                let l = l8();
                 async move {
                     let o = ctx.input().clone();
-                    let confirmed = action_key(&ctx);
-                    participate(&l, &ctx, |tx| {
-                        if Ledger::applied(tx, &confirmed)? {
-                            let mut p = Ledger::product(tx, &o.product)?;
-                            let mut a = Ledger::account(tx, &o.customer)?;
-                            p.sold -= o.quantity;
-                            p.reserved += o.quantity;
-                            a.paid -= o.amount();
-                            a.held += o.amount();
-                            Ledger::set_product(tx, &o.product, &p)?;
-                            Ledger::set_account(tx, &o.customer, &a)?;
-                        }
-                        Ok(Ok("unconfirmed".into()))
-                    })
-                    .map(|_| ())
+                    let effect = Effect::new("unconfirmed")
+                        .only_after(action_key(&ctx), "unconfirmed")
+                        .add(product(&o, "sold"), -o.quantity)
+                        .add(product(&o, "reserved"), o.quantity)
+                        .add(account(&o, "paid"), -o.amount())
+                        .add(account(&o, "held"), o.amount());
+                    participate(&l, &ctx, effect).await.map(|_| ())
                 }
             },
         )
@@ -499,26 +475,31 @@ impl SagaLine {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let ledger = Ledger::open(&args.data_dir.join("ledger"))?;
-    ledger.initialize(
-        &[("widget", 100), ("gadget", 10), ("bulk-item", 1_000_000)],
-        &[
-            ("ada", 1000),
-            ("bob", 10),
-            ("cyd", 500),
-            ("dan", 5),
-            ("eve", 300),
-            ("bulk-0", 1_000_000),
-            ("bulk-1", 1_000_000),
-            ("bulk-2", 1_000_000),
-            ("bulk-3", 1_000_000),
-            ("bulk-4", 1_000_000),
-            ("bulk-5", 1_000_000),
-            ("bulk-6", 1_000_000),
-            ("bulk-7", 1_000_000),
-            ("pauper", 0),
-        ],
-    )?;
+    let ledger = match &args.store {
+        Some(url) => Ledger::open_pg(url, &ledger_schema(args.schema.as_deref())).await?,
+        None => Ledger::open(&args.data_dir.join("ledger"))?,
+    };
+    ledger
+        .initialize(
+            &[("widget", 100), ("gadget", 10), ("bulk-item", 1_000_000)],
+            &[
+                ("ada", 1000),
+                ("bob", 10),
+                ("cyd", 500),
+                ("dan", 5),
+                ("eve", 300),
+                ("bulk-0", 1_000_000),
+                ("bulk-1", 1_000_000),
+                ("bulk-2", 1_000_000),
+                ("bulk-3", 1_000_000),
+                ("bulk-4", 1_000_000),
+                ("bulk-5", 1_000_000),
+                ("bulk-6", 1_000_000),
+                ("bulk-7", 1_000_000),
+                ("pauper", 0),
+            ],
+        )
+        .await?;
 
     let mut registry = Registry::new();
     let orders: SagaRef<Order> = registry.register(order_saga(&ledger)?)?;
@@ -538,8 +519,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !args.json {
         match &args.store {
             Some(_) => println!(
-                "sagalog orders example (log in PostgreSQL, ledger in {})\n",
-                args.data_dir.display()
+                "sagalog orders example (log and ledger in PostgreSQL, schema {})\n",
+                ledger_schema(args.schema.as_deref())
             ),
             None => println!(
                 "sagalog orders example (data in {})\n",
@@ -626,7 +607,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lines.push(SagaLine::new(scenario, &engine.saga(*id).await?));
     }
     engine.shutdown(Duration::from_secs(10)).await;
-    let books = ledger.books()?;
+    let books = ledger.books().await?;
     let balanced = books.balance();
 
     if args.json {

@@ -1,7 +1,8 @@
 //! The crash harness: which example runs, aborting it at every crash point
 //! in turn, and killing it at random moments.
 
-use super::orders::{assert_grown_in_place, check, orders_command, run_orders};
+use super::orders::{assert_grown_in_place, check, orders_command};
+use super::place::Place;
 use super::seckill::{check_seckill, seckill_command};
 use super::*;
 
@@ -45,17 +46,10 @@ pub(super) enum Workload {
 }
 
 impl Workload {
-    fn run(self, dir: &Path, crash: Option<(&str, u64)>) -> Output {
-        match self {
-            Workload::Orders => run_orders(dir, crash),
-            Workload::OrdersIndexedEarly => orders_command(dir, crash, 0)
-                .args(["--index-lag-ms", "1"])
-                .output()
-                .expect("the orders example starts"),
-            Workload::Seckill => seckill_command(dir, crash, 0)
-                .output()
-                .expect("the seckill example starts"),
-        }
+    fn run(self, place: &Place, crash: Option<(&str, u64)>) -> Output {
+        self.command(place, crash, 0)
+            .output()
+            .expect("the example starts")
     }
 
     fn name(self) -> &'static str {
@@ -66,22 +60,49 @@ impl Workload {
         }
     }
 
-    fn command(self, dir: &Path, bulk: usize) -> Command {
+    fn command(self, place: &Place, crash: Option<(&str, u64)>, bulk: usize) -> Command {
         match self {
-            Workload::Orders => orders_command(dir, None, bulk),
+            Workload::Orders => orders_command(place, crash, bulk),
             Workload::OrdersIndexedEarly => {
-                let mut command = orders_command(dir, None, bulk);
+                let mut command = orders_command(place, crash, bulk);
                 command.args(["--index-lag-ms", "1"]);
                 command
             }
-            Workload::Seckill => seckill_command(dir, None, bulk),
+            Workload::Seckill => seckill_command(place, crash, bulk),
         }
     }
 
-    fn check(self, dir: &Path, stdout: &str, label: &str) {
+    fn check(self, place: &Place, stdout: &str, label: &str) {
         match self {
-            Workload::Orders | Workload::OrdersIndexedEarly => check(dir, stdout, label),
-            Workload::Seckill => check_seckill(dir, stdout, label),
+            Workload::Orders | Workload::OrdersIndexedEarly => check(place, stdout, label),
+            Workload::Seckill => check_seckill(place, stdout, label),
+        }
+    }
+}
+
+/// Which store a crash test's runs keep their log and books in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Store {
+    /// sled, in a directory.
+    Sled,
+    /// The test PostgreSQL (tests/common/pg.rs), a fresh schema per place.
+    Postgres,
+}
+
+impl Store {
+    /// A fresh place; `None` when the store is PostgreSQL and there is
+    /// none (the test says so and does not run).
+    fn place(self) -> Option<Place> {
+        match self {
+            Store::Sled => Some(Place::sled()),
+            Store::Postgres => Place::postgres(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Store::Sled => "",
+            Store::Postgres => ", on PostgreSQL",
         }
     }
 }
@@ -110,12 +131,15 @@ impl CrashPoint {
 
 /// Aborts the workload at each crash point of the kind in turn, reruns it
 /// and checks it; asserts that the workload has many such points.
-pub(super) fn survives_every(workload: Workload, point: CrashPoint) {
-    let points = every_crash_point_of(workload, point);
+pub(super) fn survives_every(workload: Workload, point: CrashPoint, store: Store) {
+    let Some(points) = every_crash_point_of(workload, point, store) else {
+        return;
+    };
     let (flag, marker) = point.flag_and_marker();
     println!(
-        "crash points covered: {points} ({}, --{flag})",
-        workload.name()
+        "crash points covered: {points} ({}{}, --{flag})",
+        workload.name(),
+        store.name()
     );
     assert!(
         points >= 10,
@@ -125,35 +149,36 @@ pub(super) fn survives_every(workload: Workload, point: CrashPoint) {
 
 /// Aborts the example at the Nth point, N = 1, 2, ... until a run completes;
 /// after each abort, reruns it and checks everything. Returns how many crash
-/// points were covered.
-fn every_crash_point_of(workload: Workload, point: CrashPoint) -> u64 {
+/// points were covered, or `None` when the store is not there.
+fn every_crash_point_of(workload: Workload, point: CrashPoint, store: Store) -> Option<u64> {
     let (flag, marker) = point.flag_and_marker();
     for n in 1..=500u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let crashed = workload.run(dir.path(), Some((flag, n)));
+        let place = store.place()?;
+        let crashed = workload.run(&place, Some((flag, n)));
         if crashed.status.success() {
             // N is past the last such point: the run completed without a crash.
             let label = format!("--{flag} {n} (no crash)");
             let stdout = String::from_utf8_lossy(&crashed.stdout);
-            workload.check(dir.path(), &stdout, &label);
-            if matches!(workload, Workload::Orders | Workload::OrdersIndexedEarly) {
-                assert_grown_in_place(dir.path(), &stdout);
+            workload.check(&place, &stdout, &label);
+            let orders = matches!(workload, Workload::Orders | Workload::OrdersIndexedEarly);
+            if orders && store == Store::Sled {
+                assert_grown_in_place(place.dir(), &stdout);
             }
-            return n - 1;
+            return Some(n - 1);
         }
         assert!(
             String::from_utf8_lossy(&crashed.stderr).contains(&format!("{marker} #{n}")),
             "--{flag} {n} failed without the planned abort: {}",
             String::from_utf8_lossy(&crashed.stderr)
         );
-        let rerun = workload.run(dir.path(), None);
+        let rerun = workload.run(&place, None);
         assert!(
             rerun.status.success(),
             "rerun after --{flag} {n} failed: {}",
             String::from_utf8_lossy(&rerun.stderr)
         );
         let label = format!("--{flag} {n}");
-        workload.check(dir.path(), &String::from_utf8_lossy(&rerun.stdout), &label);
+        workload.check(&place, &String::from_utf8_lossy(&rerun.stdout), &label);
     }
     panic!("the workload never completed within 500 {marker}s");
 }
@@ -170,7 +195,10 @@ impl Rng {
     }
 }
 
-pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
+pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize, store: Store) {
+    let Some(place) = store.place() else {
+        return;
+    };
     let cycles: u64 = std::env::var("SAGALOG_KILL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -180,11 +208,10 @@ pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5a6a_1061);
     let mut rng = Rng(seed | 1);
-    let dir = tempfile::tempdir().unwrap();
     let (mut killed, mut finished_early) = (0, 0);
     for _ in 0..cycles {
         let mut child = workload
-            .command(dir.path(), bulk)
+            .command(&place, None, bulk)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -199,11 +226,8 @@ pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
                     if let Some(mut pipe) = child.stderr.take() {
                         let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
                     }
-                    let kept = dir.keep();
-                    panic!(
-                        "a cycle failed on its own: {status}\n{stderr}\ndata kept in {}",
-                        kept.display()
-                    );
+                    let kept = place.keep();
+                    panic!("a cycle failed on its own: {status}\n{stderr}\ndata kept in {kept}");
                 }
                 finished_early += 1;
             }
@@ -215,7 +239,7 @@ pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
         }
     }
     let last = workload
-        .command(dir.path(), bulk)
+        .command(&place, None, bulk)
         .output()
         .expect("the final run starts");
     assert!(
@@ -224,12 +248,13 @@ pub(super) fn kill_loop(workload: Workload, default_cycles: u64, bulk: usize) {
         String::from_utf8_lossy(&last.stderr)
     );
     workload.check(
-        dir.path(),
+        &place,
         &String::from_utf8_lossy(&last.stdout),
         "after the kill loop",
     );
     println!(
-        "kill loop ({}): {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk + the scenarios, seed {seed:#x}: no violation",
-        workload.name()
+        "kill loop ({}{}): {cycles} cycles ({killed} SIGKILLed mid-run, {finished_early} finished first), {bulk} bulk + the scenarios, seed {seed:#x}: no violation",
+        workload.name(),
+        store.name()
     );
 }

@@ -11,6 +11,7 @@
 
 mod harness;
 mod orders;
+mod place;
 mod seckill;
 
 use sagalog::store::KvLogStore;

@@ -1,7 +1,8 @@
 //! The orders example (sagas, every strategy) under crashes: its checks and
 //! its crash tests.
 
-use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Workload};
+use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Store, Workload};
+use super::place::{calls, Log, Place};
 use super::*;
 
 /// The example binaries, (re)built by cargo first: `cargo test --test crash`
@@ -10,20 +11,10 @@ fn orders_binary() -> PathBuf {
     example_binary("orders")
 }
 
-/// Runs the example once, with `--<flag> N` if given.
-pub(super) fn run_orders(dir: &Path, crash: Option<(&str, u64)>) -> Output {
-    orders_command(dir, crash, 0)
-        .output()
-        .expect("the orders example starts")
-}
-
-pub(super) fn orders_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
+pub(super) fn orders_command(place: &Place, crash: Option<(&str, u64)>, bulk: usize) -> Command {
     let mut command = Command::new(orders_binary());
-    command
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--json")
-        .args(["--scheduled-delay-ms", "200"]);
+    place.args(&mut command);
+    command.arg("--json").args(["--scheduled-delay-ms", "200"]);
     if let Some((flag, n)) = crash {
         command.arg(format!("--{flag}")).arg(n.to_string());
     }
@@ -40,24 +31,8 @@ struct CallRecord {
     attempt: u64,
 }
 
-fn ledger_calls(dir: &Path) -> Vec<CallRecord> {
-    let db = sled::open(dir.join("ledger")).expect("ledger opens");
-    db.scan_prefix("call/")
-        .map(|item| {
-            let (_, v) = item.expect("ledger reads");
-            let v: Value = serde_json::from_slice(&v).expect("call record is JSON");
-            CallRecord {
-                saga_id: v["saga_id"].as_str().unwrap_or_default().to_string(),
-                step: v["step"].as_str().unwrap_or_default().to_string(),
-                phase: v["phase"].as_str().unwrap_or_default().to_string(),
-                attempt: v["attempt"].as_u64().unwrap_or(0),
-            }
-        })
-        .collect()
-}
-
 /// Checks the three properties on a data directory after a completed run.
-pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
+pub(super) fn check(place: &Place, stdout: &str, label: &str) {
     let lines: Vec<Value> = stdout
         .lines()
         .map(|l| {
@@ -87,18 +62,15 @@ pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
         assert_eq!(line["scenario"], scenario, "{label}");
         assert_eq!(line["status"], status, "{label}: {scenario}");
     }
-    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
-    assert!(
-        store.scan_active().unwrap().is_empty(),
-        "{label}: no saga left active"
-    );
+    let log = Log::open(place);
+    assert_eq!(log.active(), 0, "{label}: no saga left active");
     // Every terminal saga is in the finished index (one batch per write,
     // DESIGN.md §4.4), whichever write its crash point fell on.
-    let finished: HashMap<SagaId, Vec<u8>> = store.scan_finished().unwrap().into_iter().collect();
+    let finished = log.finished();
     for line in &sagas {
         let id = SagaId::parse(line["saga_id"].as_str().expect("a saga id")).expect("a saga id");
         assert!(
-            finished.contains_key(&id),
+            finished.contains(&id),
             "{label}: saga {id} is in the finished index"
         );
     }
@@ -155,16 +127,16 @@ pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
 
     // (c) no participant call without a durable intent record.
     let mut intents: HashMap<String, Vec<(String, String, u64)>> = HashMap::new();
-    for call in ledger_calls(dir) {
-        let log = intents.entry(call.saga_id.clone()).or_insert_with(|| {
+    for call in calls(place, "ledger", None, "call/") {
+        let call = CallRecord {
+            saga_id: call["saga_id"].as_str().unwrap_or_default().to_string(),
+            step: call["step"].as_str().unwrap_or_default().to_string(),
+            phase: call["phase"].as_str().unwrap_or_default().to_string(),
+            attempt: call["attempt"].as_u64().unwrap_or(0),
+        };
+        let intents = intents.entry(call.saga_id.clone()).or_insert_with(|| {
             let id = SagaId::parse(&call.saga_id).expect("call names a saga id");
-            let records: Vec<Record> = store
-                .read_log(id)
-                .unwrap()
-                .into_iter()
-                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
-                .map(|(_, record)| record)
-                .collect();
+            let records = log.records(id);
             let Some(Record::SagaStarted(start)) = records.first() else {
                 panic!("{label}: participant called for saga {id} with no start record");
             };
@@ -187,7 +159,7 @@ pub(super) fn check(dir: &Path, stdout: &str, label: &str) {
                 .collect()
         });
         assert!(
-            log.contains(&(call.step.clone(), call.phase.clone(), call.attempt)),
+            intents.contains(&(call.step.clone(), call.phase.clone(), call.attempt)),
             "{label}: {}:{}:{} of saga {} was called without an intent record",
             call.step,
             call.phase,
@@ -223,22 +195,26 @@ pub(super) fn assert_grown_in_place(dir: &Path, stdout: &str) {
 
 #[test]
 fn orders_survive_an_abort_at_every_durable_append() {
-    survives_every(Workload::Orders, CrashPoint::AfterAppend);
+    survives_every(Workload::Orders, CrashPoint::AfterAppend, Store::Sled);
 }
 
 #[test]
 fn orders_survive_an_abort_before_every_participant_call() {
-    survives_every(Workload::Orders, CrashPoint::BeforeCall);
+    survives_every(Workload::Orders, CrashPoint::BeforeCall, Store::Sled);
 }
 
 #[test]
 fn orders_survive_an_abort_after_every_participant_call() {
-    survives_every(Workload::Orders, CrashPoint::AfterCall);
+    survives_every(Workload::Orders, CrashPoint::AfterCall, Store::Sled);
 }
 
 #[test]
 fn orders_indexed_early_survive_an_abort_at_every_durable_append() {
-    survives_every(Workload::OrdersIndexedEarly, CrashPoint::AfterAppend);
+    survives_every(
+        Workload::OrdersIndexedEarly,
+        CrashPoint::AfterAppend,
+        Store::Sled,
+    );
 }
 
 /// The random kill loop: a workload of thousands of mixed sagas runs in a
@@ -247,12 +223,33 @@ fn orders_indexed_early_survive_an_abort_at_every_durable_append() {
 /// `SAGALOG_KILL_CYCLES` (default 50) and `SAGALOG_KILL_SEED` tune it.
 #[test]
 fn random_kill_loop_loses_nothing_and_does_nothing_twice() {
-    kill_loop(Workload::Orders, 50, 2000);
+    kill_loop(Workload::Orders, 50, 2000, Store::Sled);
 }
 
 /// The orders loop with a 1 ms index lag: the kills land while the
 /// watermark moves and sagas get their active-index entries mid-flight.
 #[test]
 fn random_kill_loop_with_early_indexing_loses_nothing_and_does_nothing_twice() {
-    kill_loop(Workload::OrdersIndexedEarly, 25, 2000);
+    kill_loop(Workload::OrdersIndexedEarly, 25, 2000, Store::Sled);
+}
+
+/// The log in PostgreSQL, the books in tables beside it: an abort after
+/// every durable append (every group commit's transaction) loses nothing
+/// and does nothing twice.
+#[test]
+fn orders_on_postgres_survive_an_abort_at_every_durable_append() {
+    survives_every(Workload::Orders, CrashPoint::AfterAppend, Store::Postgres);
+}
+
+/// On PostgreSQL, an abort right after each participant call, before its
+/// result is durable: the repeat finds the effect's marker in the books.
+#[test]
+fn orders_on_postgres_survive_an_abort_after_every_participant_call() {
+    survives_every(Workload::Orders, CrashPoint::AfterCall, Store::Postgres);
+}
+
+/// The random kill loop with the log and the books in PostgreSQL.
+#[test]
+fn random_kill_loop_on_postgres_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Orders, 25, 2000, Store::Postgres);
 }

@@ -1,12 +1,14 @@
 //! The seckill example (TCC transactions, parallel tries) under crashes: its
 //! checks and its crash tests.
 
-use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Workload};
+use super::harness::{example_binary, kill_loop, survives_every, CrashPoint, Store, Workload};
+use super::place::{calls, Log, Place};
 use super::*;
 
-pub(super) fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usize) -> Command {
+pub(super) fn seckill_command(place: &Place, crash: Option<(&str, u64)>, bulk: usize) -> Command {
     let mut command = Command::new(example_binary("seckill"));
-    command.arg("--data-dir").arg(dir).arg("--json");
+    place.args(&mut command);
+    command.arg("--json");
     if let Some((flag, n)) = crash {
         command.arg(format!("--{flag}")).arg(n.to_string());
     }
@@ -21,7 +23,7 @@ pub(super) fn seckill_command(dir: &Path, crash: Option<(&str, u64)>, bulk: usiz
 /// barrier's verdicts, (b) money and stock conserved with nothing frozen,
 /// reserved or pending, one paid order per committed purchase, and (c)
 /// every try, confirm and cancel made with a durable intent record.
-pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
+pub(super) fn check_seckill(place: &Place, stdout: &str, label: &str) {
     let lines: Vec<Value> = stdout
         .lines()
         .map(|l| {
@@ -50,11 +52,8 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
         2,
         "{label}: one sub-saga per step"
     );
-    let store = SledStore::open(dir.join("log"), Default::default()).expect("log opens");
-    assert!(
-        store.scan_active().unwrap().is_empty(),
-        "{label}: no transaction left active"
-    );
+    let log = Log::open(place);
+    assert_eq!(log.active(), 0, "{label}: no transaction left active");
 
     let books = &ledger["ledger"];
     let n = |path: [&str; 2]| books[path[0]][path[1]].as_i64().unwrap();
@@ -100,22 +99,12 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
         "{label}: charged once per commit"
     );
 
-    let shop = sled::open(dir.join("shop")).expect("shop opens");
-    let calls = shop.open_tree("calls").expect("call log");
     let mut intents: HashMap<String, Vec<(String, &'static str, u64)>> = HashMap::new();
-    for item in calls.iter() {
-        let (_, v) = item.expect("call log reads");
-        let call: Value = serde_json::from_slice(&v).expect("call record is JSON");
+    for call in calls(place, "shop", Some("calls"), "") {
         let saga = call["saga_id"].as_str().unwrap_or_default().to_string();
-        let log = intents.entry(saga.clone()).or_insert_with(|| {
+        let intents = intents.entry(saga.clone()).or_insert_with(|| {
             let id = SagaId::parse(&saga).expect("call names a saga id");
-            let records: Vec<Record> = store
-                .read_log(id)
-                .unwrap()
-                .into_iter()
-                .flat_map(|(_, value)| decode_records(&value).expect("log value decodes"))
-                .map(|(_, record)| record)
-                .collect();
+            let records = log.records(id);
             let Some(Record::SagaStarted(start)) = records.first() else {
                 panic!("{label}: participant called for transaction {id} with no start record");
             };
@@ -143,7 +132,8 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
             call["attempt"].as_u64().unwrap_or(0),
         );
         assert!(
-            log.iter()
+            intents
+                .iter()
                 .any(|(s, p, a)| (s.as_str(), *p, *a) == (key.0.as_str(), key.1, key.2)),
             "{label}: {key:?} of transaction {saga} was called without an intent record"
         );
@@ -152,22 +142,42 @@ pub(super) fn check_seckill(dir: &Path, stdout: &str, label: &str) {
 
 #[test]
 fn seckill_survives_an_abort_at_every_durable_append() {
-    survives_every(Workload::Seckill, CrashPoint::AfterAppend);
+    survives_every(Workload::Seckill, CrashPoint::AfterAppend, Store::Sled);
 }
 
 #[test]
 fn seckill_survives_an_abort_before_every_participant_call() {
-    survives_every(Workload::Seckill, CrashPoint::BeforeCall);
+    survives_every(Workload::Seckill, CrashPoint::BeforeCall, Store::Sled);
 }
 
 #[test]
 fn seckill_survives_an_abort_after_every_participant_call() {
-    survives_every(Workload::Seckill, CrashPoint::AfterCall);
+    survives_every(Workload::Seckill, CrashPoint::AfterCall, Store::Sled);
 }
 
 /// The same loop over the seckill example: TCC transactions with parallel
 /// tries, thousands at once. `SAGALOG_KILL_CYCLES` scales it too.
 #[test]
 fn random_kill_loop_over_tcc_transactions_loses_nothing_and_does_nothing_twice() {
-    kill_loop(Workload::Seckill, 25, 1500);
+    kill_loop(Workload::Seckill, 25, 1500, Store::Sled);
+}
+
+/// TCC on PostgreSQL, the participants guarded by the barrier's SQL form in
+/// tables beside the log: an abort after every durable append.
+#[test]
+fn seckill_on_postgres_survives_an_abort_at_every_durable_append() {
+    survives_every(Workload::Seckill, CrashPoint::AfterAppend, Store::Postgres);
+}
+
+/// On PostgreSQL, an abort right before each participant call (its intent
+/// durable): the rerun calls again and the barrier keeps it to one effect.
+#[test]
+fn seckill_on_postgres_survives_an_abort_before_every_participant_call() {
+    survives_every(Workload::Seckill, CrashPoint::BeforeCall, Store::Postgres);
+}
+
+/// The TCC kill loop with the log and the barrier in PostgreSQL.
+#[test]
+fn random_kill_loop_over_tcc_transactions_on_postgres_loses_nothing_and_does_nothing_twice() {
+    kill_loop(Workload::Seckill, 25, 1500, Store::Postgres);
 }
