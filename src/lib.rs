@@ -118,8 +118,8 @@ pub mod store {
     //! database, a test wrapper) implements `LogStore` and opens with
     //! [`crate::Engine::open_with_store`].
     pub use crate::log::store::{
-        input_fingerprint, BatchItems, Claim, Committed, FinishedBatch, IndexEntry, IndexSet,
-        IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal, Removal, Removed,
+        input_fingerprint, BatchItems, Claim, Committed, FinishedBatch, IndexEntry, IndexQuery,
+        IndexSet, IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal, Removal, Removed,
         SagaAppend, StoreFuture, TimerKey, TimerScan, WriteTimes, LAYOUT_VERSION,
     };
 }

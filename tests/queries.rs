@@ -28,7 +28,8 @@ async fn engine_with_two_types(
         start_time: Some(UnixMillis(T0)),
         ..EngineConfig::default()
     };
-    let engine = Engine::open_with_store(Arc::new(MemStore::new()), registry, config)
+    let store = common::engine_store(&Arc::new(MemStore::new())).await;
+    let engine = Engine::open_with_store(store, registry, config)
         .await
         .unwrap();
     (engine, trip, other)
@@ -99,6 +100,69 @@ async fn unfinished_for_finds_sagas_that_are_old_and_not_finished() {
         [stuck]
     );
     assert!(two_hours.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn find_filters_by_status() {
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
+    let (engine, trip, _) = engine_with_two_types(&script).await;
+    let manual = StartOptions::new().strategy(CompensationStrategy::Manual);
+    let stuck = engine
+        .start(&trip, &"stuck".into(), manual)
+        .await
+        .unwrap()
+        .saga_id;
+    let undone = start_saga(&engine, &trip, &"undone".into()).await;
+    outcome_of(&engine, undone).await;
+    assert_eq!(status_of(&engine, stuck).await, SagaStatus::Suspended);
+
+    let suspended = engine
+        .find(&SagaFilter::new().status(SagaStatus::Suspended))
+        .await
+        .unwrap();
+    let compensated = engine
+        .find(&SagaFilter::new().status(SagaStatus::Compensated))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        suspended.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
+        [stuck]
+    );
+    assert_eq!(
+        compensated.iter().map(|l| l.saga_id).collect::<Vec<_>>(),
+        [undone]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn find_pages_through_every_saga_by_the_last_id_listed() {
+    let script = Script::default();
+    let (engine, trip, other) = engine_with_two_types(&script).await;
+    let mut ids = Vec::new();
+    for k in 0..7 {
+        let saga = if k % 2 == 0 { &trip } else { &other };
+        ids.push(start_saga(&engine, saga, &format!("s{k}")).await);
+    }
+    for id in &ids {
+        outcome_of(&engine, *id).await;
+    }
+
+    let mut paged = Vec::new();
+    let mut filter = SagaFilter::new().limit(3);
+    loop {
+        let page = engine.find(&filter).await.unwrap();
+        paged.extend(page.iter().map(|l| l.saga_id));
+        match page.last() {
+            Some(last) if page.len() == 3 => {
+                filter = SagaFilter::new().limit(3).after(last.saga_id)
+            }
+            _ => break,
+        }
+    }
+
+    ids.sort();
+    assert_eq!(paged, ids);
 }
 
 #[tokio::test(start_paused = true)]

@@ -98,6 +98,12 @@ enum Command {
     List {
         #[command(flatten)]
         filter: Filter,
+        /// At most this many; the last line then says how to ask for more.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only sagas whose id comes after this one (the next page).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
     },
     /// Show one saga: summary, why it waits, steps, and its full timeline.
     Show {
@@ -541,8 +547,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
         async move { service.act(id?, action, &request).await }
     };
     let result = match &cli.command {
-        Command::List { filter } => {
-            let page = service.list(&filter.query()?).await?;
+        Command::List {
+            filter,
+            limit,
+            after,
+        } => {
+            let mut query = filter.query()?;
+            query.limit = *limit;
+            query.after = after.clone();
+            query.filter().map_err(|e| Usage(e.to_string()))?;
+            let page = service.list(&query).await?;
             out.list(&page);
             Ok(())
         }

@@ -152,7 +152,13 @@ impl Output {
                 &rows
             )
         );
-        say!("({})", plural(page.sagas.len(), "saga", "sagas"));
+        match page.next {
+            Some(last) => say!(
+                "({}; there may be more: add --after {last})",
+                plural(page.sagas.len(), "saga", "sagas")
+            ),
+            None => say!("({})", plural(page.sagas.len(), "saga", "sagas")),
+        }
     }
 
     pub fn show(&self, detail: &SagaDetail, now: UnixMillis) {

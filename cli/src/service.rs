@@ -63,7 +63,13 @@ impl Service {
             Service::Local { engine, .. } | Service::Database { engine } => {
                 let filter = query.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine.find(&filter).await?;
-                Ok(SagaPage { sagas, next: None })
+                let next = match query.limit {
+                    Some(limit) if limit > 0 && sagas.len() == limit => {
+                        sagas.last().map(|s| s.saga_id)
+                    }
+                    _ => None,
+                };
+                Ok(SagaPage { sagas, next })
             }
             Service::Remote(remote) => {
                 let query = serde_urlencoded::to_string(query)

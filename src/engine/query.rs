@@ -4,10 +4,10 @@
 
 use crate::engine::view::SagaListing;
 use crate::engine::Engine;
-use crate::error::Error;
-use crate::ids::{SagaId, SagaType, UnixMillis};
+use crate::error::{Error, ParkReason};
+use crate::ids::{IdMap, SagaId, SagaType, UnixMillis};
 use crate::log::codec;
-use crate::log::store::IndexEntry;
+use crate::log::store::{IndexEntry, IndexQuery};
 use crate::status::SagaStatus;
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
@@ -249,7 +249,10 @@ impl Engine {
                     .collect(),
                 None => Vec::new(),
             },
-            None => self.index_rows().await?,
+            None => match self.matching_rows(filter, now).await? {
+                Some(rows) => rows,
+                None => self.index_rows().await?,
+            },
         };
         let mut out: Vec<SagaListing> = rows
             .into_iter()
@@ -326,45 +329,79 @@ impl Engine {
         Ok(stats)
     }
 
+    /// The listings `filter` accepts, filtered and paged by the store
+    /// itself ([`crate::store::LogStore::scan_matching`]); `None` when the
+    /// store does not filter, or entries wait in memory that it has not
+    /// seen yet.
+    async fn matching_rows(
+        &self,
+        filter: &SagaFilter,
+        now: UnixMillis,
+    ) -> Result<Option<Vec<SagaListing>>, Error> {
+        if !lock(&self.inner.deferred).is_empty() {
+            return Ok(None);
+        }
+        let parked = lock(&self.inner.parked).clone();
+        let query = IndexQuery {
+            status: filter.status,
+            parked: parked.keys().copied().collect(),
+            saga_type: filter.saga_type.as_ref().map(|t| t.as_str().to_owned()),
+            started_from: filter.started_from,
+            started_before: filter.started_before,
+            unfinished_since: filter
+                .unfinished_for
+                .map(|age| UnixMillis(now.0.saturating_sub(crate::ids::millis(age)))),
+            after: filter.after,
+            limit: filter.limit,
+        };
+        let Some(rows) = self.inner.store.scan_matching(&query) else {
+            return Ok(None);
+        };
+        Ok(Some(listings(rows.await?, &parked)))
+    }
+
     /// One listing per saga from the active and finished indexes.
     pub(crate) async fn index_rows(&self) -> Result<Vec<SagaListing>, Error> {
         let rows = self.index_pairs().await?;
         let parked = lock(&self.inner.parked).clone();
-        Ok(rows
-            .into_iter()
-            .map(|(id, bytes)| {
-                let reason = parked.get(&id).map(ToString::to_string);
-                match codec::decode_index_entry::<IndexEntry>(&bytes) {
-                    Ok(entry) => SagaListing {
-                        saga_id: id,
-                        saga_type: entry.saga_type,
-                        status: if reason.is_some() {
-                            SagaStatus::Suspended
-                        } else {
-                            entry.status
-                        },
-                        started_at: entry.started_at,
-                        changed_at: entry.changed_at,
-                        next_wake: entry.next_wake,
-                        parked: reason,
-                        pending: entry.pending,
-                    },
-                    Err(e) => SagaListing {
-                        saga_id: id,
-                        saga_type: "?".into(),
-                        status: SagaStatus::Suspended,
-                        started_at: UnixMillis(0),
-                        changed_at: UnixMillis(0),
-                        next_wake: None,
-                        pending: None,
-                        parked: Some(
-                            reason.unwrap_or_else(|| format!("index entry unreadable: {e}")),
-                        ),
-                    },
-                }
-            })
-            .collect())
+        Ok(listings(rows, &parked))
     }
+}
+
+/// The listings of index entries, with the parked sagas as `Suspended`
+/// and an unreadable entry as a parked saga of unknown type.
+fn listings(rows: Vec<(SagaId, Vec<u8>)>, parked: &IdMap<SagaId, ParkReason>) -> Vec<SagaListing> {
+    rows.into_iter()
+        .map(|(id, bytes)| {
+            let reason = parked.get(&id).map(ToString::to_string);
+            match codec::decode_index_entry::<IndexEntry>(&bytes) {
+                Ok(entry) => SagaListing {
+                    saga_id: id,
+                    saga_type: entry.saga_type,
+                    status: if reason.is_some() {
+                        SagaStatus::Suspended
+                    } else {
+                        entry.status
+                    },
+                    started_at: entry.started_at,
+                    changed_at: entry.changed_at,
+                    next_wake: entry.next_wake,
+                    parked: reason,
+                    pending: entry.pending,
+                },
+                Err(e) => SagaListing {
+                    saga_id: id,
+                    saga_type: "?".into(),
+                    status: SagaStatus::Suspended,
+                    started_at: UnixMillis(0),
+                    changed_at: UnixMillis(0),
+                    next_wake: None,
+                    pending: None,
+                    parked: Some(reason.unwrap_or_else(|| format!("index entry unreadable: {e}"))),
+                },
+            }
+        })
+        .collect()
 }
 
 /// `Vec<(SagaStatus, u64)>` as `{"SUSPENDED": 2, ...}`, in status order.

@@ -55,6 +55,41 @@ fn list_reads_the_sagas_of_a_postgresql_log() {
 }
 
 #[test]
+fn list_on_a_postgresql_log_pages_by_the_last_id_listed() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+
+    let first = on_pg(&url, &schema, &["list", "--json", "--limit", "3"]);
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let next = first["next"]
+        .as_str()
+        .expect("a full page names the next one");
+    let second = on_pg(
+        &url,
+        &schema,
+        &["list", "--json", "--limit", "3", "--after", next],
+    );
+    let second: Value = serde_json::from_slice(&second.stdout).unwrap();
+
+    assert_eq!(first["sagas"].as_array().map(Vec::len), Some(3));
+    assert_eq!(second["sagas"].as_array().map(Vec::len), Some(2));
+    assert!(second["next"].is_null(), "the last page names none");
+}
+
+#[test]
+fn list_on_a_postgresql_log_filters_by_status() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+
+    let listed = on_pg(&url, &schema, &["list", "--json", "--status", "committed"]);
+
+    let page: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(page["sagas"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
 fn an_action_on_a_postgresql_log_is_refused_as_a_race_with_the_service() {
     let Some(url) = server() else { return };
     let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));

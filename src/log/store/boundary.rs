@@ -7,8 +7,9 @@
 use super::{
     KeyClaim, KvLogStore, Removal, Removed, SagaAppend, StoreError, TimerScan, WriteTimes,
 };
-use crate::ids::{IdempotencyKey, SagaId};
+use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
 use crate::log::verify::VerifyReport;
+use crate::status::SagaStatus;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +41,31 @@ pub struct Committed {
     /// nothing of them was written. Every other append of the batch was
     /// written, all in one atomic and durable write.
     pub refused: Vec<(usize, Refusal)>,
+}
+
+/// A listing's filter, for a store that applies it on its side
+/// ([`LogStore::scan_matching`]). Every condition that is `Some` must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexQuery {
+    /// Only sagas with this status, where a saga in [`IndexQuery::parked`]
+    /// counts as `Suspended` whatever its stored status.
+    pub status: Option<SagaStatus>,
+    /// The sagas the engine lists as `Suspended` (parked), whatever their
+    /// entries say.
+    pub parked: Vec<SagaId>,
+    /// Only sagas of this type.
+    pub saga_type: Option<String>,
+    /// Only sagas started at or after this time.
+    pub started_from: Option<UnixMillis>,
+    /// Only sagas started before this time.
+    pub started_before: Option<UnixMillis>,
+    /// Only sagas not terminal that started at or before this time.
+    pub unfinished_since: Option<UnixMillis>,
+    /// Only sagas whose id comes after this one (keyset paging).
+    pub after: Option<SagaId>,
+    /// At most this many, the first in id order.
+    pub limit: Option<usize>,
 }
 
 /// Where sagas' records live, as the engine sees it.
@@ -116,6 +142,19 @@ pub trait LogStore: Send + Sync + 'static {
     /// gets now. Answers from what the store knows, without a round trip.
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// The index entries (active and finished) of the sagas `query`
+    /// accepts, in id order, for a store that filters on its side; `None`
+    /// (the default) when it does not, and the engine filters every entry
+    /// itself.
+    #[allow(clippy::type_complexity)] // the same pairs as `scan_active`, maybe
+    fn scan_matching<'a>(
+        &'a self,
+        query: &'a IndexQuery,
+    ) -> Option<StoreFuture<'a, Vec<(SagaId, Vec<u8>)>>> {
+        let _ = query;
+        None
     }
 }
 

@@ -38,7 +38,7 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
-pub use boundary::{Committed, LogStore, Refusal, StoreFuture};
+pub use boundary::{Committed, IndexQuery, LogStore, Refusal, StoreFuture};
 pub(crate) use compact::sibling;
 pub use compact::{discard_torn_sled_snapshots, Compacted};
 pub use error::StoreError;

@@ -21,7 +21,8 @@ mod verify;
 mod write;
 
 use super::{
-    Committed, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreError, StoreFuture, TimerScan,
+    Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreError,
+    StoreFuture, TimerScan,
 };
 use crate::ids::{IdempotencyKey, SagaId};
 use crate::log::verify::VerifyReport;
@@ -173,6 +174,14 @@ impl LogStore for PgStore {
 
     fn writable(&self) -> Result<(), StoreError> {
         self.writer.reachable()
+    }
+
+    #[allow(clippy::type_complexity)] // the trait's signature
+    fn scan_matching<'a>(
+        &'a self,
+        query: &'a IndexQuery,
+    ) -> Option<StoreFuture<'a, Vec<(SagaId, Vec<u8>)>>> {
+        Some(Box::pin(read::matching(&self.reader, query)))
     }
 }
 

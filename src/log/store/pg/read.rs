@@ -3,7 +3,7 @@
 use super::link::Link;
 use super::{db_error, saga_id, to_u64, uuid};
 use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
-use crate::log::store::{KeyClaim, StoreError, TimerKey, TimerScan};
+use crate::log::store::{IndexQuery, KeyClaim, StoreError, TimerKey, TimerScan};
 use std::collections::HashSet;
 
 const LOG: &str = "SELECT seq, frames FROM sagalog_log WHERE saga_id = $1 ORDER BY seq";
@@ -12,6 +12,19 @@ const ACTIVE_PAGE: &str = "SELECT saga_id, entry FROM sagalog_saga
     WHERE NOT finished AND ($1::uuid IS NULL OR saga_id > $1) ORDER BY saga_id LIMIT $2";
 const FINISHED: &str = "SELECT saga_id, entry FROM sagalog_saga WHERE finished ORDER BY saga_id";
 const KEY: &str = "SELECT saga_id, fingerprint FROM sagalog_key WHERE key = $1";
+/// A listing's filter ([`IndexQuery`]) pushed down: every parameter is
+/// optional; `$3` is true when the status asked for is `Suspended`, which
+/// the parked sagas (`$4`) count as.
+const MATCHING: &str = "SELECT saga_id, entry FROM sagalog_saga
+    WHERE ($1::uuid IS NULL OR saga_id > $1)
+      AND ($2::smallint IS NULL
+           OR ($3 AND (status = $2 OR saga_id = ANY($4)))
+           OR (NOT $3 AND status = $2 AND saga_id <> ALL($4)))
+      AND ($5::text IS NULL OR saga_type = $5)
+      AND ($6::bigint IS NULL OR started_at >= $6)
+      AND ($7::bigint IS NULL OR started_at < $7)
+      AND ($8::bigint IS NULL OR (NOT finished AND started_at <= $8))
+    ORDER BY saga_id LIMIT $9";
 const TIMERS: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM sagalog_saga
     WHERE timer_due IS NOT NULL AND saga_id <> ALL($1)
     ORDER BY timer_due, saga_id, timer_seq LIMIT $2";
@@ -21,7 +34,7 @@ const TIMERS: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM s
 const READ_ATTEMPTS: usize = 5;
 
 /// The statements the reading connection prepares.
-pub(super) const STATEMENTS: &[&str] = &[LOG, ACTIVE, ACTIVE_PAGE, FINISHED, KEY, TIMERS];
+pub(super) const STATEMENTS: &[&str] = &[LOG, ACTIVE, ACTIVE_PAGE, FINISHED, KEY, TIMERS, MATCHING];
 
 /// Runs prepared statement `sql` with `params` on the reading connection.
 async fn query(
@@ -109,6 +122,38 @@ pub(super) async fn active_page(
 pub(super) async fn finished(link: &Link) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
     let doing = "listing the finished sagas";
     let rows = query(link, FINISHED, &[], doing).await?;
+    entries(&rows, doing)
+}
+
+/// The entries `q` accepts, filtered by the database.
+pub(super) async fn matching(
+    link: &Link,
+    q: &IndexQuery,
+) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    let doing = "listing the sagas that match a filter";
+    let millis = |t: Option<UnixMillis>| t.map(|t| i64::try_from(t.0).unwrap_or(i64::MAX));
+    let status = q.status.map(super::write::status_code);
+    let suspended = q.status == Some(crate::status::SagaStatus::Suspended);
+    let parked: Vec<uuid::Uuid> = q.parked.iter().copied().map(uuid).collect();
+    let after = q.after.map(uuid);
+    let (from, before, since) = (
+        millis(q.started_from),
+        millis(q.started_before),
+        millis(q.unfinished_since),
+    );
+    let n = limit(q.limit.unwrap_or(usize::MAX));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &after,
+        &status,
+        &suspended,
+        &parked,
+        &q.saga_type,
+        &from,
+        &before,
+        &since,
+        &n,
+    ];
+    let rows = query(link, MATCHING, &params, doing).await?;
     entries(&rows, doing)
 }
 
