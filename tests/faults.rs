@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
-use sagalog::store::KvLogStore;
+mod common;
+
+use common::faulty::Faulty;
+use sagalog::store::{KvLogStore, LogStore};
 use sagalog::tools::{decode_record, decode_value};
 use sagalog::{CallRef, Record};
 use sagalog::{
@@ -80,9 +83,74 @@ fn intents(saga: SagaId, frames: &[Vec<u8>]) -> Vec<Call> {
         .collect()
 }
 
+/// Where a seed's faults come from: MemStore's own injection (which also
+/// refuses every write after a failed sync, until a reopen), or [`Faulty`]
+/// over a PostgreSQL store (failures before the write, and ambiguous
+/// commits after it).
+enum Faults {
+    Mem(Arc<MemStore>),
+    Wrapped(Arc<Faulty>),
+}
+
+impl Faults {
+    fn store(&self) -> Arc<dyn LogStore> {
+        match self {
+            Faults::Mem(store) => store.clone(),
+            Faults::Wrapped(store) => store.clone(),
+        }
+    }
+
+    /// The failed appends: saga, record frames, and how they failed.
+    fn failed(&self) -> Vec<(SagaId, Vec<Vec<u8>>, String)> {
+        match self {
+            Faults::Mem(store) => store
+                .failed_appends()
+                .into_iter()
+                .map(|f| (f.saga, f.records, format!("{:?}", f.timing)))
+                .collect(),
+            Faults::Wrapped(store) => store
+                .failed()
+                .into_iter()
+                .map(|f| (f.saga, f.records, format!("written: {}", f.written)))
+                .collect(),
+        }
+    }
+
+    fn clear(&self) {
+        match self {
+            Faults::Mem(store) => store.clear_faults(),
+            Faults::Wrapped(store) => store.clear(),
+        }
+    }
+
+    /// Every saga with a log.
+    async fn logged(&self) -> HashSet<SagaId> {
+        match self {
+            Faults::Mem(store) => {
+                let mut logged = HashSet::new();
+                store
+                    .for_each_raw(&mut |key, _| {
+                        if key.first() == Some(&b'L') && key.len() == 25 {
+                            logged.insert(SagaId::from_bytes(key[1..17].try_into().unwrap()));
+                        }
+                        true
+                    })
+                    .unwrap();
+                logged
+            }
+            Faults::Wrapped(store) => store.logged().await,
+        }
+    }
+}
+
 async fn run_seed(seed: u64) -> usize {
     let store = Arc::new(MemStore::new());
     store.fail_randomly(seed, 120);
+    run_seed_with(seed, Faults::Mem(store)).await
+}
+
+async fn run_seed_with(seed: u64, faults: Faults) -> usize {
+    let store = faults.store();
     let first: Calls = Arc::default();
     let (reg, saga) = registry(&first);
     // Odd seeds index every saga within a millisecond, so that failed groups
@@ -112,23 +180,22 @@ async fn run_seed(seed: u64) -> usize {
         }
     }
     engine.shutdown(Duration::ZERO).await;
-    let failed = store.failed_appends();
+    let failed = faults.failed();
 
     // No participant call after a failed append: the intents of every failed
     // append were never called by the first engine.
     let called: HashSet<Call> = first.lock().unwrap().iter().cloned().collect();
-    for failure in &failed {
-        for intent in intents(failure.saga, &failure.records) {
+    for (saga, records, how) in &failed {
+        for intent in intents(*saga, records) {
             assert!(
                 !called.contains(&intent),
-                "seed {seed}: {intent:?} was called after its append failed ({:?})",
-                failure.timing
+                "seed {seed}: {intent:?} was called after its append failed ({how})"
             );
         }
     }
 
     // Reopen without faults: every saga reaches its outcome.
-    store.clear_faults();
+    faults.clear();
     let second: Calls = Arc::default();
     let (reg, _) = registry(&second);
     let engine = Engine::open_with_store(store.clone(), reg, EngineConfig::default())
@@ -137,15 +204,7 @@ async fn run_seed(seed: u64) -> usize {
     let sagas = engine.list(None).await.unwrap();
     // Every saga with a log is found, whether or not it had an index entry.
     let listed: HashSet<SagaId> = sagas.iter().map(|l| l.saga_id).collect();
-    let mut logged = HashSet::new();
-    store
-        .for_each_raw(&mut |key, _| {
-            if key.first() == Some(&b'L') && key.len() == 25 {
-                logged.insert(SagaId::from_bytes(key[1..17].try_into().unwrap()));
-            }
-            true
-        })
-        .unwrap();
+    let logged = faults.logged().await;
     assert_eq!(listed, logged, "seed {seed}: every logged saga is listed");
     for listing in &sagas {
         let outcome = engine
@@ -207,4 +266,23 @@ async fn random_append_faults_never_lead_to_a_call_without_a_durable_intent() {
     }
     println!("{seeds} seeds, {faults} injected append faults, no violation");
     assert!(faults > 100, "the seeds must inject many faults");
+}
+
+/// The same seeds' worth of faults on PostgreSQL, through [`Faulty`]: a
+/// write that fails before it is made, or one whose commit is ambiguous
+/// (written, then the connection lost), never leads to a call without a
+/// durable intent, and a reopen without faults finishes every saga.
+#[tokio::test]
+async fn random_append_faults_on_postgres_never_lead_to_a_call_without_a_durable_intent() {
+    let mut faults = 0;
+    let seeds = 40;
+    for seed in 1..=seeds {
+        let Some(store) = common::pg::store().await else {
+            return;
+        };
+        let faulty = Faulty::new(Arc::new(store), seed, 120);
+        faults += run_seed_with(seed, Faults::Wrapped(Arc::new(faulty))).await;
+    }
+    println!("{seeds} seeds on PostgreSQL, {faults} injected append faults, no violation");
+    assert!(faults > 20, "the seeds must inject many faults");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod async_only;
+pub mod faulty;
 pub mod pg;
 pub mod timed;
 

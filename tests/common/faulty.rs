@@ -1,0 +1,167 @@
+//! Append faults over any store: [`Faulty`] wraps a store seen through the
+//! asynchronous boundary and makes a seeded share of its appends fail,
+//! either before the write (nothing written, `StoreError::Injected`) or
+//! after it (written, reported as `StoreError::Ambiguous`, as when a
+//! database connection drops after COMMIT was sent).
+
+use sagalog::store::{
+    Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreFuture, TimerScan,
+};
+use sagalog::tools::{frames_of, VerifyReport};
+use sagalog::{IdempotencyKey, SagaId, StoreError};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// One append a fault made fail: its saga, its record frames, and whether
+/// it was written.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub saga: SagaId,
+    pub records: Vec<Vec<u8>>,
+    pub written: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The generator's state and the chance of a fault, per mille; `None`
+    /// once the faults are cleared.
+    random: Option<(u64, u32)>,
+    failed: Vec<Failed>,
+    /// Every saga an append was attempted for.
+    attempted: HashSet<SagaId>,
+}
+
+/// `inner` with seeded append faults.
+pub struct Faulty {
+    inner: Arc<dyn LogStore>,
+    state: Mutex<State>,
+}
+
+impl Faulty {
+    /// Fails each append of `inner` with a chance of `per_mille`/1000.
+    pub fn new(inner: Arc<dyn LogStore>, seed: u64, per_mille: u32) -> Faulty {
+        Faulty {
+            inner,
+            state: Mutex::new(State {
+                random: Some((seed | 1, per_mille)),
+                ..State::default()
+            }),
+        }
+    }
+
+    /// The appends that failed so far.
+    pub fn failed(&self) -> Vec<Failed> {
+        self.state.lock().unwrap().failed.clone()
+    }
+
+    /// No more faults.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().random = None;
+    }
+
+    /// The sagas whose log holds at least one record.
+    pub async fn logged(&self) -> HashSet<SagaId> {
+        let attempted = self.state.lock().unwrap().attempted.clone();
+        let mut logged = HashSet::new();
+        for saga in attempted {
+            if !self.inner.read_log(saga).await.unwrap().is_empty() {
+                logged.insert(saga);
+            }
+        }
+        logged
+    }
+
+    /// Whether the next append fails, and if so whether after writing.
+    fn next_fault(&self) -> Option<bool> {
+        let mut state = self.state.lock().unwrap();
+        let (mut x, per_mille) = state.random?;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.random = Some((x, per_mille));
+        (((x % 1000) as u32) < per_mille).then_some((x >> 32) & 1 == 1)
+    }
+
+    fn record(&self, batch: &[&SagaAppend], written: bool) {
+        let mut state = self.state.lock().unwrap();
+        for append in batch {
+            state.failed.push(Failed {
+                saga: append.saga,
+                records: frames_of(append.added())
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect(),
+                written,
+            });
+        }
+    }
+}
+
+impl LogStore for Faulty {
+    fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed> {
+        Box::pin(async move {
+            {
+                let mut state = self.state.lock().unwrap();
+                state.attempted.extend(batch.iter().map(|a| a.saga));
+            }
+            match self.next_fault() {
+                None => self.inner.append(batch).await,
+                Some(false) => {
+                    self.record(batch, false);
+                    Err(StoreError::Injected(
+                        "an append failed before writing".into(),
+                    ))
+                }
+                Some(true) => {
+                    self.inner.append(batch).await?;
+                    self.record(batch, true);
+                    Err(StoreError::Ambiguous(
+                        "the connection was lost after COMMIT was sent".into(),
+                    ))
+                }
+            }
+        })
+    }
+    fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
+        self.inner.read_log(saga)
+    }
+    fn read_active(&self, saga: SagaId) -> StoreFuture<'_, Option<Vec<u8>>> {
+        self.inner.read_active(saga)
+    }
+    fn scan_active(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        self.inner.scan_active(after, limit)
+    }
+    fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        self.inner.scan_finished()
+    }
+    fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
+        self.inner.key_claim(key)
+    }
+    fn scan_timers<'a>(
+        &'a self,
+        limit: usize,
+        skip: &'a HashSet<SagaId>,
+    ) -> StoreFuture<'a, TimerScan> {
+        self.inner.scan_timers(limit, skip)
+    }
+    fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed> {
+        self.inner.remove_finished(sagas)
+    }
+    fn verify(&self) -> StoreFuture<'_, VerifyReport> {
+        self.inner.verify()
+    }
+    fn writable(&self) -> Result<(), StoreError> {
+        self.inner.writable()
+    }
+    #[allow(clippy::type_complexity)] // the trait's signature
+    fn scan_matching<'a>(
+        &'a self,
+        query: &'a IndexQuery,
+    ) -> Option<StoreFuture<'a, Vec<(SagaId, Vec<u8>)>>> {
+        self.inner.scan_matching(query)
+    }
+}
