@@ -110,6 +110,10 @@ struct Args {
     /// tokio-postgres writing the same rows.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// With `--store`: writing connections, so group commits in flight
+    /// (`PgOptions::writers`); the baseline uses as many.
+    #[arg(long, default_value_t = 2)]
+    pg_writers: usize,
 }
 
 static CACHE_MB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();

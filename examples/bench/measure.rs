@@ -30,6 +30,35 @@ pub(crate) fn cpu_secs() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// The machine's busy and total CPU seconds so far, over every core
+/// (`/proc/stat`; zeros where it cannot be read).
+pub(crate) fn host_cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait are fields 4 and 5.
+    let idle: u64 = ticks.iter().skip(3).take(2).sum();
+    ((total - idle) as f64 / 100.0, total as f64 / 100.0)
+}
+
+/// Cores busy on the whole machine between two [`host_cpu_secs`] readings,
+/// out of the cores it has.
+pub(crate) fn host_cores_busy(before: (f64, f64), after: (f64, f64)) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = after.1 - before.1;
+    match total > 0.0 {
+        true => ((after.0 - before.0) / total * cores * 100.0).round() / 100.0,
+        false => 0.0,
+    }
+}
+
 pub(crate) fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;

@@ -2,7 +2,8 @@
 //! raw tokio-postgres doing the same transactions in the same run: one
 //! transaction per engine group, of the engine's mean group size, with the
 //! same rows (per saga its start, one log row per append, one saga row
-//! inserted and one updated) in the same two pipelined round trips.
+//! inserted and one updated) in the same two pipelined round trips, on as
+//! many connections at once as the engine has groups in flight.
 
 use crate::*;
 use sagalog::{PgOptions, PgStore};
@@ -10,7 +11,10 @@ use tokio_postgres::types::ToSql;
 
 pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
     let schema = format!("bench_{}", SagaId::new().to_string().replace('-', ""));
-    let store = match PgStore::connect(url, PgOptions::default().schema(schema.clone())).await {
+    let options = PgOptions::default()
+        .schema(schema.clone())
+        .writers(args.pg_writers);
+    let store = match PgStore::connect(url, options).await {
         Ok(store) => store,
         Err(e) => {
             eprintln!("error: {e}");
@@ -27,7 +31,9 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
     .await
     .expect("the engine opens on PostgreSQL");
     let cpu_before = cpu_secs();
+    let host_before = host_cpu_secs();
     let (latencies, wall) = run_sagas(&engine, &saga, args.sagas, args.concurrency).await;
+    let host_busy = host_cores_busy(host_before, host_cpu_secs());
     let cpu = cpu_secs() - cpu_before;
     let stats = engine.log_stats();
     engine.shutdown(Duration::from_secs(10)).await;
@@ -39,7 +45,11 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
     let values = stats.log_values.load(Ordering::Relaxed).max(1);
     let mean_value = (value_bytes / values) as usize;
     let per_group = appends as f64 / groups as f64;
-    let baseline = raw_baseline(url, &schema, args, per_group, mean_value).await;
+    let group_ms = stats.apply_nanos.load(Ordering::Relaxed) as f64 / groups as f64 / 1e6;
+    let host_before = host_cpu_secs();
+    let (baseline, baseline_group_ms) =
+        raw_baseline(url, &schema, args, per_group, mean_value).await;
+    let baseline_host_busy = host_cores_busy(host_before, host_cpu_secs());
     let engine_rate = args.sagas as f64 / secs;
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({
@@ -47,16 +57,21 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
         "sagas": args.sagas,
         "steps": args.steps,
         "concurrency": args.concurrency,
+        "pg_writers": args.pg_writers,
         "sagas_per_sec": engine_rate.round(),
         "groups_per_sec": (groups as f64 / secs).round(),
         "appends_per_group": (per_group * 10.0).round() / 10.0,
+        "group_ms": round3(group_ms),
         "mean_value_bytes": mean_value,
         "p50_ms": round3(percentile(&latencies, 0.50)),
         "p99_ms": round3(percentile(&latencies, 0.99)),
         "p999_ms": round3(percentile(&latencies, 0.999)),
         "cpu_us_per_saga": (cpu * 1e6 / args.sagas.max(1) as f64).round(),
         "cpu_cores_busy": (cpu / secs * 100.0).round() / 100.0,
+        "host_cores_busy": host_busy,
         "pg_baseline_sagas_per_sec": baseline.round(),
+        "pg_baseline_group_ms": round3(baseline_group_ms),
+        "pg_baseline_host_cores_busy": baseline_host_busy,
         "ratio": round3(engine_rate / baseline),
         "pg_test_fsync_per_sec": pg_test_fsync(),
     })
@@ -64,77 +79,140 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
 
 /// Sagas per second of raw tokio-postgres writing the engine's rows: as
 /// many transactions as it takes for `args.sagas` sagas at `per_group`
-/// appends each, one after another on one connection, like the writer.
+/// appends each, on as many connections at once as the writer can have
+/// groups in flight (`--pg-writers`, but no more than the sagas in
+/// flight), each one transaction after another; and
+/// the mean time of one of its transactions, in ms.
 async fn raw_baseline(
     url: &str,
     schema: &str,
     args: &Args,
     per_group: f64,
     value_bytes: usize,
-) -> f64 {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "{url}{}options=-csearch_path%3D{schema}",
-            if url.contains('?') { "&" } else { "?" }
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("the baseline connects");
-    tokio::spawn(connection);
-    client
+) -> (f64, f64) {
+    let url = format!(
+        "{url}{}options=-csearch_path%3D{schema}",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let connections = args.pg_writers.min(args.concurrency).max(1);
+    let mut links = Vec::new();
+    for _ in 0..connections {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the baseline connects");
+        tokio::spawn(connection);
+        links.push(client);
+    }
+    links[0]
         .batch_execute(
-            "CREATE TABLE raw_log (saga_id uuid, seq bigint, frames bytea, PRIMARY KEY (saga_id, seq));
-             CREATE TABLE raw_saga (saga_id uuid PRIMARY KEY, status smallint, entry bytea);",
+            "CREATE TABLE raw_log (LIKE sagalog_log INCLUDING ALL);
+             CREATE TABLE raw_saga (LIKE sagalog_saga INCLUDING ALL);",
         )
         .await
         .expect("the baseline tables");
+    let appends_per_saga = args.steps + 1;
+    let work = Arc::new(Work {
+        sagas: args.sagas,
+        appends_per_saga,
+        total: args.sagas * appends_per_saga,
+        group: (per_group.round() as usize).max(1),
+        ids: (0..args.sagas).map(|_| uuid::Uuid::now_v7()).collect(),
+        frames: vec![7u8; value_bytes],
+        entry: vec![1u8; 40],
+        next: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let began = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for client in links {
+        running.spawn(raw_writer(client, work.clone()));
+    }
+    while let Some(done) = running.join_next().await {
+        done.expect("a baseline connection ran");
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the baseline connects");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("the bench's schema is dropped");
+    let groups = work.total.div_ceil(work.group) as f64;
+    (
+        args.sagas as f64 / secs,
+        secs * connections as f64 / groups * 1e3,
+    )
+}
+
+/// The baseline's appends, handed out one group at a time.
+struct Work {
+    sagas: usize,
+    appends_per_saga: usize,
+    total: usize,
+    group: usize,
+    ids: Vec<uuid::Uuid>,
+    frames: Vec<u8>,
+    entry: Vec<u8>,
+    /// The first append of the next group to write.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// One baseline connection: takes the next group and writes it as one
+/// transaction, until none is left.
+async fn raw_writer(client: tokio_postgres::Client, work: Arc<Work>) {
     let log = client
         .prepare("INSERT INTO raw_log SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[]) ON CONFLICT DO NOTHING RETURNING saga_id")
         .await
         .unwrap();
     let new = client
-        .prepare("INSERT INTO raw_saga SELECT * FROM unnest($1::uuid[], $2::int2[], $3::bytea[])")
+        .prepare("INSERT INTO raw_saga (saga_id, saga_type, status, finished, started_at, changed_at, entry, idem_key)
+                  SELECT u.id, 'bench', u.s, false, u.t, u.t, u.e, NULL
+                  FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::int8[]) AS u(id, s, e, t)")
         .await
         .unwrap();
     let done = client
-        .prepare("UPDATE raw_saga t SET status = u.s, entry = u.e FROM unnest($1::uuid[], $2::int2[], $3::bytea[]) AS u(id, s, e) WHERE t.saga_id = u.id")
+        .prepare(
+            "UPDATE raw_saga t SET status = u.s, finished = true, changed_at = u.t, entry = u.e
+                  FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::int8[]) AS u(id, s, e, t)
+                  WHERE t.saga_id = u.id",
+        )
         .await
         .unwrap();
-    let appends_per_saga = args.steps + 1;
-    let total = args.sagas * appends_per_saga;
-    let group = (per_group.round() as usize).max(1);
-    // Appends in saga order, spread so that each group holds sagas at
-    // every stage, as the engine's do: append k of saga s is the k-th.
-    let ids: Vec<uuid::Uuid> = (0..args.sagas).map(|_| uuid::Uuid::now_v7()).collect();
-    let frames = vec![7u8; value_bytes];
-    let entry = vec![1u8; 40];
-    let began = Instant::now();
-    let mut next = 0;
-    while next < total {
-        let end = (next + group).min(total);
+    loop {
+        // Appends in saga order, spread so that each group holds sagas at
+        // every stage, as the engine's do: append k of saga s is the k-th.
+        let next = work.next.fetch_add(work.group, Ordering::Relaxed);
+        if next >= work.total {
+            return;
+        }
+        let end = (next + work.group).min(work.total);
         let (mut lid, mut lseq, mut lf) = (vec![], vec![], vec![]);
         let (mut nid, mut ns, mut ne) = (vec![], vec![], vec![]);
         let (mut did, mut ds, mut de) = (vec![], vec![], vec![]);
         for i in next..end {
-            let (saga, seq) = (i % args.sagas, i / args.sagas);
-            let id = ids[saga];
+            let (saga, seq) = (i % work.sagas, i / work.sagas);
+            let id = work.ids[saga];
             lid.push(id);
             lseq.push(seq as i64);
-            lf.push(frames.clone());
+            lf.push(work.frames.clone());
             if seq == 0 {
                 nid.push(id);
                 ns.push(1i16);
-                ne.push(entry.clone());
-            } else if seq + 1 == appends_per_saga {
+                ne.push(work.entry.clone());
+            } else if seq + 1 == work.appends_per_saga {
                 did.push(id);
                 ds.push(3i16);
-                de.push(entry.clone());
+                de.push(work.entry.clone());
             }
         }
         let p1: [&(dyn ToSql + Sync); 3] = [&lid, &lseq, &lf];
-        let p2: [&(dyn ToSql + Sync); 3] = [&nid, &ns, &ne];
-        let p3: [&(dyn ToSql + Sync); 3] = [&did, &ds, &de];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let (nt, dt) = (vec![now; nid.len()], vec![now; did.len()]);
+        let p2: [&(dyn ToSql + Sync); 4] = [&nid, &ns, &ne, &nt];
+        let p3: [&(dyn ToSql + Sync); 4] = [&did, &ds, &de, &dt];
         let (b, l) = tokio::join!(client.batch_execute("BEGIN"), client.query(&log, &p1));
         b.unwrap();
         l.unwrap();
@@ -146,9 +224,7 @@ async fn raw_baseline(
         n.unwrap();
         d.unwrap();
         c.unwrap();
-        next = end;
     }
-    args.sagas as f64 / began.elapsed().as_secs_f64()
 }
 
 /// `pg_test_fsync`'s `fdatasync` rate (8 kB writes, ops/s) on this

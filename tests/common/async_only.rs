@@ -53,4 +53,7 @@ impl<S: LogStore> LogStore for AsyncOnly<S> {
     fn writable(&self) -> Result<(), StoreError> {
         self.0.writable()
     }
+    fn groups_in_flight(&self) -> usize {
+        self.0.groups_in_flight()
+    }
 }

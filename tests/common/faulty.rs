@@ -157,6 +157,9 @@ impl LogStore for Faulty {
     fn writable(&self) -> Result<(), StoreError> {
         self.inner.writable()
     }
+    fn groups_in_flight(&self) -> usize {
+        self.inner.groups_in_flight()
+    }
     #[allow(clippy::type_complexity)] // the trait's signature
     fn scan_matching<'a>(
         &'a self,

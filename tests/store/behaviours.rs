@@ -37,7 +37,7 @@ fn entry(status: SagaStatus, next_wake: Option<UnixMillis>) -> Vec<u8> {
 }
 
 /// A new saga's first append: `n` records and its active entry.
-fn start(saga: SagaId, n: u32) -> SagaAppend {
+pub fn start(saga: SagaId, n: u32) -> SagaAppend {
     let mut append = SagaAppend::records(saga, 0, frames(0, n));
     append.index = Some(IndexUpdate {
         entry: entry(SagaStatus::Running, None),
@@ -62,7 +62,8 @@ fn moving(saga: SagaId, seq: u64, n: u32, status: SagaStatus) -> SagaAppend {
     append
 }
 
-fn keyed(mut append: SagaAppend, key: &str, fingerprint: u64) -> SagaAppend {
+/// `append` claiming `key` with `fingerprint`.
+pub fn keyed(mut append: SagaAppend, key: &str, fingerprint: u64) -> SagaAppend {
     append.claim = Some(Claim {
         key: IdempotencyKey::from(key),
         fingerprint,
@@ -78,7 +79,7 @@ async fn write(store: &dyn LogStore, appends: &[SagaAppend]) {
 }
 
 /// Saga ids in creation order.
-fn ids(n: usize) -> Vec<SagaId> {
+pub fn ids(n: usize) -> Vec<SagaId> {
     let mut ids: Vec<SagaId> = (0..n).map(|_| SagaId::new()).collect();
     ids.sort();
     ids
@@ -237,7 +238,8 @@ pub async fn a_deleted_timer_is_gone(store: &dyn LogStore) {
     assert!(complete);
 }
 
-async fn finished_with_key(store: &dyn LogStore, saga: SagaId, key: &str) {
+/// Writes a keyed saga that starts and commits, in two batches.
+pub async fn finished_with_key(store: &dyn LogStore, saga: SagaId, key: &str) {
     write(store, &[keyed(start(saga, 1), key, 1)]).await;
     write(store, &[moving(saga, 1, 1, SagaStatus::Committed)]).await;
 }

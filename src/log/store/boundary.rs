@@ -144,6 +144,16 @@ pub trait LogStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// How many [`LogStore::append`] calls the engine's writer keeps in
+    /// flight at once (at least 1; the default). With more than one, a
+    /// store must keep concurrent batches atomic each, and decide a key
+    /// claimed by two batches in flight for one of them. Batches in flight
+    /// together never hold appends of the same saga. A
+    /// [`LogStore::local`] store is written one batch at a time.
+    fn groups_in_flight(&self) -> usize {
+        1
+    }
+
     /// The index entries (active and finished) of the sagas `query`
     /// accepts, in id order, for a store that filters on its side; `None`
     /// (the default) when it does not, and the engine filters every entry

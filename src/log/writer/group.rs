@@ -1,7 +1,7 @@
 //! The writer thread: taking every queued append into one group, deciding
 //! its key claims, writing it durably, and answering each waiter.
 
-use super::watermark::Watermark;
+use super::watermark::{GroupIndex, Watermark};
 use super::{AppendError, DurableHook, Message, WriterStats, MAX_GROUP};
 use crate::ids::IdempotencyKey;
 use crate::log::store::{
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(super) fn run(
     store: Arc<dyn LogStore>,
     runtime: tokio::runtime::Handle,
-    mut rx: mpsc::UnboundedReceiver<Message>,
+    rx: mpsc::UnboundedReceiver<Message>,
     hook: Option<DurableHook>,
     stats: Arc<WriterStats>,
     watermark: Watermark,
@@ -24,45 +24,119 @@ pub(super) fn run(
     // group fails.
     let writable = store.writable().is_ok();
     metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if writable { 1.0 } else { 0.0 });
-    let mut writer = GroupCommit {
-        store: &*store,
-        runtime,
-        hook: &hook,
-        stats: &stats,
+    let writer = GroupCommit {
+        store,
+        hook,
+        stats,
         durable: 0,
         watermark,
         writable,
     };
-    let mut group = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut stop = None;
-        match first {
-            Message::Append(a, r) => group.push((a, r)),
-            Message::Stop(r) => stop = Some(r),
-        }
-        while stop.is_none() && group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Message::Append(a, r)) => group.push((a, r)),
-                Ok(Message::Stop(r)) => stop = Some(r),
-                Err(_) => break,
-            }
-        }
-        if !group.is_empty() {
-            writer.commit(std::mem::take(&mut group));
-        }
-        if let Some(reply) = stop {
-            rx.close();
-            // Release the store before acknowledging, so that once `stop`
-            // returns (and the engine is dropped) the database can be
-            // opened again. Requests queued after the stop are answered
-            // `Closed` when the receiver and their reply senders drop.
-            drop(writer);
-            drop(store);
-            drop(rx);
-            let _ = reply.send(());
-            return;
+    match writer.store.local().is_some() {
+        true => run_local(writer, rx),
+        false => runtime.block_on(run_remote(writer, rx)),
+    }
+}
+
+/// Takes every queued request (up to [`MAX_GROUP`]) after `first` into
+/// `group`; returns the stop request if one came.
+fn gather(
+    first: Message,
+    rx: &mut mpsc::UnboundedReceiver<Message>,
+    group: &mut Vec<Waiter>,
+) -> Option<oneshot::Sender<()>> {
+    let mut stop = None;
+    match first {
+        Message::Append(a, r) => group.push((a, r)),
+        Message::Stop(r) => stop = Some(r),
+    }
+    while stop.is_none() && group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(Message::Append(a, r)) => group.push((a, r)),
+            Ok(Message::Stop(r)) => stop = Some(r),
+            Err(_) => break,
         }
     }
+    stop
+}
+
+/// Releases the store, then acknowledges the stop: once `stop` returns
+/// (and the engine is dropped) the database can be opened again. Requests
+/// queued after the stop are answered `Closed` when the receiver and their
+/// reply senders drop.
+fn stopped(
+    writer: GroupCommit,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    reply: Option<oneshot::Sender<()>>,
+) {
+    rx.close();
+    drop(writer);
+    drop(rx);
+    if let Some(reply) = reply {
+        let _ = reply.send(());
+    }
+}
+
+/// A local store: one group at a time, written synchronously on this
+/// thread with the index watermark.
+fn run_local(mut writer: GroupCommit, mut rx: mpsc::UnboundedReceiver<Message>) {
+    let mut group = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let stop = gather(first, &mut rx, &mut group);
+        if let Some(prepared) = writer.prepare(std::mem::take(&mut group)) {
+            let began = std::time::Instant::now();
+            let result = writer.write_local(&prepared);
+            writer.finish(Written {
+                prepared,
+                result,
+                took: began.elapsed(),
+            });
+        }
+        if stop.is_some() {
+            return stopped(writer, rx, stop);
+        }
+    }
+}
+
+/// A store that is not local: up to [`LogStore::groups_in_flight`] groups
+/// written at once, each by its own task, each answered as it completes.
+/// The engine has at most one append of a saga outstanding, so groups in
+/// flight together never share a saga; a key claimed in two of them is
+/// decided by the store.
+async fn run_remote(mut writer: GroupCommit, mut rx: mpsc::UnboundedReceiver<Message>) {
+    let limit = writer.store.groups_in_flight().max(1);
+    let mut flying: tokio::task::JoinSet<Written> = tokio::task::JoinSet::new();
+    let mut stop = None;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            done = flying.join_next(), if !flying.is_empty() => match done {
+                Some(Ok(written)) => writer.finish(written),
+                // The task's waiters were dropped with it: they see `Closed`.
+                Some(Err(e)) => tracing::error!(error = %e, "a group commit task ended without an answer"),
+                None => {}
+            },
+            first = rx.recv(), if open && flying.len() < limit => match first {
+                None => open = false,
+                Some(first) => {
+                    let mut group = Vec::new();
+                    stop = gather(first, &mut rx, &mut group);
+                    open = stop.is_none();
+                    if let Some(prepared) = writer.prepare(group) {
+                        let store = writer.store.clone();
+                        flying.spawn(async move {
+                            let began = std::time::Instant::now();
+                            let result = store.append(&prepared.batch()).await;
+                            Written { prepared, result, took: began.elapsed() }
+                        });
+                    }
+                }
+            },
+            else => break,
+        }
+    }
+    stopped(writer, rx, stop);
 }
 
 /// What the writer sends back: the append itself, with its result.
@@ -81,12 +155,10 @@ fn answer((append, reply): Waiter, result: Result<(), AppendError>) {
 }
 
 /// The writer thread's state between groups.
-pub(super) struct GroupCommit<'a> {
-    store: &'a dyn LogStore,
-    /// Drives the appends of a store that is not local.
-    runtime: tokio::runtime::Handle,
-    hook: &'a Option<DurableHook>,
-    stats: &'a WriterStats,
+pub(super) struct GroupCommit {
+    store: Arc<dyn LogStore>,
+    hook: Option<DurableHook>,
+    stats: Arc<WriterStats>,
     /// Appends made durable so far (what the hook is told).
     durable: u64,
     watermark: Watermark,
@@ -94,31 +166,94 @@ pub(super) struct GroupCommit<'a> {
     writable: bool,
 }
 
-impl GroupCommit<'_> {
-    /// Writes `group` as one atomic, durable batch and answers each waiter.
-    fn commit(&mut self, group: Vec<Waiter>) {
-        let (mut accepted, followers) = self.claim_keys(group);
-        if accepted.is_empty() {
-            return;
-        }
-        let index = self.watermark.plan(&mut accepted);
-        let batch: Vec<&SagaAppend> = accepted
+/// A group ready to be written: its claims decided and its index planned.
+pub(super) struct Prepared {
+    accepted: Vec<Waiter>,
+    followers: Vec<(Waiter, usize)>,
+    index: GroupIndex,
+}
+
+impl Prepared {
+    /// The appends to write, in order: the accepted, then the index's.
+    fn batch(&self) -> Vec<&SagaAppend> {
+        self.accepted
             .iter()
             .map(|(a, _)| a)
-            .chain(index.appends.iter())
-            .collect();
-        let counts = BatchCounts::of(&batch);
-        let began = std::time::Instant::now();
-        let result = self.write(&batch, index.watermark);
-        metrics::histogram!(crate::metrics::APPEND_SECONDS).record(began.elapsed().as_secs_f64());
-        metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch.len() as f64);
-        drop(batch);
+            .chain(self.index.appends.iter())
+            .collect()
+    }
+}
+
+/// A group after its write, with the write's result and how long it took.
+pub(super) struct Written {
+    prepared: Prepared,
+    result: Result<Committed, StoreError>,
+    took: std::time::Duration,
+}
+
+impl GroupCommit {
+    /// Decides `group`'s key claims and plans its index entries; `None`
+    /// when nothing of it is left to write (every waiter is answered).
+    fn prepare(&mut self, group: Vec<Waiter>) -> Option<Prepared> {
+        if group.is_empty() {
+            return None;
+        }
+        let (mut accepted, followers) = self.claim_keys(group);
+        if accepted.is_empty() {
+            return None;
+        }
+        let index = self.watermark.plan(&mut accepted);
+        Some(Prepared {
+            accepted,
+            followers,
+            index,
+        })
+    }
+
+    /// Writes a group to the local store, with the index watermark.
+    fn write_local(&self, prepared: &Prepared) -> Result<Committed, StoreError> {
+        match self.store.local() {
+            Some(local) => local
+                .append(&prepared.batch(), prepared.index.watermark)
+                .map(|times| Committed {
+                    times,
+                    refused: Vec::new(),
+                }),
+            None => Err(StoreError::Backend(
+                "a local write to a store that is not local".into(),
+            )),
+        }
+    }
+
+    /// Answers each waiter of a written group.
+    fn finish(&mut self, written: Written) {
+        let Written {
+            prepared,
+            result,
+            took,
+        } = written;
+        let Prepared {
+            accepted,
+            followers,
+            index,
+        } = prepared;
+        let batch_len = accepted.len() + index.appends.len();
+        metrics::histogram!(crate::metrics::APPEND_SECONDS).record(took.as_secs_f64());
+        metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch_len as f64);
         match result {
             Ok(Committed { times, refused }) => {
+                let counts = {
+                    let batch: Vec<&SagaAppend> = accepted
+                        .iter()
+                        .map(|(a, _)| a)
+                        .chain(index.appends.iter())
+                        .collect();
+                    BatchCounts::of(&batch)
+                };
                 self.watermark.committed(index);
                 record_write_times(&times);
                 self.stats.add_times(&times);
-                counts.add_to(self.stats);
+                counts.add_to(&self.stats);
                 answer_followers(followers, &accepted, &refused);
                 let mut refused = refused.into_iter().peekable();
                 for (at, waiter) in accepted.into_iter().enumerate() {
@@ -134,7 +269,7 @@ impl GroupCommit<'_> {
                     }
                     self.durable += 1;
                     self.stats.appends.fetch_add(1, Ordering::Relaxed);
-                    if let Some(hook) = self.hook {
+                    if let Some(hook) = &self.hook {
                         hook(self.durable);
                     }
                     answer(waiter, Ok(()));
@@ -151,22 +286,6 @@ impl GroupCommit<'_> {
                     answer(waiter, Err(AppendError::Store(e.clone())));
                 }
             }
-        }
-    }
-
-    /// Writes one batch: synchronously to a local store (with the index
-    /// watermark), otherwise by awaiting the store on the engine's runtime.
-    fn write(
-        &self,
-        batch: &[&SagaAppend],
-        watermark: Option<crate::ids::SagaId>,
-    ) -> Result<Committed, StoreError> {
-        match self.store.local() {
-            Some(local) => local.append(batch, watermark).map(|times| Committed {
-                times,
-                refused: Vec::new(),
-            }),
-            None => self.runtime.block_on(self.store.append(batch)),
         }
     }
 
@@ -213,9 +332,14 @@ impl GroupCommit<'_> {
         (accepted, followers)
     }
 
-    /// After a failed group: says once, by the group whose sync failed,
-    /// that the log takes no more writes.
+    /// After a failed group on a local store: says once, by the group
+    /// whose sync failed, that the log takes no more writes. (A store that
+    /// is not local keeps its own gauge: it is writable again once the
+    /// database is reachable.)
     fn check_writable(&mut self) {
+        if self.store.local().is_none() {
+            return;
+        }
         if let (true, Err(refusal)) = (self.writable, self.store.writable()) {
             self.writable = false;
             metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);

@@ -1,9 +1,11 @@
 //! One connection to the database that opens itself again when it is lost,
-//! with its statements prepared once per connection.
+//! with its statements prepared once per connection; and the pool of
+//! writing links, each held by one transaction at a time.
 
 use super::PgOptions;
 use crate::log::store::StoreError;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Config, NoTls, Statement};
@@ -32,6 +34,9 @@ pub(super) struct Link {
     /// Why the database is unreachable, while it is.
     down: Mutex<Option<String>>,
     max_backoff: Duration,
+    /// The pool's count of links that are down, for a writing link: it
+    /// drives `sagalog_log_writable`.
+    writers_down: Option<Arc<AtomicUsize>>,
 }
 
 /// The connection configuration of `url`, with `options` applied.
@@ -100,6 +105,16 @@ impl Link {
         name: &'static str,
         statements: &'static [&'static str],
     ) -> Result<Link, StoreError> {
+        Link::open_counted(config, options, name, statements, None).await
+    }
+
+    async fn open_counted(
+        config: Config,
+        options: &PgOptions,
+        name: &'static str,
+        statements: &'static [&'static str],
+        writers_down: Option<Arc<AtomicUsize>>,
+    ) -> Result<Link, StoreError> {
         let link = Link {
             config,
             name,
@@ -107,6 +122,7 @@ impl Link {
             current: tokio::sync::Mutex::new(None),
             down: Mutex::new(None),
             max_backoff: options.max_backoff,
+            writers_down,
         };
         let deadline = Instant::now() + options.connect_timeout;
         let mut wait = Duration::from_millis(50);
@@ -139,13 +155,9 @@ impl Link {
                 Ok(conn)
             }
             Err(e) => {
-                let mut down = crate::sync::lock(&self.down);
-                if down.is_none() {
+                if self.set_down(e.to_string()) {
                     tracing::error!(link = self.name, error = %e, "the database is unreachable; retrying");
                 }
-                *down = Some(e.to_string());
-                drop(down);
-                self.gauge(false);
                 Err(e)
             }
         }
@@ -166,22 +178,28 @@ impl Link {
 
     /// Marks the database unreachable after a write lost its connection.
     pub(super) fn lost(&self, why: String) {
-        *crate::sync::lock(&self.down) = Some(why);
-        self.gauge(false);
+        self.set_down(why);
     }
 
-    /// `sagalog_log_writable`, for the writer's link only.
-    fn gauge(&self, up: bool) {
-        if self.name == "writer" {
-            metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if up { 1.0 } else { 0.0 });
+    /// Records why the link is down; true if it was up until now.
+    fn set_down(&self, why: String) -> bool {
+        let was_up = crate::sync::lock(&self.down).replace(why).is_none();
+        if let (true, Some(count)) = (was_up, &self.writers_down) {
+            count.fetch_add(1, Ordering::SeqCst);
+            metrics::gauge!(crate::metrics::LOG_WRITABLE).set(0.0);
         }
+        was_up
     }
 
     /// A write went through: the database is reachable.
     pub(super) fn reached(&self) {
         if crate::sync::lock(&self.down).take().is_some() {
             tracing::info!(link = self.name, "the database is reachable again");
-            self.gauge(true);
+            if let Some(count) = &self.writers_down {
+                if count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    metrics::gauge!(crate::metrics::LOG_WRITABLE).set(1.0);
+                }
+            }
         }
     }
 
@@ -216,5 +234,93 @@ impl Link {
             prepared.insert(*sql, statement);
         }
         Ok(Conn { client, prepared })
+    }
+}
+
+/// The writing links: each transaction checks one out for itself, so two
+/// transactions never share a connection.
+pub(super) struct Pool {
+    links: Vec<Link>,
+    free: Mutex<Vec<usize>>,
+    permits: tokio::sync::Semaphore,
+    /// How many links are down.
+    down: Arc<AtomicUsize>,
+}
+
+/// A link checked out of the [`Pool`], returned when dropped.
+pub(super) struct Checkout<'a> {
+    pool: &'a Pool,
+    at: usize,
+    // Dropped after `drop` has returned the link to the free list.
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Checkout<'_> {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.pool.links[self.at]
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.pool.free).push(self.at);
+    }
+}
+
+impl Pool {
+    /// Opens `size` (at least one) writing links.
+    pub(super) async fn open(
+        config: &Config,
+        options: &PgOptions,
+        size: usize,
+        statements: &'static [&'static str],
+    ) -> Result<Pool, StoreError> {
+        let down = Arc::new(AtomicUsize::new(0));
+        let mut links = Vec::with_capacity(size);
+        for _ in 0..size.max(1) {
+            let counted = Some(down.clone());
+            links.push(
+                Link::open_counted(config.clone(), options, "writer", statements, counted).await?,
+            );
+        }
+        Ok(Pool {
+            free: Mutex::new((0..links.len()).rev().collect()),
+            permits: tokio::sync::Semaphore::new(links.len()),
+            links,
+            down,
+        })
+    }
+
+    /// How many links the pool holds.
+    pub(super) fn size(&self) -> usize {
+        self.links.len()
+    }
+
+    /// A link no other transaction holds, waiting for one to come back
+    /// (first come, first served).
+    pub(super) async fn checkout(&self) -> Result<Checkout<'_>, StoreError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("the writer pool is closed".into()))?;
+        let at = crate::sync::lock(&self.free)
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a writer permit without a free link".into()))?;
+        Ok(Checkout {
+            pool: self,
+            at,
+            _permit: permit,
+        })
+    }
+
+    /// `Ok` unless some writing link's last attempt to reach the database
+    /// failed; the error is that link's.
+    pub(super) fn reachable(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        self.links.iter().try_for_each(Link::reachable)
     }
 }

@@ -8,11 +8,14 @@
 //! claim inside the group's transaction. The schema is versioned in
 //! `sagalog_meta` and created or migrated at connect (`schema`).
 //!
-//! Two connections: one the writer owns (a group commit is one
-//! transaction in two pipelined round trips, `write`), one for reads,
-//! which tokio-postgres pipelines when several are in flight. A lost
-//! connection is opened again with backoff; meanwhile writes wait and
-//! [`LogStore::writable`] says the database is unreachable.
+//! Writing connections, [`PgOptions::writers`] of them, each held by one
+//! transaction at a time (a group commit is one transaction in two
+//! pipelined round trips, `write`; so is a retention batch), so the
+//! engine's writer keeps that many groups in flight. One more connection
+//! serves reads, which tokio-postgres pipelines when several are in
+//! flight. A lost connection is opened again with backoff; meanwhile
+//! writes wait and [`LogStore::writable`] says the database is
+//! unreachable.
 
 mod link;
 mod read;
@@ -26,7 +29,7 @@ use super::{
 };
 use crate::ids::{IdempotencyKey, SagaId};
 use crate::log::verify::VerifyReport;
-use link::Link;
+use link::{Link, Pool};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -44,6 +47,10 @@ pub struct PgOptions {
     pub max_backoff: Duration,
     /// How long `connect` keeps trying before it gives up. Default 10 s.
     pub connect_timeout: Duration,
+    /// Writing connections, and so group commits in flight at once (at
+    /// least 1). A retention batch takes one of them for its transaction.
+    /// Default 2.
+    pub writers: usize,
 }
 
 impl Default for PgOptions {
@@ -52,6 +59,7 @@ impl Default for PgOptions {
             schema: None,
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            writers: 2,
         }
     }
 }
@@ -62,6 +70,13 @@ impl PgOptions {
         self.schema = Some(schema.into());
         self
     }
+
+    /// The options with `writers` writing connections (see
+    /// [`PgOptions::writers`]).
+    pub fn writers(mut self, writers: usize) -> Self {
+        self.writers = writers;
+        self
+    }
 }
 
 /// A log store in a PostgreSQL database. Open an engine on it with
@@ -70,7 +85,7 @@ impl PgOptions {
 /// Must be created inside the tokio runtime the engine runs on: its
 /// connections are tasks of that runtime.
 pub struct PgStore {
-    writer: Link,
+    writers: Pool,
     reader: Link,
     url: String,
 }
@@ -90,16 +105,23 @@ impl PgStore {
     /// or a key-value connection string), creates sagalog's tables on first
     /// use and migrates older ones. Refuses a schema newer than this build
     /// reads with [`StoreError::SchemaMismatch`], and a URL it cannot parse
-    /// or a database it cannot reach with [`StoreError::Database`].
+    /// or a database it cannot reach, and `writers` of 0, with
+    /// [`StoreError::Database`].
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        if options.writers == 0 {
+            return Err(StoreError::Database {
+                doing: "reading the options".into(),
+                reason: "writers is 0: the store needs at least one writing connection".into(),
+            });
+        }
         let config = link::config(url, &options)?;
         let setup = Link::open(config.clone(), &options, "setup", &[]).await?;
         schema::migrate(&setup.conn().await?.client, options.schema.as_deref()).await?;
         drop(setup);
-        let writer = Link::open(config.clone(), &options, "writer", write::STATEMENTS).await?;
+        let writers = Pool::open(&config, &options, options.writers, write::STATEMENTS).await?;
         let reader = Link::open(config, &options, "reader", read::STATEMENTS).await?;
         Ok(PgStore {
-            writer,
+            writers,
             reader,
             url: redacted(url),
         })
@@ -129,7 +151,7 @@ fn redacted(url: &str) -> String {
 
 impl LogStore for PgStore {
     fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed> {
-        Box::pin(write::append(&self.writer, batch))
+        Box::pin(async move { write::append(&*self.writers.checkout().await?, batch).await })
     }
 
     fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
@@ -165,7 +187,9 @@ impl LogStore for PgStore {
     }
 
     fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed> {
-        Box::pin(write::remove_finished(&self.writer, sagas))
+        Box::pin(
+            async move { write::remove_finished(&*self.writers.checkout().await?, sagas).await },
+        )
     }
 
     fn verify(&self) -> StoreFuture<'_, VerifyReport> {
@@ -173,7 +197,11 @@ impl LogStore for PgStore {
     }
 
     fn writable(&self) -> Result<(), StoreError> {
-        self.writer.reachable()
+        self.writers.reachable()
+    }
+
+    fn groups_in_flight(&self) -> usize {
+        self.writers.size()
     }
 
     #[allow(clippy::type_complexity)] // the trait's signature

@@ -226,14 +226,19 @@ impl<'a> Group<'a> {
         let fail = |doing: &'static str| move |e| classify(doing, e, At::First);
 
         // RT1: BEGIN, the claims, the log rows of appends without a claim.
+        // The claims go in key order: two groups in flight that claim the
+        // same keys then wait for each other in one order, never in a cycle.
+        let mut claims: Vec<(&str, usize)> = (self.rows.iter().enumerate())
+            .filter_map(|(at, row)| Some((row.append.claim.as_ref()?.key.as_str(), at)))
+            .collect();
+        claims.sort_unstable();
         let (mut keys, mut key_ids, mut prints, mut claim_at) = (vec![], vec![], vec![], vec![]);
-        for (at, row) in self.rows.iter().enumerate() {
-            if let Some(claim) = &row.append.claim {
-                keys.push(claim.key.as_str());
-                key_ids.push(uuid(row.append.saga));
-                prints.push(to_i64(claim.fingerprint));
-                claim_at.push(at);
-            }
+        for (key, at) in claims {
+            let append = self.rows[at].append;
+            keys.push(key);
+            key_ids.push(uuid(append.saga));
+            prints.push(to_i64(append.claim.as_ref().map_or(0, |c| c.fingerprint)));
+            claim_at.push(at);
         }
         let plain = self.logs(|_, row| row.append.claim.is_none());
         let begin = client.batch_execute("BEGIN");
