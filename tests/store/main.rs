@@ -153,8 +153,7 @@ async fn pg_a_group_is_one_transaction_while_a_sweep_runs() {
 #[tokio::test]
 async fn pg_one_key_claimed_by_two_groups_in_flight_goes_to_one() {
     use sagalog::store::{LogStore, Refusal};
-    let schema = format!("sl_{}", sagalog::SagaId::new().to_string().replace('-', ""));
-    let Some(store) = pg_server::store_in(&schema).await else {
+    let Some(store) = pg_server::store().await else {
         return;
     };
     for round in 0..50 {
@@ -191,8 +190,7 @@ async fn pg_one_key_claimed_by_two_groups_in_flight_goes_to_one() {
 #[tokio::test]
 async fn pg_two_groups_claiming_keys_in_opposite_orders_both_commit() {
     use sagalog::store::LogStore;
-    let schema = format!("sl_{}", sagalog::SagaId::new().to_string().replace('-', ""));
-    let Some(store) = pg_server::store_in(&schema).await else {
+    let Some(store) = pg_server::store().await else {
         return;
     };
     for round in 0..50 {

@@ -232,24 +232,16 @@ impl GroupCommit {
             result,
             took,
         } = written;
+        let counts = BatchCounts::of(&prepared.batch());
         let Prepared {
             accepted,
             followers,
             index,
         } = prepared;
-        let batch_len = accepted.len() + index.appends.len();
         metrics::histogram!(crate::metrics::APPEND_SECONDS).record(took.as_secs_f64());
-        metrics::histogram!(crate::metrics::BATCH_APPENDS).record(batch_len as f64);
+        metrics::histogram!(crate::metrics::BATCH_APPENDS).record(counts.appends as f64);
         match result {
             Ok(Committed { times, refused }) => {
-                let counts = {
-                    let batch: Vec<&SagaAppend> = accepted
-                        .iter()
-                        .map(|(a, _)| a)
-                        .chain(index.appends.iter())
-                        .collect();
-                    BatchCounts::of(&batch)
-                };
                 self.watermark.committed(index);
                 record_write_times(&times);
                 self.stats.add_times(&times);
@@ -372,6 +364,7 @@ fn answer_followers(
 
 /// What one batch writes, for [`WriterStats`].
 struct BatchCounts {
+    appends: usize,
     entries: u64,
     log_values: u64,
     log_value_bytes: u64,
@@ -385,6 +378,7 @@ impl BatchCounts {
         let entries = batch.iter().map(|a| a.entry_count()).sum::<usize>() + usize::from(finishes);
         let values = batch.iter().filter(|a| a.writes_log_value());
         BatchCounts {
+            appends: batch.len(),
             entries: entries as u64,
             log_values: values.clone().count() as u64,
             log_value_bytes: values.map(|a| a.value.bytes.len() as u64).sum(),

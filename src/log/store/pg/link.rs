@@ -269,16 +269,15 @@ impl Drop for Checkout<'_> {
 }
 
 impl Pool {
-    /// Opens `size` (at least one) writing links.
+    /// Opens `options.writers` (at least one) writing links.
     pub(super) async fn open(
         config: &Config,
         options: &PgOptions,
-        size: usize,
         statements: &'static [&'static str],
     ) -> Result<Pool, StoreError> {
         let down = Arc::new(AtomicUsize::new(0));
-        let mut links = Vec::with_capacity(size);
-        for _ in 0..size.max(1) {
+        let mut links = Vec::with_capacity(options.writers);
+        for _ in 0..options.writers.max(1) {
             let counted = Some(down.clone());
             links.push(
                 Link::open_counted(config.clone(), options, "writer", statements, counted).await?,

@@ -118,7 +118,7 @@ impl PgStore {
         let setup = Link::open(config.clone(), &options, "setup", &[]).await?;
         schema::migrate(&setup.conn().await?.client, options.schema.as_deref()).await?;
         drop(setup);
-        let writers = Pool::open(&config, &options, options.writers, write::STATEMENTS).await?;
+        let writers = Pool::open(&config, &options, write::STATEMENTS).await?;
         let reader = Link::open(config, &options, "reader", read::STATEMENTS).await?;
         Ok(PgStore {
             writers,

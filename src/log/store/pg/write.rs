@@ -17,10 +17,11 @@
 
 use super::link::{Conn, Link};
 use super::{db_error, saga_id, to_i64, uuid};
+use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::store::{
-    Committed, IndexEntry, IndexSet, KeyClaim, Refusal, Removal, Removed, SagaAppend, StoreError,
-    WriteTimes,
+    Claim, Committed, IndexEntry, IndexSet, KeyClaim, Refusal, Removal, Removed, SagaAppend,
+    StoreError, WriteTimes,
 };
 use crate::status::SagaStatus;
 use std::collections::{HashMap, HashSet};
@@ -228,16 +229,15 @@ impl<'a> Group<'a> {
         // RT1: BEGIN, the claims, the log rows of appends without a claim.
         // The claims go in key order: two groups in flight that claim the
         // same keys then wait for each other in one order, never in a cycle.
-        let mut claims: Vec<(&str, usize)> = (self.rows.iter().enumerate())
-            .filter_map(|(at, row)| Some((row.append.claim.as_ref()?.key.as_str(), at)))
+        let mut claims: Vec<(&Claim, SagaId, usize)> = (self.rows.iter().enumerate())
+            .filter_map(|(at, row)| Some((row.append.claim.as_ref()?, row.append.saga, at)))
             .collect();
-        claims.sort_unstable();
+        claims.sort_unstable_by(|a, b| a.0.key.as_str().cmp(b.0.key.as_str()));
         let (mut keys, mut key_ids, mut prints, mut claim_at) = (vec![], vec![], vec![], vec![]);
-        for (key, at) in claims {
-            let append = self.rows[at].append;
-            keys.push(key);
-            key_ids.push(uuid(append.saga));
-            prints.push(to_i64(append.claim.as_ref().map_or(0, |c| c.fingerprint)));
+        for (claim, saga, at) in claims {
+            keys.push(claim.key.as_str());
+            key_ids.push(uuid(saga));
+            prints.push(to_i64(claim.fingerprint));
             claim_at.push(at);
         }
         let plain = self.logs(|_, row| row.append.claim.is_none());
