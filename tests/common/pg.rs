@@ -150,17 +150,36 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let port = 20000 + ((std::process::id() * 4 + n) % 40000) as u16;
-        let cluster = Cluster {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            pg_ctl: bin.join("pg_ctl"),
-            log: format!("{dir_s}/log"),
-            settings: format!(
-                "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
-            ),
-            data,
+        // Below the ephemeral range (32768 and up), so that no outgoing
+        // connection holds the port; another port on a collision.
+        let mut cluster = None;
+        let mut failures = Vec::new();
+        for attempt in 0..8u32 {
+            let slot = std::process::id().wrapping_mul(4) + n + attempt * 4 * 1009;
+            let port = 20000 + (slot % 12000) as u16;
+            let candidate = Cluster {
+                url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                pg_ctl: bin.join("pg_ctl"),
+                log: format!("{dir_s}/log"),
+                settings: format!(
+                    "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+                ),
+                data: data.clone(),
+            };
+            match candidate.try_start() {
+                Ok(()) => {
+                    cluster = Some(candidate);
+                    break;
+                }
+                Err(why) => failures.push(format!("port {port}: {why}")),
+            }
+        }
+        let Some(cluster) = cluster else {
+            panic!(
+                "pg_ctl start failed on every port tried:\n{}",
+                failures.join("\n")
+            );
         };
-        cluster.pg_ctl_start();
         let runuser = if is_root() {
             "runuser -u postgres -- "
         } else {
@@ -180,6 +199,13 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) {
+        if let Err(why) = self.try_start() {
+            panic!("pg_ctl start failed: {why}");
+        }
+    }
+
+    /// Starts the server; on failure, what pg_ctl and the server log said.
+    fn try_start(&self) -> Result<(), String> {
         let start = as_server_user(
             self.pg_ctl.clone(),
             &[
@@ -194,12 +220,18 @@ impl Cluster {
             ],
         )
         .output()
-        .expect("pg_ctl runs");
-        assert!(
-            start.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&start.stderr)
-        );
+        .map_err(|e| format!("pg_ctl does not run: {e}"))?;
+        if start.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(format!(
+            "{} {}; server log ends: {}",
+            String::from_utf8_lossy(&start.stdout).trim(),
+            String::from_utf8_lossy(&start.stderr).trim(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
     }
 
     /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, WAL
