@@ -100,11 +100,9 @@ impl Engine {
         // Deferred first: a saga that has just been indexed can be in both
         // for a moment, and the store's entry is the newer one then.
         let deferred = lock(&self.inner.deferred).clone();
-        let mut pairs = self.inner.store.scan_active(None, usize::MAX).await?;
-        pairs.extend(self.inner.store.scan_finished().await?);
-        let stored: std::collections::HashSet<SagaId> = pairs.iter().map(|(id, _)| *id).collect();
-        pairs.extend(deferred.into_iter().filter(|(id, _)| !stored.contains(id)));
-        Ok(pairs)
+        let active = self.inner.store.scan_active(None, usize::MAX).await?;
+        let finished = self.inner.store.scan_finished().await?;
+        Ok(merge_index(active, finished, deferred))
     }
 
     /// Every record of saga `id` in order, with timestamps. Unreadable
@@ -233,4 +231,57 @@ pub(crate) fn state_of(id: SagaId, raw: Vec<(u64, Vec<u8>)>) -> Result<SagaState
 /// What a parked saga waits for: someone to fix the cause and reopen.
 fn parked_waiting(reason: &str) -> String {
     format!("parked until the cause is fixed and the engine reopened: {reason}")
+}
+
+/// One entry per saga from the three places an index entry can be, read
+/// one after another: a saga that finishes between the scan of the active
+/// index and the scan of the finished one is in both, and its finished
+/// entry is the newer (a finished saga never runs again); a stored entry is
+/// newer than a deferred one.
+fn merge_index(
+    active: Vec<(SagaId, Vec<u8>)>,
+    finished: Vec<(SagaId, Vec<u8>)>,
+    deferred: impl IntoIterator<Item = (SagaId, Vec<u8>)>,
+) -> Vec<(SagaId, Vec<u8>)> {
+    let mut seen: std::collections::HashSet<SagaId> = finished.iter().map(|(id, _)| *id).collect();
+    let mut pairs = finished;
+    for (id, bytes) in active.into_iter().chain(deferred) {
+        if seen.insert(id) {
+            pairs.push((id, bytes));
+        }
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_index;
+    use crate::ids::SagaId;
+
+    fn id(n: u8) -> SagaId {
+        SagaId::from_bytes([n; 16])
+    }
+
+    #[test]
+    fn a_saga_that_finishes_between_the_two_scans_is_listed_once_as_finished() {
+        let active = vec![(id(1), b"running".to_vec())];
+        let finished = vec![(id(1), b"done".to_vec())];
+
+        let merged = merge_index(active, finished, Vec::new());
+
+        assert_eq!(merged, vec![(id(1), b"done".to_vec())]);
+    }
+
+    #[test]
+    fn a_stored_entry_wins_over_a_deferred_one() {
+        let active = vec![(id(1), b"stored".to_vec())];
+        let deferred = vec![(id(1), b"deferred".to_vec()), (id(2), b"young".to_vec())];
+
+        let merged = merge_index(active, Vec::new(), deferred);
+
+        assert_eq!(
+            merged,
+            vec![(id(1), b"stored".to_vec()), (id(2), b"young".to_vec())]
+        );
+    }
 }
