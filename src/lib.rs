@@ -101,7 +101,7 @@ pub use log::record::{
     StepFailure, StepPlan, Suspended, TimerSet, WaitPurpose,
 };
 pub use log::store::{
-    discard_torn_sled_snapshots, Compacted, MemStore, SledOptions, SledStore, StoreError,
+    discard_torn_sled_snapshots, Compacted, Lease, MemStore, SledOptions, SledStore, StoreError,
 };
 #[cfg(feature = "postgres")]
 pub use log::store::{PgOptions, PgStore};
@@ -118,9 +118,9 @@ pub mod store {
     //! database, a test wrapper) implements `LogStore` and opens with
     //! [`crate::Engine::open_with_store`].
     pub use crate::log::store::{
-        input_fingerprint, BatchItems, Claim, Committed, FinishedBatch, IndexEntry, IndexQuery,
-        IndexSet, IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal, Removal, Removed,
-        SagaAppend, StoreFuture, TimerKey, TimerScan, WriteTimes, LAYOUT_VERSION,
+        input_fingerprint, Adopted, BatchItems, Claim, Committed, FinishedBatch, IndexEntry,
+        IndexQuery, IndexSet, IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal,
+        Removal, Removed, SagaAppend, StoreFuture, TimerKey, TimerScan, WriteTimes, LAYOUT_VERSION,
     };
 }
 

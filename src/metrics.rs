@@ -17,6 +17,8 @@
 //! | `sagalog_log_batch_appends` | histogram | | appends that shared one group commit |
 //! | `sagalog_sagas_swept_total` | counter | | finished sagas deleted by retention |
 //! | `sagalog_log_writable` | gauge | | 1 while the log takes writes, 0 once a write could not be made durable (see `Engine::writable`) |
+//! | `sagalog_lease_held` | gauge | | on a shared log: 1 while this node holds its lease, 0 once it lost it (see `Engine::lease`) |
+//! | `sagalog_sagas_adopted_total` | counter | | on a shared log: sagas this node took over from nodes that died or left |
 //!
 //! The queue gauges count what this engine wrote since it opened, starting
 //! from the index at open; parked sagas are not in them.
@@ -45,6 +47,11 @@ pub const BATCH_APPENDS: &str = "sagalog_log_batch_appends";
 /// Gauge: 1 while the log takes writes; 0 after a failed sync, or while
 /// the database of a PostgreSQL log is unreachable (writes wait).
 pub const LOG_WRITABLE: &str = "sagalog_log_writable";
+/// Gauge: on a shared log, 1 while this node holds its lease; 0 once it
+/// lost it (it then starts no call and writes nothing).
+pub const LEASE_HELD: &str = "sagalog_lease_held";
+/// Counter: sagas this node adopted from nodes that died or left.
+pub const SAGAS_ADOPTED: &str = "sagalog_sagas_adopted_total";
 /// Counter: finished sagas deleted by retention.
 pub const SAGAS_SWEPT: &str = "sagalog_sagas_swept_total";
 
@@ -71,4 +78,9 @@ pub fn describe() {
     );
     describe_histogram!(BATCH_APPENDS, "Appends that shared one group commit");
     describe_counter!(SAGAS_SWEPT, "Finished sagas deleted by retention");
+    describe_gauge!(
+        LEASE_HELD,
+        "1 while this node holds its lease on a shared log"
+    );
+    describe_counter!(SAGAS_ADOPTED, "Sagas adopted from nodes that died or left");
 }

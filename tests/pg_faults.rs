@@ -94,7 +94,10 @@ async fn run_workload(engine: &Engine, trip: &sagalog::SagaRef<String>) -> HashS
 
 /// A store in `schema` of the server at `url`.
 async fn store_at(url: &str, schema: &str) -> sagalog::PgStore {
-    let options = sagalog::PgOptions::default().schema(schema);
+    let options = sagalog::PgOptions::default()
+        .schema(schema)
+        .node_id("faults")
+        .take_over(true);
     sagalog::PgStore::connect(url, options).await.unwrap()
 }
 

@@ -54,6 +54,11 @@ struct Args {
     /// orders_ledger).
     #[arg(long, value_name = "NAME", requires = "store")]
     schema: Option<String>,
+    /// With --store, this process's node id on the shared log. A process
+    /// started again with the same id takes its place at once (it must be
+    /// gone: give processes that run together different ids).
+    #[arg(long, value_name = "ID", default_value = "orders", requires = "store")]
+    node_id: String,
     #[command(flatten)]
     crash: CrashFlags,
     /// Print one JSON object per saga, then the ledger, instead of a table.
@@ -506,7 +511,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = CrashPlan::new(&args.crash).config();
     let engine = match &args.store {
         Some(url) => {
-            let mut options = sagalog::PgOptions::default();
+            let mut options = sagalog::PgOptions::default()
+                .node_id(args.node_id.clone())
+                .take_over(true);
             if let Some(schema) = &args.schema {
                 options = options.schema(schema.clone());
             }

@@ -76,6 +76,13 @@ impl Registry {
         })
     }
 
+    /// The registered saga types, in order.
+    pub(crate) fn types(&self) -> Vec<SagaType> {
+        let mut types: Vec<SagaType> = self.sagas.keys().cloned().collect();
+        types.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        types
+    }
+
     pub(crate) fn get(&self, saga_type: &SagaType) -> Option<&Arc<dyn ErasedSaga>> {
         self.sagas.get(saga_type)
     }

@@ -4,7 +4,8 @@
 //! One file per concern: `config` (what can be set), `recovery` (opening
 //! and resuming), `start` and `outcome` (a caller's view of one saga),
 //! `ownership` (claim, park, spawn), `run` (the saga loop and its calls),
-//! `nested` (sub-sagas), `admin` (operator actions and queues), `read`,
+//! `nested` (sub-sagas), `cluster` (the lease and adoption on a log that
+//! several nodes share), `admin` (operator actions and queues), `read`,
 //! `query` and `view` (what a saga looks like from outside), and
 //! `retention` (the sweeper).
 //!
@@ -23,6 +24,7 @@
 
 mod admin;
 mod calls;
+mod cluster;
 mod config;
 mod nested;
 mod operator;
@@ -53,7 +55,7 @@ use crate::definition::{ErasedInput, ErasedSaga, Registry};
 use crate::error::{Error, ParkReason};
 use crate::ids::{IdMap, SagaId};
 use crate::log::record::{CallRef, OperatorAction};
-use crate::log::store::{LogStore, LogValue};
+use crate::log::store::{Lease, LogStore, LogValue};
 use crate::log::writer::{Deferred, Writer};
 use crate::state::SagaState;
 use crate::sync::lock;
@@ -104,6 +106,8 @@ pub(crate) struct Inner {
     deferred: Deferred,
     /// What recovery found at open.
     recovery: Mutex<Recovery>,
+    /// This node's lease, on a store several nodes share.
+    lease: Option<Arc<Lease>>,
     /// The database directory, for an engine opened on one
     /// ([`Engine::open`]): where the admin socket goes by default.
     dir: std::sync::OnceLock<std::path::PathBuf>,
@@ -221,6 +225,13 @@ impl Engine {
             sweeper.stop().await;
         }
         self.inner.writer.stop().await;
+        if let Some(lease) = &self.inner.lease {
+            if !lease.is_lost() {
+                if let Err(e) = self.inner.store.leave().await {
+                    tracing::warn!(error = %e, "could not hand this node's sagas over; the live nodes adopt them once its lease expires");
+                }
+            }
+        }
         let waiters: Vec<_> = lock(&self.inner.waiters).drain().collect();
         for (id, senders) in waiters {
             for tx in senders {

@@ -6,7 +6,7 @@ use super::run::LoopEnd;
 use super::{Engine, SagaRun};
 use crate::error::{Error, ParkReason};
 use crate::ids::SagaId;
-use crate::log::store::TimerKey;
+use crate::log::store::{StoreError, TimerKey};
 use crate::state::SagaState;
 use crate::sync::lock;
 use tokio::sync::OwnedSemaphorePermit;
@@ -142,6 +142,12 @@ impl Engine {
                         lock(&inner.running).remove(&id);
                         inner.notify_waiters(id, Err(Error::shutting_down(id)));
                     }
+                    Err(Error::Store(StoreError::Fenced { .. })) => {
+                        // Another node fenced this one: the saga is that
+                        // node's now, to adopt and run; not parked here.
+                        lock(&inner.running).remove(&id);
+                        inner.notify_waiters(id, fenced(&inner));
+                    }
                     Err(e) if reloads(&e) => {
                         // Whether the last write landed is unknown, or
                         // someone else wrote: the log says. Still owned;
@@ -236,6 +242,15 @@ impl Engine {
             engine.run_or_park(key.saga, engine.prepare_state(key.saga, state));
         });
     }
+}
+
+/// What the callers waiting for a saga learn when this node lost it.
+fn fenced(inner: &super::Inner) -> Result<crate::engine::view::Outcome, Error> {
+    let node = inner.lease.as_ref().map(|l| l.node_id().to_string());
+    Err(Error::Store(StoreError::Fenced {
+        node: node.unwrap_or_default(),
+        reason: "another node fenced this one, and the saga is that node's now".into(),
+    }))
 }
 
 /// Whether a loop that stopped on `e` reads its saga again instead of

@@ -112,6 +112,10 @@ impl Engine {
             lag,
             deferred: deferred.clone(),
         };
+        let lease = match admin_only {
+            true => None,
+            false => store.join(&registry.types()).await?,
+        };
         let writer = Writer::start(store.clone(), config.after_durable_append.clone(), plan)?;
         let inner = Arc::new(Inner {
             local_store: store.local().is_some(),
@@ -134,6 +138,7 @@ impl Engine {
             admin_only,
             sweeper: Mutex::new(None),
             recovery: Mutex::new(Recovery::default()),
+            lease,
             dir: std::sync::OnceLock::new(),
         });
         let engine = Engine {
@@ -162,6 +167,7 @@ impl Engine {
             }
             .instrument(tracing::info_span!("delay_queue")),
         );
+        engine.watch_lease();
         if let Some(retention) = config.retention {
             let sweeper = retention::Sweeper::start(&engine, retention)?;
             *lock(&engine.inner.sweeper) = Some(sweeper);
@@ -200,7 +206,7 @@ impl Engine {
             None => {
                 let mut after = None;
                 loop {
-                    let page = self.inner.store.scan_active(after, RECOVERY_PAGE).await?;
+                    let page = self.inner.store.scan_owned(after, RECOVERY_PAGE).await?;
                     let Some((last, _)) = page.last() else {
                         break;
                     };
@@ -228,6 +234,12 @@ impl Engine {
                     self.park(id, reason);
                 }
             }
+        }
+        if self.inner.lease.is_some() {
+            let adopted = self.adopt_all().await?;
+            resumed += adopted.resumed;
+            sleeping += adopted.sleeping;
+            parked += adopted.parked;
         }
         tracing::info!(
             resumed,

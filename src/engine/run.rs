@@ -186,6 +186,9 @@ impl Inner {
                             return Err(Error::shutting_down(id));
                         }
                     }
+                    if !ready.is_empty() {
+                        self.may_call(id).await?;
+                    }
                     for (call, kind) in ready.drain(..) {
                         self.launch(&code, &state, &mut calls, call, kind);
                     }

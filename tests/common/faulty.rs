@@ -5,10 +5,11 @@
 //! database connection drops after COMMIT was sent).
 
 use sagalog::store::{
-    Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreFuture, TimerScan,
+    Adopted, Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreFuture,
+    TimerScan,
 };
 use sagalog::tools::{frames_of, VerifyReport};
-use sagalog::{IdempotencyKey, SagaId, StoreError};
+use sagalog::{IdempotencyKey, Lease, SagaId, SagaType, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -135,8 +136,24 @@ impl LogStore for Faulty {
     ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
         self.inner.scan_active(after, limit)
     }
+    fn scan_owned(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        self.inner.scan_owned(after, limit)
+    }
     fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
         self.inner.scan_finished()
+    }
+    fn join<'a>(&'a self, types: &'a [SagaType]) -> StoreFuture<'a, Option<Arc<Lease>>> {
+        self.inner.join(types)
+    }
+    fn adopt(&self, limit: usize) -> StoreFuture<'_, Vec<Adopted>> {
+        self.inner.adopt(limit)
+    }
+    fn leave(&self) -> StoreFuture<'_, ()> {
+        self.inner.leave()
     }
     fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
         self.inner.key_claim(key)

@@ -60,15 +60,38 @@ pub async fn store() -> Option<PgStore> {
 }
 
 /// A store in schema `schema` of the test server (the same data each
-/// time it is called with the same name).
+/// time it is called with the same name). The engine opened on it joins
+/// as the schema's one node, taking the place of an engine opened on the
+/// schema before (a restart in place).
 pub async fn store_in(schema: &str) -> Option<PgStore> {
     let url = url_or_skip()?;
-    let options = PgOptions::default().schema(schema);
+    let options = PgOptions::default()
+        .schema(schema)
+        .node_id(format!("node-{schema}"))
+        .take_over(true);
     Some(
         PgStore::connect(&url, options)
             .await
             .expect("the test database takes connections"),
     )
+}
+
+/// A store in a new schema that has joined as a node with no saga types,
+/// for tests that write through the store itself.
+pub async fn joined_store() -> Option<PgStore> {
+    let store = store().await?;
+    sagalog::store::LogStore::join(&store, &[])
+        .await
+        .expect("the test database lets a node join");
+    Some(store)
+}
+
+/// `store` joined as a node with no saga types (see [`joined_store`]).
+pub async fn joined(store: PgStore) -> PgStore {
+    sagalog::store::LogStore::join(&store, &[])
+        .await
+        .expect("the test database lets a node join");
+    store
 }
 
 fn uuid_simple() -> String {

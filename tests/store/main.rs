@@ -52,7 +52,7 @@ async fn async_only() -> Option<Subject> {
 /// `None` when there is none and none is required.
 async fn pg() -> Option<Subject> {
     Some(Subject {
-        store: Arc::new(pg_server::store().await?),
+        store: Arc::new(pg_server::joined_store().await?),
         _dir: None,
     })
 }
@@ -104,6 +104,7 @@ async fn pg_a_group_is_one_transaction_while_a_sweep_runs() {
     let Some(store) = pg_server::store_in(&schema).await else {
         return;
     };
+    let store = pg_server::joined(store).await;
     let url = pg_server::url().unwrap();
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -153,7 +154,7 @@ async fn pg_a_group_is_one_transaction_while_a_sweep_runs() {
 #[tokio::test]
 async fn pg_one_key_claimed_by_two_groups_in_flight_goes_to_one() {
     use sagalog::store::{LogStore, Refusal};
-    let Some(store) = pg_server::store().await else {
+    let Some(store) = pg_server::joined_store().await else {
         return;
     };
     for round in 0..50 {
@@ -190,7 +191,7 @@ async fn pg_one_key_claimed_by_two_groups_in_flight_goes_to_one() {
 #[tokio::test]
 async fn pg_two_groups_claiming_keys_in_opposite_orders_both_commit() {
     use sagalog::store::LogStore;
-    let Some(store) = pg_server::store().await else {
+    let Some(store) = pg_server::joined_store().await else {
         return;
     };
     for round in 0..50 {

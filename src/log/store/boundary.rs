@@ -5,14 +5,16 @@
 //! through [`LogStore::local`].
 
 use super::{
-    KeyClaim, KvLogStore, Removal, Removed, SagaAppend, StoreError, TimerScan, WriteTimes,
+    KeyClaim, KvLogStore, Lease, Removal, Removed, SagaAppend, StoreError, TimerKey, TimerScan,
+    WriteTimes,
 };
-use crate::ids::{IdempotencyKey, SagaId, UnixMillis};
+use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};
 use crate::log::verify::VerifyReport;
 use crate::status::SagaStatus;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// What every [`LogStore`] call returns: a boxed future, so that the trait
 /// stays object-safe (the engine holds an `Arc<dyn LogStore>`).
@@ -41,6 +43,20 @@ pub struct Committed {
     /// nothing of them was written. Every other append of the batch was
     /// written, all in one atomic and durable write.
     pub refused: Vec<(usize, Refusal)>,
+}
+
+/// A saga a node took over from a node that died or left
+/// ([`LogStore::adopt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Adopted {
+    /// The saga.
+    pub saga: SagaId,
+    /// Its encoded active-index entry.
+    pub entry: Vec<u8>,
+    /// Its pending timer, for a saga asleep on one: it goes into this
+    /// node's delay queue instead of running now.
+    pub timer: Option<TimerKey>,
 }
 
 /// A listing's filter, for a store that applies it on its side
@@ -111,6 +127,18 @@ pub trait LogStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>>;
 
+    /// Like [`LogStore::scan_active`], only the sagas this process owns:
+    /// after [`LogStore::join`], those the log names this node the owner
+    /// of (an earlier incarnation's, for a node id that is stable across
+    /// restarts); every one (the default) for a store one process writes.
+    fn scan_owned(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        self.scan_active(after, limit)
+    }
+
     /// Every terminal saga with its encoded index entry, in id order.
     fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>>;
 
@@ -152,6 +180,45 @@ pub trait LogStore: Send + Sync + 'static {
     /// [`LogStore::local`] store is written one batch at a time.
     fn groups_in_flight(&self) -> usize {
         1
+    }
+
+    /// Makes this process a node of a log that several processes share:
+    /// registers it on the database's clock, with a fencing token that no
+    /// earlier node had, and keeps its lease renewed until it is lost or
+    /// [`LogStore::leave`] is called. From then on every write carries the
+    /// token, and the store refuses it with [`StoreError::Fenced`] once
+    /// another node has fenced this one. `types` are the saga types this
+    /// node runs: it adopts no others while a live node runs them. The sagas it owns are those it
+    /// starts and those [`LogStore::adopt`] hands it, and the store's
+    /// timer scans hold only those.
+    ///
+    /// `None` (the default) for a store one process writes at a time:
+    /// that process owns every saga.
+    fn join<'a>(&'a self, types: &'a [SagaType]) -> StoreFuture<'a, Option<Arc<Lease>>> {
+        let _ = types;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// After [`LogStore::join`]: fences every node whose lease expired, then
+    /// takes over up to `limit` unfinished sagas that no live node owns
+    /// (this node's own from an earlier incarnation, those of fenced or
+    /// departed nodes, and unowned ones) of the types it joined with, or
+    /// of a type no live node runs (the engine parks those), runnable ones
+    /// first. Any number of nodes may adopt at once; each
+    /// saga goes to one of them. Empty (the default) for a store one
+    /// process writes.
+    fn adopt(&self, limit: usize) -> StoreFuture<'_, Vec<Adopted>> {
+        let _ = limit;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// After [`LogStore::join`], at a graceful shutdown once nothing more
+    /// is written: hands this node's unfinished sagas over (any live node
+    /// adopts them at its next scan, without waiting for the lease to
+    /// expire) and ends the lease. Nothing to do (the default) for a store
+    /// one process writes.
+    fn leave(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     /// The index entries (active and finished) of the sagas `query`

@@ -161,6 +161,18 @@ pub enum StoreError {
         /// The saga.
         saga: crate::ids::SagaId,
     },
+    /// On a log several nodes share: another node fenced this one (its
+    /// lease expired, or it was taken over), so the database refuses its
+    /// writes. Nothing of the refused write was written. The sagas it
+    /// carried belong to another node now; this engine starts no more calls
+    /// and must be restarted to join again.
+    #[error("node {node} was fenced ({reason}); the database refuses its writes and its sagas go to the live nodes: restart the service to join again")]
+    Fenced {
+        /// This node's id.
+        node: String,
+        /// What the store knows of why.
+        reason: String,
+    },
     /// The store was opened for inspection ([`SledStore::open_for_inspection`](crate::SledStore::open_for_inspection))
     /// and takes no writes.
     #[error(

@@ -30,6 +30,7 @@ mod durability;
 mod error;
 pub(crate) mod keys;
 mod kv;
+mod lease;
 mod mem;
 mod open;
 #[cfg(feature = "postgres")]
@@ -38,7 +39,7 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
-pub use boundary::{Committed, IndexQuery, LogStore, Refusal, StoreFuture};
+pub use boundary::{Adopted, Committed, IndexQuery, LogStore, Refusal, StoreFuture};
 pub(crate) use compact::sibling;
 pub use compact::{discard_torn_sled_snapshots, Compacted};
 pub use error::StoreError;
@@ -46,6 +47,7 @@ pub use error::StoreError;
 pub use keys::raw_keys;
 pub(crate) use kv::parse_key_claim;
 pub use kv::BatchItems;
+pub use lease::Lease;
 pub use mem::MemStore;
 #[cfg(feature = "testing")]
 pub use mem::{FailedAppend, FaultTiming};

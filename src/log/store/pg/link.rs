@@ -45,10 +45,15 @@ pub(super) fn config(url: &str, options: &PgOptions) -> Result<Config, StoreErro
         doing: "reading the database URL".into(),
         reason: format!("{e} (expected postgres://USER@HOST:PORT/DB)"),
     })?;
+    // A node stopped inside a transaction would hold its lease row, and
+    // the fence that waits for it, until the server ends the session.
+    let idle = (options.lease_ttl / 2).as_millis().max(100);
+    let mut settings = format!("-c idle_in_transaction_session_timeout={idle}");
     if let Some(schema) = &options.schema {
         check_identifier(schema)?;
-        config.options(format!("-c search_path={schema}"));
+        settings.push_str(&format!(" -c search_path={schema}"));
     }
+    config.options(settings);
     config.application_name("sagalog");
     config.connect_timeout(options.connect_timeout);
     Ok(config)

@@ -16,21 +16,27 @@
 //! flight. A lost connection is opened again with backoff; meanwhile
 //! writes wait and [`LogStore::writable`] says the database is
 //! unreachable.
+//!
+//! Several processes may share the log: each joins as a node
+//! ([`LogStore::join`], `node`), and every transaction it writes first
+//! checks, inside the transaction, that its fencing token is still live.
 
 mod link;
+mod node;
 mod read;
 mod schema;
 mod verify;
 mod write;
 
 use super::{
-    Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreError,
-    StoreFuture, TimerScan,
+    Adopted, Committed, IndexQuery, KeyClaim, Lease, LogStore, Removal, Removed, SagaAppend,
+    StoreError, StoreFuture, TimerScan,
 };
-use crate::ids::{IdempotencyKey, SagaId};
+use crate::ids::{IdempotencyKey, SagaId, SagaType};
 use crate::log::verify::VerifyReport;
 use link::{Link, Pool};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How [`PgStore::connect`] reaches the database.
@@ -51,6 +57,24 @@ pub struct PgOptions {
     /// least 1). A retention batch takes one of them for its transaction.
     /// Default 2.
     pub writers: usize,
+    /// This process's node id on a log several processes share. `None`
+    /// (the default) picks a random one per process (`host-pid-random`);
+    /// a stable one (a pod's or host's name) lets a restart take back its
+    /// own sagas at once. Two processes running at once must never share
+    /// one: the second waits for the first's lease and then gives up.
+    pub node_id: Option<String>,
+    /// How long a node's lease lasts after each renewal, on the database's
+    /// clock; it is renewed every quarter of it. A node that stops renewing
+    /// (killed, paused, cut off) loses its sagas to the live nodes about
+    /// this long after its last renewal, and starts no call from a quarter
+    /// of it before then. Default 10 s.
+    pub lease_ttl: Duration,
+    /// Whether joining with a node id whose lease is still live fences its
+    /// holder at once instead of waiting for the lease to expire. Only for
+    /// a stable [`PgOptions::node_id`] whose earlier process is known to be
+    /// gone (a restart in place): a holder that is in fact alive is fenced.
+    /// Default false.
+    pub take_over: bool,
 }
 
 impl Default for PgOptions {
@@ -60,6 +84,9 @@ impl Default for PgOptions {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             writers: 2,
+            node_id: None,
+            lease_ttl: Duration::from_secs(10),
+            take_over: false,
         }
     }
 }
@@ -77,6 +104,25 @@ impl PgOptions {
         self.writers = writers;
         self
     }
+
+    /// The options with node id `id` (see [`PgOptions::node_id`]).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// The options that take over a node id held by a live lease (see
+    /// [`PgOptions::take_over`]).
+    pub fn take_over(mut self, take_over: bool) -> Self {
+        self.take_over = take_over;
+        self
+    }
+
+    /// The options with a lease of `ttl` (see [`PgOptions::lease_ttl`]).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
 }
 
 /// A log store in a PostgreSQL database. Open an engine on it with
@@ -88,6 +134,10 @@ pub struct PgStore {
     writers: Pool,
     reader: Link,
     url: String,
+    config: tokio_postgres::Config,
+    options: PgOptions,
+    /// This process as a node, once an engine joined through this store.
+    joined: std::sync::Mutex<Option<Arc<node::Joined>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -114,17 +164,43 @@ impl PgStore {
                 reason: "writers is 0: the store needs at least one writing connection".into(),
             });
         }
+        if options.lease_ttl < Duration::from_millis(400) {
+            return Err(StoreError::Database {
+                doing: "reading the options".into(),
+                reason: format!(
+                    "lease_ttl is {:?}: a lease shorter than 400 ms cannot be renewed reliably",
+                    options.lease_ttl
+                ),
+            });
+        }
         let config = link::config(url, &options)?;
         let setup = Link::open(config.clone(), &options, "setup", &[]).await?;
         schema::migrate(&setup.conn().await?.client, options.schema.as_deref()).await?;
         drop(setup);
         let writers = Pool::open(&config, &options, write::STATEMENTS).await?;
-        let reader = Link::open(config, &options, "reader", read::STATEMENTS).await?;
+        let reader = Link::open(config.clone(), &options, "reader", read::STATEMENTS).await?;
         Ok(PgStore {
             writers,
             reader,
             url: redacted(url),
+            config,
+            options,
+            joined: std::sync::Mutex::new(None),
         })
+    }
+
+    /// This process's lease, once an engine joined the log through this
+    /// store.
+    pub fn lease(&self) -> Option<Arc<Lease>> {
+        self.joined().map(|joined| joined.lease.clone())
+    }
+
+    /// The membership of the engine that joined last, if any: its lease
+    /// fences every write; without one (an engine opened for
+    /// administration) writes are checked only by the log's
+    /// `(saga_id, seq)` key.
+    fn joined(&self) -> Option<Arc<node::Joined>> {
+        crate::sync::lock(&self.joined).clone()
     }
 
     /// The URL this store connected to, without its password: for messages.
@@ -151,7 +227,10 @@ fn redacted(url: &str) -> String {
 
 impl LogStore for PgStore {
     fn append<'a>(&'a self, batch: &'a [&'a SagaAppend]) -> StoreFuture<'a, Committed> {
-        Box::pin(async move { write::append(&*self.writers.checkout().await?, batch).await })
+        Box::pin(async move {
+            let lease = self.lease();
+            write::append(&*self.writers.checkout().await?, lease.as_deref(), batch).await
+        })
     }
 
     fn read_log(&self, saga: SagaId) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
@@ -170,6 +249,19 @@ impl LogStore for PgStore {
         Box::pin(read::active_page(&self.reader, after, limit))
     }
 
+    fn scan_owned(
+        &self,
+        after: Option<SagaId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
+        match self.lease() {
+            Some(lease) => Box::pin(async move {
+                read::owned_page(&self.reader, after, limit, lease.node_id()).await
+            }),
+            None => Box::pin(read::active_page(&self.reader, after, limit)),
+        }
+    }
+
     fn scan_finished(&self) -> StoreFuture<'_, Vec<(SagaId, Vec<u8>)>> {
         Box::pin(read::finished(&self.reader))
     }
@@ -183,13 +275,60 @@ impl LogStore for PgStore {
         limit: usize,
         skip: &'a HashSet<SagaId>,
     ) -> StoreFuture<'a, TimerScan> {
-        Box::pin(read::timers(&self.reader, limit, skip))
+        let lease = self.lease();
+        Box::pin(async move {
+            let owner = lease.as_deref().map(Lease::node_id);
+            read::timers(&self.reader, limit, skip, owner).await
+        })
     }
 
     fn remove_finished<'a>(&'a self, sagas: &'a [Removal]) -> StoreFuture<'a, Removed> {
-        Box::pin(
-            async move { write::remove_finished(&*self.writers.checkout().await?, sagas).await },
-        )
+        Box::pin(async move {
+            let lease = self.lease();
+            write::remove_finished(&*self.writers.checkout().await?, lease.as_deref(), sagas).await
+        })
+    }
+
+    fn join<'a>(&'a self, types: &'a [SagaType]) -> StoreFuture<'a, Option<Arc<Lease>>> {
+        Box::pin(async move {
+            let busy = || {
+                StoreError::Database {
+                doing: "joining the log as a node".into(),
+                reason: "an engine on this store holds its lease still: shut it down first, or open one store per engine".into(),
+            }
+            };
+            if self.lease().is_some_and(|lease| !lease.is_lost()) {
+                return Err(busy());
+            }
+            let link = self.writers.checkout().await?;
+            let joined = Arc::new(node::join(&link, &self.config, &self.options, types).await?);
+            let lease = joined.lease.clone();
+            let mut slot = crate::sync::lock(&self.joined);
+            if slot.as_ref().is_some_and(|j| !j.lease.is_lost()) {
+                // Another engine joined through this store meanwhile.
+                return Err(busy());
+            }
+            *slot = Some(joined);
+            Ok(Some(lease))
+        })
+    }
+
+    fn adopt(&self, limit: usize) -> StoreFuture<'_, Vec<Adopted>> {
+        Box::pin(async move {
+            let Some(joined) = self.joined() else {
+                return Ok(Vec::new());
+            };
+            node::adopt(&*self.writers.checkout().await?, &joined, limit).await
+        })
+    }
+
+    fn leave(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            match self.joined() {
+                Some(joined) => node::leave(&*self.writers.checkout().await?, &joined).await,
+                None => Ok(()),
+            }
+        })
     }
 
     fn verify(&self) -> StoreFuture<'_, VerifyReport> {

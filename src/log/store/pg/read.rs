@@ -28,13 +28,30 @@ const MATCHING: &str = "SELECT saga_id, entry FROM sagalog_saga
 const TIMERS: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM sagalog_saga
     WHERE timer_due IS NOT NULL AND saga_id <> ALL($1)
     ORDER BY timer_due, saga_id, timer_seq LIMIT $2";
+/// The timers of one node's sagas.
+const TIMERS_OWNED: &str = "SELECT saga_id, timer_due, timer_seq, timer_purpose FROM sagalog_saga
+    WHERE owner_node = $3 AND timer_due IS NOT NULL AND saga_id <> ALL($1)
+    ORDER BY timer_due, saga_id, timer_seq LIMIT $2";
+const OWNED_PAGE: &str = "SELECT saga_id, entry FROM sagalog_saga
+    WHERE owner_node = $3 AND NOT finished AND ($1::uuid IS NULL OR saga_id > $1)
+    ORDER BY saga_id LIMIT $2";
 
 /// How many times a read that lost its connection is tried on a new one
 /// before its error is returned.
 const READ_ATTEMPTS: usize = 5;
 
 /// The statements the reading connection prepares.
-pub(super) const STATEMENTS: &[&str] = &[LOG, ACTIVE, ACTIVE_PAGE, FINISHED, KEY, TIMERS, MATCHING];
+pub(super) const STATEMENTS: &[&str] = &[
+    LOG,
+    ACTIVE,
+    ACTIVE_PAGE,
+    OWNED_PAGE,
+    FINISHED,
+    KEY,
+    TIMERS,
+    TIMERS_OWNED,
+    MATCHING,
+];
 
 /// Runs prepared statement `sql` with `params` on the reading connection.
 async fn query(
@@ -119,6 +136,19 @@ pub(super) async fn active_page(
     entries(&rows, doing)
 }
 
+/// Like [`active_page`], only the sagas `owner` owns.
+pub(super) async fn owned_page(
+    link: &Link,
+    after: Option<SagaId>,
+    n: usize,
+    owner: &str,
+) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
+    let doing = "listing this node's sagas in flight";
+    let after = after.map(uuid);
+    let rows = query(link, OWNED_PAGE, &[&after, &limit(n), &owner], doing).await?;
+    entries(&rows, doing)
+}
+
 pub(super) async fn finished(link: &Link) -> Result<Vec<(SagaId, Vec<u8>)>, StoreError> {
     let doing = "listing the finished sagas";
     let rows = query(link, FINISHED, &[], doing).await?;
@@ -175,14 +205,21 @@ pub(super) async fn key_claim(
         .transpose()
 }
 
+/// The first `n` timers in due order, leaving out `skip`: those of the
+/// sagas `owner` owns, or every saga's without one.
 pub(super) async fn timers(
     link: &Link,
     n: usize,
     skip: &HashSet<SagaId>,
+    owner: Option<&str>,
 ) -> Result<TimerScan, StoreError> {
     let doing = "reading the delay queue";
     let skip: Vec<uuid::Uuid> = skip.iter().copied().map(uuid).collect();
-    let rows = query(link, TIMERS, &[&skip, &limit(n.saturating_add(1))], doing).await?;
+    let n1 = limit(n.saturating_add(1));
+    let rows = match owner {
+        Some(owner) => query(link, TIMERS_OWNED, &[&skip, &n1, &owner], doing).await?,
+        None => query(link, TIMERS, &[&skip, &n1], doing).await?,
+    };
     let complete = rows.len() <= n;
     let timers = rows
         .iter()

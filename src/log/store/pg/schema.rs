@@ -9,7 +9,7 @@ use crate::log::store::StoreError;
 use tokio_postgres::Client;
 
 /// The version of the tables this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Version 1: the saga rows, the log, the idempotency keys.
 const V1: &str = "
@@ -40,6 +40,32 @@ CREATE TABLE sagalog_key (
     saga_id     uuid   NOT NULL,
     fingerprint bigint
 );
+";
+
+/// Version 2: nodes sharing the log. Each node has a row with its lease on
+/// the database's clock and its fencing token (from `sagalog_token`, which
+/// only grows); each saga row names its owner; each log row the token of
+/// the node that wrote it (NULL for rows from before, and for an operator's
+/// action written by an engine opened for administration, which is no node).
+const V2: &str = "
+CREATE SEQUENCE sagalog_token;
+CREATE TABLE sagalog_node (
+    node_id    text        PRIMARY KEY,
+    token      bigint      NOT NULL,
+    state      text        NOT NULL,
+    expires_at timestamptz NOT NULL,
+    renewed_at timestamptz NOT NULL,
+    started_at timestamptz NOT NULL,
+    fenced_by  text,
+    fenced_at  timestamptz,
+    types      text[]      NOT NULL
+);
+ALTER TABLE sagalog_saga ADD COLUMN owner_node text;
+ALTER TABLE sagalog_log ADD COLUMN writer bigint;
+DROP INDEX sagalog_saga_timers;
+CREATE INDEX sagalog_saga_timers ON sagalog_saga (owner_node, timer_due, saga_id)
+    WHERE timer_due IS NOT NULL;
+CREATE INDEX sagalog_saga_owned ON sagalog_saga (owner_node, saga_id) WHERE NOT finished;
 ";
 
 /// Creates the schema and the tables if they are missing; refuses tables
@@ -101,6 +127,12 @@ async fn upgrade(client: &Client) -> Result<(), StoreError> {
             .batch_execute(V1)
             .await
             .map_err(|e| super::db_error("creating the tables", e))?;
+    }
+    if found < 2 {
+        client
+            .batch_execute(V2)
+            .await
+            .map_err(|e| super::db_error("adding the node tables", e))?;
     }
     if found < SCHEMA_VERSION {
         client

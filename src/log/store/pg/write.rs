@@ -2,7 +2,8 @@
 //! every statement a prepared multi-row statement over binary arrays.
 //!
 //! ```text
-//! RT1: BEGIN; claim the group's keys (INSERT .. ON CONFLICT DO NOTHING
+//! RT1: BEGIN; check this node's token is live (FOR KEY SHARE: a fence
+//!      waits for the group); claim the group's keys (INSERT .. ON CONFLICT DO NOTHING
 //!      RETURNING key); insert the log rows of the appends that claim no key
 //!      (.. ON CONFLICT DO NOTHING RETURNING saga_id, seq)
 //! RT2: insert the log rows of the starts whose claim stood; insert the new
@@ -16,11 +17,11 @@
 //! is unreachable. A connection lost after it is [`StoreError::Ambiguous`].
 
 use super::link::{Conn, Link};
-use super::{db_error, saga_id, to_i64, uuid};
+use super::{db_error, node, saga_id, to_i64, uuid};
 use crate::ids::SagaId;
 use crate::log::codec;
 use crate::log::store::{
-    Claim, Committed, IndexEntry, IndexSet, KeyClaim, Refusal, Removal, Removed, SagaAppend,
+    Claim, Committed, IndexEntry, IndexSet, KeyClaim, Lease, Refusal, Removal, Removed, SagaAppend,
     StoreError, WriteTimes,
 };
 use crate::status::SagaStatus;
@@ -32,15 +33,15 @@ const CLAIM: &str = "INSERT INTO sagalog_key (key, saga_id, fingerprint)
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[])
     ON CONFLICT (key) DO NOTHING RETURNING key";
 const OWNERS: &str = "SELECT key, saga_id, fingerprint FROM sagalog_key WHERE key = ANY($1)";
-const LOG_NEW: &str = "INSERT INTO sagalog_log (saga_id, seq, frames)
-    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[])
+const LOG_NEW: &str = "INSERT INTO sagalog_log (saga_id, seq, frames, writer)
+    SELECT *, $4::int8 FROM unnest($1::uuid[], $2::int8[], $3::bytea[])
     ON CONFLICT (saga_id, seq) DO NOTHING RETURNING saga_id, seq";
-const LOG_STARTS: &str = "INSERT INTO sagalog_log (saga_id, seq, frames)
-    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[])";
+const LOG_STARTS: &str = "INSERT INTO sagalog_log (saga_id, seq, frames, writer)
+    SELECT *, $4::int8 FROM unnest($1::uuid[], $2::int8[], $3::bytea[])";
 const SAGAS_NEW: &str = "INSERT INTO sagalog_saga
-    (saga_id, saga_type, status, finished, started_at, changed_at, entry, idem_key)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::bool[], $5::int8[],
-                         $6::int8[], $7::bytea[], $8::text[])";
+    (saga_id, saga_type, status, finished, started_at, changed_at, entry, idem_key, owner_node)
+    SELECT *, $9::text FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::bool[], $5::int8[],
+                                   $6::int8[], $7::bytea[], $8::text[])";
 const SAGAS_CHANGED: &str = "UPDATE sagalog_saga t
     SET status = u.status, finished = u.finished, changed_at = u.changed_at, entry = u.entry
     FROM unnest($1::uuid[], $2::int2[], $3::bool[], $4::int8[], $5::bytea[])
@@ -61,6 +62,13 @@ const REMOVE_KEYS: &str = "DELETE FROM sagalog_key WHERE key = ANY($1) AND saga_
 
 /// The statements the writing connection prepares.
 pub(super) const STATEMENTS: &[&str] = &[
+    node::LIVE,
+    node::NOT_LIVE,
+    node::FENCE_CANDIDATES,
+    node::FENCE,
+    node::ADOPT,
+    node::RELEASE,
+    node::LEFT,
     CLAIM,
     OWNERS,
     LOG_NEW,
@@ -91,6 +99,8 @@ enum Failure {
     Ambiguous(String),
     /// Nothing was committed, and trying again will not help.
     Failed(StoreError),
+    /// Nothing was committed: another node fenced this one.
+    Fenced,
 }
 
 /// Where in a transaction an error came back.
@@ -127,8 +137,12 @@ fn classify(doing: &str, e: tokio_postgres::Error, at: At) -> Failure {
 }
 
 /// Writes `batch` in one transaction (see the module docs).
-pub(super) async fn append(link: &Link, batch: &[&SagaAppend]) -> Result<Committed, StoreError> {
-    let group = Group::of(batch)?;
+pub(super) async fn append(
+    link: &Link,
+    lease: Option<&Lease>,
+    batch: &[&SagaAppend],
+) -> Result<Committed, StoreError> {
+    let group = Group::of(batch, lease)?;
     let mut wait = Duration::from_millis(50);
     loop {
         let conn = link.conn_waiting().await;
@@ -146,6 +160,18 @@ pub(super) async fn append(link: &Link, batch: &[&SagaAppend]) -> Result<Committ
                 let _ = conn.client.batch_execute("ROLLBACK").await;
                 match failure {
                     Failure::Failed(e) => return Err(e),
+                    Failure::Fenced => {
+                        let Some(lease) = lease else {
+                            return Err(StoreError::Backend(
+                                "a fence check ran for a store that has not joined".into(),
+                            ));
+                        };
+                        lease.lose(
+                            "the database refused a group commit: another node fenced this one"
+                                .into(),
+                        );
+                        return Err(node::fenced(lease));
+                    }
                     Failure::Ambiguous(why) => {
                         link.lost(why.clone());
                         return Err(StoreError::Ambiguous(why));
@@ -172,6 +198,11 @@ struct Row<'a> {
 /// A batch ready to be written.
 struct Group<'a> {
     rows: Vec<Row<'a>>,
+    /// The writing node's lease (none for a store that has not joined),
+    /// and its id and token as stored.
+    lease: Option<&'a Lease>,
+    node: Option<&'a str>,
+    token: Option<i64>,
 }
 
 /// Column arrays for one multi-row statement, built for one set of appends;
@@ -186,7 +217,7 @@ struct Logs<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn of(batch: &[&'a SagaAppend]) -> Result<Self, StoreError> {
+    fn of(batch: &[&'a SagaAppend], lease: Option<&'a Lease>) -> Result<Self, StoreError> {
         let rows = batch
             .iter()
             .map(|append| {
@@ -204,7 +235,12 @@ impl<'a> Group<'a> {
                 Ok(Row { append, entry })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Group { rows })
+        Ok(Group {
+            rows,
+            lease,
+            node: lease.map(Lease::node_id),
+            token: lease.map(|lease| to_i64(lease.token())),
+        })
     }
 
     fn logs(&self, pick: impl Fn(usize, &Row) -> bool) -> Logs<'_> {
@@ -242,6 +278,17 @@ impl<'a> Group<'a> {
         }
         let plain = self.logs(|_, row| row.append.claim.is_none());
         let begin = client.batch_execute("BEGIN");
+        let live = async {
+            if self.lease.is_none() {
+                return Ok(true);
+            }
+            let params: [&(dyn ToSql + Sync); 2] = [&self.node, &self.token];
+            client
+                .query(statement(node::LIVE)?, &params)
+                .await
+                .map(|rows| !rows.is_empty())
+                .map_err(fail("checking this node's lease"))
+        };
         let claim = async {
             if keys.is_empty() {
                 return Ok(Vec::new());
@@ -256,14 +303,18 @@ impl<'a> Group<'a> {
             if plain.ids.is_empty() {
                 return Ok(Vec::new());
             }
-            let params: [&(dyn ToSql + Sync); 3] = [&plain.ids, &plain.seqs, &plain.frames];
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&plain.ids, &plain.seqs, &plain.frames, &self.token];
             client
                 .query(statement(LOG_NEW)?, &params)
                 .await
                 .map_err(fail("appending to the log"))
         };
-        let (began, claimed, logged) = tokio::join!(begin, claim, log);
+        let (began, live, claimed, logged) = tokio::join!(begin, live, claim, log);
         began.map_err(fail("beginning a transaction"))?;
+        if !live? {
+            return Err(Failure::Fenced);
+        }
         let (claimed, logged) = (claimed?, logged?);
 
         let mut refused: Vec<(usize, Refusal)> = Vec::new();
@@ -360,7 +411,8 @@ impl<'a> Group<'a> {
             if starts.ids.is_empty() {
                 return Ok(0);
             }
-            let params: [&(dyn ToSql + Sync); 3] = [&starts.ids, &starts.seqs, &starts.frames];
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&starts.ids, &starts.seqs, &starts.frames, &self.token];
             client
                 .execute(statement(LOG_STARTS)?, &params)
                 .await
@@ -370,7 +422,7 @@ impl<'a> Group<'a> {
             if new.ids.is_empty() {
                 return Ok(0);
             }
-            let params: [&(dyn ToSql + Sync); 8] = [
+            let params: [&(dyn ToSql + Sync); 9] = [
                 &new.ids,
                 &new.types,
                 &new.statuses,
@@ -379,6 +431,7 @@ impl<'a> Group<'a> {
                 &new.changed,
                 &new.entries,
                 &new.keys,
+                &self.node,
             ];
             client
                 .execute(statement(SAGAS_NEW)?, &params)
@@ -471,28 +524,58 @@ struct TimersSet<'a> {
 
 /// Deletes finished sagas in one transaction (two round trips): their
 /// rows (re-checking `finished`), then their logs and keys.
-pub(super) async fn remove_finished(link: &Link, sagas: &[Removal]) -> Result<Removed, StoreError> {
+pub(super) async fn remove_finished(
+    link: &Link,
+    lease: Option<&Lease>,
+    sagas: &[Removal],
+) -> Result<Removed, StoreError> {
     if sagas.is_empty() {
         return Ok(Removed::default());
     }
     let conn = link.conn().await?;
-    let result = remove(&conn, sagas).await;
+    let result = remove(&conn, lease, sagas).await;
     if result.is_err() {
         let _ = conn.client.batch_execute("ROLLBACK").await;
     }
     result
 }
 
-async fn remove(conn: &Conn, sagas: &[Removal]) -> Result<Removed, StoreError> {
+async fn remove(
+    conn: &Conn,
+    lease: Option<&Lease>,
+    sagas: &[Removal],
+) -> Result<Removed, StoreError> {
     let client = &conn.client;
     let doing = "deleting finished sagas";
     let ids: Vec<uuid::Uuid> = sagas.iter().map(|r| uuid(r.saga)).collect();
     let params: [&(dyn ToSql + Sync); 1] = [&ids];
-    let (began, deleted) = tokio::join!(
+    let live_check = conn.statement(node::LIVE)?;
+    let live = async {
+        let Some(lease) = lease else {
+            return Ok(true);
+        };
+        let token = to_i64(lease.token());
+        let me: [&(dyn ToSql + Sync); 2] = [&lease.node_id(), &token];
+        client
+            .query(live_check, &me)
+            .await
+            .map(|rows| !rows.is_empty())
+    };
+    let (began, live, deleted) = tokio::join!(
         client.batch_execute("BEGIN"),
+        live,
         client.query(conn.statement(REMOVE_SAGAS)?, &params)
     );
     began.map_err(|e| db_error(doing, e))?;
+    if !live.map_err(|e| db_error(doing, e))? {
+        if let Some(lease) = lease {
+            let _ = client.batch_execute("ROLLBACK").await;
+            lease.lose(
+                "the database refused a retention sweep: another node fenced this one".into(),
+            );
+            return Err(node::fenced(lease));
+        }
+    }
     let deleted = deleted.map_err(|e| db_error(doing, e))?;
     let mut gone: Vec<uuid::Uuid> = Vec::with_capacity(deleted.len());
     let mut keys: Vec<String> = Vec::new();

@@ -1,0 +1,294 @@
+//! Several nodes on one PostgreSQL log: a node that dies loses its sagas
+//! to the survivors once its lease expires, each saga goes to one of them,
+//! a node that leaves hands its sagas over at once, and a fenced node's
+//! writes are refused by the database. A node "dies" by having its runtime
+//! dropped: its tasks, connections and lease renewals stop mid-flight and
+//! it never leaves. Skipped without a PostgreSQL (tests/common/pg.rs).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly
+
+mod common;
+
+use common::{pg, trip_registry, Behaviour, Script};
+use sagalog::{
+    Engine, EngineConfig, Error, InDoubtPolicy, Phase, SagaId, SagaStatus, StartOptions, StoreError,
+};
+use std::time::{Duration, Instant};
+
+/// The shortest lease the store takes, so that a dead node expires soon.
+const TTL: Duration = Duration::from_millis(500);
+
+/// How long a test waits for what a lease period or two should bring about
+/// before it fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn new_schema() -> String {
+    format!("cl_{}", SagaId::new().to_string().replace('-', ""))
+}
+
+/// Node `node` of the log in `schema`, running the trip saga with `script`.
+async fn node(
+    url: &str,
+    schema: &str,
+    node: &str,
+    script: &Script,
+) -> (Engine, sagalog::SagaRef<String>) {
+    let options = sagalog::PgOptions::default()
+        .schema(schema)
+        .node_id(node)
+        .lease_ttl(TTL);
+    let store = sagalog::PgStore::connect(url, options)
+        .await
+        .expect("the test database takes a node");
+    let (registry, trip) = trip_registry(script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(
+        std::sync::Arc::new(store),
+        registry,
+        EngineConfig::default(),
+    )
+    .await
+    .expect("the node opens");
+    (engine, trip)
+}
+
+/// A script whose flight step never returns: the saga stays in flight.
+fn hanging() -> Script {
+    let script = Script::default();
+    script.set("flight", Phase::Action, Behaviour::Hang);
+    script
+}
+
+/// On a runtime that is then dropped (the node dies without leaving):
+/// starts `n` trips on node `a` and waits until each has called its
+/// hanging flight step.
+fn die_with_sagas_in_flight(url: &str, schema: &str, n: usize) -> Vec<SagaId> {
+    let script = hanging();
+    let rt = runtime();
+    let ids = rt.block_on(async {
+        let (engine, trip) = node(url, schema, "a", &script).await;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let started = engine
+                .start(&trip, &format!("guest-{i}"), StartOptions::new())
+                .await
+                .unwrap();
+            ids.push(started.saga_id);
+        }
+        common::until_calls(&script, |calls| {
+            calls
+                .iter()
+                .filter(|c| c.starts_with("flight:action"))
+                .count()
+                == n
+        })
+        .await;
+        ids
+    });
+    drop(rt);
+    ids
+}
+
+/// Waits until every saga of `ids` is terminal on `engine`; their statuses.
+async fn all_terminal(engine: &Engine, ids: &[SagaId]) -> Vec<SagaStatus> {
+    let give_up = Instant::now() + PATIENCE;
+    loop {
+        let mut statuses = Vec::new();
+        for id in ids {
+            statuses.push(engine.saga(*id).await.unwrap().status);
+        }
+        if statuses.iter().all(|s| s.is_terminal()) {
+            return statuses;
+        }
+        assert!(Instant::now() < give_up, "not all terminal: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The owner column of each saga of `ids`.
+async fn owners(url: &str, schema: &str, ids: &[SagaId]) -> Vec<Option<String>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut owners = Vec::new();
+    for id in ids {
+        let uuid: uuid::Uuid = id.to_string().parse().unwrap();
+        let row = client
+            .query_one(
+                &format!("SELECT owner_node FROM {schema}.sagalog_saga WHERE saga_id = $1"),
+                &[&uuid],
+            )
+            .await
+            .unwrap();
+        owners.push(row.get(0));
+    }
+    owners
+}
+
+#[test]
+fn a_survivor_adopts_and_finishes_the_sagas_of_a_node_that_died() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    let ids = die_with_sagas_in_flight(&url, &schema, 3);
+
+    runtime().block_on(async {
+        let script = Script::default();
+        let (b, _) = node(&url, &schema, "b", &script).await;
+        let statuses = all_terminal(&b, &ids).await;
+        assert!(
+            statuses.iter().all(|s| *s == SagaStatus::Committed),
+            "{statuses:?}"
+        );
+        assert_eq!(
+            script.count("flight:action"),
+            3,
+            "each in-doubt flight call is run again once, on the survivor"
+        );
+        b.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn two_survivors_adopt_each_saga_of_a_dead_node_exactly_once() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    let ids = die_with_sagas_in_flight(&url, &schema, 40);
+
+    runtime().block_on(async {
+        let script = Script::default();
+        let ((b, _), (c, _)) = tokio::join!(
+            node(&url, &schema, "b", &script),
+            node(&url, &schema, "c", &script)
+        );
+        all_terminal(&b, &ids).await;
+        assert_eq!(
+            script.count("flight:action"),
+            40,
+            "between them the survivors ran each saga's flight call once"
+        );
+        assert_eq!(script.count("hotel:action"), 40);
+        for owner in owners(&url, &schema, &ids).await {
+            assert!(
+                matches!(owner.as_deref(), Some("b") | Some("c")),
+                "{owner:?}"
+            );
+        }
+        b.shutdown(Duration::ZERO).await;
+        c.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn a_node_that_leaves_hands_its_sagas_over_before_its_lease_would_expire() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = hanging();
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let id = a
+            .start(&trip, &"guest".to_string(), StartOptions::new())
+            .await
+            .unwrap()
+            .saga_id;
+        common::until_calls(&script, |calls| {
+            calls.iter().any(|c| c.starts_with("flight"))
+        })
+        .await;
+        a.shutdown(Duration::ZERO).await;
+        assert_eq!(owners(&url, &schema, &[id]).await, vec![None]);
+
+        // A lease far longer than the test's patience: only the hand-over
+        // lets b have the saga in time.
+        let options = sagalog::PgOptions::default()
+            .schema(schema.as_str())
+            .node_id("b")
+            .lease_ttl(Duration::from_secs(600));
+        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
+        let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+        let b = Engine::open_with_store(
+            std::sync::Arc::new(store),
+            registry,
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(all_terminal(&b, &[id]).await, vec![SagaStatus::Committed]);
+        b.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn a_fenced_node_is_refused_by_the_database_and_loses_its_lease() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = Script::default();
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .execute(
+                &format!("UPDATE {schema}.sagalog_node SET state = 'dead' WHERE node_id = 'a'"),
+                &[],
+            )
+            .await
+            .unwrap();
+
+        let refused = a
+            .start(&trip, &"guest".to_string(), StartOptions::new())
+            .await;
+        assert!(
+            matches!(refused, Err(Error::Store(StoreError::Fenced { ref node, .. })) if node == "a"),
+            "{refused:?}"
+        );
+        let lease = a.lease().expect("a node on PostgreSQL holds a lease");
+        assert!(lease.is_lost());
+        let rows = client
+            .query_one(&format!("SELECT count(*) FROM {schema}.sagalog_log"), &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.get::<_, i64>(0), 0, "nothing of the refused start was written");
+        assert_eq!(script.count("flight:action"), 0);
+    });
+}
+
+#[test]
+fn a_restarted_node_with_the_same_id_takes_its_sagas_back_at_once() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    let ids = die_with_sagas_in_flight(&url, &schema, 2);
+
+    runtime().block_on(async {
+        let options = sagalog::PgOptions::default()
+            .schema(schema.as_str())
+            .node_id("a")
+            .lease_ttl(Duration::from_secs(600))
+            .take_over(true);
+        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
+        let script = Script::default();
+        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+        let a = Engine::open_with_store(
+            std::sync::Arc::new(store),
+            registry,
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let statuses = all_terminal(&a, &ids).await;
+        assert!(
+            statuses.iter().all(|s| *s == SagaStatus::Committed),
+            "{statuses:?}"
+        );
+        a.shutdown(Duration::ZERO).await;
+    });
+}
