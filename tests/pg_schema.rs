@@ -1,5 +1,6 @@
-//! The PostgreSQL store's schema and reachability: a newer schema is
-//! refused and left as it was; while the server is down, writes wait,
+//! The PostgreSQL store's schema and reachability: stores that create a
+//! new schema at once all open; a newer schema is refused and left as it
+//! was; while the server is down, writes wait,
 //! `writable()` says why, and they go through once it is back; a timer
 //! that falls due meanwhile fires once the saga can be read again.
 
@@ -60,6 +61,26 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_as_it_was() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "99", "left as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_that_create_one_new_schema_at_once_all_open() {
+    let Some(url) = common::pg::url_or_skip() else {
+        return;
+    };
+    let schema = new_schema();
+
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, options) = (url.clone(), PgOptions::default().schema(schema.clone()));
+            tokio::spawn(async move { PgStore::connect(&url, options).await })
+        })
+        .collect();
+
+    for store in opening {
+        let store = store.await.unwrap();
+        assert!(store.is_ok(), "{:?}", store.err());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

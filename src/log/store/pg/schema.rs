@@ -68,37 +68,46 @@ CREATE INDEX sagalog_saga_timers ON sagalog_saga (owner_node, timer_due, saga_id
 CREATE INDEX sagalog_saga_owned ON sagalog_saga (owner_node, saga_id) WHERE NOT finished;
 ";
 
+/// The key of the advisory lock that migrations hold: nodes that start
+/// together on a new database create its schema one after another
+/// (`CREATE ... IF NOT EXISTS` is not safe against a concurrent create).
+const MIGRATION_LOCK: i64 = 0x0073_6167_616c_6f67; // "sagalog"
+
 /// Creates the schema and the tables if they are missing; refuses tables
-/// of a newer version.
+/// of a newer version. One transaction, under [`MIGRATION_LOCK`].
 pub(super) async fn migrate(client: &Client, schema: Option<&str>) -> Result<(), StoreError> {
-    let failed = |doing: &str| {
-        let doing = doing.to_string();
-        move |e| super::db_error(&doing, e)
-    };
     if let Some(schema) = schema {
         check_identifier(schema)?;
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+        ))
+        .await
+        .map_err(|e| super::db_error("taking the migration lock", e))?;
+    let result = create_and_upgrade(client, schema).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client
+        .batch_execute(end)
+        .await
+        .map_err(|e| super::db_error("ending the migration", e))?;
+    result
+}
+
+async fn create_and_upgrade(client: &Client, schema: Option<&str>) -> Result<(), StoreError> {
+    if let Some(schema) = schema {
         client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .await
-            .map_err(failed("creating the schema"))?;
+            .map_err(|e| super::db_error("creating the schema", e))?;
     }
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS sagalog_meta (key text PRIMARY KEY, value text NOT NULL)",
         )
         .await
-        .map_err(failed("creating sagalog_meta"))?;
-    client
-        .batch_execute("BEGIN; LOCK TABLE sagalog_meta IN EXCLUSIVE MODE")
-        .await
-        .map_err(failed("locking sagalog_meta"))?;
-    let result = upgrade(client).await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    client
-        .batch_execute(end)
-        .await
-        .map_err(failed("ending the migration"))?;
-    result
+        .map_err(|e| super::db_error("creating sagalog_meta", e))?;
+    upgrade(client).await
 }
 
 async fn upgrade(client: &Client) -> Result<(), StoreError> {
