@@ -292,3 +292,77 @@ fn a_restarted_node_with_the_same_id_takes_its_sagas_back_at_once() {
         a.shutdown(Duration::ZERO).await;
     });
 }
+
+#[test]
+fn outcome_follows_a_saga_that_runs_on_another_node() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = Script::default();
+        script.set("flight", Phase::Action, Behaviour::Gate);
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let (b, _) = node(&url, &schema, "b", &Script::default()).await;
+        let id = a
+            .start(&trip, &"guest".to_string(), StartOptions::new())
+            .await
+            .unwrap()
+            .saga_id;
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.outcome(id).await }
+        });
+        common::until_calls(&script, |calls| {
+            calls.iter().any(|c| c.starts_with("flight"))
+        })
+        .await;
+        assert!(!waiting.is_finished(), "the saga is still in flight on a");
+        script.open_gate();
+
+        let outcome = tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .expect("b learns how a's saga ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.status, SagaStatus::Committed);
+        a.shutdown(Duration::ZERO).await;
+        b.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn one_key_started_on_two_nodes_at_once_gives_both_callers_one_saga() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = Script::default();
+        let ((a, trip), (b, _)) = tokio::join!(
+            node(&url, &schema, "a", &script),
+            node(&url, &schema, "b", &script)
+        );
+        for k in 0..20 {
+            let key = format!("order-{k}");
+            let input = "guest".to_string();
+            let (on_a, on_b) = tokio::join!(
+                a.start(
+                    &trip,
+                    &input,
+                    StartOptions::new().idempotency_key(key.as_str())
+                ),
+                b.start(
+                    &trip,
+                    &input,
+                    StartOptions::new().idempotency_key(key.as_str())
+                )
+            );
+            let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+            assert_eq!(on_a.saga_id, on_b.saga_id, "{key}");
+            assert!(
+                on_a.existing != on_b.existing,
+                "{key}: one of them started it"
+            );
+        }
+        assert_eq!(a.list(None).await.unwrap().len(), 20);
+        a.shutdown(Duration::ZERO).await;
+        b.shutdown(Duration::ZERO).await;
+    });
+}

@@ -7,7 +7,12 @@ use crate::error::Error;
 use crate::ids::SagaId;
 use crate::status::SagaStatus;
 use crate::sync::lock;
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// How often [`Engine::outcome`] reads the log of a saga that no loop of
+/// this node drives, on a log several nodes share.
+pub(crate) const OUTCOME_POLL: Duration = Duration::from_millis(100);
 
 impl Engine {
     /// Waits until saga `id` is terminal or stops for an operator, and
@@ -18,6 +23,9 @@ impl Engine {
     /// Errors: [`Error::NotFound`] for an unknown id, [`Error::Parked`] for a
     /// parked saga, [`Error::ShuttingDown`] if the engine stops first, or the
     /// store error that stopped the saga's loop.
+    ///
+    /// On a log several nodes share, the saga may run on another node: it
+    /// is then followed by reading its log every 100 ms.
     pub async fn outcome(&self, id: SagaId) -> Result<Outcome, Error> {
         // Register before looking, so that a loop ending in between is not missed.
         let (tx, rx) = oneshot::channel();
@@ -28,7 +36,31 @@ impl Engine {
                 self.inner.forget_closed_waiters(id);
                 result
             }
-            None => rx.await.unwrap_or(Err(Error::shutting_down(id))),
+            None if self.inner.lease.is_none() => rx.await.unwrap_or(Err(Error::shutting_down(id))),
+            None => self.outcome_on_any_node(id, rx).await,
+        }
+    }
+
+    /// On a log several nodes share, saga `id` may be driven by another
+    /// node (it was started there, or adopted): no loop here will report
+    /// it, so its log is read again every [`OUTCOME_POLL`] until it stops,
+    /// unless a loop here reports first.
+    async fn outcome_on_any_node(
+        &self,
+        id: SagaId,
+        mut rx: oneshot::Receiver<Result<Outcome, Error>>,
+    ) -> Result<Outcome, Error> {
+        loop {
+            tokio::select! {
+                reported = &mut rx => return reported.unwrap_or(Err(Error::shutting_down(id))),
+                () = tokio::time::sleep(OUTCOME_POLL) => {
+                    if let Some(result) = self.outcome_at_once(id).await {
+                        drop(rx);
+                        self.inner.forget_closed_waiters(id);
+                        return result;
+                    }
+                }
+            }
         }
     }
 

@@ -93,6 +93,11 @@ impl Script {
     async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
         let name = ctx.step().to_string();
         let call = format!("{}:{}:{}", name, ctx.phase(), ctx.attempt());
+        // Waiting at the gate begins before the call is seen, so that an
+        // `open_gate` by a test that saw the call is not missed.
+        let gate = self.gate.notified();
+        tokio::pin!(gate);
+        gate.as_mut().enable();
         self.calls.lock().unwrap().push(call.clone());
         self.times
             .lock()
@@ -113,7 +118,7 @@ impl Script {
             Behaviour::FailTimes(..) => Ok(()),
             Behaviour::Hang => std::future::pending().await,
             Behaviour::Gate => {
-                self.gate.notified().await;
+                gate.await;
                 Ok(())
             }
         }
