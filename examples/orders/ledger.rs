@@ -229,11 +229,16 @@ impl Ledger {
         }
         let pool = Pool::new(url, 8);
         let conn = pool.get().await?;
+        // Nodes that start together make the tables once: CREATE ... IF
+        // NOT EXISTS is not safe against a concurrent create.
         conn.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('{schema}'));
+             CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {schema}.counter (key text PRIMARY KEY, value bigint NOT NULL);
              CREATE TABLE IF NOT EXISTS {schema}.effect (key text PRIMARY KEY, result text);
-             CREATE TABLE IF NOT EXISTS {schema}.call (id bigserial PRIMARY KEY, record text NOT NULL);"
+             CREATE TABLE IF NOT EXISTS {schema}.call (id bigserial PRIMARY KEY, record text NOT NULL);
+             COMMIT;"
         ))
         .await
         .map_err(|e| format!("making the ledger's tables in {schema}: {e}"))?;

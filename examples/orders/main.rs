@@ -10,6 +10,13 @@
 //! cargo run --release --example orders                      # ...then rerun: recovery finishes it
 //! ```
 //!
+//! Several nodes on one PostgreSQL log, one per terminal; kill one and the
+//! others finish its sagas (a run without `--bulk-only` then reports all):
+//!
+//! ```text
+//! cargo run --release --example orders -- --store postgres://… --node-id n1 --bulk 5000 --bulk-only
+//! ```
+//!
 //! One scenario per compensation strategy: a successful order; a declined
 //! payment compensated at once; a flaky courier retried, then compensated;
 //! a declined payment under the manual strategy, resolved by an operator
@@ -59,6 +66,16 @@ struct Args {
     /// gone: give processes that run together different ids).
     #[arg(long, value_name = "ID", default_value = "orders", requires = "store")]
     node_id: String,
+    /// With --store, this node's lease on the shared log, in milliseconds:
+    /// a node that stops renewing loses its sagas to the others this long
+    /// after its last renewal.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, requires = "store")]
+    lease_ttl_ms: u64,
+    /// Run only the generated orders, not the five scenarios: for nodes
+    /// that share one log (the manual scenario is resolved by the node that
+    /// runs the scenarios).
+    #[arg(long, requires = "bulk")]
+    bulk_only: bool,
     #[command(flatten)]
     crash: CrashFlags,
     /// Print one JSON object per saga, then the ledger, instead of a table.
@@ -182,10 +199,13 @@ async fn run_bulk(
     args: &Args,
 ) -> Result<(usize, usize), sagalog::Error> {
     let (engine, orders, delay) = (engine.clone(), orders.clone(), args.scheduled_delay_ms);
+    // Nodes that share a log start the same orders from different places,
+    // so that they share the work and some keys are started on two nodes.
+    let (total, offset) = (args.bulk, start_offset(&args.node_id, args.bulk));
     let run_one = move |k| {
         let (engine, orders) = (engine.clone(), orders.clone());
         async move {
-            let (strategy, order) = bulk_order(k, delay);
+            let (strategy, order) = bulk_order((k + offset) % total, delay);
             let options = StartOptions::new()
                 .idempotency_key(order.order_id.clone())
                 .strategy(strategy);
@@ -193,8 +213,25 @@ async fn run_bulk(
             Ok(engine.outcome(id).await?.status)
         }
     };
-    let (total, concurrency) = (args.bulk, args.bulk_concurrency);
-    bulk::run(total, concurrency, SagaStatus::Compensated, run_one).await
+    bulk::run(
+        total,
+        args.bulk_concurrency,
+        SagaStatus::Compensated,
+        run_one,
+    )
+    .await
+}
+
+/// Where node `node_id` starts in the `total` generated orders (FNV-1a of
+/// the id): the default node starts at the first.
+fn start_offset(node_id: &str, total: usize) -> usize {
+    if node_id == "orders" || total == 0 {
+        return 0;
+    }
+    let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % total as u64) as usize
 }
 
 /// A customer's order: the saga's input.
@@ -513,6 +550,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => {
             let mut options = sagalog::PgOptions::default()
                 .node_id(args.node_id.clone())
+                .lease_ttl(Duration::from_millis(args.lease_ttl_ms))
                 .take_over(true);
             if let Some(schema) = &args.schema {
                 options = options.schema(schema.clone());
@@ -545,58 +583,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // Start every scenario (sequentially, so that a run's appends come in a
-    // fixed order for --crash-after) and wait until each has stopped:
-    // terminal, waiting for an operator, or asleep on a scheduled compensation.
-    let mut started = Vec::new();
-    for (scenario, strategy, order) in scenarios(args.scheduled_delay_ms) {
-        let options = StartOptions::new()
-            .idempotency_key(order.order_id.clone())
-            .strategy(strategy);
-        let id = engine.start(&orders, &order, options).await?.saga_id;
-        if let CompensationStrategy::Scheduled { .. } = strategy {
-            wait_until_asleep_or_done(&engine, id).await?;
-        } else {
-            engine.outcome(id).await?;
-        }
-        started.push((scenario, id));
-    }
-
-    // The queues as they stand: the scheduled saga sleeps, the manual one waits.
-    let delay_queue = engine.delay_queue(100).await?;
-    let manual_queue = engine.manual_queue().await?;
-    let mut waits: Vec<String> = Vec::with_capacity(delay_queue.len());
-    for d in &delay_queue {
-        let steps = engine
-            .saga(d.saga_id)
-            .await
-            .map(|v| v.steps)
-            .unwrap_or_default();
-        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-        waits.push(
-            d.purpose
-                .as_ref()
-                .map_or("(unreadable purpose)".into(), |p| p.describe(&names)),
-        );
-    }
-    print_queues(&args, engine.now(), &delay_queue, &waits, &manual_queue)?;
-
-    // The operator resolves the manual queue: compensate now. With --serve
-    // the manual order is left for a person to resolve while it runs.
-    for item in manual_queue.iter().filter(|_| !args.serve) {
-        if !item.parked {
-            engine
-                .compensate_now(
-                    item.saga_id,
-                    "example-operator",
-                    "customer agreed to cancel",
-                )
-                .await?;
-        }
-    }
+    let started = match args.bulk_only {
+        true => Vec::new(),
+        false => run_scenarios(&engine, &orders, &args).await?,
+    };
 
     let bulk = if args.bulk > 0 {
-        Some(run_bulk(&engine, &orders, &args).await?)
+        match run_bulk(&engine, &orders, &args).await {
+            Ok(counts) => Some(counts),
+            Err(e) => match engine.lease().and_then(|lease| lease.lost_reason()) {
+                Some(why) => return Err(Box::new(Fenced(why))),
+                None => return Err(e.into()),
+            },
+        }
     } else {
         None
     };
@@ -686,6 +685,82 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Runs the five scenarios and resolves the manual one (unless serving);
+/// each scenario's name and saga.
+async fn run_scenarios(
+    engine: &Engine,
+    orders: &SagaRef<Order>,
+    args: &Args,
+) -> Result<Vec<(&'static str, SagaId)>, Box<dyn std::error::Error>> {
+    // Start every scenario (sequentially, so that a run's appends come in a
+    // fixed order for --crash-after) and wait until each has stopped:
+    // terminal, waiting for an operator, or asleep on a scheduled compensation.
+    let mut started = Vec::new();
+    for (scenario, strategy, order) in scenarios(args.scheduled_delay_ms) {
+        let options = StartOptions::new()
+            .idempotency_key(order.order_id.clone())
+            .strategy(strategy);
+        let id = engine.start(orders, &order, options).await?.saga_id;
+        if let CompensationStrategy::Scheduled { .. } = strategy {
+            wait_until_asleep_or_done(engine, id).await?;
+        } else {
+            engine.outcome(id).await?;
+        }
+        started.push((scenario, id));
+    }
+
+    // The queues as they stand: the scheduled saga sleeps, the manual one waits.
+    let delay_queue = engine.delay_queue(100).await?;
+    let manual_queue = engine.manual_queue().await?;
+    let mut waits: Vec<String> = Vec::with_capacity(delay_queue.len());
+    for d in &delay_queue {
+        let steps = engine
+            .saga(d.saga_id)
+            .await
+            .map(|v| v.steps)
+            .unwrap_or_default();
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        waits.push(
+            d.purpose
+                .as_ref()
+                .map_or("(unreadable purpose)".into(), |p| p.describe(&names)),
+        );
+    }
+    print_queues(args, engine.now(), &delay_queue, &waits, &manual_queue)?;
+
+    // The operator resolves the manual queue: compensate now. With --serve
+    // the manual order is left for a person to resolve while it runs.
+    for item in manual_queue.iter().filter(|_| !args.serve) {
+        if !item.parked {
+            engine
+                .compensate_now(
+                    item.saga_id,
+                    "example-operator",
+                    "customer agreed to cancel",
+                )
+                .await?;
+        }
+    }
+    Ok(started)
+}
+
+/// This node lost its lease on the shared log: another node fenced it and
+/// finishes its sagas.
+#[derive(Debug)]
+struct Fenced(String);
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this node lost its lease and stopped ({}); the other nodes finish its sagas",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Fenced {}
+
 /// Polls until the saga sleeps on a timer or has stopped.
 async fn wait_until_asleep_or_done(engine: &Engine, id: SagaId) -> Result<(), sagalog::Error> {
     loop {
@@ -766,6 +841,7 @@ async fn main() {
     let args = Args::parse();
     if let Err(e) = run(args).await {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        // 3: fenced, as a service would exit to be restarted.
+        std::process::exit(if e.is::<Fenced>() { 3 } else { 1 });
     }
 }

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
+mod failover;
 mod harness;
 mod orders;
 mod place;

@@ -5,7 +5,7 @@
 
 #[path = "../common/pg.rs"]
 #[allow(dead_code)]
-mod pg;
+pub(super) mod pg;
 
 use super::*;
 use sagalog::store::LogStore;
@@ -38,6 +38,20 @@ impl Place {
             dir: tempfile::tempdir().unwrap(),
             pg: Some((url, schema)),
         })
+    }
+
+    /// A fresh directory and schema on the server at `url`.
+    pub(super) fn postgres_at(url: &str) -> Place {
+        let schema = format!("crash_{}", SagaId::new().to_string().replace('-', ""));
+        Place {
+            dir: tempfile::tempdir().unwrap(),
+            pg: Some((url.to_string(), schema)),
+        }
+    }
+
+    /// The server's URL and the log's schema, for a place on PostgreSQL.
+    pub(super) fn pg(&self) -> Option<(String, String)> {
+        self.pg.clone()
     }
 
     pub(super) fn dir(&self) -> &Path {
@@ -107,6 +121,11 @@ impl Log {
             .into_iter()
             .map(|(id, _)| id)
             .collect()
+    }
+
+    /// What `verify` finds in the log.
+    pub(super) fn verify(&self) -> sagalog::tools::VerifyReport {
+        self.runtime.block_on(self.store.verify()).unwrap()
     }
 
     /// A saga's records, in order.

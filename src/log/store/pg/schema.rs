@@ -1,8 +1,8 @@
 //! The tables, created and migrated by sagalog itself.
 //!
-//! `sagalog_meta` holds `schema = N`. Connecting takes a lock on that
-//! table, so two services starting at once do not both create the tables,
-//! and refuses a schema newer than [`SCHEMA_VERSION`].
+//! `sagalog_meta` holds `schema = N`. Connecting migrates under an advisory
+//! lock, so services starting at once create the tables once, and refuses
+//! a schema newer than [`SCHEMA_VERSION`].
 
 use super::link::check_identifier;
 use crate::log::store::StoreError;
