@@ -216,7 +216,22 @@ async fn run_seed_with(seed: u64, faults: Faults) -> usize {
             panic!("seed {seed}: a log starts with its start record");
         };
         let input: u64 = decode_value(&start.input).unwrap();
-        let expected = if input % 2 == 1 {
+        // A call in doubt is run again as a new attempt: a step whose every
+        // attempt was left in doubt (its appends ambiguous) has failed.
+        let records: Vec<&Record> = history
+            .iter()
+            .filter_map(|e| e.record.as_ref().ok().map(|(_, r)| r))
+            .collect();
+        let out_of_attempts = (0..3u32).any(|step| {
+            let last = start.plan.retry.max_attempts;
+            records
+                .iter()
+                .any(|r| matches!(r, Record::StepStarted(c) if c.step == step && c.attempt == last))
+                && !records
+                    .iter()
+                    .any(|r| matches!(r, Record::StepSucceeded(s) if s.call.step == step))
+        });
+        let expected = if input % 2 == 1 || out_of_attempts {
             SagaStatus::Compensated
         } else {
             SagaStatus::Committed
