@@ -108,6 +108,9 @@ pub(crate) struct Inner {
     recovery: Mutex<Recovery>,
     /// This node's lease, on a store several nodes share.
     lease: Option<Arc<Lease>>,
+    /// Wakes [`Engine::outcome`]'s reads of sagas other nodes run; started
+    /// on first use.
+    ticker: std::sync::OnceLock<outcome::Ticker>,
     /// The database directory, for an engine opened on one
     /// ([`Engine::open`]): where the admin socket goes by default.
     dir: std::sync::OnceLock<std::path::PathBuf>,

@@ -7,8 +7,10 @@ use crate::error::Error;
 use crate::ids::SagaId;
 use crate::status::SagaStatus;
 use crate::sync::lock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// How often [`Engine::outcome`] reads the log of a saga that no loop of
 /// this node drives, on a log several nodes share.
@@ -50,10 +52,14 @@ impl Engine {
         id: SagaId,
         mut rx: oneshot::Receiver<Result<Outcome, Error>>,
     ) -> Result<Outcome, Error> {
+        let ticks = self.inner.ticker.get_or_init(Ticker::start).notify.clone();
         loop {
+            let tick = ticks.notified();
+            tokio::pin!(tick);
+            tick.as_mut().enable();
             tokio::select! {
                 reported = &mut rx => return reported.unwrap_or(Err(Error::shutting_down(id))),
-                () = tokio::time::sleep(OUTCOME_POLL) => {
+                () = tick => {
                     if let Some(result) = self.outcome_at_once(id).await {
                         drop(rx);
                         self.inner.forget_closed_waiters(id);
@@ -91,6 +97,41 @@ impl Engine {
             return Some(Err(Error::shutting_down(id)));
         }
         None
+    }
+}
+
+/// A thread that wakes its waiters every [`OUTCOME_POLL`] of the real
+/// clock, until it is dropped. Not a tokio timer: under a test's paused
+/// clock, a timer firing while the runtime waits on the database would move
+/// the engine's clock on.
+pub(crate) struct Ticker {
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start() -> Ticker {
+        let (notify, stop) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+        let (wake, stopped) = (notify.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sagalog-outcome".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(OUTCOME_POLL);
+                    wake.notify_waiters();
+                }
+            });
+        if let Err(e) = spawned {
+            // Waiters then hear only from this node's own loops.
+            tracing::error!(error = %e, "could not start the thread that follows sagas other nodes run");
+        }
+        Ticker { notify, stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

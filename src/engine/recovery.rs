@@ -139,6 +139,7 @@ impl Engine {
             sweeper: Mutex::new(None),
             recovery: Mutex::new(Recovery::default()),
             lease,
+            ticker: std::sync::OnceLock::new(),
             dir: std::sync::OnceLock::new(),
         });
         let engine = Engine {
