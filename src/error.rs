@@ -80,6 +80,15 @@ pub enum Error {
     /// operator actions but runs nothing.
     #[error("this engine was opened for administration only and runs no saga; start sagas from the service's engine (Engine::open)")]
     AdminOnly,
+    /// On a log several nodes share, an operator's action on a saga that
+    /// another live node runs: only that node may act on it.
+    #[error("saga {saga} runs on node '{node}'; act on it through that node (its admin server), or wait until it hands the saga over")]
+    OwnedElsewhere {
+        /// The saga.
+        saga: SagaId,
+        /// The live node that owns it.
+        node: String,
+    },
     /// Two definitions were registered under one type.
     #[error(transparent)]
     DuplicateSagaType(#[from] DuplicateSagaType),

@@ -366,3 +366,106 @@ fn one_key_started_on_two_nodes_at_once_gives_both_callers_one_saga() {
         b.shutdown(Duration::ZERO).await;
     });
 }
+
+/// Starts a trip on `engine` whose hotel step fails under the manual
+/// strategy, and waits until it is suspended for an operator.
+async fn suspended_trip(engine: &Engine, trip: &sagalog::SagaRef<String>) -> SagaId {
+    let id = engine
+        .start(
+            trip,
+            &"guest".to_string(),
+            StartOptions::new().strategy(sagalog::CompensationStrategy::Manual),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    let outcome = engine.outcome(id).await.unwrap();
+    assert_eq!(outcome.status, SagaStatus::Suspended);
+    id
+}
+
+fn failing_hotel() -> Script {
+    Script::failing(
+        "hotel",
+        Phase::Action,
+        sagalog::StepError::permanent("full"),
+    )
+}
+
+#[test]
+fn an_operator_action_on_a_saga_another_live_node_owns_is_refused_with_its_owner() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = failing_hotel();
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let (b, _) = node(&url, &schema, "b", &script).await;
+        let id = suspended_trip(&a, &trip).await;
+
+        let refused = b.compensate_now(id, "ops", "customer cancelled").await;
+
+        assert!(
+            matches!(refused, Err(Error::OwnedElsewhere { ref node, .. }) if node == "a"),
+            "{refused:?}"
+        );
+        assert_eq!(b.saga(id).await.unwrap().status, SagaStatus::Suspended);
+        a.compensate_now(id, "ops", "customer cancelled")
+            .await
+            .unwrap();
+        assert_eq!(a.outcome(id).await.unwrap().status, SagaStatus::Compensated);
+        a.shutdown(Duration::ZERO).await;
+        b.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn an_operator_action_on_a_fenced_nodes_saga_is_applied_by_the_acting_node() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    let script = failing_hotel();
+    let rt = runtime();
+    let id = rt.block_on(async {
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        suspended_trip(&a, &trip).await
+    });
+    drop(rt);
+
+    runtime().block_on(async {
+        // A lease far longer than the test: b adopts only when it opens,
+        // while a is still live, so only the action can give b the saga.
+        let options = sagalog::PgOptions::default()
+            .schema(schema.as_str())
+            .node_id("b")
+            .lease_ttl(Duration::from_secs(600));
+        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
+        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+        let b = Engine::open_with_store(
+            std::sync::Arc::new(store),
+            registry,
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .execute(
+                &format!("UPDATE {schema}.sagalog_node SET state = 'dead' WHERE node_id = 'a'"),
+                &[],
+            )
+            .await
+            .unwrap();
+
+        b.compensate_now(id, "ops", "customer cancelled")
+            .await
+            .unwrap();
+        assert_eq!(b.outcome(id).await.unwrap().status, SagaStatus::Compensated);
+        assert_eq!(
+            owners(&url, &schema, &[id]).await,
+            vec![Some("b".to_string())]
+        );
+        b.shutdown(Duration::ZERO).await;
+    });
+}

@@ -79,7 +79,10 @@ impl From<Error> for Problem {
         let status = match &e {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidOptions(_) | Error::UnknownSagaType(_) => StatusCode::BAD_REQUEST,
-            Error::Illegal { .. } | Error::Parked { .. } | Error::AdminOnly => StatusCode::CONFLICT,
+            Error::Illegal { .. }
+            | Error::Parked { .. }
+            | Error::AdminOnly
+            | Error::OwnedElsewhere { .. } => StatusCode::CONFLICT,
             Error::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -100,7 +100,11 @@ impl Engine {
         if let Some(reply) = queued {
             return reply.await.unwrap_or(Err(Error::shutting_down(id)));
         }
-        // This task owns the saga now.
+        // This task owns the saga now; on a shared log, this node must too.
+        if let Err(e) = self.take_for_action(id).await {
+            lock(&self.inner.running).remove(&id);
+            return Err(e);
+        }
         match self.append_action(id, action).await {
             Ok(_) if self.inner.admin_only => {
                 // Nothing runs here: the service acts at its next open.
@@ -118,6 +122,19 @@ impl Engine {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// On a log several nodes share, makes this node the owner of saga
+    /// `id`, which no loop here drives, unless a live node owns it: then
+    /// only that node may act ([`Error::OwnedElsewhere`]).
+    async fn take_for_action(&self, id: SagaId) -> Result<(), Error> {
+        if self.inner.lease.is_none() {
+            return Ok(());
+        }
+        match self.inner.store.take(id).await? {
+            None => Ok(()),
+            Some(node) => Err(Error::OwnedElsewhere { saga: id, node }),
         }
     }
 

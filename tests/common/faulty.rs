@@ -155,6 +155,9 @@ impl LogStore for Faulty {
     fn leave(&self) -> StoreFuture<'_, ()> {
         self.inner.leave()
     }
+    fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
+        self.inner.take(saga)
+    }
     fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
         self.inner.key_claim(key)
     }

@@ -212,6 +212,17 @@ pub trait LogStore: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
+    /// After [`LogStore::join`], before an operator's action on saga
+    /// `saga` that no loop of this node drives: makes this node its owner
+    /// if no live node is (it is unowned, this node's, or a fenced or
+    /// departed node's), and returns `None`; or returns the live node that
+    /// owns it, which alone may act on it. `None` (the default) for a store
+    /// one process writes.
+    fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
+        let _ = saga;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// After [`LogStore::join`], at a graceful shutdown once nothing more
     /// is written: hands this node's unfinished sagas over (any live node
     /// adopts them at its next scan, without waiting for the lease to

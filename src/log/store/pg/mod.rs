@@ -322,6 +322,15 @@ impl LogStore for PgStore {
         })
     }
 
+    fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            match self.joined() {
+                Some(joined) => node::take(&*self.writers.checkout().await?, &joined, saga).await,
+                None => Ok(None),
+            }
+        })
+    }
+
     fn leave(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             match self.joined() {

@@ -27,8 +27,8 @@
 //! delays them.
 
 use super::link::{Conn, Link};
-use super::{db_error, saga_id, to_i64, to_u64, PgOptions};
-use crate::ids::{SagaType, UnixMillis};
+use super::{db_error, saga_id, to_i64, to_u64, uuid, PgOptions};
+use crate::ids::{SagaId, SagaType, UnixMillis};
 use crate::log::store::{Adopted, Lease, StoreError, TimerKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +63,14 @@ pub(super) const ADOPT: &str = "UPDATE sagalog_saga s SET owner_node = $1
           FOR UPDATE SKIP LOCKED) p
     WHERE s.saga_id = p.saga_id
     RETURNING s.saga_id, s.entry, s.timer_due, s.timer_seq";
+/// An operator's action makes the acting node the saga's owner, unless a
+/// live node owns it (a finished saga being reopened goes to the actor).
+pub(super) const TAKE: &str = "UPDATE sagalog_saga SET owner_node = $1
+    WHERE saga_id = $2
+      AND (finished OR owner_node IS NULL OR owner_node = $1
+           OR owner_node IN (SELECT node_id FROM sagalog_node WHERE state <> 'live'))
+    RETURNING saga_id";
+pub(super) const OWNER: &str = "SELECT owner_node FROM sagalog_saga WHERE saga_id = $1";
 pub(super) const RELEASE: &str =
     "UPDATE sagalog_saga SET owner_node = NULL WHERE owner_node = $1 AND NOT finished";
 pub(super) const LEFT: &str =
@@ -389,6 +397,65 @@ async fn adopt_batch(
         tracing::info!(node = %me, sagas = adopted.len(), "adopted sagas");
     }
     Ok(adopted)
+}
+
+/// Makes this node saga `saga`'s owner unless a live node owns it; that
+/// node, if one does.
+pub(super) async fn take(
+    link: &Link,
+    joined: &Joined,
+    saga: SagaId,
+) -> Result<Option<String>, StoreError> {
+    let conn = link.conn().await?;
+    let result = take_one(&conn, joined, saga).await;
+    if result.is_err() {
+        let _ = conn.client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn take_one(
+    conn: &Conn,
+    joined: &Joined,
+    saga: SagaId,
+) -> Result<Option<String>, StoreError> {
+    let doing = "taking a saga over for an operator's action";
+    let fail = |e| db_error(doing, e);
+    let client = &conn.client;
+    let me = joined.lease.node_id();
+    let token = to_i64(joined.lease.token());
+    let id = uuid(saga);
+    client.batch_execute("BEGIN").await.map_err(fail)?;
+    let live = client
+        .query(conn.statement(LIVE)?, &[&me, &token])
+        .await
+        .map_err(fail)?;
+    if live.is_empty() {
+        client.batch_execute("ROLLBACK").await.map_err(fail)?;
+        joined.lease.lose("another node fenced this one".into());
+        return Err(fenced(&joined.lease));
+    }
+    client
+        .query(conn.statement(NOT_LIVE)?, &[])
+        .await
+        .map_err(fail)?;
+    let taken = client
+        .query(conn.statement(TAKE)?, &[&me, &id])
+        .await
+        .map_err(fail)?;
+    let owner = match taken.is_empty() {
+        false => None,
+        true => client
+            .query_opt(conn.statement(OWNER)?, &[&id])
+            .await
+            .map_err(fail)?
+            .map(|row| row.try_get::<_, Option<String>>(0))
+            .transpose()
+            .map_err(fail)?
+            .flatten(),
+    };
+    client.batch_execute("COMMIT").await.map_err(fail)?;
+    Ok(owner)
 }
 
 /// Hands this node's unfinished sagas over and ends its lease.

@@ -67,6 +67,8 @@ pub(super) const STATEMENTS: &[&str] = &[
     node::FENCE_CANDIDATES,
     node::FENCE,
     node::ADOPT,
+    node::TAKE,
+    node::OWNER,
     node::RELEASE,
     node::LEFT,
     CLAIM,
