@@ -104,7 +104,7 @@ pub use log::store::{
     discard_torn_sled_snapshots, Compacted, Lease, MemStore, SledOptions, SledStore, StoreError,
 };
 #[cfg(feature = "postgres")]
-pub use log::store::{PgOptions, PgStore};
+pub use log::store::{NodeStatus, PgOptions, PgStore};
 pub use log::writer::{DurableHook, WriterStats};
 pub use policy::{CompensationStrategy, InDoubtPolicy, RetryPolicy};
 pub use status::SagaStatus;

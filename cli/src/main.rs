@@ -192,6 +192,8 @@ enum Command {
     },
     /// Counts per status, the oldest saga in flight, queue depths.
     Stats,
+    /// The nodes sharing a PostgreSQL log: state, lease, sagas in flight.
+    Nodes,
     /// Decode every stored value and report the damaged ones with their keys, what cannot be read, and acknowledged writes that are missing. Needs the service stopped.
     Verify,
     /// Repair a damaged database: rebuild its witness, set sled's snapshots aside, or copy every readable saga into DIR.salvaged. Never deletes the original. Needs the service stopped.
@@ -470,6 +472,14 @@ async fn offline(cli: &Cli, out: &render::Output) -> Result<Option<ExitCode>, Fa
                 "repair is for a sled directory; a PostgreSQL log is repaired with the database's own backups and tools (run verify to see what is wrong)".into(),
             )
             .into()),
+            Command::Nodes => {
+                let store = sagalog::PgStore::connect(&url, pg_options(cli))
+                    .await
+                    .map_err(store_failure)?;
+                let (nodes, unowned) = store.nodes().await.map_err(store_failure)?;
+                out.nodes(&nodes, unowned);
+                Ok(Some(ExitCode::SUCCESS))
+            }
             Command::Verify => {
                 let store = sagalog::PgStore::connect(&url, pg_options(cli))
                     .await
@@ -487,6 +497,10 @@ async fn offline(cli: &Cli, out: &render::Output) -> Result<Option<ExitCode>, Fa
         };
     }
     match &cli.command {
+        Command::Nodes => Err(Failure(
+            "nodes lists the nodes that share a PostgreSQL log (--db postgres://...); a sled directory is written by one process".into(),
+        )
+        .into()),
         Command::Compact => {
             let path = db(cli)?;
             let compacted =
@@ -668,9 +682,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
                 .into()),
             }
         }
-        Command::Compact | Command::Verify | Command::Repair | Command::Completions { .. } => {
-            Ok(())
-        }
+        Command::Compact
+        | Command::Verify
+        | Command::Repair
+        | Command::Nodes
+        | Command::Completions { .. } => Ok(()),
     };
     service.close().await;
     result.map(|()| ExitCode::SUCCESS)

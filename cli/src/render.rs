@@ -424,6 +424,69 @@ impl Output {
         say!("parked             {}", stats.parked);
     }
 
+    /// The nodes of a shared log, and the sagas in flight no node owns.
+    pub fn nodes(&self, nodes: &[sagalog::NodeStatus], unowned: u64) {
+        if self.json {
+            return to_json(&serde_json::json!({ "nodes": nodes, "unowned_in_flight": unowned }));
+        }
+        if nodes.is_empty() {
+            say!("no node has joined this log yet");
+        } else {
+            // A span of `ms` from now, in the words `relative` uses.
+            let from_now = |ms: i64| {
+                let now = UnixMillis(1 << 62);
+                relative(UnixMillis(now.0.saturating_add_signed(ms)), now)
+            };
+            let lease = |n: &sagalog::NodeStatus| match n.state.as_str() {
+                "live" if n.expires_in_ms >= 0 => format!("expires {}", from_now(n.expires_in_ms)),
+                "live" => format!("expired {}", from_now(n.expires_in_ms)),
+                _ => "-".into(),
+            };
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    let state = match &n.fenced_by {
+                        Some(by) => format!("{} (by {by})", n.state),
+                        None => n.state.clone(),
+                    };
+                    vec![
+                        n.node_id.clone(),
+                        state,
+                        n.token.to_string(),
+                        lease(n),
+                        from_now(-n.renewed_ms_ago),
+                        n.in_flight.to_string(),
+                        n.saga_types.join(","),
+                    ]
+                })
+                .collect();
+            say!(
+                "{}",
+                table(
+                    &[
+                        "NODE",
+                        "STATE",
+                        "TOKEN",
+                        "LEASE",
+                        "RENEWED",
+                        "IN FLIGHT",
+                        "TYPES"
+                    ],
+                    &rows
+                )
+            );
+        }
+        let waiting: u64 = nodes
+            .iter()
+            .filter(|n| n.state != "live")
+            .map(|n| n.in_flight)
+            .sum::<u64>()
+            + unowned;
+        if waiting > 0 {
+            say!("{waiting} sagas in flight wait for a live node to adopt them ({unowned} handed over, the rest of dead or departed nodes)");
+        }
+    }
+
     pub fn verify(&self, report: &VerifyReport) {
         let hex = |key: &[u8]| key.iter().map(|b| format!("{b:02x}")).collect::<String>();
         if self.json {

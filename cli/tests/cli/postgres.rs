@@ -122,3 +122,25 @@ fn verify_of_a_postgresql_log_the_example_wrote_is_clean() {
         String::from_utf8_lossy(&verified.stdout)
     );
 }
+
+#[test]
+fn nodes_lists_the_node_that_ran_the_example_as_departed_with_nothing_in_flight() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let _dir = orders_on(&url, &schema);
+
+    let listed = on_pg(&url, &schema, &["nodes", "--json"]);
+
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let nodes = doc["nodes"].as_array().expect("a list of nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["node_id"], "orders");
+    assert_eq!(nodes[0]["state"], "left");
+    assert_eq!(nodes[0]["in_flight"], 0);
+    assert_eq!(doc["unowned_in_flight"], 0);
+}

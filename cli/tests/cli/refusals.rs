@@ -99,3 +99,12 @@ fn a_foreign_sled_database_is_refused_by_every_command_and_left_as_it_was() {
     }
     assert!(contents(&ledger) == before, "not one byte changed");
 }
+
+#[test]
+fn nodes_on_a_sled_directory_is_refused_with_what_it_is_for() {
+    let output = sagalog(fixture(), &["nodes"]);
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("share a PostgreSQL log"), "{stderr}");
+}

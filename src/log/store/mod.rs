@@ -53,7 +53,7 @@ pub use mem::MemStore;
 pub use mem::{FailedAppend, FaultTiming};
 pub(crate) use open::open_sled;
 #[cfg(feature = "postgres")]
-pub use pg::{PgOptions, PgStore};
+pub use pg::{NodeStatus, PgOptions, PgStore};
 pub use sled::{SledOptions, SledStore};
 
 use crate::ids::{IdempotencyKey, SagaId, SagaType, UnixMillis};

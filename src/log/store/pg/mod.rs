@@ -28,6 +28,8 @@ mod schema;
 mod verify;
 mod write;
 
+pub use read::NodeStatus;
+
 use super::{
     Adopted, Committed, IndexQuery, KeyClaim, Lease, LogStore, Removal, Removed, SagaAppend,
     StoreError, StoreFuture, TimerScan,
@@ -201,6 +203,13 @@ impl PgStore {
     /// `(saga_id, seq)` key.
     fn joined(&self) -> Option<Arc<node::Joined>> {
         crate::sync::lock(&self.joined).clone()
+    }
+
+    /// Every node that has joined the log (live, fenced or departed), by
+    /// id, and how many unfinished sagas no node owns (handed over at a
+    /// shutdown and not adopted yet).
+    pub async fn nodes(&self) -> Result<(Vec<NodeStatus>, u64), StoreError> {
+        read::nodes(&self.reader).await
     }
 
     /// The URL this store connected to, without its password: for messages.

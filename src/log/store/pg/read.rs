@@ -41,6 +41,16 @@ const OWNED_PAGE: &str = "SELECT saga_id, entry FROM sagalog_saga
 const READ_ATTEMPTS: usize = 5;
 
 /// The statements the reading connection prepares.
+/// Every node with its lease (milliseconds left, negative once expired)
+/// and the unfinished sagas it owns.
+const NODES: &str = "SELECT n.node_id, n.token, n.state,
+        (extract(epoch FROM (n.expires_at - now())) * 1000)::bigint,
+        (extract(epoch FROM (now() - n.renewed_at)) * 1000)::bigint,
+        n.fenced_by, n.types,
+        (SELECT count(*) FROM sagalog_saga s WHERE s.owner_node = n.node_id AND NOT s.finished)
+    FROM sagalog_node n ORDER BY n.node_id";
+const UNOWNED: &str = "SELECT count(*) FROM sagalog_saga WHERE NOT finished AND owner_node IS NULL";
+
 pub(super) const STATEMENTS: &[&str] = &[
     LOG,
     ACTIVE,
@@ -51,6 +61,8 @@ pub(super) const STATEMENTS: &[&str] = &[
     TIMERS,
     TIMERS_OWNED,
     MATCHING,
+    NODES,
+    UNOWNED,
 ];
 
 /// Runs prepared statement `sql` with `params` on the reading connection.
@@ -238,4 +250,51 @@ pub(super) async fn timers(
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok((timers, complete))
+}
+
+/// The nodes of the log, and the unfinished sagas no node owns.
+pub(super) async fn nodes(link: &Link) -> Result<(Vec<NodeStatus>, u64), StoreError> {
+    let doing = "listing the nodes";
+    let rows = query(link, NODES, &[], doing).await?;
+    let mut nodes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let token: i64 = get(row, 1, doing)?;
+        let in_flight: i64 = get(row, 7, doing)?;
+        nodes.push(NodeStatus {
+            node_id: get(row, 0, doing)?,
+            token: to_u64(token),
+            state: get(row, 2, doing)?,
+            expires_in_ms: get(row, 3, doing)?,
+            renewed_ms_ago: get(row, 4, doing)?,
+            fenced_by: get(row, 5, doing)?,
+            saga_types: get(row, 6, doing)?,
+            in_flight: to_u64(in_flight),
+        });
+    }
+    let unowned: i64 = get(&query(link, UNOWNED, &[], doing).await?[0], 0, doing)?;
+    Ok((nodes, to_u64(unowned)))
+}
+
+/// One node of a log several nodes share, as `sagalog_node` holds it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// The node's id.
+    pub node_id: String,
+    /// Its fencing token: a later incarnation of an id has a larger one.
+    pub token: u64,
+    /// `live`, `dead` (fenced by another node) or `left` (shut down).
+    pub state: String,
+    /// Milliseconds until its lease expires on the database's clock;
+    /// negative once it has.
+    pub expires_in_ms: i64,
+    /// Milliseconds since its last renewal.
+    pub renewed_ms_ago: i64,
+    /// The node that fenced it, for a dead node.
+    pub fenced_by: Option<String>,
+    /// The saga types it runs.
+    pub saga_types: Vec<String>,
+    /// Unfinished sagas it owns: a dead or departed node's are adopted by
+    /// the live nodes.
+    pub in_flight: u64,
 }
