@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 1
 //! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 256 --store postgres://postgres@127.0.0.1:55432/postgres
 //! cargo run --release --example bench -- --sagas 20000 --steps 3 --concurrency 256 --guard-ratio 0.4
+//! cargo run --release --example bench -- --mode cluster --nodes 3 --sagas 20000 --asleep 1000,10000,100000 --store postgres://…
 //! cargo run --release --example bench -- --mode fixture --data-dir D --in-flight 10000 --finished 1000000
 //! cargo run --release --example bench -- --mode recovery --data-dir D
 //! cargo run --release --example bench -- --mode parked --sagas 1000000
@@ -21,6 +22,7 @@
 
 mod alloc;
 mod baseline;
+mod cluster;
 mod long;
 mod measure;
 mod parked;
@@ -31,6 +33,7 @@ mod workload;
 
 use alloc::allocations;
 use baseline::*;
+use cluster::cluster;
 use long::long_run;
 use measure::*;
 use parked::parked;
@@ -68,6 +71,11 @@ enum Mode {
     /// Open an existing database (`--data-dir`) in this fresh process and
     /// report the open time and the resident memory after it.
     Reopen,
+    /// With `--store`: `--nodes` engines on one PostgreSQL log against one
+    /// node, then, for each count of `--asleep`, the time from killing a
+    /// node that holds that many sagas asleep on timers until the
+    /// survivors have adopted and finished them.
+    Cluster,
 }
 
 #[derive(Parser)]
@@ -114,6 +122,13 @@ struct Args {
     /// (`PgOptions::writers`); the baseline uses as many.
     #[arg(long, default_value_t = 2)]
     pg_writers: usize,
+    /// Cluster: nodes sharing the log.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Cluster: sagas asleep on a timer in the node that is killed, one
+    /// measurement per count (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    asleep: Vec<usize>,
 }
 
 static CACHE_MB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
@@ -144,6 +159,15 @@ async fn run(args: Args) {
             Some(url) => pg_throughput(&args, url).await,
             None => throughput(&args, &dir).await,
         },
+        Mode::Cluster => {
+            match &args.store {
+                Some(url) => cluster(&args, url).await,
+                None => {
+                    eprintln!("error: --mode cluster needs --store postgres://... (the log the nodes share)");
+                    std::process::exit(2);
+                }
+            }
+        }
         Mode::Fixture => fixture(&args, &dir).await,
         Mode::Recovery => recovery(&args, &dir).await,
         Mode::Parked => parked(&args, &dir).await,
