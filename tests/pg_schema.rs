@@ -1,5 +1,6 @@
 //! The PostgreSQL store's schema and reachability: stores that create a
-//! new schema at once all open; a newer schema is refused and left as it
+//! new schema at once all open; an older schema with sagas is upgraded and
+//! keeps them; a newer schema is refused and left as it
 //! was; while the server is down, writes wait,
 //! `writable()` says why, and they go through once it is back; a timer
 //! that falls due meanwhile fires once the saga can be read again.
@@ -61,6 +62,69 @@ async fn a_database_with_a_newer_schema_is_refused_and_left_as_it_was() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "99", "left as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
+    let schema = new_schema();
+    let Some(store) = common::pg::store_in(&schema).await else {
+        return;
+    };
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = engine
+        .start(&trip, &"guest".to_string(), StartOptions::new())
+        .await
+        .unwrap()
+        .saga_id;
+    engine.outcome(id).await.unwrap();
+    engine.shutdown(Duration::ZERO).await;
+    let url = common::pg::url().unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // What version 2 had: no index of runnable sagas.
+    client
+        .batch_execute(&format!(
+            "DROP INDEX {schema}.sagalog_saga_runnable;
+             UPDATE {schema}.sagalog_meta SET value = '2' WHERE key = 'schema'"
+        ))
+        .await
+        .unwrap();
+
+    let store = PgStore::connect(&url, PgOptions::default().schema(schema.clone()))
+        .await
+        .unwrap();
+
+    let version = client
+        .query_one(
+            &format!("SELECT value FROM {schema}.sagalog_meta WHERE key = 'schema'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        version.get::<_, String>(0),
+        PgStore::SCHEMA_VERSION.to_string()
+    );
+    let index = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'sagalog_saga_runnable'",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    assert_eq!(index.get::<_, i64>(0), 1, "the upgrade made the index");
+    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(engine.saga(id).await.unwrap().status, SagaStatus::Committed);
+    engine.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

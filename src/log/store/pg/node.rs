@@ -49,20 +49,41 @@ pub(super) const LIVE: &str =
     "SELECT 1 FROM sagalog_node WHERE node_id = $1 AND token = $2 AND state = 'live' FOR KEY SHARE";
 pub(super) const NOT_LIVE: &str =
     "SELECT node_id FROM sagalog_node WHERE state <> 'live' FOR SHARE";
-pub(super) const ADOPT: &str = "UPDATE sagalog_saga s SET owner_node = $1
-    FROM (SELECT saga_id FROM sagalog_saga c
-          WHERE NOT finished
-            AND (saga_type = ANY($2)
-                 OR NOT EXISTS (SELECT 1 FROM sagalog_node n
-                                WHERE n.state = 'live' AND n.expires_at >= now()
-                                  AND c.saga_type = ANY(n.types)))
-            AND (owner_node IS NULL
-                 OR owner_node IN (SELECT node_id FROM sagalog_node WHERE state <> 'live'))
-          ORDER BY (timer_due IS NOT NULL), saga_id
-          LIMIT $3
-          FOR UPDATE SKIP LOCKED) p
-    WHERE s.saga_id = p.saga_id
-    RETURNING s.saga_id, s.entry, s.timer_due, s.timer_seq";
+/// Adoption takes, in one statement, up to `$3` sagas that nobody owns
+/// and up to `$3` of the nodes in `$4` (fenced or departed), of the types
+/// in `$2` or of a type no live node runs. Each half is an index scan that
+/// stops at its limit (no ORDER BY: a sort would read every candidate, so
+/// a batch would cost as much as the whole backlog); `SKIP LOCKED` lets
+/// adopters share the backlog. Runnable sagas are taken first
+/// (`sagalog_saga_runnable`), then those asleep (`sagalog_saga_timers`).
+macro_rules! adopt {
+    ($which:literal) => {
+        concat!(
+            "WITH unowned AS (SELECT saga_id FROM sagalog_saga c
+                 WHERE owner_node IS NULL AND NOT finished AND ",
+            $which,
+            "
+                   AND (saga_type = ANY($2) OR NOT EXISTS (SELECT 1 FROM sagalog_node n
+                        WHERE n.state = 'live' AND n.expires_at >= now()
+                          AND c.saga_type = ANY(n.types)))
+                 LIMIT $3 FOR UPDATE SKIP LOCKED),
+             orphaned AS (SELECT saga_id FROM sagalog_saga c
+                 WHERE owner_node = ANY($4::text[]) AND NOT finished AND ",
+            $which,
+            "
+                   AND (saga_type = ANY($2) OR NOT EXISTS (SELECT 1 FROM sagalog_node n
+                        WHERE n.state = 'live' AND n.expires_at >= now()
+                          AND c.saga_type = ANY(n.types)))
+                 LIMIT $3 FOR UPDATE SKIP LOCKED)
+             UPDATE sagalog_saga s SET owner_node = $1
+             FROM (SELECT saga_id FROM unowned UNION ALL SELECT saga_id FROM orphaned) p
+             WHERE s.saga_id = p.saga_id
+             RETURNING s.saga_id, s.entry, s.timer_due, s.timer_seq"
+        )
+    };
+}
+pub(super) const ADOPT_RUNNABLE: &str = adopt!("timer_due IS NULL");
+pub(super) const ADOPT_ASLEEP: &str = adopt!("timer_due IS NOT NULL");
 /// An operator's action makes the acting node the saga's owner, unless a
 /// live node owns it (a finished saga being reopened goes to the actor).
 pub(super) const TAKE: &str = "UPDATE sagalog_saga SET owner_node = $1
@@ -364,14 +385,33 @@ async fn adopt_batch(
         joined.lease.lose("another node fenced this one".into());
         return Err(fenced(&joined.lease));
     }
-    client
+    let gone = client
         .query(conn.statement(NOT_LIVE)?, &[])
         .await
         .map_err(fail)?;
-    let rows = client
-        .query(conn.statement(ADOPT)?, &[&me, &joined.types, &limit])
+    let mut gone_ids: Vec<String> = Vec::with_capacity(gone.len());
+    for row in &gone {
+        gone_ids.push(row.try_get(0).map_err(fail)?);
+    }
+    let mut rows = client
+        .query(
+            conn.statement(ADOPT_RUNNABLE)?,
+            &[&me, &joined.types, &limit, &gone_ids],
+        )
         .await
         .map_err(fail)?;
+    let room = limit - i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    if room > 0 {
+        rows.extend(
+            client
+                .query(
+                    conn.statement(ADOPT_ASLEEP)?,
+                    &[&me, &joined.types, &room, &gone_ids],
+                )
+                .await
+                .map_err(fail)?,
+        );
+    }
     client.batch_execute("COMMIT").await.map_err(fail)?;
     let mut adopted = Vec::with_capacity(rows.len());
     for row in &rows {
