@@ -469,3 +469,37 @@ fn an_operator_action_on_a_fenced_nodes_saga_is_applied_by_the_acting_node() {
         b.shutdown(Duration::ZERO).await;
     });
 }
+
+#[test]
+fn a_node_whose_adoption_fails_at_open_opens_and_adopts_at_a_later_renewal() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    let ids = die_with_sagas_in_flight(&url, &schema, 3);
+
+    runtime().block_on(async {
+        let options = sagalog::PgOptions::default()
+            .schema(schema.as_str())
+            .node_id("b")
+            .lease_ttl(TTL);
+        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
+        let faulty = common::faulty::Faulty::new(std::sync::Arc::new(store), 1, 0);
+        faulty.fail_adopts(1);
+        let script = Script::default();
+        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
+
+        let b = Engine::open_with_store(
+            std::sync::Arc::new(faulty),
+            registry,
+            EngineConfig::default(),
+        )
+        .await
+        .expect("a failed adoption does not stop the open");
+
+        let statuses = all_terminal(&b, &ids).await;
+        assert!(
+            statuses.iter().all(|s| *s == SagaStatus::Committed),
+            "{statuses:?}"
+        );
+        b.shutdown(Duration::ZERO).await;
+    });
+}

@@ -237,10 +237,19 @@ impl Engine {
             }
         }
         if self.inner.lease.is_some() {
-            let adopted = self.adopt_all().await?;
-            resumed += adopted.resumed;
-            sleeping += adopted.sleeping;
-            parked += adopted.parked;
+            // A failed adoption is tried again after each lease renewal;
+            // only a fence stops the open.
+            match self.adopt_all().await {
+                Ok(adopted) => {
+                    resumed += adopted.resumed;
+                    sleeping += adopted.sleeping;
+                    parked += adopted.parked;
+                }
+                Err(e @ Error::Store(StoreError::Fenced { .. })) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not adopt sagas at open; trying again at the next renewal")
+                }
+            }
         }
         tracing::info!(
             resumed,

@@ -30,6 +30,8 @@ struct State {
     failed: Vec<Failed>,
     /// Every saga an append was attempted for.
     attempted: HashSet<SagaId>,
+    /// Adoptions still to fail, as when the server goes away mid-scan.
+    failing_adopts: usize,
 }
 
 /// `inner` with seeded append faults.
@@ -48,6 +50,11 @@ impl Faulty {
                 ..State::default()
             }),
         }
+    }
+
+    /// Makes the next `n` adoptions fail with `StoreError::Unreachable`.
+    pub fn fail_adopts(&self, n: usize) {
+        self.state.lock().unwrap().failing_adopts = n;
     }
 
     /// The appends that failed so far.
@@ -150,6 +157,15 @@ impl LogStore for Faulty {
         self.inner.join(types)
     }
     fn adopt(&self, limit: usize) -> StoreFuture<'_, Vec<Adopted>> {
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.failing_adopts > 0 {
+                state.failing_adopts -= 1;
+                return Box::pin(std::future::ready(Err(StoreError::Unreachable {
+                    reason: "an injected loss of the server during adoption".into(),
+                })));
+            }
+        }
         self.inner.adopt(limit)
     }
     fn leave(&self) -> StoreFuture<'_, ()> {
