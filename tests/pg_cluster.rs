@@ -503,3 +503,61 @@ fn a_node_whose_adoption_fails_at_open_opens_and_adopts_at_a_later_renewal() {
         b.shutdown(Duration::ZERO).await;
     });
 }
+
+/// Store `node` of the log in `schema`, joined with no saga types.
+async fn joined_node(url: &str, schema: &str, node: &str) -> sagalog::PgStore {
+    let options = sagalog::PgOptions::default()
+        .schema(schema)
+        .node_id(node)
+        .lease_ttl(TTL);
+    let store = sagalog::PgStore::connect(url, options).await.unwrap();
+    common::pg::joined(store).await
+}
+
+#[test]
+fn a_job_one_node_runs_stays_with_its_holder_until_it_leaves() {
+    use sagalog::store::LogStore;
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let a = joined_node(&url, &schema, "a").await;
+        let b = joined_node(&url, &schema, "b").await;
+        let long = Duration::from_secs(600);
+
+        assert!(a.hold_singleton("retention", long).await.unwrap());
+        assert!(!b.hold_singleton("retention", long).await.unwrap());
+        assert!(
+            a.hold_singleton("retention", long).await.unwrap(),
+            "a keeps it"
+        );
+        a.leave().await.unwrap();
+        assert!(
+            b.hold_singleton("retention", long).await.unwrap(),
+            "b takes it once a left"
+        );
+        b.leave().await.unwrap();
+    });
+}
+
+#[test]
+fn a_job_whose_holder_stopped_asking_goes_to_another_node() {
+    use sagalog::store::LogStore;
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let a = joined_node(&url, &schema, "a").await;
+        let b = joined_node(&url, &schema, "b").await;
+        let short = Duration::from_millis(100);
+
+        assert!(a.hold_singleton("retention", short).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        assert!(b
+            .hold_singleton("retention", Duration::from_secs(600))
+            .await
+            .unwrap());
+        assert!(!a.hold_singleton("retention", short).await.unwrap());
+        a.leave().await.unwrap();
+        b.leave().await.unwrap();
+    });
+}

@@ -87,10 +87,11 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    // What version 2 had: no index of runnable sagas.
+    // What version 2 had: no index of runnable sagas, no singleton jobs.
     client
         .batch_execute(&format!(
             "DROP INDEX {schema}.sagalog_saga_runnable;
+             DROP TABLE {schema}.sagalog_singleton;
              UPDATE {schema}.sagalog_meta SET value = '2' WHERE key = 'schema'"
         ))
         .await
@@ -119,6 +120,13 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         .await
         .unwrap();
     assert_eq!(index.get::<_, i64>(0), 1, "the upgrade made the index");
+    let jobs = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.sagalog_singleton"),
+            &[],
+        )
+        .await;
+    assert!(jobs.is_ok(), "the upgrade made the jobs' table: {jobs:?}");
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
         .await

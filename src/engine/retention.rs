@@ -214,6 +214,10 @@ fn batches_naming_each_saga(store: &dyn KvLogStore) -> Result<HashMap<SagaId, Ve
 /// runtime waits for the writer thread.) It holds the engine weakly, so an
 /// engine dropped without `shutdown` still goes away, and stops when told
 /// or when the engine is gone.
+/// The name of retention's job among those one node of a shared log runs
+/// ([`crate::store::LogStore::hold_singleton`]).
+pub(crate) const RETENTION_JOB: &str = "retention";
+
 pub(crate) struct Sweeper {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
@@ -236,6 +240,23 @@ impl Sweeper {
                     inner,
                     _handle: None,
                 };
+                // On a shared log one node sweeps: the one that holds the
+                // job, for two intervals at a time, renewed at each sweep.
+                let job = engine
+                    .inner
+                    .store
+                    .hold_singleton(RETENTION_JOB, retention.sweep_every.saturating_mul(2));
+                match runtime.block_on(job) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("another node runs retention");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not learn which node sweeps; trying again at the next interval");
+                        continue;
+                    }
+                }
                 let swept = runtime
                     .block_on(engine.sweep_finished(retention.keep_finished, retention.batch));
                 if let Err(e) = swept {

@@ -174,6 +174,13 @@ impl LogStore for Faulty {
     fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
         self.inner.take(saga)
     }
+    fn hold_singleton<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: std::time::Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.hold_singleton(name, ttl)
+    }
     fn key_claim<'a>(&'a self, key: &'a IdempotencyKey) -> StoreFuture<'a, Option<KeyClaim>> {
         self.inner.key_claim(key)
     }

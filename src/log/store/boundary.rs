@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What every [`LogStore`] call returns: a boxed future, so that the trait
 /// stays object-safe (the engine holds an `Arc<dyn LogStore>`).
@@ -221,6 +222,17 @@ pub trait LogStore: Send + Sync + 'static {
     fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
         let _ = saga;
         Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// After [`LogStore::join`]: whether this node may run the job `name`
+    /// (retention's sweeps) for the next `ttl`, holding it against every
+    /// other node of the log. A node keeps the job while it asks again
+    /// within `ttl`; another takes it once that has passed or the holder
+    /// was fenced or left. `true` (the default) for a store one process
+    /// writes, and for a store that has not joined.
+    fn hold_singleton<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let _ = (name, ttl);
+        Box::pin(std::future::ready(Ok(true)))
     }
 
     /// After [`LogStore::join`], at a graceful shutdown once nothing more

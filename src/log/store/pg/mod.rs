@@ -340,6 +340,18 @@ impl LogStore for PgStore {
         })
     }
 
+    fn hold_singleton<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            match self.joined() {
+                Some(joined) => {
+                    let conn = self.writers.checkout().await?;
+                    node::hold_singleton(&conn, &joined, name, ttl).await
+                }
+                None => Ok(true),
+            }
+        })
+    }
+
     fn leave(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             match self.joined() {

@@ -84,6 +84,15 @@ macro_rules! adopt {
 }
 pub(super) const ADOPT_RUNNABLE: &str = adopt!("timer_due IS NULL");
 pub(super) const ADOPT_ASLEEP: &str = adopt!("timer_due IS NOT NULL");
+/// Takes or keeps job `$1` for node `$2` until `$3` ms from now: free,
+/// already this node's, expired, or held by a node that is not live.
+pub(super) const SINGLETON: &str = "INSERT INTO sagalog_singleton AS j (name, node_id, expires_at)
+    VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+    ON CONFLICT (name) DO UPDATE SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
+    WHERE j.node_id = EXCLUDED.node_id OR j.expires_at < now()
+       OR NOT EXISTS (SELECT 1 FROM sagalog_node n WHERE n.node_id = j.node_id AND n.state = 'live')
+    RETURNING node_id";
+
 /// An operator's action makes the acting node the saga's owner, unless a
 /// live node owns it (a finished saga being reopened goes to the actor).
 pub(super) const TAKE: &str = "UPDATE sagalog_saga SET owner_node = $1
@@ -496,6 +505,24 @@ async fn take_one(
     };
     client.batch_execute("COMMIT").await.map_err(fail)?;
     Ok(owner)
+}
+
+/// Whether this node holds job `name` for the next `ttl` (see
+/// [`SINGLETON`]).
+pub(super) async fn hold_singleton(
+    link: &Link,
+    joined: &Joined,
+    name: &str,
+    ttl: Duration,
+) -> Result<bool, StoreError> {
+    let conn = link.conn().await?;
+    let me = joined.lease.node_id();
+    let held = conn
+        .client
+        .query(conn.statement(SINGLETON)?, &[&name, &me, &millis(ttl)])
+        .await
+        .map_err(|e| db_error("taking a job only one node runs", e))?;
+    Ok(!held.is_empty())
 }
 
 /// Hands this node's unfinished sagas over and ends its lease.

@@ -70,10 +70,16 @@ CREATE INDEX sagalog_saga_owned ON sagalog_saga (owner_node, saga_id) WHERE NOT 
 
 /// Version 3: the runnable sagas in flight by owner, so that adopting a
 /// batch of a dead node's runnable sagas is an index scan that stops at the
-/// batch, however many of its sagas are asleep.
+/// batch, however many of its sagas are asleep; and the jobs one node at a
+/// time runs (retention), each with its holder and until when.
 const V3: &str = "
 CREATE INDEX sagalog_saga_runnable ON sagalog_saga (owner_node, saga_id)
     WHERE NOT finished AND timer_due IS NULL;
+CREATE TABLE sagalog_singleton (
+    name       text        PRIMARY KEY,
+    node_id    text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
 ";
 
 /// The key of the advisory lock that migrations hold: nodes that start
@@ -152,10 +158,12 @@ async fn upgrade(client: &Client) -> Result<(), StoreError> {
             .map_err(|e| super::db_error("adding the node tables", e))?;
     }
     if found < 3 {
-        client
-            .batch_execute(V3)
-            .await
-            .map_err(|e| super::db_error("adding the index of runnable sagas", e))?;
+        client.batch_execute(V3).await.map_err(|e| {
+            super::db_error(
+                "adding the index of runnable sagas and the singleton jobs",
+                e,
+            )
+        })?;
     }
     if found < SCHEMA_VERSION {
         client

@@ -69,6 +69,7 @@ pub(super) const STATEMENTS: &[&str] = &[
     node::ADOPT_RUNNABLE,
     node::ADOPT_ASLEEP,
     node::TAKE,
+    node::SINGLETON,
     node::OWNER,
     node::RELEASE,
     node::LEFT,
