@@ -452,10 +452,18 @@ fn pg_url(cli: &Cli) -> Option<String> {
     (text.starts_with("postgres://") || text.starts_with("postgresql://")).then(|| text.to_owned())
 }
 
+/// The store's options; to act, the tool joins the log as node
+/// `sagalog-cli-$USER` (taking over from a run of its own that died) with a
+/// short lease, so that a saga it took goes back soon if it is killed.
 fn pg_options(cli: &Cli) -> sagalog::PgOptions {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let options = sagalog::PgOptions::default()
+        .node_id(format!("sagalog-cli-{user}"))
+        .take_over(true)
+        .lease_ttl(Duration::from_secs(5));
     match &cli.schema {
-        Some(schema) => sagalog::PgOptions::default().schema(schema.clone()),
-        None => sagalog::PgOptions::default(),
+        Some(schema) => options.schema(schema.clone()),
+        None => options,
     }
 }
 
@@ -554,6 +562,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
     }
     let service = connect(&cli).await?;
     let live = service.is_live();
+    let carried = service.carried();
     let act = |id: &str, action: Action, who: &Who, step: Option<String>| {
         let id = saga_id(id);
         let request = who.request(live, step);
@@ -629,22 +638,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
             for step in steps {
                 done.push(act(saga, Action::MarkCompensated, who, Some(step.clone())).await?);
             }
-            out.acted(&done, live);
+            out.acted(&done, carried);
             Ok(())
         }
         Command::Retry { saga, who } => {
-            one(&out, act(saga, Action::RetryNow, who, None).await, live)
+            one(&out, act(saga, Action::RetryNow, who, None).await, carried)
         }
         Command::RetryStep { saga, who } => {
-            one(&out, act(saga, Action::RetryStep, who, None).await, live)
+            one(&out, act(saga, Action::RetryStep, who, None).await, carried)
         }
         Command::Compensate { saga, who } => one(
             &out,
             act(saga, Action::CompensateNow, who, None).await,
-            live,
+            carried,
         ),
         Command::Cancel { saga, who } => {
-            one(&out, act(saga, Action::Cancel, who, None).await, live)
+            one(&out, act(saga, Action::Cancel, who, None).await, carried)
         }
         Command::Bulk {
             action,
@@ -696,8 +705,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failed> {
 fn one(
     out: &render::Output,
     done: Result<sagalog::api::ActionDone, Failed>,
-    live: bool,
+    carried: render::Carried,
 ) -> Result<(), Failed> {
-    out.acted(&[done?], live);
+    out.acted(&[done?], carried);
     Ok(())
 }

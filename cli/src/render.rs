@@ -123,6 +123,17 @@ fn to_json<T: serde::Serialize>(document: &T) {
     }
 }
 
+/// Who carries out an action the tool recorded, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// A running service, at once.
+    Now,
+    /// A stopped service's database: the service, when it starts.
+    AtNextStart,
+    /// A PostgreSQL log: the live node that adopts the saga.
+    ByALiveNode,
+}
+
 impl Output {
     pub fn list(&self, page: &SagaPage) {
         if self.json {
@@ -345,7 +356,7 @@ impl Output {
 
     /// Actions done: at once on a running service (`live`), or recorded
     /// for the service's next start.
-    pub fn acted(&self, done: &[ActionDone], live: bool) {
+    pub fn acted(&self, done: &[ActionDone], carried: Carried) {
         if self.json {
             return to_json(&done);
         }
@@ -359,8 +370,8 @@ impl Output {
             );
         }
         let saga = &last.saga;
-        match live {
-            true => say!(
+        match carried {
+            Carried::Now => say!(
                 "done: the saga is now {}{}",
                 saga.status.name(),
                 saga.waiting
@@ -368,7 +379,10 @@ impl Output {
                     .map(|w| format!(" ({w})"))
                     .unwrap_or_default()
             ),
-            false => say!("recorded; the service carries it out at its next start"),
+            Carried::AtNextStart => say!("recorded; the service carries it out at its next start"),
+            Carried::ByALiveNode => say!(
+                "recorded and handed back to the log's nodes: the live node that adopts the saga carries it out (`sagalog nodes` shows them)"
+            ),
         }
     }
 
@@ -483,7 +497,8 @@ impl Output {
             .sum::<u64>()
             + unowned;
         if waiting > 0 {
-            say!("{waiting} sagas in flight wait for a live node to adopt them ({unowned} handed over, the rest of dead or departed nodes)");
+            let sagas = if waiting == 1 { "saga" } else { "sagas" };
+            say!("{waiting} {sagas} in flight wait for a live node to adopt them ({unowned} handed over, the rest of dead or departed nodes)");
         }
     }
 

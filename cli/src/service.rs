@@ -21,13 +21,17 @@ pub enum Service {
     },
     /// A running service: actions take effect at once.
     Remote(Remote),
-    /// A PostgreSQL log, read here while its service may run: reads only,
-    /// since an action appended from here could race the service's own.
-    Database { engine: Engine },
+    /// A PostgreSQL log its nodes may be running. To act, this process
+    /// joins the log as a node of its own: it takes a saga no live node
+    /// owns, appends the action, and hands the saga back when it leaves,
+    /// for a live node to run; a saga a live node owns is refused, naming
+    /// the node to act through.
+    Database {
+        engine: Engine,
+        store: Arc<sagalog::PgStore>,
+        joined: std::sync::atomic::AtomicBool,
+    },
 }
-
-/// Why an action on a PostgreSQL log is refused from the command line.
-const RACES_THE_SERVICE: &str = "on a PostgreSQL log the service may be running, and an action written from here could race its own appends; act through the service's admin server instead (--admin unix:PATH or --admin http://HOST:PORT), or with Engine::act in the service";
 
 impl Service {
     pub async fn open_local(store: SledStore) -> Result<Service, Failed> {
@@ -38,9 +42,26 @@ impl Service {
 
     /// Opens the PostgreSQL log at `url` for reading.
     pub async fn open_pg(url: &str, options: sagalog::PgOptions) -> Result<Service, Failed> {
-        let store = sagalog::PgStore::connect(url, options).await?;
-        let engine = Engine::open_admin_with_store(Arc::new(store)).await?;
-        Ok(Service::Database { engine })
+        let store = Arc::new(sagalog::PgStore::connect(url, options).await?);
+        let engine = Engine::open_admin_with_store(store.clone()).await?;
+        Ok(Service::Database {
+            engine,
+            store,
+            joined: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Before the first action on a PostgreSQL log: joins it as a node with
+    /// no saga types (it adopts nothing), so that its writes are fenced
+    /// and the sagas it takes are its own until it leaves.
+    async fn join_to_act(
+        store: &sagalog::PgStore,
+        joined: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), Failed> {
+        if !joined.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            sagalog::store::LogStore::join(store, &[]).await?;
+        }
+        Ok(())
     }
 
     /// True for a running service, where actions take effect at once.
@@ -48,10 +69,19 @@ impl Service {
         matches!(self, Service::Remote(_))
     }
 
+    /// Who carries out an action recorded through this service.
+    pub fn carried(&self) -> crate::render::Carried {
+        match self {
+            Service::Remote(_) => crate::render::Carried::Now,
+            Service::Local { .. } => crate::render::Carried::AtNextStart,
+            Service::Database { .. } => crate::render::Carried::ByALiveNode,
+        }
+    }
+
     /// The time to say "in 2 s" from.
     pub fn now(&self) -> UnixMillis {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => engine.now(),
+            Service::Local { engine, .. } | Service::Database { engine, .. } => engine.now(),
             Service::Remote(_) => {
                 UnixMillis::from_system_time(std::time::SystemTime::now()).unwrap_or(UnixMillis(0))
             }
@@ -60,7 +90,7 @@ impl Service {
 
     pub async fn list(&self, query: &ListQuery) -> Result<SagaPage, Failed> {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => {
                 let filter = query.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine.find(&filter).await?;
                 let next = match query.limit {
@@ -95,7 +125,7 @@ impl Service {
 
     pub async fn detail(&self, id: SagaId) -> Result<SagaDetail, Failed> {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => {
                 Ok(engine.detail(id).await?)
             }
             Service::Remote(remote) => Ok(remote.get(&format!("/v1/sagas/{id}")).await?),
@@ -104,7 +134,7 @@ impl Service {
 
     pub async fn manual(&self) -> Result<ManualQueue, Failed> {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => Ok(ManualQueue {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => Ok(ManualQueue {
                 manual_queue: engine.manual_queue().await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/manual").await?),
@@ -113,7 +143,7 @@ impl Service {
 
     pub async fn delay(&self) -> Result<DelayQueue, Failed> {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => Ok(DelayQueue {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => Ok(DelayQueue {
                 delay_queue: engine.delay_queue(1000).await?,
             }),
             Service::Remote(remote) => Ok(remote.get("/v1/delay?limit=1000").await?),
@@ -122,7 +152,7 @@ impl Service {
 
     pub async fn stats(&self) -> Result<Stats, Failed> {
         match self {
-            Service::Local { engine, .. } | Service::Database { engine } => {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => {
                 Ok(engine.stats().await?)
             }
             Service::Remote(remote) => Ok(remote.get("/v1/stats").await?),
@@ -136,7 +166,19 @@ impl Service {
         request: &ActionRequest,
     ) -> Result<ActionDone, Failed> {
         match self {
-            Service::Database { .. } => Err(Failure(RACES_THE_SERVICE.into()).into()),
+            Service::Database {
+                engine,
+                store,
+                joined,
+            } => {
+                Self::join_to_act(store, joined).await?;
+                engine.act(id, action, request).await?;
+                Ok(ActionDone {
+                    action,
+                    actor: request.actor.clone(),
+                    saga: engine.saga(id).await?,
+                })
+            }
             Service::Local { engine, .. } => {
                 engine.act(id, action, request).await?;
                 Ok(ActionDone {
@@ -154,7 +196,24 @@ impl Service {
 
     pub async fn bulk(&self, action: Action, bulk: &BulkRequest) -> Result<BulkReport, Failed> {
         match self {
-            Service::Database { .. } => Err(Failure(RACES_THE_SERVICE.into()).into()),
+            Service::Database {
+                engine,
+                store,
+                joined,
+            } => {
+                if !bulk.dry_run {
+                    Self::join_to_act(store, joined).await?;
+                }
+                let filter = bulk.filter.filter().map_err(|e| Usage(e.to_string()))?;
+                let sagas = engine
+                    .act_on_matching(&filter, action, &bulk.request, bulk.dry_run)
+                    .await?;
+                Ok(BulkReport {
+                    action,
+                    dry_run: bulk.dry_run,
+                    sagas,
+                })
+            }
             Service::Local { engine, .. } => {
                 let filter = bulk.filter.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine
@@ -174,8 +233,22 @@ impl Service {
     }
 
     pub async fn close(self) {
-        if let Service::Local { engine, .. } | Service::Database { engine } = self {
-            engine.shutdown(Duration::from_secs(5)).await;
+        match self {
+            Service::Local { engine, .. } => engine.shutdown(Duration::from_secs(5)).await,
+            Service::Database {
+                engine,
+                store,
+                joined,
+            } => {
+                engine.shutdown(Duration::from_secs(5)).await;
+                if joined.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Hands the sagas acted on over to the live nodes at once.
+                    if let Err(e) = sagalog::store::LogStore::leave(&*store).await {
+                        eprintln!("warning: could not hand the sagas acted on back ({e}); the live nodes adopt them once this tool's lease expires");
+                    }
+                }
+            }
+            Service::Remote(_) => {}
         }
     }
 }

@@ -128,8 +128,12 @@ impl Engine {
     /// On a log several nodes share, makes this node the owner of saga
     /// `id`, which no loop here drives, unless a live node owns it: then
     /// only that node may act ([`Error::OwnedElsewhere`]).
+    ///
+    /// An engine opened for administration on a store that joined the log
+    /// (the command line's) takes the saga the same way: its store then
+    /// hands it back when it leaves.
     async fn take_for_action(&self, id: SagaId) -> Result<(), Error> {
-        if self.inner.lease.is_none() {
+        if self.inner.lease.is_none() && !self.inner.admin_only {
             return Ok(());
         }
         match self.inner.store.take(id).await? {

@@ -1,5 +1,6 @@
 //! `sagalog --db postgres://…`: reading a log in PostgreSQL that the orders
-//! example wrote, and refusing actions there (the service may be running).
+//! example wrote, and acting there: on a saga no live node owns (recorded,
+//! then run by the node that adopts it), or refused for one a live node owns.
 
 use super::harness::orders_binary;
 use super::*;
@@ -90,22 +91,97 @@ fn list_on_a_postgresql_log_filters_by_status() {
 }
 
 #[test]
-fn an_action_on_a_postgresql_log_is_refused_as_a_race_with_the_service() {
+fn an_action_on_a_saga_no_live_node_owns_is_recorded_and_run_by_the_next_node() {
     let Some(url) = server() else { return };
     let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
-    let _dir = orders_on(&url, &schema);
-    let listed = on_pg(&url, &schema, &["list", "--json"]);
+    let dir = orders_on(&url, &schema);
+    let listed = on_pg(&url, &schema, &["list", "--json", "--status", "committed"]);
     let page: Value = serde_json::from_slice(&listed.stdout).unwrap();
     let id = page["sagas"][0]["saga_id"].as_str().unwrap().to_string();
 
     let acted = on_pg(&url, &schema, &["compensate", &id, "--reason", "test"]);
 
-    assert!(!acted.status.success());
-    let said = String::from_utf8_lossy(&acted.stderr);
-    assert!(said.contains("could race"), "{said}");
+    assert!(
+        acted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&acted.stderr)
+    );
+    let said = String::from_utf8_lossy(&acted.stdout);
+    assert!(said.contains("handed back to the log's nodes"), "{said}");
+    let nodes = on_pg(&url, &schema, &["nodes", "--json"]);
+    let nodes: Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert_eq!(nodes["unowned_in_flight"], 1, "{nodes}");
+    // The next node to run adopts the reopened saga and compensates it.
+    let rerun = Command::new(orders_binary())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--json", "--store", &url, "--schema", &schema])
+        .output()
+        .expect("the orders example runs");
+    assert!(rerun.status.success());
     let after = on_pg(&url, &schema, &["show", &id, "--json"]);
     let detail: Value = serde_json::from_slice(&after.stdout).unwrap();
-    assert_eq!(detail["saga"]["status"], "COMMITTED", "nothing was written");
+    assert_eq!(detail["saga"]["status"], "COMPENSATED");
+}
+
+#[test]
+fn an_action_on_a_saga_a_live_node_owns_is_refused_naming_the_node() {
+    use sagalog::{
+        CompensationStrategy, Engine, EngineConfig, PgOptions, PgStore, Registry, SagaDefinition,
+        SagaStatus, StartOptions, StepError,
+    };
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, id) = runtime.block_on(async {
+        let options = PgOptions::default().schema(schema.as_str()).node_id("svc");
+        let store = PgStore::connect(&url, options).await.unwrap();
+        let mut registry = Registry::new();
+        let stuck = SagaDefinition::<String>::builder("stuck")
+            .step(
+                "pay",
+                |_ctx| async { Err::<(), _>(StepError::permanent("declined")) },
+                |_ctx| async { Ok(()) },
+            )
+            .build()
+            .unwrap();
+        let stuck = registry.register(stuck).unwrap();
+        let engine = Engine::open_with_store(
+            std::sync::Arc::new(store),
+            registry,
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let options = StartOptions::new().strategy(CompensationStrategy::Manual);
+        let id = engine
+            .start(&stuck, &"x".to_string(), options)
+            .await
+            .unwrap()
+            .saga_id;
+        assert_eq!(
+            engine.outcome(id).await.unwrap().status,
+            SagaStatus::Suspended
+        );
+        (engine, id)
+    });
+
+    let acted = on_pg(
+        &url,
+        &schema,
+        &["compensate", &id.to_string(), "--reason", "test"],
+    );
+
+    assert_eq!(acted.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&acted.stderr);
+    assert!(said.contains("runs on node 'svc'"), "{said}");
+    let status = runtime.block_on(async { engine.saga(id).await.unwrap().status });
+    assert_eq!(status, SagaStatus::Suspended, "nothing was written");
+    runtime.block_on(engine.shutdown(Duration::ZERO));
 }
 
 #[test]
