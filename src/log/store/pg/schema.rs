@@ -45,8 +45,9 @@ CREATE TABLE sagalog_key (
 /// Version 2: nodes sharing the log. Each node has a row with its lease on
 /// the database's clock and its fencing token (from `sagalog_token`, which
 /// only grows); each saga row names its owner; each log row the token of
-/// the node that wrote it (NULL for rows from before, and for an operator's
-/// action written by an engine opened for administration, which is no node).
+/// the node that wrote it (NULL for rows written under version 1, and for
+/// an operator's action written by an engine opened for administration on
+/// a store that did not join).
 const V2: &str = "
 CREATE SEQUENCE sagalog_token;
 CREATE TABLE sagalog_node (
