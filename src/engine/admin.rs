@@ -100,12 +100,13 @@ impl Engine {
         if let Some(reply) = queued {
             return reply.await.unwrap_or(Err(Error::shutting_down(id)));
         }
-        // This task owns the saga now; on a shared log, this node must too.
-        if let Err(e) = self.take_for_action(id).await {
-            lock(&self.inner.running).remove(&id);
-            return Err(e);
-        }
-        match self.append_action(id, action).await {
+        // This task owns the saga now; on a shared log, this node must too
+        // (if it cannot, actions queued meanwhile get the same refusal).
+        let appended = match self.take_for_action(id).await {
+            Ok(()) => self.append_action(id, action).await,
+            Err(e) => Err(e),
+        };
+        match appended {
             Ok(_) if self.inner.admin_only => {
                 // Nothing runs here: the service acts at its next open.
                 lock(&self.inner.running).remove(&id);
