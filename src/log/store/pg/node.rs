@@ -327,16 +327,42 @@ pub(super) async fn adopt(
     limit: usize,
 ) -> Result<Vec<Adopted>, StoreError> {
     let conn = link.conn().await?;
-    let result = fence_expired(&conn, joined).await;
-    if result.is_err() {
-        let _ = conn.client.batch_execute("ROLLBACK").await;
-    }
-    result?;
-    let result = adopt_batch(&conn, joined, limit).await;
+    or_roll_back(&conn, fence_expired(&conn, joined).await).await?;
+    or_roll_back(&conn, adopt_batch(&conn, joined, limit).await).await
+}
+
+/// `result` of a transaction on `conn`, which is rolled back if it failed
+/// midway (so that the connection is clean for the next one).
+async fn or_roll_back<T>(conn: &Conn, result: Result<T, StoreError>) -> Result<T, StoreError> {
     if result.is_err() {
         let _ = conn.client.batch_execute("ROLLBACK").await;
     }
     result
+}
+
+/// Begins a transaction of this node that first checks its token is still
+/// live ([`LIVE`]: it waits for a fence in progress). `false`, with the
+/// transaction rolled back, once another node has fenced this one.
+async fn begin_live(conn: &Conn, joined: &Joined, doing: &str) -> Result<bool, StoreError> {
+    let fail = |e| db_error(doing, e);
+    let (me, token) = (joined.lease.node_id(), to_i64(joined.lease.token()));
+    conn.client.batch_execute("BEGIN").await.map_err(fail)?;
+    let live = conn
+        .client
+        .query(conn.statement(LIVE)?, &[&me, &token])
+        .await
+        .map_err(fail)?;
+    if live.is_empty() {
+        conn.client.batch_execute("ROLLBACK").await.map_err(fail)?;
+    }
+    Ok(!live.is_empty())
+}
+
+/// Ends `lease`, whose node another node fenced (`why`: what the database
+/// refused); the error to return.
+pub(super) fn lost(lease: &Lease, why: &str) -> StoreError {
+    lease.lose(why.into());
+    fenced(lease)
 }
 
 async fn fence_expired(conn: &Conn, joined: &Joined) -> Result<(), StoreError> {
@@ -382,17 +408,9 @@ async fn adopt_batch(
     let fail = |e| db_error(doing, e);
     let client = &conn.client;
     let me = joined.lease.node_id();
-    let token = to_i64(joined.lease.token());
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    client.batch_execute("BEGIN").await.map_err(fail)?;
-    let live = client
-        .query(conn.statement(LIVE)?, &[&me, &token])
-        .await
-        .map_err(fail)?;
-    if live.is_empty() {
-        client.batch_execute("ROLLBACK").await.map_err(fail)?;
-        joined.lease.lose("another node fenced this one".into());
-        return Err(fenced(&joined.lease));
+    if !begin_live(conn, joined, doing).await? {
+        return Err(lost(&joined.lease, "another node fenced this one"));
     }
     let gone = client
         .query(conn.statement(NOT_LIVE)?, &[])
@@ -456,11 +474,7 @@ pub(super) async fn take(
     saga: SagaId,
 ) -> Result<Option<String>, StoreError> {
     let conn = link.conn().await?;
-    let result = take_one(&conn, joined, saga).await;
-    if result.is_err() {
-        let _ = conn.client.batch_execute("ROLLBACK").await;
-    }
-    result
+    or_roll_back(&conn, take_one(&conn, joined, saga).await).await
 }
 
 async fn take_one(
@@ -472,17 +486,9 @@ async fn take_one(
     let fail = |e| db_error(doing, e);
     let client = &conn.client;
     let me = joined.lease.node_id();
-    let token = to_i64(joined.lease.token());
     let id = uuid(saga);
-    client.batch_execute("BEGIN").await.map_err(fail)?;
-    let live = client
-        .query(conn.statement(LIVE)?, &[&me, &token])
-        .await
-        .map_err(fail)?;
-    if live.is_empty() {
-        client.batch_execute("ROLLBACK").await.map_err(fail)?;
-        joined.lease.lose("another node fenced this one".into());
-        return Err(fenced(&joined.lease));
+    if !begin_live(conn, joined, doing).await? {
+        return Err(lost(&joined.lease, "another node fenced this one"));
     }
     client
         .query(conn.statement(NOT_LIVE)?, &[])
@@ -528,11 +534,7 @@ pub(super) async fn hold_singleton(
 /// Hands this node's unfinished sagas over and ends its lease.
 pub(super) async fn leave(link: &Link, joined: &Joined) -> Result<(), StoreError> {
     let conn = link.conn().await?;
-    let result = release(&conn, joined).await;
-    if result.is_err() {
-        let _ = conn.client.batch_execute("ROLLBACK").await;
-    }
-    result
+    or_roll_back(&conn, release(&conn, joined).await).await
 }
 
 async fn release(conn: &Conn, joined: &Joined) -> Result<(), StoreError> {
@@ -541,14 +543,8 @@ async fn release(conn: &Conn, joined: &Joined) -> Result<(), StoreError> {
     let client = &conn.client;
     let me = joined.lease.node_id();
     let token = to_i64(joined.lease.token());
-    client.batch_execute("BEGIN").await.map_err(fail)?;
-    let live = client
-        .query(conn.statement(LIVE)?, &[&me, &token])
-        .await
-        .map_err(fail)?;
-    if live.is_empty() {
+    if !begin_live(conn, joined, doing).await? {
         // Fenced already: the sagas are someone else's to adopt.
-        client.batch_execute("ROLLBACK").await.map_err(fail)?;
         return Ok(());
     }
     let released = client

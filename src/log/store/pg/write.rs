@@ -170,11 +170,10 @@ pub(super) async fn append(
                                 "a fence check ran for a store that has not joined".into(),
                             ));
                         };
-                        lease.lose(
-                            "the database refused a group commit: another node fenced this one"
-                                .into(),
-                        );
-                        return Err(node::fenced(lease));
+                        return Err(node::lost(
+                            lease,
+                            "the database refused a group commit: another node fenced this one",
+                        ));
                     }
                     Failure::Ambiguous(why) => {
                         link.lost(why.clone());
@@ -574,10 +573,10 @@ async fn remove(
     if !live.map_err(|e| db_error(doing, e))? {
         if let Some(lease) = lease {
             let _ = client.batch_execute("ROLLBACK").await;
-            lease.lose(
-                "the database refused a retention sweep: another node fenced this one".into(),
-            );
-            return Err(node::fenced(lease));
+            return Err(node::lost(
+                lease,
+                "the database refused a retention sweep: another node fenced this one",
+            ));
         }
     }
     let deleted = deleted.map_err(|e| db_error(doing, e))?;
