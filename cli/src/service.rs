@@ -53,13 +53,13 @@ impl Service {
 
     /// Before the first action on a PostgreSQL log: joins it as a node with
     /// no saga types (it adopts nothing), so that its writes are fenced
-    /// and the sagas it takes are its own until it leaves.
-    async fn join_to_act(
-        store: &sagalog::PgStore,
-        joined: &std::sync::atomic::AtomicBool,
-    ) -> Result<(), Failed> {
-        if !joined.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            sagalog::store::LogStore::join(store, &[]).await?;
+    /// and the sagas it takes are its own until it leaves. Nothing to do
+    /// for the other services.
+    async fn ready_to_act(&self) -> Result<(), Failed> {
+        if let Service::Database { store, joined, .. } = self {
+            if !joined.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                sagalog::store::LogStore::join(&**store, &[]).await?;
+            }
         }
         Ok(())
     }
@@ -165,21 +165,9 @@ impl Service {
         action: Action,
         request: &ActionRequest,
     ) -> Result<ActionDone, Failed> {
+        self.ready_to_act().await?;
         match self {
-            Service::Database {
-                engine,
-                store,
-                joined,
-            } => {
-                Self::join_to_act(store, joined).await?;
-                engine.act(id, action, request).await?;
-                Ok(ActionDone {
-                    action,
-                    actor: request.actor.clone(),
-                    saga: engine.saga(id).await?,
-                })
-            }
-            Service::Local { engine, .. } => {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => {
                 engine.act(id, action, request).await?;
                 Ok(ActionDone {
                     action,
@@ -195,26 +183,11 @@ impl Service {
     }
 
     pub async fn bulk(&self, action: Action, bulk: &BulkRequest) -> Result<BulkReport, Failed> {
+        if !bulk.dry_run {
+            self.ready_to_act().await?;
+        }
         match self {
-            Service::Database {
-                engine,
-                store,
-                joined,
-            } => {
-                if !bulk.dry_run {
-                    Self::join_to_act(store, joined).await?;
-                }
-                let filter = bulk.filter.filter().map_err(|e| Usage(e.to_string()))?;
-                let sagas = engine
-                    .act_on_matching(&filter, action, &bulk.request, bulk.dry_run)
-                    .await?;
-                Ok(BulkReport {
-                    action,
-                    dry_run: bulk.dry_run,
-                    sagas,
-                })
-            }
-            Service::Local { engine, .. } => {
+            Service::Local { engine, .. } | Service::Database { engine, .. } => {
                 let filter = bulk.filter.filter().map_err(|e| Usage(e.to_string()))?;
                 let sagas = engine
                     .act_on_matching(&filter, action, &bulk.request, bulk.dry_run)
