@@ -14,15 +14,12 @@
 //!   The timers fall due a lease and a quarter after the kill, so the
 //!   finish time is the adoption plus that wait plus running them.
 
+use crate::postgres::{connect_store, fresh_schema};
 use crate::*;
-use sagalog::{PgOptions, PgStore};
+use sagalog::PgOptions;
 
 /// The nodes' lease: short, so that a dead node's sagas move soon.
 const TTL: Duration = Duration::from_millis(1000);
-
-fn fresh_schema() -> String {
-    format!("bench_{}", SagaId::new().to_string().replace('-', ""))
-}
 
 /// One step whose first attempt fails retryably, so the saga sleeps on its
 /// retry timer. Later attempts succeed, or never return when `hang_after`
@@ -68,13 +65,7 @@ async fn open_node(
         .node_id(id)
         .lease_ttl(TTL)
         .writers(pg_writers);
-    let store = match PgStore::connect(url, options).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let store = connect_store(url, options).await;
     let mut registry = Registry::new();
     let bench = bench_saga(&mut registry, "bench", steps, None);
     let sleeper = sleeper(&mut registry, hang_after);

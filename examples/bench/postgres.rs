@@ -9,18 +9,28 @@ use crate::*;
 use sagalog::{PgOptions, PgStore};
 use tokio_postgres::types::ToSql;
 
-pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
-    let schema = format!("bench_{}", SagaId::new().to_string().replace('-', ""));
-    let options = PgOptions::default()
-        .schema(schema.clone())
-        .writers(args.pg_writers);
-    let store = match PgStore::connect(url, options).await {
+/// A schema name no earlier run used.
+pub(crate) fn fresh_schema() -> String {
+    format!("bench_{}", SagaId::new().to_string().replace('-', ""))
+}
+
+/// The store at `url`, or the bench ends with the reason.
+pub(crate) async fn connect_store(url: &str, options: PgOptions) -> PgStore {
+    match PgStore::connect(url, options).await {
         Ok(store) => store,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
-    };
+    }
+}
+
+pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
+    let schema = fresh_schema();
+    let options = PgOptions::default()
+        .schema(schema.clone())
+        .writers(args.pg_writers);
+    let store = connect_store(url, options).await;
     let mut registry = Registry::new();
     let saga = bench_saga(&mut registry, "bench", args.steps, None);
     let engine = Engine::open_with_store(
