@@ -34,6 +34,21 @@ fn new_schema() -> String {
     format!("cl_{}", SagaId::new().to_string().replace('-', ""))
 }
 
+/// The options of node `node` of the log in `schema`, with [`TTL`].
+fn options(schema: &str, node: &str) -> sagalog::PgOptions {
+    sagalog::PgOptions::default()
+        .schema(schema)
+        .node_id(node)
+        .lease_ttl(TTL)
+}
+
+/// A store of the test database with `options`.
+async fn connect(url: &str, options: sagalog::PgOptions) -> sagalog::PgStore {
+    sagalog::PgStore::connect(url, options)
+        .await
+        .expect("the test database takes a node")
+}
+
 /// Node `node` of the log in `schema`, running the trip saga with `script`.
 async fn node(
     url: &str,
@@ -41,13 +56,16 @@ async fn node(
     node: &str,
     script: &Script,
 ) -> (Engine, sagalog::SagaRef<String>) {
-    let options = sagalog::PgOptions::default()
-        .schema(schema)
-        .node_id(node)
-        .lease_ttl(TTL);
-    let store = sagalog::PgStore::connect(url, options)
-        .await
-        .expect("the test database takes a node");
+    node_with(url, options(schema, node), script).await
+}
+
+/// The node `options` name, running the trip saga with `script`.
+async fn node_with(
+    url: &str,
+    options: sagalog::PgOptions,
+    script: &Script,
+) -> (Engine, sagalog::SagaRef<String>) {
+    let store = connect(url, options).await;
     let (registry, trip) = trip_registry(script, InDoubtPolicy::Rerun);
     let engine = Engine::open_with_store(
         std::sync::Arc::new(store),
@@ -57,6 +75,28 @@ async fn node(
     .await
     .expect("the node opens");
     (engine, trip)
+}
+
+/// A client of the test database, for what the tests read and change in
+/// the tables themselves.
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Fences node `node` of the log in `schema` by hand, as a live node does
+/// once its lease expired.
+async fn fence(client: &tokio_postgres::Client, schema: &str, node: &str) {
+    client
+        .execute(
+            &format!("UPDATE {schema}.sagalog_node SET state = 'dead' WHERE node_id = $1"),
+            &[&node],
+        )
+        .await
+        .unwrap();
 }
 
 /// A script whose flight step never returns: the saga stays in flight.
@@ -114,10 +154,7 @@ async fn all_terminal(engine: &Engine, ids: &[SagaId]) -> Vec<SagaStatus> {
 
 /// The owner column of each saga of `ids`.
 async fn owners(url: &str, schema: &str, ids: &[SagaId]) -> Vec<Option<String>> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = client(url).await;
     let mut owners = Vec::new();
     for id in ids {
         let uuid: uuid::Uuid = id.to_string().parse().unwrap();
@@ -207,19 +244,8 @@ fn a_node_that_leaves_hands_its_sagas_over_before_its_lease_would_expire() {
 
         // A lease far longer than the test's patience: only the hand-over
         // lets b have the saga in time.
-        let options = sagalog::PgOptions::default()
-            .schema(schema.as_str())
-            .node_id("b")
-            .lease_ttl(Duration::from_secs(600));
-        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
-        let (registry, _) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
-        let b = Engine::open_with_store(
-            std::sync::Arc::new(store),
-            registry,
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap();
+        let long = options(&schema, "b").lease_ttl(Duration::from_secs(600));
+        let (b, _) = node_with(&url, long, &Script::default()).await;
         assert_eq!(all_terminal(&b, &[id]).await, vec![SagaStatus::Committed]);
         b.shutdown(Duration::ZERO).await;
     });
@@ -232,17 +258,8 @@ fn a_fenced_node_is_refused_by_the_database_and_loses_its_lease() {
     runtime().block_on(async {
         let script = Script::default();
         let (a, trip) = node(&url, &schema, "a", &script).await;
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .execute(
-                &format!("UPDATE {schema}.sagalog_node SET state = 'dead' WHERE node_id = 'a'"),
-                &[],
-            )
-            .await
-            .unwrap();
+        let client = client(&url).await;
+        fence(&client, &schema, "a").await;
 
         let refused = a
             .start(&trip, &"guest".to_string(), StartOptions::new())
@@ -269,21 +286,10 @@ fn a_restarted_node_with_the_same_id_takes_its_sagas_back_at_once() {
     let ids = die_with_sagas_in_flight(&url, &schema, 2);
 
     runtime().block_on(async {
-        let options = sagalog::PgOptions::default()
-            .schema(schema.as_str())
-            .node_id("a")
+        let again = options(&schema, "a")
             .lease_ttl(Duration::from_secs(600))
             .take_over(true);
-        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
-        let script = Script::default();
-        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-        let a = Engine::open_with_store(
-            std::sync::Arc::new(store),
-            registry,
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap();
+        let (a, _) = node_with(&url, again, &Script::default()).await;
         let statuses = all_terminal(&a, &ids).await;
         assert!(
             statuses.iter().all(|s| *s == SagaStatus::Committed),
@@ -433,30 +439,9 @@ fn an_operator_action_on_a_fenced_nodes_saga_is_applied_by_the_acting_node() {
     runtime().block_on(async {
         // A lease far longer than the test: b adopts only when it opens,
         // while a is still live, so only the action can give b the saga.
-        let options = sagalog::PgOptions::default()
-            .schema(schema.as_str())
-            .node_id("b")
-            .lease_ttl(Duration::from_secs(600));
-        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
-        let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-        let b = Engine::open_with_store(
-            std::sync::Arc::new(store),
-            registry,
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap();
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .execute(
-                &format!("UPDATE {schema}.sagalog_node SET state = 'dead' WHERE node_id = 'a'"),
-                &[],
-            )
-            .await
-            .unwrap();
+        let long = options(&schema, "b").lease_ttl(Duration::from_secs(600));
+        let (b, _) = node_with(&url, long, &script).await;
+        fence(&client(&url).await, &schema, "a").await;
 
         b.compensate_now(id, "ops", "customer cancelled")
             .await
@@ -477,11 +462,7 @@ fn a_node_whose_adoption_fails_at_open_opens_and_adopts_at_a_later_renewal() {
     let ids = die_with_sagas_in_flight(&url, &schema, 3);
 
     runtime().block_on(async {
-        let options = sagalog::PgOptions::default()
-            .schema(schema.as_str())
-            .node_id("b")
-            .lease_ttl(TTL);
-        let store = sagalog::PgStore::connect(&url, options).await.unwrap();
+        let store = connect(&url, options(&schema, "b")).await;
         let faulty = common::faulty::Faulty::new(std::sync::Arc::new(store), 1, 0);
         faulty.fail_adopts(1);
         let script = Script::default();
@@ -506,12 +487,7 @@ fn a_node_whose_adoption_fails_at_open_opens_and_adopts_at_a_later_renewal() {
 
 /// Store `node` of the log in `schema`, joined with no saga types.
 async fn joined_node(url: &str, schema: &str, node: &str) -> sagalog::PgStore {
-    let options = sagalog::PgOptions::default()
-        .schema(schema)
-        .node_id(node)
-        .lease_ttl(TTL);
-    let store = sagalog::PgStore::connect(url, options).await.unwrap();
-    common::pg::joined(store).await
+    common::pg::joined(connect(url, options(schema, node)).await).await
 }
 
 #[test]
