@@ -5,8 +5,12 @@
 
 mod common;
 
-use common::{open_mem, outcome_of, trip_registry, Behaviour, Script};
-use sagalog::{Error, InDoubtPolicy, MemStore, Phase, StartOptions};
+use common::faulty::Faulty;
+use common::{
+    engine_store, give_up_after_the_write, open_mem, outcome_of, outcome_or_hang, trip_registry,
+    Behaviour, Script,
+};
+use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, StartOptions};
 use std::sync::Arc;
 
 /// An engine that ran one trip for "ada" under key "order-42" to its end:
@@ -181,4 +185,22 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
     assert_eq!(ids.len(), 1);
     outcome_of(&engine, ids[0]).await;
     assert_eq!(engine.list(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_start_whose_caller_gives_up_after_it_was_written_still_runs() {
+    let script = Script::default();
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let store = Arc::new(MemStore::new());
+    let faulty = Arc::new(Faulty::new(engine_store(&store).await, 1, 0));
+    let engine = Engine::open_with_store(faulty.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+
+    give_up_after_the_write(&faulty, engine.start(&trip, &"ada".to_string(), key_42())).await;
+
+    let key = sagalog::IdempotencyKey::from("order-42");
+    let saga = engine.find_by_key(&key).await.unwrap().unwrap();
+    let outcome = outcome_or_hang(&engine, saga.saga_id).await;
+    assert_eq!(outcome.status, sagalog::SagaStatus::Committed);
 }

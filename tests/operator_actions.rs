@@ -8,8 +8,15 @@ mod common;
 
 use common::timed::{open, start, trip_at, T0};
 
-use common::{outcome_of, status_of, trip_registry, Behaviour, Script};
-use sagalog::{CompensationStrategy, Error, InDoubtPolicy, MemStore, Phase, SagaStatus, StepError};
+use common::faulty::Faulty;
+use common::{
+    engine_store, give_up_after_the_write, outcome_of, outcome_or_hang, status_of, trip_registry,
+    Behaviour, Script,
+};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, SagaStatus,
+    StepError,
+};
 use std::sync::Arc;
 
 #[tokio::test]
@@ -193,4 +200,22 @@ async fn cancel_stops_forward_progress_at_the_next_step_boundary() {
             "flight:compensation:1"
         ]
     );
+}
+
+#[tokio::test]
+async fn an_action_whose_caller_gives_up_after_it_was_written_is_still_carried_out() {
+    let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
+    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
+    let store = Arc::new(MemStore::new());
+    let faulty = Arc::new(Faulty::new(engine_store(&store).await, 1, 0));
+    let engine = Engine::open_with_store(faulty.clone(), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    let id = start(&engine, &trip, CompensationStrategy::Manual).await;
+    assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
+
+    give_up_after_the_write(&faulty, engine.compensate_now(id, "alice", "refund")).await;
+
+    let outcome = outcome_or_hang(&engine, id).await;
+    assert_eq!(outcome.status, SagaStatus::Compensated);
 }

@@ -64,6 +64,9 @@ impl Engine {
     /// Refused with [`Error::Illegal`] when the action makes no sense in the
     /// saga's state (e.g. retrying a step of a compensating saga), and with
     /// [`Error::Parked`] for a parked saga.
+    ///
+    /// Cancellation-safe: a caller that stops waiting does not leave the
+    /// saga without a loop; the action is still carried out, or refused.
     pub async fn operate(
         &self,
         id: SagaId,
@@ -100,8 +103,28 @@ impl Engine {
         if let Some(reply) = queued {
             return reply.await.unwrap_or(Err(Error::shutting_down(id)));
         }
-        // This task owns the saga now; on a shared log, this node must too
-        // (if it cannot, actions queued meanwhile get the same refusal).
+        // The saga is claimed: from here on the work runs on a task of its
+        // own, so that a caller who stops waiting cannot leave the claim
+        // behind with nothing driving the saga.
+        let engine = self.background();
+        let act = self
+            .inner
+            .tracker
+            .spawn(async move { engine.act_as_owner(id, action).await });
+        match act.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::shutting_down(id)),
+        }
+    }
+
+    /// Carries out `action` on saga `id`, which this engine has just
+    /// claimed: takes it on a shared log, appends the record, and runs the
+    /// saga; on a refusal, releases the claim and answers the actions
+    /// queued meanwhile with the same error.
+    async fn act_as_owner(&self, id: SagaId, action: OperatorAction) -> Result<(), Error> {
+        // On a shared log, this node must own the saga too (if it cannot,
+        // actions queued meanwhile get the same refusal).
         let appended = match self.take_for_action(id).await {
             Ok(()) => self.append_action(id, action).await,
             Err(e) => Err(e),

@@ -103,6 +103,10 @@ impl Engine {
     /// with `existing: true` if it was started with the same type and input,
     /// and fails with [`Error::IdempotencyConflict`] otherwise (see
     /// [`StartOptions::idempotency_key`]).
+    ///
+    /// Cancellation-safe: a caller that stops waiting (drops the future)
+    /// after the start record was sent does not strand the saga; it is
+    /// written and runs as if the caller had waited.
     pub async fn start<I: Serialize>(
         &self,
         saga: &SagaRef<I>,
@@ -153,7 +157,20 @@ impl Engine {
             key: options.idempotency_key.map(|key| (key, on_conflict)),
             parent: None,
         };
-        self.start_encoded(new, Some(permit)).await
+        // On a task of its own: once the start record is sent, the saga
+        // must get its loop even if the caller stops waiting (a timeout, a
+        // dropped request); otherwise a durable start would sit `Running`
+        // with nothing driving it until the next open.
+        let engine = self.background();
+        let start = self
+            .inner
+            .tracker
+            .spawn(async move { engine.start_encoded(new, Some(permit)).await });
+        match start.await {
+            Ok(started) => started,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(closed()),
+        }
     }
 
     /// Writes the start record of saga `new`, whose input is encoded

@@ -2,7 +2,9 @@
 //! asynchronous boundary and makes a seeded share of its appends fail,
 //! either before the write (nothing written, `StoreError::Injected`) or
 //! after it (written, reported as `StoreError::Ambiguous`, as when a
-//! database connection drops after COMMIT was sent).
+//! database connection drops after COMMIT was sent). It can also hold
+//! back one append's acknowledgement, to stand for a caller that gives up
+//! between the write and its answer.
 
 use sagalog::store::{
     Adopted, Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreFuture,
@@ -32,12 +34,18 @@ struct State {
     attempted: HashSet<SagaId>,
     /// Adoptions still to fail, as when the server goes away mid-scan.
     failing_adopts: usize,
+    /// The next append's acknowledgement is to be held back.
+    hold_next: bool,
+    /// An append is written and its acknowledgement held back.
+    holding: bool,
 }
 
 /// `inner` with seeded append faults.
 pub struct Faulty {
     inner: Arc<dyn LogStore>,
     state: Mutex<State>,
+    /// One permit per [`Faulty::release`].
+    released: tokio::sync::Semaphore,
 }
 
 impl Faulty {
@@ -49,7 +57,25 @@ impl Faulty {
                 random: Some((seed | 1, per_mille)),
                 ..State::default()
             }),
+            released: tokio::sync::Semaphore::new(0),
         }
+    }
+
+    /// Holds back the acknowledgement of the next append: it is written
+    /// (then [`Faulty::holding`] is true), and answered after
+    /// [`Faulty::release`].
+    pub fn hold_next_ack(&self) {
+        self.state.lock().unwrap().hold_next = true;
+    }
+
+    /// Whether an append is written and its acknowledgement held back.
+    pub fn holding(&self) -> bool {
+        self.state.lock().unwrap().holding
+    }
+
+    /// Answers the append held back by [`Faulty::hold_next_ack`].
+    pub fn release(&self) {
+        self.released.add_permits(1);
     }
 
     /// Makes the next `n` adoptions fail with `StoreError::Unreachable`.
@@ -113,7 +139,16 @@ impl LogStore for Faulty {
                 state.attempted.extend(batch.iter().map(|a| a.saga));
             }
             match self.next_fault() {
-                None => self.inner.append(batch).await,
+                None => {
+                    let committed = self.inner.append(batch).await;
+                    let hold = std::mem::take(&mut self.state.lock().unwrap().hold_next);
+                    if hold {
+                        self.state.lock().unwrap().holding = true;
+                        let _ = self.released.acquire().await.map(|p| p.forget());
+                        self.state.lock().unwrap().holding = false;
+                    }
+                    committed
+                }
                 Some(false) => {
                     self.record(batch, false);
                     Err(StoreError::Injected(

@@ -321,3 +321,37 @@ pub async fn run_to_end<I: Serialize>(
     let id = start_saga(engine, saga, input).await;
     (id, outcome_of(engine, id).await)
 }
+
+/// Runs `call` on an engine over `store` as a caller that gives up
+/// would: polls it (with a waker that does nothing) until its append is
+/// written, and drops it while the append's acknowledgement is held back;
+/// then lets the store answer. Panics if `call` finishes first, or if a
+/// minute of real time passes without the append.
+pub async fn give_up_after_the_write<F: std::future::Future>(store: &faulty::Faulty, call: F) {
+    store.hold_next_ack();
+    let mut call = Box::pin(call);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let hang = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !store.holding() {
+        assert!(
+            std::time::Instant::now() < hang,
+            "the call's append never reached the store"
+        );
+        assert!(
+            call.as_mut().poll(&mut cx).is_pending(),
+            "the call finished before its append was written"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(call);
+    store.release();
+}
+
+/// Waits for the saga's outcome; panics if there is none, or if a minute of
+/// real time passes first (taken for a hang, as in [`until_calls`]).
+pub async fn outcome_or_hang(engine: &Engine, id: SagaId) -> Outcome {
+    let hang = std::time::Duration::from_secs(60);
+    tokio::time::timeout(hang, outcome_of(engine, id))
+        .await
+        .unwrap_or_else(|_| panic!("saga {id} did not settle within a minute"))
+}
