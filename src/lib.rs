@@ -149,7 +149,7 @@ pub mod tools {
 pub mod testing {
     pub use crate::log::codec::frame_payload;
     pub use crate::log::store::raw_keys::log_key;
-    pub use crate::log::store::{FailedAppend, FaultTiming};
+    pub use crate::log::store::{FailedAppend, FaultTiming, MemCluster, MemNode};
 }
 
 /// The README's quickstart, compiled and run as a doctest.

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    open_mem, outcome_of, start_saga, status_of, trip_on, trip_registry, Behaviour, Script,
-    TRIP_UNDONE,
+    open_mem, outcome_of, start_saga, status_of, trip_on, trip_registry, until_calls, Behaviour,
+    Script, TRIP_UNDONE,
 };
 use sagalog::testing::FaultTiming;
 use sagalog::{
@@ -149,21 +149,38 @@ async fn corrupt_record_parks_its_saga_and_other_sagas_proceed() {
 }
 
 /// Starts a trip on a store that fails the saga's second append (the
-/// flight's result with the hotel's intent) before applying it.
-async fn start_with_second_append_failing() -> (Engine, Script, sagalog::SagaId) {
+/// flight's result with the hotel's intent) before applying it, and waits
+/// for its outcome from before that append: the flight waits at its gate
+/// until the waiter is registered.
+async fn start_with_second_append_failing() -> (
+    Engine,
+    Script,
+    sagalog::SagaId,
+    Result<sagalog::Outcome, Error>,
+) {
     let store = Arc::new(MemStore::new());
     let script = Script::default();
+    script.set("flight", Phase::Action, Behaviour::Gate);
     let (engine, trip) = trip_on(&store, &script).await;
     // Appends: 1 = start + flight intent, 2 = flight result + hotel intent.
     store.fail_append(store.append_count() + 2, FaultTiming::BeforeApply);
     let id = start_saga(&engine, &trip, &"ada".to_string()).await;
-    (engine, script, id)
+    until_calls(&script, |calls| !calls.is_empty()).await;
+    use std::future::Future as _;
+    let mut waiting = Box::pin(engine.outcome(id));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        waiting.as_mut().poll(&mut cx).is_pending(),
+        "the saga is running"
+    );
+    script.open_gate();
+    let first = waiting.await;
+    (engine, script, id, first)
 }
 
 #[tokio::test]
 async fn failed_intent_append_stops_the_call() {
-    let (engine, script, id) = start_with_second_append_failing().await;
-    let result = engine.outcome(id).await;
+    let (_engine, script, _id, result) = start_with_second_append_failing().await;
 
     assert!(matches!(result, Err(Error::Store(_))), "{result:?}");
     assert_eq!(
@@ -238,8 +255,7 @@ fn rebuild_as_version_2(_v1: SagaDefinition<String>) -> SagaDefinition<String> {
 
 #[tokio::test]
 async fn saga_stopped_by_a_store_error_is_listed_as_parked() {
-    let (engine, script, id) = start_with_second_append_failing().await;
-    let first = engine.outcome(id).await;
+    let (engine, script, id, first) = start_with_second_append_failing().await;
     let later = engine.outcome(id).await;
 
     assert!(matches!(first, Err(Error::Store(_))), "{first:?}");

@@ -8,6 +8,11 @@
 //! participant call, because a survivor may be about to fence it. A
 //! renewal the database accepts later (nobody fenced the node meanwhile)
 //! lets it go on; one the database refuses loses the lease for good.
+//!
+//! The local deadline is kept on the real clock, so that a test's paused
+//! clock never stops a real lease from lapsing. A lease of an in-memory
+//! cluster (`testing::MemCluster`), whose database clock is tokio's, keeps
+//! it on tokio's clock instead.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,16 +38,55 @@ pub struct Lease {
     lost: CancellationToken,
     renewed: Notify,
     /// One permit per accepted renewal, for the engine's adoption scan:
-    /// its cadence is the renewals', on the real clock.
+    /// its cadence is the renewals'.
     scans: Notify,
+    /// The clock the deadline is kept on.
+    clock: Clock,
+}
+
+/// The clock a lease's local deadline is kept on.
+#[derive(Clone, Copy, Debug)]
+enum Clock {
+    /// The operating system's monotonic clock.
+    Real,
+    /// Tokio's clock, which a test may pause (an in-memory cluster's).
+    #[cfg(feature = "testing")]
+    Tokio,
+}
+
+impl Clock {
+    fn now(self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            #[cfg(feature = "testing")]
+            Clock::Tokio => tokio::time::Instant::now().into_std(),
+        }
+    }
 }
 
 impl Lease {
     /// A lease just granted to `node` with fencing token `token`, for `ttl`
     /// from `sent`, the moment the request that granted it was sent.
     pub fn granted(node: impl Into<String>, token: u64, ttl: Duration, sent: Instant) -> Lease {
+        Lease::on(Clock::Real, node.into(), token, ttl, sent)
+    }
+
+    /// Like [`Lease::granted`], with the deadline on tokio's clock: `sent`
+    /// comes from `tokio::time::Instant::now().into_std()`.
+    #[cfg(feature = "testing")]
+    pub(crate) fn granted_on_tokio_clock(
+        node: String,
+        token: u64,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Lease {
+        Lease::on(Clock::Tokio, node, token, ttl, sent)
+    }
+
+    fn on(clock: Clock, node: String, token: u64, ttl: Duration, sent: Instant) -> Lease {
         Lease {
-            node: node.into(),
+            clock,
+            node,
             token,
             ttl,
             deadline: Mutex::new(sent + ttl - ttl / 4),
@@ -72,7 +116,7 @@ impl Lease {
     /// Whether this node may start a participant call now: it holds its
     /// lease and is inside its local deadline.
     pub fn is_held(&self) -> bool {
-        !self.lost.is_cancelled() && Instant::now() < *crate::sync::lock(&self.deadline)
+        !self.lost.is_cancelled() && self.clock.now() < *crate::sync::lock(&self.deadline)
     }
 
     /// Whether the lease has ended for good (fenced, refused, or left).

@@ -32,6 +32,8 @@ pub(crate) mod keys;
 mod kv;
 mod lease;
 mod mem;
+#[cfg(feature = "testing")]
+mod mem_cluster;
 mod open;
 #[cfg(feature = "postgres")]
 mod pg;
@@ -51,6 +53,8 @@ pub use lease::Lease;
 pub use mem::MemStore;
 #[cfg(feature = "testing")]
 pub use mem::{FailedAppend, FaultTiming};
+#[cfg(feature = "testing")]
+pub use mem_cluster::{MemCluster, MemNode};
 pub(crate) use open::open_sled;
 #[cfg(feature = "postgres")]
 pub use pg::{NodeStatus, PgOptions, PgStore};

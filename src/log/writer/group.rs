@@ -1,4 +1,4 @@
-//! The writer thread: taking every queued append into one group, deciding
+//! The writer: taking every queued append into one group, deciding
 //! its key claims, writing it durably, and answering each waiter.
 
 use super::watermark::{GroupIndex, Watermark};
@@ -11,30 +11,48 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub(super) fn run(
+/// The writer of a local store: runs on its own thread until stopped.
+pub(super) fn run_on_thread(
     store: Arc<dyn LogStore>,
-    runtime: tokio::runtime::Handle,
     rx: mpsc::UnboundedReceiver<Message>,
     hook: Option<DurableHook>,
     stats: Arc<WriterStats>,
     watermark: Watermark,
 ) {
+    run_local(group_commit(store, hook, stats, watermark), rx)
+}
+
+/// The writer of a store that is not local: a task on the engine's
+/// runtime, so that the runtime sees its work (a test's paused clock does
+/// not jump while a group is on its way).
+pub(super) async fn run_as_task(
+    store: Arc<dyn LogStore>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    hook: Option<DurableHook>,
+    stats: Arc<WriterStats>,
+    watermark: Watermark,
+) {
+    run_remote(group_commit(store, hook, stats, watermark), rx).await
+}
+
+fn group_commit(
+    store: Arc<dyn LogStore>,
+    hook: Option<DurableHook>,
+    stats: Arc<WriterStats>,
+    watermark: Watermark,
+) -> GroupCommit {
     // A store that stops taking writes never takes them again (until it
     // is reopened, under a new writer): asked once here, then only when a
     // group fails.
     let writable = store.writable().is_ok();
     metrics::gauge!(crate::metrics::LOG_WRITABLE).set(if writable { 1.0 } else { 0.0 });
-    let writer = GroupCommit {
+    GroupCommit {
         store,
         hook,
         stats,
         durable: 0,
         watermark,
         writable,
-    };
-    match writer.store.local().is_some() {
-        true => run_local(writer, rx),
-        false => runtime.block_on(run_remote(writer, rx)),
     }
 }
 

@@ -23,7 +23,7 @@
 mod group;
 mod watermark;
 
-use group::{run, Reply};
+use group::Reply;
 use watermark::Watermark;
 pub(crate) use watermark::{Deferred, IndexPlan};
 
@@ -100,18 +100,26 @@ impl WriterStats {
     }
 }
 
-/// Handle to the writer thread. Cloning is cheap; all clones feed one writer.
+/// Handle to the writer. Cloning is cheap; all clones feed one writer.
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Message>,
     stats: Arc<WriterStats>,
-    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    running: Arc<std::sync::Mutex<Option<Running>>>,
+}
+
+/// Where the writer runs.
+enum Running {
+    /// A local store's: an OS thread, which writes synchronously.
+    Thread(std::thread::JoinHandle<()>),
+    /// Any other store's: a task on the engine's runtime.
+    Task(tokio::task::JoinHandle<()>),
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`. A store that is not
-    /// [`LogStore::local`] is awaited on the thread through `runtime`, the
-    /// engine's runtime, which also drives the store's connections.
+    /// Starts the writer over `store`: on a thread of its own for a
+    /// [`LogStore::local`] store, as a task on the engine's runtime (which
+    /// also drives the store's connections) for any other.
     pub(crate) fn start(
         store: Arc<dyn LogStore>,
         hook: Option<DurableHook>,
@@ -121,24 +129,27 @@ impl Writer {
             .map_err(|e| StoreError::Backend(format!("the engine needs a tokio runtime: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("sagalog-writer".into())
-            .spawn(move || {
-                run(
-                    store,
-                    runtime,
-                    rx,
-                    hook,
-                    thread_stats,
-                    Watermark::new(index),
-                )
-            })
-            .map_err(|e| StoreError::io("starting the writer thread", e))?;
+        let writer_stats = stats.clone();
+        let watermark = Watermark::new(index);
+        let running = match store.local().is_some() {
+            true => Running::Thread(
+                std::thread::Builder::new()
+                    .name("sagalog-writer".into())
+                    .spawn(move || group::run_on_thread(store, rx, hook, writer_stats, watermark))
+                    .map_err(|e| StoreError::io("starting the writer thread", e))?,
+            ),
+            false => Running::Task(runtime.spawn(group::run_as_task(
+                store,
+                rx,
+                hook,
+                writer_stats,
+                watermark,
+            ))),
+        };
         Ok(Writer {
             tx,
             stats,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            running: Arc::new(std::sync::Mutex::new(Some(running))),
         })
     }
 
@@ -157,18 +168,24 @@ impl Writer {
         }
     }
 
-    /// Finishes every append queued before this call, then stops the thread
+    /// Finishes every append queued before this call, then stops the writer
     /// and waits for it to end: after `stop`, nothing of the writer runs.
     pub(crate) async fn stop(&self) {
         let (reply, wait) = oneshot::channel();
         if self.tx.send(Message::Stop(reply)).is_ok() {
             let _ = wait.await;
         }
-        let thread = crate::sync::lock(&self.thread).take();
-        if let Some(thread) = thread {
+        let running = crate::sync::lock(&self.running).take();
+        match running {
             // The thread has replied and is only returning: this join is
             // brief, so blocking the task for it is harmless.
-            let _ = thread.join();
+            Some(Running::Thread(thread)) => {
+                let _ = thread.join();
+            }
+            Some(Running::Task(task)) => {
+                let _ = task.await;
+            }
+            None => {}
         }
     }
 

@@ -1,0 +1,580 @@
+//! A deterministic model of several nodes over one log: engines over a
+//! `testing::MemCluster` on tokio's paused clock (the cluster's database
+//! clock), driven by a list of operations (starts, one key started on two
+//! nodes at once, time passing, kills, restarts, stalls past the lease,
+//! graceful leaves, operator cancels). After the operations the model
+//! reconnects every node, lets the cluster settle, and checks its
+//! invariants. Shared by `tests/cluster_model` and the `cluster_model`
+//! fuzz target, which decodes the operations from bytes.
+
+use sagalog::store::KvLogStore;
+use sagalog::testing::{MemCluster, MemNode};
+use sagalog::tools::{decode_record, frames_of};
+use sagalog::{
+    CompensationStrategy, Engine, EngineConfig, Phase, Record, Registry, RetryPolicy,
+    SagaDefinition, SagaId, SagaRef, SagaStatus, StartOptions, StepContext, StepError, StepOptions,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How many nodes the model runs.
+pub const NODES: usize = 3;
+/// Their lease.
+pub const TTL: Duration = Duration::from_secs(2);
+/// How long the cluster may take to settle after the operations.
+const SETTLE: Duration = Duration::from_secs(900);
+/// The steps of the model's saga, in order.
+const STEPS: [&str; 3] = ["reserve", "charge", "ship"];
+
+/// One operation of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Start the saga of key `key` on node `node`.
+    Start { node: usize, key: u8 },
+    /// Start key `key` on two nodes at once.
+    StartTwice { a: usize, b: usize, key: u8 },
+    /// Let `ms` milliseconds pass.
+    Advance { ms: u16 },
+    /// `kill -9` the node.
+    Kill { node: usize },
+    /// Start the node again (a new process with the same node id) if it is
+    /// down.
+    Restart { node: usize },
+    /// Stall the node for `leases` lease periods: its calls wait, its lease
+    /// runs out, and survivors may fence it.
+    Stall { node: usize, leases: u8 },
+    /// Shut the node down gracefully: its sagas are handed over.
+    Leave { node: usize },
+    /// An operator cancels the saga of key `key` through node `node`.
+    Cancel { node: usize, key: u8 },
+}
+
+impl Op {
+    /// Decodes operations from bytes, three per operation; a short tail is
+    /// ignored. Every input decodes.
+    pub fn decode(bytes: &[u8]) -> Vec<Op> {
+        bytes
+            .chunks_exact(3)
+            .map(|op| {
+                let (kind, x, y) = (op[0], op[1], op[2]);
+                let node = usize::from(x) % NODES;
+                let other = (node + 1 + usize::from(y) % (NODES - 1)) % NODES;
+                match kind % 16 {
+                    0..=4 => Op::Start { node, key: y % 32 },
+                    5 => Op::StartTwice {
+                        a: node,
+                        b: other,
+                        key: y % 32,
+                    },
+                    6..=8 => Op::Advance {
+                        ms: u16::from_le_bytes([x, y]) % 4_000,
+                    },
+                    9 => Op::Kill { node },
+                    10 | 11 => Op::Restart { node },
+                    12 => Op::Stall {
+                        node,
+                        leases: 2 + y % 3,
+                    },
+                    13 => Op::Leave { node },
+                    _ => Op::Cancel { node, key: y % 32 },
+                }
+            })
+            .collect()
+    }
+
+    /// `count` operations drawn from `seed`.
+    pub fn random(seed: u64, count: usize) -> Vec<Op> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let bytes: Vec<u8> = (0..count * 3)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        Op::decode(&bytes)
+    }
+}
+
+/// One participant call, as the participant saw it (every field shows in
+/// a violation's message).
+#[derive(Clone, Debug)]
+#[allow(dead_code)]
+struct Call {
+    saga: SagaId,
+    step: u32,
+    phase: Phase,
+    attempt: u32,
+    token: u64,
+    /// The call's intent was in the log when the call began.
+    intent_logged: bool,
+    /// The caller's token was fenced when the call began.
+    fenced: bool,
+    ok: bool,
+}
+
+/// What a run saw, for its report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    /// Sagas in the log.
+    pub sagas: usize,
+    /// Participant calls.
+    pub calls: usize,
+    /// Sagas written by more than one token (moved between nodes).
+    pub moved: usize,
+    /// Tokens that wrote and were fenced.
+    pub fenced_writers: usize,
+}
+
+impl std::ops::AddAssign for Figures {
+    fn add_assign(&mut self, other: Figures) {
+        self.sagas += other.sagas;
+        self.calls += other.calls;
+        self.moved += other.moved;
+        self.fenced_writers += other.fenced_writers;
+    }
+}
+
+/// A node slot: its current process, if it runs.
+struct Slot {
+    id: String,
+    process: Option<(Arc<MemNode>, Engine, SagaRef<u64>)>,
+}
+
+/// The model of one run.
+pub struct Model {
+    cluster: MemCluster,
+    slots: Vec<Slot>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// The clients' calls in flight (each gives up after two leases).
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How each key's saga behaves: some fail for good at the last step
+/// (compensated at once or after a scheduled delay), some fail once on the
+/// second and retry after a backoff long enough to sleep on a timer.
+fn fails_for_good(key: u64) -> bool {
+    key % 5 == 4
+}
+
+fn fails_once(key: u64) -> bool {
+    key % 3 == 1
+}
+
+fn strategy(key: u64) -> CompensationStrategy {
+    match key % 2 {
+        0 => CompensationStrategy::Immediate,
+        _ => CompensationStrategy::Scheduled { delay_ms: 3_000 },
+    }
+}
+
+/// The model's saga, whose participants run on node `node` and record
+/// their calls in `calls`, checking the log as they begin.
+fn registry(
+    cluster: &MemCluster,
+    node: &Arc<MemNode>,
+    calls: &Arc<Mutex<Vec<Call>>>,
+) -> (Registry, SagaRef<u64>) {
+    let mut builder = SagaDefinition::<u64>::builder("order");
+    for (index, name) in STEPS.iter().enumerate() {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 2_500,
+            ..RetryPolicy::forward_default()
+        };
+        let (a, c) = (
+            Participant::new(cluster, node, calls, index as u32),
+            Participant::new(cluster, node, calls, index as u32),
+        );
+        builder = builder.step_with(
+            *name,
+            StepOptions::new().retry(retry),
+            move |ctx| {
+                let a = a.clone();
+                async move { a.call(ctx).await }
+            },
+            move |ctx| {
+                let c = c.clone();
+                async move { c.call(ctx).await }
+            },
+        );
+    }
+    let mut registry = Registry::new();
+    let saga = registry
+        .register(builder.build().expect("the model's saga is valid"))
+        .expect("registered once");
+    (registry, saga)
+}
+
+#[derive(Clone)]
+struct Participant {
+    cluster: MemCluster,
+    node: Arc<MemNode>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    step: u32,
+}
+
+impl Participant {
+    fn new(
+        cluster: &MemCluster,
+        node: &Arc<MemNode>,
+        calls: &Arc<Mutex<Vec<Call>>>,
+        step: u32,
+    ) -> Self {
+        Participant {
+            cluster: cluster.clone(),
+            node: node.clone(),
+            calls: calls.clone(),
+            step,
+        }
+    }
+
+    async fn call(&self, ctx: StepContext<u64>) -> Result<(), StepError> {
+        let key = *ctx.input();
+        let (saga, phase, attempt) = (ctx.saga_id(), ctx.phase(), ctx.attempt());
+        let token = self.node.lease().map_or(0, |l| l.token());
+        let intent_logged = intent_in_log(&self.cluster, saga, self.step, phase, attempt);
+        let fenced = self.cluster.is_fenced(token);
+        // A call takes a while, so that kills and stalls land mid-call.
+        tokio::time::sleep(Duration::from_millis(20 + key % 7 * 30)).await;
+        let result = match phase {
+            Phase::Action if self.step == 2 && fails_for_good(key) => {
+                Err(StepError::permanent("out of stock"))
+            }
+            Phase::Action if self.step == 1 && fails_once(key) && attempt == 1 => {
+                Err(StepError::retryable("card network busy"))
+            }
+            _ => Ok(()),
+        };
+        self.calls.lock().unwrap().push(Call {
+            saga,
+            step: self.step,
+            phase,
+            attempt,
+            token,
+            intent_logged,
+            fenced,
+            ok: result.is_ok(),
+        });
+        result
+    }
+}
+
+/// Whether saga `saga`'s log holds the intent of this call.
+fn intent_in_log(
+    cluster: &MemCluster,
+    saga: SagaId,
+    step: u32,
+    phase: Phase,
+    attempt: u32,
+) -> bool {
+    records(cluster, saga)
+        .iter()
+        .any(|record| match (record, phase) {
+            (Record::StepStarted(call), Phase::Action)
+            | (Record::CompensationStarted(call), Phase::Compensation) => {
+                call.step == step && call.attempt == attempt
+            }
+            _ => false,
+        })
+}
+
+/// Saga `saga`'s records as the log holds them.
+fn records(cluster: &MemCluster, saga: SagaId) -> Vec<Record> {
+    let values = KvLogStore::read_log(cluster.log(), saga).unwrap_or_default();
+    values
+        .iter()
+        .flat_map(|(_, value)| {
+            frames_of(value)
+                .into_iter()
+                .map(|f| f.to_vec())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|frame| decode_record(&frame).ok().map(|(_, r)| r))
+        .collect()
+}
+
+/// Runs `future` as a client with a timeout would: it gives up after two
+/// leases.
+async fn answer<T>(future: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(TTL * 2, future).await.ok()
+}
+
+impl Model {
+    /// A cluster of [`NODES`] nodes, all running.
+    pub async fn new() -> Model {
+        let mut model = Model {
+            cluster: MemCluster::new(),
+            slots: (0..NODES)
+                .map(|n| Slot {
+                    id: format!("n{n}"),
+                    process: None,
+                })
+                .collect(),
+            calls: Arc::default(),
+            clients: Vec::new(),
+        };
+        for node in 0..NODES {
+            model.restart(node).await;
+        }
+        model
+    }
+
+    /// Starts a process for node `node` if none runs.
+    async fn restart(&mut self, node: usize) {
+        if self.slots[node].process.is_some() {
+            return;
+        }
+        let store = self.cluster.node(&self.slots[node].id, TTL);
+        let (registry, saga) = registry(&self.cluster, &store, &self.calls);
+        let config = EngineConfig {
+            retention: None,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open_with_store(store.clone(), registry, config)
+            .await
+            .expect("a node of the model opens");
+        self.slots[node].process = Some((store, engine, saga));
+    }
+
+    /// Forgets processes whose lease was lost (the service would restart
+    /// them).
+    fn reap(&mut self) {
+        for slot in &mut self.slots {
+            let lost = slot
+                .process
+                .as_ref()
+                .is_some_and(|(_, engine, _)| engine.lease().is_some_and(|l| l.is_lost()));
+            if lost {
+                slot.process = None;
+            }
+        }
+    }
+
+    fn start_on(&mut self, node: usize, key: u8) {
+        let Some((_, engine, saga)) = self.slots[node].process.clone() else {
+            return;
+        };
+        let options = StartOptions::new()
+            .idempotency_key(format!("key-{key}"))
+            .strategy(strategy(u64::from(key)));
+        self.clients.push(tokio::spawn(async move {
+            let _ = answer(engine.start(&saga, &u64::from(key), options)).await;
+        }));
+    }
+
+    /// The cluster the model runs on.
+    pub fn cluster(&self) -> &MemCluster {
+        &self.cluster
+    }
+
+    /// Applies one operation.
+    pub async fn apply(&mut self, op: Op) {
+        self.reap();
+        match op {
+            Op::Start { node, key } => self.start_on(node, key),
+            Op::StartTwice { a, b, key } => {
+                self.start_on(a, key);
+                self.start_on(b, key);
+            }
+            Op::Advance { ms } => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+            Op::Kill { node } => {
+                if let Some((store, _engine, _)) = self.slots[node].process.take() {
+                    store.kill();
+                }
+            }
+            Op::Restart { node } => self.restart(node).await,
+            Op::Stall { node, leases } => {
+                if let Some((store, _, _)) = &self.slots[node].process {
+                    store.cut_off();
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(TTL * u32::from(leases)).await;
+                        store.reconnect();
+                    });
+                }
+            }
+            Op::Leave { node } => {
+                if let Some((_, engine, _)) = self.slots[node].process.take() {
+                    tokio::spawn(async move { engine.shutdown(Duration::from_secs(1)).await });
+                }
+            }
+            Op::Cancel { node, key } => {
+                let Some((_, engine, _)) = self.slots[node].process.clone() else {
+                    return;
+                };
+                self.clients.push(tokio::spawn(async move {
+                    let key = sagalog::IdempotencyKey::from(format!("key-{key}").as_str());
+                    if let Some(Ok(Some(saga))) = answer(engine.find_by_key(&key)).await {
+                        let _ =
+                            answer(engine.cancel(saga.saga_id, "model", "customer asked")).await;
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Reconnects every node, restarts those that are down, and waits
+    /// until no saga is left unfinished; then checks every invariant.
+    /// Returns the run's figures, or every violation found.
+    pub async fn settle_and_check(mut self) -> Result<Figures, Vec<String>> {
+        let began = tokio::time::Instant::now();
+        for client in std::mem::take(&mut self.clients) {
+            let _ = client.await;
+        }
+        loop {
+            self.reap();
+            for node in 0..NODES {
+                if let Some((store, _, _)) = &self.slots[node].process {
+                    store.reconnect();
+                }
+                self.restart(node).await;
+            }
+            let unfinished = KvLogStore::scan_active(self.cluster.log()).unwrap_or_default();
+            if unfinished.is_empty() {
+                break;
+            }
+            if began.elapsed() > SETTLE {
+                let stuck: Vec<String> = unfinished
+                    .iter()
+                    .map(|(saga, _)| format!("{saga} (owner {:?})", self.cluster.owner(*saga)))
+                    .collect();
+                return Err(vec![format!(
+                    "sagas did not settle within {}s: {}",
+                    SETTLE.as_secs(),
+                    stuck.join(", ")
+                )]);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.check().await
+    }
+
+    async fn check(&self) -> Result<Figures, Vec<String>> {
+        let mut problems = Vec::new();
+        let calls = self.calls.lock().unwrap().clone();
+        for call in &calls {
+            if !call.intent_logged {
+                problems.push(format!("a call had no durable intent: {call:?}"));
+            }
+            if call.fenced {
+                problems.push(format!("a fenced token started a call: {call:?}"));
+            }
+        }
+        let sagas = self.cluster.sagas();
+        let mut figures = Figures {
+            sagas: sagas.len(),
+            calls: calls.len(),
+            ..Figures::default()
+        };
+        let mut writers_fenced = HashSet::new();
+        let mut by_key: HashMap<String, Vec<SagaId>> = HashMap::new();
+        for &saga in &sagas {
+            let writers = self.cluster.writers(saga);
+            let mut runs: Vec<u64> = Vec::new();
+            for token in &writers {
+                if runs.last() != Some(token) {
+                    if runs.contains(token) {
+                        problems.push(format!("saga {saga}: token {token} wrote again after another token (writers {writers:?})"));
+                    }
+                    runs.push(*token);
+                }
+            }
+            if runs.len() > 1 {
+                figures.moved += 1;
+            }
+            writers_fenced.extend(runs.iter().copied().filter(|t| self.cluster.is_fenced(*t)));
+            let records = records(&self.cluster, saga);
+            if let Some(Record::SagaStarted(started)) = records.first() {
+                if let Some(key) = &started.idempotency_key {
+                    by_key.entry(key.to_string()).or_default().push(saga);
+                }
+            }
+            self.check_outcome(saga, &records, &calls, &mut problems);
+        }
+        figures.fenced_writers = writers_fenced.len();
+        for (key, sagas) in by_key {
+            if sagas.len() > 1 {
+                problems.push(format!("key {key} has {} sagas: {sagas:?}", sagas.len()));
+            }
+        }
+        if let Some((_, engine, _)) = self.slots.iter().find_map(|s| s.process.clone()) {
+            match engine.verify().await {
+                Ok(report) if report.is_clean() => {}
+                Ok(report) => {
+                    problems.push(format!("verify found problems: {:?}", report.problems))
+                }
+                Err(e) => problems.push(format!("verify failed: {e}")),
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(figures),
+            false => Err(problems),
+        }
+    }
+
+    /// The saga's end agrees with the calls made: a committed saga's every
+    /// action succeeded; a compensated one compensated every step whose
+    /// action may have taken effect.
+    fn check_outcome(
+        &self,
+        saga: SagaId,
+        records: &[Record],
+        calls: &[Call],
+        problems: &mut Vec<String>,
+    ) {
+        let status = records.iter().rev().find_map(|r| match r {
+            Record::SagaFinished(finished) => Some(finished.status),
+            _ => None,
+        });
+        let of = |step: u32, phase: Phase| {
+            calls
+                .iter()
+                .filter(move |c| c.saga == saga && c.step == step && c.phase == phase)
+        };
+        match status {
+            Some(SagaStatus::Committed) => {
+                for step in 0..STEPS.len() as u32 {
+                    if !of(step, Phase::Action).any(|c| c.ok) {
+                        problems.push(format!(
+                            "saga {saga} committed without a successful {}",
+                            STEPS[step as usize]
+                        ));
+                    }
+                }
+            }
+            Some(SagaStatus::Compensated) => {
+                for step in 0..STEPS.len() as u32 {
+                    let acted = of(step, Phase::Action).any(|c| c.ok);
+                    if acted && !of(step, Phase::Compensation).any(|c| c.ok) {
+                        problems.push(format!(
+                            "saga {saga} compensated without undoing {}",
+                            STEPS[step as usize]
+                        ));
+                    }
+                }
+            }
+            other => problems.push(format!("saga {saga} ended {other:?}")),
+        }
+    }
+}
+
+/// Runs `ops` on a fresh cluster and checks the invariants.
+pub async fn run(ops: &[Op]) -> Result<Figures, Vec<String>> {
+    let mut model = Model::new().await;
+    for op in ops {
+        model.apply(*op).await;
+    }
+    model.settle_and_check().await
+}
+
+/// A current-thread runtime on paused time, as the model needs.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime for the model")
+}
