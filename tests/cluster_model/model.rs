@@ -2,7 +2,8 @@
 //! `testing::MemCluster` on tokio's paused clock (the cluster's database
 //! clock), driven by a list of operations (starts, one key started on two
 //! nodes at once, time passing, kills, restarts, stalls past the lease,
-//! graceful leaves, operator cancels). After the operations the model
+//! graceful leaves, operator cancels), each order running a payment
+//! sub-saga. After the operations the model
 //! reconnects every node, lets the cluster settle, and checks its
 //! invariants. Shared by `tests/cluster_model` and the `cluster_model`
 //! fuzz target, which decodes the operations from bytes.
@@ -24,8 +25,11 @@ pub const NODES: usize = 3;
 pub const TTL: Duration = Duration::from_secs(2);
 /// How long the cluster may take to settle after the operations.
 const SETTLE: Duration = Duration::from_secs(900);
-/// The steps of the model's saga, in order.
-const STEPS: [&str; 3] = ["reserve", "charge", "ship"];
+/// The participant steps of the model's sagas, with their indexes in the
+/// plan: `order` runs `reserve`, `charge`, the `payment` sub-saga (step 2,
+/// run by the engine) and `ship`; `payment` runs `authorize` and `capture`.
+const ORDER: [(u32, &str); 3] = [(0, "reserve"), (1, "charge"), (3, "ship")];
+const PAYMENT: [(u32, &str); 2] = [(0, "authorize"), (1, "capture")];
 
 /// One operation of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +130,8 @@ pub struct Figures {
     pub moved: usize,
     /// Tokens that wrote and were fenced.
     pub fenced_writers: usize,
+    /// Sub-sagas last written by another process than their parent.
+    pub split: usize,
 }
 
 impl std::ops::AddAssign for Figures {
@@ -134,6 +140,7 @@ impl std::ops::AddAssign for Figures {
         self.calls += other.calls;
         self.moved += other.moved;
         self.fenced_writers += other.fenced_writers;
+        self.split += other.split;
     }
 }
 
@@ -170,42 +177,70 @@ fn strategy(key: u64) -> CompensationStrategy {
     }
 }
 
-/// The model's saga, whose participants run on node `node` and record
+/// The model's sagas, whose participants run on node `node` and record
 /// their calls in `calls`, checking the log as they begin.
 fn registry(
     cluster: &MemCluster,
     node: &Arc<MemNode>,
     calls: &Arc<Mutex<Vec<Call>>>,
 ) -> (Registry, SagaRef<u64>) {
-    let mut builder = SagaDefinition::<u64>::builder("order");
-    for (index, name) in STEPS.iter().enumerate() {
-        let retry = RetryPolicy {
-            max_attempts: 3,
-            initial_interval_ms: 2_500,
-            ..RetryPolicy::forward_default()
-        };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_interval_ms: 2_500,
+        ..RetryPolicy::forward_default()
+    };
+    let participant = |step: u32, name: &'static str| {
         let (a, c) = (
-            Participant::new(cluster, node, calls, index as u32),
-            Participant::new(cluster, node, calls, index as u32),
+            Participant::new(cluster, node, calls, step, name),
+            Participant::new(cluster, node, calls, step, name),
         );
-        builder = builder.step_with(
-            *name,
-            StepOptions::new().retry(retry),
+        (
             move |ctx| {
-                let a = a.clone();
+                let a: Participant = a.clone();
                 async move { a.call(ctx).await }
             },
             move |ctx| {
-                let c = c.clone();
+                let c: Participant = c.clone();
                 async move { c.call(ctx).await }
             },
-        );
-    }
+        )
+    };
     let mut registry = Registry::new();
-    let saga = registry
-        .register(builder.build().expect("the model's saga is valid"))
+    let mut payment = SagaDefinition::<u64>::builder("payment");
+    for (step, name) in PAYMENT {
+        let (action, compensation) = participant(step, name);
+        payment = payment.step_with(name, StepOptions::new().retry(retry), action, compensation);
+    }
+    let payment = registry
+        .register(payment.build().expect("the model's payment is valid"))
         .expect("registered once");
-    (registry, saga)
+    let (action, compensation) = participant(0, "reserve");
+    let mut order = SagaDefinition::<u64>::builder("order").step_with(
+        "reserve",
+        StepOptions::new().retry(retry),
+        action,
+        compensation,
+    );
+    let (action, compensation) = participant(1, "charge");
+    order = order
+        .step_with(
+            "charge",
+            StepOptions::new().retry(retry),
+            action,
+            compensation,
+        )
+        .sub_saga("payment", &payment, |ctx| Ok(*ctx.input()));
+    let (action, compensation) = participant(3, "ship");
+    order = order.step_with(
+        "ship",
+        StepOptions::new().retry(retry),
+        action,
+        compensation,
+    );
+    let order = registry
+        .register(order.build().expect("the model's order is valid"))
+        .expect("registered once");
+    (registry, order)
 }
 
 #[derive(Clone)]
@@ -214,6 +249,7 @@ struct Participant {
     node: Arc<MemNode>,
     calls: Arc<Mutex<Vec<Call>>>,
     step: u32,
+    name: &'static str,
 }
 
 impl Participant {
@@ -222,12 +258,14 @@ impl Participant {
         node: &Arc<MemNode>,
         calls: &Arc<Mutex<Vec<Call>>>,
         step: u32,
+        name: &'static str,
     ) -> Self {
         Participant {
             cluster: cluster.clone(),
             node: node.clone(),
             calls: calls.clone(),
             step,
+            name,
         }
     }
 
@@ -240,10 +278,13 @@ impl Participant {
         // A call takes a while, so that kills and stalls land mid-call.
         tokio::time::sleep(Duration::from_millis(20 + key % 7 * 30)).await;
         let result = match phase {
-            Phase::Action if self.step == 2 && fails_for_good(key) => {
+            Phase::Action if self.name == "ship" && fails_for_good(key) => {
                 Err(StepError::permanent("out of stock"))
             }
-            Phase::Action if self.step == 1 && fails_once(key) && attempt == 1 => {
+            Phase::Action if self.name == "capture" && key % 7 == 6 => {
+                Err(StepError::permanent("card declined"))
+            }
+            Phase::Action if self.name == "charge" && fails_once(key) && attempt == 1 => {
                 Err(StepError::retryable("card network busy"))
             }
             _ => Ok(()),
@@ -439,7 +480,7 @@ impl Model {
             if began.elapsed() > SETTLE {
                 let stuck: Vec<String> = unfinished
                     .iter()
-                    .map(|(saga, _)| format!("{saga} (owner {:?})", self.cluster.owner(*saga)))
+                    .map(|(saga, _)| self.describe(*saga))
                     .collect();
                 return Err(vec![format!(
                     "sagas did not settle within {}s: {}",
@@ -450,6 +491,33 @@ impl Model {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         self.check().await
+    }
+
+    /// A saga that did not settle, for the failure message: its type,
+    /// owner (with that node's token and liveness), writers and last record.
+    fn describe(&self, saga: SagaId) -> String {
+        let records = records(&self.cluster, saga);
+        let kind = match records.first() {
+            Some(Record::SagaStarted(started)) => started.saga_type.to_string(),
+            _ => "?".into(),
+        };
+        let owner = self.cluster.owner(saga);
+        let node = owner.as_deref().and_then(|o| self.cluster.token_of(o));
+        let last: Vec<String> = records
+            .iter()
+            .rev()
+            .take(3)
+            .map(|r| match r {
+                Record::CompensationFailed(failed) | Record::StepFailed(failed) => {
+                    format!("{} ({:?})", r.kind_name(), failed)
+                }
+                _ => r.kind_name().to_string(),
+            })
+            .collect();
+        format!(
+            "{saga} ({kind}, owner {owner:?} {node:?}, writers {:?}, last records {last:?})",
+            self.cluster.writers(saga)
+        )
     }
 
     async fn check(&self) -> Result<Figures, Vec<String>> {
@@ -493,6 +561,9 @@ impl Model {
                 }
             }
             self.check_outcome(saga, &records, &calls, &mut problems);
+            if self.check_child(saga, &records, &mut problems) {
+                figures.split += 1;
+            }
         }
         figures.fenced_writers = writers_fenced.len();
         for (key, sagas) in by_key {
@@ -525,40 +596,70 @@ impl Model {
         calls: &[Call],
         problems: &mut Vec<String>,
     ) {
-        let status = records.iter().rev().find_map(|r| match r {
-            Record::SagaFinished(finished) => Some(finished.status),
-            _ => None,
-        });
+        let steps: &[(u32, &str)] = match records.first() {
+            Some(Record::SagaStarted(started)) if started.saga_type.as_str() == "payment" => {
+                &PAYMENT
+            }
+            _ => &ORDER,
+        };
         let of = |step: u32, phase: Phase| {
             calls
                 .iter()
                 .filter(move |c| c.saga == saga && c.step == step && c.phase == phase)
         };
-        match status {
+        match status_in(records) {
             Some(SagaStatus::Committed) => {
-                for step in 0..STEPS.len() as u32 {
-                    if !of(step, Phase::Action).any(|c| c.ok) {
-                        problems.push(format!(
-                            "saga {saga} committed without a successful {}",
-                            STEPS[step as usize]
-                        ));
+                for (step, name) in steps {
+                    if !of(*step, Phase::Action).any(|c| c.ok) {
+                        problems.push(format!("saga {saga} committed without a successful {name}"));
                     }
                 }
             }
             Some(SagaStatus::Compensated) => {
-                for step in 0..STEPS.len() as u32 {
-                    let acted = of(step, Phase::Action).any(|c| c.ok);
-                    if acted && !of(step, Phase::Compensation).any(|c| c.ok) {
-                        problems.push(format!(
-                            "saga {saga} compensated without undoing {}",
-                            STEPS[step as usize]
-                        ));
+                for (step, name) in steps {
+                    let acted = of(*step, Phase::Action).any(|c| c.ok);
+                    if acted && !of(*step, Phase::Compensation).any(|c| c.ok) {
+                        problems.push(format!("saga {saga} compensated without undoing {name}"));
                     }
                 }
             }
             other => problems.push(format!("saga {saga} ended {other:?}")),
         }
     }
+
+    /// A sub-saga ends as its parent needs: committed under a committed
+    /// parent, compensated under a compensated one. True when the two
+    /// were last written by different processes.
+    fn check_child(&self, child: SagaId, records: &[Record], problems: &mut Vec<String>) -> bool {
+        let Some(Record::SagaStarted(started)) = records.first() else {
+            return false;
+        };
+        let Some(link) = started.parent else {
+            return false;
+        };
+        let parent = status_in(&self::records(&self.cluster, link.saga));
+        let status = status_in(records);
+        let agrees = match parent {
+            Some(SagaStatus::Committed) => status == Some(SagaStatus::Committed),
+            Some(SagaStatus::Compensated) => status == Some(SagaStatus::Compensated),
+            _ => false,
+        };
+        if !agrees {
+            problems.push(format!(
+                "sub-saga {child} ended {status:?} under parent {} that ended {parent:?}",
+                link.saga
+            ));
+        }
+        self.cluster.writers(child).last() != self.cluster.writers(link.saga).last()
+    }
+}
+
+/// The status the saga's last `SagaFinished` record gives it.
+fn status_in(records: &[Record]) -> Option<SagaStatus> {
+    records.iter().rev().find_map(|r| match r {
+        Record::SagaFinished(finished) => Some(finished.status),
+        _ => None,
+    })
 }
 
 /// Runs `ops` on a fresh cluster and checks the invariants.

@@ -410,10 +410,15 @@ impl MemNode {
     async fn take_saga(&self, saga: SagaId) -> Result<Option<String>, StoreError> {
         self.reach().await;
         let (lease, _) = self.joined()?;
+        // A finished saga goes to the actor whoever owned it (it is being
+        // reopened, as by compensating a committed sub-saga).
+        let finished = KvLogStore::read_active(&self.shared.log, saga)?.is_none();
         let mut state = self.state();
         state.check_live(&lease)?;
         match state.owners.get(&saga) {
-            Some(owner) if *owner != self.id && state.is_live(owner) => Ok(Some(owner.clone())),
+            Some(owner) if !finished && *owner != self.id && state.is_live(owner) => {
+                Ok(Some(owner.clone()))
+            }
             _ => {
                 state.owners.insert(saga, self.id.clone());
                 Ok(None)
