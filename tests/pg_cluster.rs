@@ -537,3 +537,38 @@ fn a_job_whose_holder_stopped_asking_goes_to_another_node() {
         b.leave().await.unwrap();
     });
 }
+
+#[test]
+fn a_listing_names_the_node_that_owns_each_unfinished_saga() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = failing_hotel();
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let (b, _) = node(&url, &schema, "b", &Script::default()).await;
+        let suspended = suspended_trip(&a, &trip).await;
+        let finished = b
+            .start(&trip, &"bob".to_string(), StartOptions::new())
+            .await
+            .unwrap()
+            .saga_id;
+        b.outcome(finished).await.unwrap();
+
+        let listed = b.find(&sagalog::SagaFilter::new()).await.unwrap();
+
+        let owner_of = |id: SagaId| {
+            listed
+                .iter()
+                .find(|l| l.saga_id == id)
+                .map(|l| l.owner.clone())
+        };
+        assert_eq!(owner_of(suspended), Some(Some("a".to_string())));
+        assert_eq!(
+            owner_of(finished),
+            Some(None),
+            "a finished saga has no owner"
+        );
+        a.shutdown(Duration::ZERO).await;
+        b.shutdown(Duration::ZERO).await;
+    });
+}

@@ -139,11 +139,13 @@ impl Output {
         if self.json {
             return to_json(page);
         }
+        // On a log several nodes share, which node runs each saga.
+        let owners = page.sagas.iter().any(|s| s.owner.is_some());
         let rows: Vec<Vec<String>> = page
             .sagas
             .iter()
             .map(|s| {
-                vec![
+                let mut row = vec![
                     s.saga_id.to_string(),
                     s.saga_type.to_string(),
                     match &s.pending {
@@ -153,16 +155,18 @@ impl Output {
                     time(s.started_at),
                     time(s.changed_at),
                     s.next_wake.map_or("-".into(), time),
-                ]
+                ];
+                if owners {
+                    row.push(s.owner.clone().unwrap_or_else(|| "-".into()));
+                }
+                row
             })
             .collect();
-        say!(
-            "{}",
-            table(
-                &["SAGA", "TYPE", "STATUS", "STARTED", "CHANGED", "WAKES"],
-                &rows
-            )
-        );
+        let mut header = vec!["SAGA", "TYPE", "STATUS", "STARTED", "CHANGED", "WAKES"];
+        if owners {
+            header.push("OWNER");
+        }
+        say!("{}", table(&header, &rows));
         match page.next {
             Some(last) => say!(
                 "({}; there may be more: add --after {last})",

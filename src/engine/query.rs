@@ -262,6 +262,16 @@ impl Engine {
         if let Some(limit) = filter.limit {
             out.truncate(limit);
         }
+        let ids: Vec<SagaId> = out
+            .iter()
+            .filter(|l| !l.status.is_terminal())
+            .map(|l| l.saga_id)
+            .collect();
+        let owners: IdMap<SagaId, String> =
+            self.inner.store.owners(&ids).await?.into_iter().collect();
+        for listing in &mut out {
+            listing.owner = owners.get(&listing.saga_id).cloned();
+        }
         Ok(out)
     }
 
@@ -388,6 +398,7 @@ fn listings(rows: Vec<(SagaId, Vec<u8>)>, parked: &IdMap<SagaId, ParkReason>) ->
                     next_wake: entry.next_wake,
                     parked: reason,
                     pending: entry.pending,
+                    owner: None,
                 },
                 Err(e) => SagaListing {
                     saga_id: id,
@@ -398,6 +409,7 @@ fn listings(rows: Vec<(SagaId, Vec<u8>)>, parked: &IdMap<SagaId, ParkReason>) ->
                     next_wake: None,
                     pending: None,
                     parked: Some(reason.unwrap_or_else(|| format!("index entry unreadable: {e}"))),
+                    owner: None,
                 },
             }
         })

@@ -359,6 +359,11 @@ pub struct SagaListing {
     /// `"abandon"`): a tool recorded them while the service was stopped,
     /// and the service does them when it next runs the saga.
     pub pending: Option<String>,
+    /// On a log several nodes share, the node that owns the saga (runs it,
+    /// or will when it wakes); `None` for a finished or handed-over saga,
+    /// and on a store one process writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One record of a saga's history. A log value that cannot be decoded is

@@ -209,6 +209,9 @@ impl LogStore for Faulty {
     fn take(&self, saga: SagaId) -> StoreFuture<'_, Option<String>> {
         self.inner.take(saga)
     }
+    fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
+        self.inner.owners(sagas)
+    }
     fn hold_singleton<'a>(
         &'a self,
         name: &'a str,

@@ -123,22 +123,24 @@ fn an_action_on_a_saga_no_live_node_owns_is_recorded_and_run_by_the_next_node() 
     assert_eq!(detail["saga"]["status"], "COMPENSATED");
 }
 
-#[test]
-fn an_action_on_a_saga_a_live_node_owns_is_refused_naming_the_node() {
+/// A service node `svc` on the log in `schema`, running one saga that is
+/// suspended for an operator: the node's runtime, its engine and the saga.
+fn suspended_on_a_live_node(
+    url: &str,
+    schema: &str,
+) -> (tokio::runtime::Runtime, sagalog::Engine, SagaId) {
     use sagalog::{
         CompensationStrategy, Engine, EngineConfig, PgOptions, PgStore, Registry, SagaDefinition,
         SagaStatus, StartOptions, StepError,
     };
-    let Some(url) = server() else { return };
-    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let (engine, id) = runtime.block_on(async {
-        let options = PgOptions::default().schema(schema.as_str()).node_id("svc");
-        let store = PgStore::connect(&url, options).await.unwrap();
+        let options = PgOptions::default().schema(schema).node_id("svc");
+        let store = PgStore::connect(url, options).await.unwrap();
         let mut registry = Registry::new();
         let stuck = SagaDefinition::<String>::builder("stuck")
             .step(
@@ -168,6 +170,31 @@ fn an_action_on_a_saga_a_live_node_owns_is_refused_naming_the_node() {
         );
         (engine, id)
     });
+    (runtime, engine, id)
+}
+
+#[test]
+fn list_on_a_postgresql_log_shows_the_node_that_owns_each_saga_in_flight() {
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let (runtime, engine, id) = suspended_on_a_live_node(&url, &schema);
+
+    let listed = on_pg(&url, &schema, &["list"]);
+
+    let said = String::from_utf8_lossy(&listed.stdout);
+    let header = said.lines().next().unwrap_or_default();
+    assert!(header.ends_with("OWNER"), "{said}");
+    let row = said.lines().find(|l| l.starts_with(&id.to_string()));
+    assert!(row.is_some_and(|r| r.ends_with("svc")), "{said}");
+    runtime.block_on(engine.shutdown(Duration::ZERO));
+}
+
+#[test]
+fn an_action_on_a_saga_a_live_node_owns_is_refused_naming_the_node() {
+    use sagalog::SagaStatus;
+    let Some(url) = server() else { return };
+    let schema = format!("cli_{}", SagaId::new().to_string().replace('-', ""));
+    let (runtime, engine, id) = suspended_on_a_live_node(&url, &schema);
 
     let acted = on_pg(
         &url,

@@ -244,6 +244,14 @@ pub trait LogStore: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// The node that owns each of `sagas`, for those that have an owner on
+    /// a log several nodes share (a listing shows it). Empty (the default)
+    /// for a store one process writes.
+    fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
+        let _ = sagas;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// The index entries (active and finished) of the sagas `query`
     /// accepts, in id order, for a store that filters on its side; `None`
     /// (the default) when it does not, and the engine filters every entry

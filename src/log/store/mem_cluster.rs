@@ -588,4 +588,15 @@ impl LogStore for MemNode {
     fn hold_singleton<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
         Box::pin(self.singleton(name, ttl))
     }
+
+    fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
+        Box::pin(async move {
+            self.reach().await;
+            let state = self.state();
+            Ok(sagas
+                .iter()
+                .filter_map(|saga| Some((*saga, state.owners.get(saga)?.clone())))
+                .collect())
+        })
+    }
 }

@@ -279,6 +279,10 @@ impl LogStore for PgStore {
         Box::pin(read::key_claim(&self.reader, key))
     }
 
+    fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
+        Box::pin(read::owners(&self.reader, sagas))
+    }
+
     fn scan_timers<'a>(
         &'a self,
         limit: usize,

@@ -49,6 +49,9 @@ const NODES: &str = "SELECT n.node_id, n.token, n.state,
         n.fenced_by, n.types,
         (SELECT count(*) FROM sagalog_saga s WHERE s.owner_node = n.node_id AND NOT s.finished)
     FROM sagalog_node n ORDER BY n.node_id";
+/// The owner node of each unfinished saga in `$1` that has one.
+const OWNERS: &str = "SELECT saga_id, owner_node FROM sagalog_saga
+    WHERE saga_id = ANY($1) AND owner_node IS NOT NULL AND NOT finished";
 const UNOWNED: &str = "SELECT count(*) FROM sagalog_saga WHERE NOT finished AND owner_node IS NULL";
 
 pub(super) const STATEMENTS: &[&str] = &[
@@ -62,6 +65,7 @@ pub(super) const STATEMENTS: &[&str] = &[
     TIMERS_OWNED,
     MATCHING,
     NODES,
+    OWNERS,
     UNOWNED,
 ];
 
@@ -215,6 +219,23 @@ pub(super) async fn key_claim(
             })
         })
         .transpose()
+}
+
+/// The owner node of each of `sagas` that has one.
+pub(super) async fn owners(
+    link: &Link,
+    sagas: &[SagaId],
+) -> Result<Vec<(SagaId, String)>, StoreError> {
+    let doing = "reading the owners of sagas";
+    let ids: Vec<uuid::Uuid> = sagas.iter().map(|s| uuid(*s)).collect();
+    query(link, OWNERS, &[&ids], doing)
+        .await?
+        .iter()
+        .map(|row| {
+            let id: uuid::Uuid = get(row, 0, doing)?;
+            Ok((saga_id(id), get(row, 1, doing)?))
+        })
+        .collect()
 }
 
 /// The first `n` timers in due order, leaving out `skip`: those of the
