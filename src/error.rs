@@ -89,6 +89,18 @@ pub enum Error {
         /// The live node that owns it.
         node: String,
     },
+    /// On a log several nodes share, the node that runs the saga refused
+    /// an operator's action queued for it: it made no sense in the saga's
+    /// state there.
+    #[error("node '{node}', which runs saga {saga}, refused the action: {reason}")]
+    ActionRefused {
+        /// The saga.
+        saga: SagaId,
+        /// The node that refused it.
+        node: String,
+        /// Why.
+        reason: String,
+    },
     /// Two definitions were registered under one type.
     #[error(transparent)]
     DuplicateSagaType(#[from] DuplicateSagaType),

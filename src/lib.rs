@@ -119,8 +119,9 @@ pub mod store {
     //! [`crate::Engine::open_with_store`].
     pub use crate::log::store::{
         input_fingerprint, Adopted, BatchItems, Claim, Committed, FinishedBatch, IndexEntry,
-        IndexQuery, IndexSet, IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, Refusal,
-        Removal, Removed, SagaAppend, StoreFuture, TimerKey, TimerScan, WriteTimes, LAYOUT_VERSION,
+        IndexQuery, IndexSet, IndexUpdate, KeyClaim, KvLogStore, LogStore, LogValue, QueuedAction,
+        QueuedOutcome, Refusal, Removal, Removed, SagaAppend, StoreFuture, TimerKey, TimerScan,
+        WriteTimes, LAYOUT_VERSION,
     };
 }
 

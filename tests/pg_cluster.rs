@@ -399,7 +399,7 @@ fn failing_hotel() -> Script {
 }
 
 #[test]
-fn an_operator_action_on_a_saga_another_live_node_owns_is_refused_with_its_owner() {
+fn an_operator_action_through_a_node_that_does_not_run_the_saga_is_carried_out_by_its_owner() {
     let Some(url) = pg::url_or_skip() else { return };
     let schema = new_schema();
     runtime().block_on(async {
@@ -408,17 +408,43 @@ fn an_operator_action_on_a_saga_another_live_node_owns_is_refused_with_its_owner
         let (b, _) = node(&url, &schema, "b", &script).await;
         let id = suspended_trip(&a, &trip).await;
 
-        let refused = b.compensate_now(id, "ops", "customer cancelled").await;
-
-        assert!(
-            matches!(refused, Err(Error::OwnedElsewhere { ref node, .. }) if node == "a"),
-            "{refused:?}"
-        );
-        assert_eq!(b.saga(id).await.unwrap().status, SagaStatus::Suspended);
-        a.compensate_now(id, "ops", "customer cancelled")
+        b.compensate_now(id, "ops", "customer cancelled")
             .await
             .unwrap();
+
         assert_eq!(a.outcome(id).await.unwrap().status, SagaStatus::Compensated);
+        assert_eq!(owners(&url, &schema, &[id]).await, [Some("a".to_string())]);
+        let actions = a
+            .history(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.record, Ok((_, sagalog::Record::OperatorAction(_)))))
+            .count();
+        assert_eq!(actions, 1, "the action was carried out once");
+        a.shutdown(Duration::ZERO).await;
+        b.shutdown(Duration::ZERO).await;
+    });
+}
+
+#[test]
+fn a_queued_action_that_makes_no_sense_is_refused_by_the_owner_with_its_reason() {
+    let Some(url) = pg::url_or_skip() else { return };
+    let schema = new_schema();
+    runtime().block_on(async {
+        let script = failing_hotel();
+        let (a, trip) = node(&url, &schema, "a", &script).await;
+        let (b, _) = node(&url, &schema, "b", &script).await;
+        let id = suspended_trip(&a, &trip).await;
+
+        // The car was never booked: there is nothing to mark compensated.
+        let refused = b.mark_compensated(id, "car", "ops", "refunded").await;
+
+        assert!(
+            matches!(refused, Err(Error::ActionRefused { ref node, .. }) if node == "a"),
+            "{refused:?}"
+        );
+        assert_eq!(a.saga(id).await.unwrap().status, SagaStatus::Suspended);
         a.shutdown(Duration::ZERO).await;
         b.shutdown(Duration::ZERO).await;
     });

@@ -130,7 +130,8 @@ pub enum Carried {
     Now,
     /// A stopped service's database: the service, when it starts.
     AtNextStart,
-    /// A PostgreSQL log: the live node that adopts the saga.
+    /// A PostgreSQL log: the live node that runs the saga (the action was
+    /// queued for it), or the one that adopts it.
     ByALiveNode,
 }
 
@@ -385,7 +386,12 @@ impl Output {
             ),
             Carried::AtNextStart => say!("recorded; the service carries it out at its next start"),
             Carried::ByALiveNode => say!(
-                "recorded and handed back to the log's nodes: the live node that adopts the saga carries it out (`sagalog nodes` shows them)"
+                "done: the saga is now {}{}; the live node that runs it carries the action out, or the one that adopts it if none runs it (`sagalog list` shows its owner, `sagalog nodes` the nodes)",
+                saga.status.name(),
+                saga.waiting
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
             ),
         }
     }

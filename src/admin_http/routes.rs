@@ -82,7 +82,8 @@ impl From<Error> for Problem {
             Error::Illegal { .. }
             | Error::Parked { .. }
             | Error::AdminOnly
-            | Error::OwnedElsewhere { .. } => StatusCode::CONFLICT,
+            | Error::OwnedElsewhere { .. }
+            | Error::ActionRefused { .. } => StatusCode::CONFLICT,
             Error::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -14,6 +14,7 @@ use crate::log::codec;
 use crate::log::record::{
     Decision, OperatorAction, OperatorCommand, Record, StepFailure, WaitPurpose,
 };
+use crate::log::store::QueuedOutcome;
 use crate::state::{to_compensate, SagaState};
 use crate::status::SagaStatus;
 use crate::sync::lock;
@@ -65,6 +66,12 @@ impl Engine {
     /// saga's state (e.g. retrying a step of a compensating saga), and with
     /// [`Error::Parked`] for a parked saga.
     ///
+    /// On a log several nodes share, an action on a saga that another live
+    /// node runs is queued for that node, which carries it out (or refuses
+    /// it, [`Error::ActionRefused`]) at its next scan, once whatever
+    /// happens to the nodes; this call waits for that. On a store without
+    /// a queue it is refused with [`Error::OwnedElsewhere`].
+    ///
     /// Cancellation-safe: a caller that stops waiting does not leave the
     /// saga without a loop; the action is still carried out, or refused.
     pub async fn operate(
@@ -74,24 +81,35 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<(), Error> {
-        if let Some(why) = lock(&self.inner.parked).get(&id) {
-            return Err(Error::Parked {
-                saga: id,
-                reason: why.clone(),
-            });
-        }
         let action = OperatorAction {
             actor: actor.to_owned(),
             reason: reason.to_owned(),
             command,
         };
         tracing::info!(saga_id = %id, command = command.name(), actor, reason, "operator action");
-        let queued = {
+        self.carry_out(id, action, None).await
+    }
+
+    /// Carries out `action` on saga `id`; `queued` is its id in the action
+    /// queue when another node queued it for this one.
+    async fn carry_out(
+        &self,
+        id: SagaId,
+        action: OperatorAction,
+        queued: Option<u64>,
+    ) -> Result<(), Error> {
+        if let Some(why) = lock(&self.inner.parked).get(&id) {
+            return Err(Error::Parked {
+                saga: id,
+                reason: why.clone(),
+            });
+        }
+        let waiting = {
             let mut running = lock(&self.inner.running);
             match running.get_mut(&id) {
                 Some(mailbox) => {
                     let (tx, rx) = oneshot::channel();
-                    mailbox.push((action.clone(), tx));
+                    mailbox.push((action.clone(), tx, queued));
                     Some(rx)
                 }
                 None => {
@@ -100,7 +118,7 @@ impl Engine {
                 }
             }
         };
-        if let Some(reply) = queued {
+        if let Some(reply) = waiting {
             return reply.await.unwrap_or(Err(Error::shutting_down(id)));
         }
         // The saga is claimed: from here on the work runs on a task of its
@@ -110,7 +128,7 @@ impl Engine {
         let act = self
             .inner
             .tracker
-            .spawn(async move { engine.act_as_owner(id, action).await });
+            .spawn(async move { engine.act_as_owner(id, action, queued).await });
         match act.await {
             Ok(done) => done,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -121,12 +139,18 @@ impl Engine {
     /// Carries out `action` on saga `id`, which this engine has just
     /// claimed: takes it on a shared log, appends the record, and runs the
     /// saga; on a refusal, releases the claim and answers the actions
-    /// queued meanwhile with the same error.
-    async fn act_as_owner(&self, id: SagaId, action: OperatorAction) -> Result<(), Error> {
+    /// queued meanwhile with the same error. A saga a live node owns gets
+    /// the action through the queue, unless it came from there.
+    async fn act_as_owner(
+        &self,
+        id: SagaId,
+        action: OperatorAction,
+        queued: Option<u64>,
+    ) -> Result<(), Error> {
         // On a shared log, this node must own the saga too (if it cannot,
         // actions queued meanwhile get the same refusal).
         let appended = match self.take_for_action(id).await {
-            Ok(()) => self.append_action(id, action).await,
+            Ok(()) => self.append_action(id, action.clone(), queued).await,
             Err(e) => Err(e),
         };
         match appended {
@@ -141,12 +165,90 @@ impl Engine {
             }
             Err(e) => {
                 let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
-                for (_, reply) in pending {
+                for (_, reply, _) in pending {
                     let _ = reply.send(Err(e.clone()));
                 }
-                Err(e)
+                match (e, queued) {
+                    (Error::OwnedElsewhere { node, .. }, None) => {
+                        self.queue_for_owner(id, &action, node).await
+                    }
+                    (e, _) => Err(e),
+                }
             }
         }
+    }
+
+    /// Queues `action` on saga `id` for `owner`, the live node that runs
+    /// it, and waits until that node (or one that adopted the saga since)
+    /// has carried it out or refused it. On a store without a queue, the
+    /// action is refused naming the owner.
+    async fn queue_for_owner(
+        &self,
+        id: SagaId,
+        action: &OperatorAction,
+        owner: String,
+    ) -> Result<(), Error> {
+        let bytes = codec::encode_value(action).map_err(|e| Error::encode("operator action", e))?;
+        let Some(queued) = self.inner.store.queue_action(id, &bytes).await? else {
+            return Err(Error::OwnedElsewhere {
+                saga: id,
+                node: owner,
+            });
+        };
+        tracing::info!(saga_id = %id, queued, node = %owner, "operator action queued for the node that runs the saga");
+        loop {
+            match self.inner.store.queued_outcome(queued).await? {
+                QueuedOutcome::Pending => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                QueuedOutcome::Applied { .. } => return Ok(()),
+                QueuedOutcome::Refused { node, reason } => {
+                    return Err(Error::ActionRefused {
+                        saga: id,
+                        node,
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Carries out the queued actions on sagas this node owns that no task
+    /// here is carrying out yet, each in a task of its own. An action that
+    /// makes no sense in its saga's state is marked refused; one this node
+    /// cannot carry out now (the saga moved, the store is down) stays
+    /// queued for the next scan.
+    pub(super) async fn apply_queued(&self) -> Result<(), Error> {
+        for queued in self.inner.store.queued_actions(256).await? {
+            if !lock(&self.inner.applying).insert(queued.id) {
+                continue;
+            }
+            let engine = self.background();
+            self.inner.tracker.spawn(async move {
+                let id = queued.id;
+                let refusal = match codec::decode_value::<OperatorAction>(&queued.action) {
+                    Ok(action) => match engine.carry_out(queued.saga, action, Some(id)).await {
+                        Ok(()) => None,
+                        Err(e @ (Error::Illegal { .. }
+                        | Error::Parked { .. }
+                        | Error::InvalidOptions(_)
+                        | Error::NotFound(_))) => Some(e.to_string()),
+                        Err(e) => {
+                            tracing::warn!(saga_id = %queued.saga, queued = id, error = %e, "a queued operator action could not be carried out yet; it stays queued");
+                            None
+                        }
+                    },
+                    Err(e) => Some(format!("the queued action cannot be decoded: {e}")),
+                };
+                if let Some(reason) = refusal {
+                    if let Err(e) = engine.inner.store.refuse_queued(id, &reason).await {
+                        tracing::warn!(queued = id, error = %e, "could not mark a queued operator action refused; the next scan judges it again");
+                    }
+                }
+                lock(&engine.inner.applying).remove(&id);
+            });
+        }
+        Ok(())
     }
 
     /// On a log several nodes share, makes this node the owner of saga
@@ -166,7 +268,12 @@ impl Engine {
         }
     }
 
-    async fn append_action(&self, id: SagaId, action: OperatorAction) -> Result<SagaState, Error> {
+    async fn append_action(
+        &self,
+        id: SagaId,
+        action: OperatorAction,
+        queued: Option<u64>,
+    ) -> Result<SagaState, Error> {
         if self.inner.stopping.is_cancelled() {
             return Err(Error::shutting_down(id));
         }
@@ -177,6 +284,9 @@ impl Engine {
             self.inner.clock.now(),
             Record::OperatorAction(action),
         )?;
+        if let Some(queued) = queued {
+            staged.applies(queued);
+        }
         self.inner.commit(&mut staged, &state).await?;
         Ok(state)
     }

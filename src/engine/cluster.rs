@@ -1,6 +1,7 @@
 //! On a log several nodes share ([`LogStore::join`](crate::store::LogStore::join)):
 //! watching this node's lease, adopting the sagas of nodes that died or
-//! left, and starting no call while the lease is in doubt.
+//! left, carrying out the operator actions other nodes queued for this
+//! one, and starting no call while the lease is in doubt.
 //!
 //! After every renewal of the lease (a quarter of it, on the real clock,
 //! so a test's paused clock does not move it) the engine asks the store to
@@ -101,6 +102,9 @@ impl Engine {
                         Err(e) => {
                             tracing::warn!(error = %e, "could not adopt sagas; trying again at the next scan")
                         }
+                    }
+                    if let Err(e) = engine.apply_queued().await {
+                        tracing::warn!(error = %e, "could not read the queued operator actions; trying again at the next scan");
                     }
                 }
                 if !engine.inner.stopping.is_cancelled() {

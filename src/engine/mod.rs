@@ -70,8 +70,13 @@ use view::Outcome;
 /// The callers of [`Engine::outcome`] waiting for one saga, each told once.
 type OutcomeWaiters = Vec<oneshot::Sender<Result<Outcome, Error>>>;
 
-/// An operator action waiting for a saga's loop, with where to reply.
-pub(crate) type Command = (OperatorAction, oneshot::Sender<Result<(), Error>>);
+/// An operator action waiting for a saga's loop, with where to reply and,
+/// for one queued by another node, its id in the queue.
+pub(crate) type Command = (
+    OperatorAction,
+    oneshot::Sender<Result<(), Error>>,
+    Option<u64>,
+);
 
 pub(crate) struct Inner {
     store: Arc<dyn LogStore>,
@@ -91,6 +96,9 @@ pub(crate) struct Inner {
     aborting: CancellationToken,
     /// Sagas some task owns, each with its mailbox of operator commands.
     running: Mutex<IdMap<SagaId, Vec<Command>>>,
+    /// Queued actions ([`LogStore::queue_action`](crate::store::LogStore::queue_action))
+    /// this node is carrying out.
+    applying: Mutex<std::collections::HashSet<u64>>,
     /// Callers of `outcome` waiting for a saga to stop.
     waiters: Mutex<IdMap<SagaId, OutcomeWaiters>>,
     parked: Mutex<IdMap<SagaId, ParkReason>>,

@@ -29,7 +29,7 @@ impl Engine {
         tracing::error!(saga_id = %id, %reason, "saga parked");
         lock(&self.inner.parked).insert(id, reason.clone());
         let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
-        for (_, reply) in pending {
+        for (_, reply, _) in pending {
             let _ = reply.send(Err(Error::Parked {
                 saga: id,
                 reason: reason.clone(),

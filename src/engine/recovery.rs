@@ -129,6 +129,7 @@ impl Engine {
             stopping: CancellationToken::new(),
             aborting: CancellationToken::new(),
             running: Mutex::new(IdMap::default()),
+            applying: Mutex::default(),
             waiters: Mutex::new(IdMap::default()),
             parked: Mutex::new(IdMap::default()),
             delay_queue: DelayQueue::new(),

@@ -82,7 +82,7 @@ impl Engine {
             let removed = self.remove(removals).await;
             for id in ids {
                 let pending = lock(&self.inner.running).remove(&id).unwrap_or_default();
-                for (_, reply) in pending {
+                for (_, reply, _) in pending {
                     let _ = reply.send(Err(Error::NotFound(id)));
                 }
             }

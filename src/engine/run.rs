@@ -89,10 +89,15 @@ impl Inner {
             return Ok(());
         }
         let mut accepted = Vec::new();
-        for (action, reply) in commands {
+        for (action, reply, queued) in commands {
             let record = Record::OperatorAction(action);
             match staged.push_checked(state, self.clock.now(), record) {
-                Ok(()) => accepted.push(reply),
+                Ok(()) => {
+                    if let Some(queued) = queued {
+                        staged.applies(queued);
+                    }
+                    accepted.push(reply)
+                }
                 Err(refused @ Error::Illegal { .. }) => {
                     let _ = reply.send(Err(refused));
                 }

@@ -34,6 +34,8 @@ pub(crate) struct Staged {
     pub(super) durable_decision: Option<Decision>,
     /// Whether the durable state has operator actions not yet carried out.
     durable_pending: bool,
+    /// Queued actions whose records are staged ([`SagaAppend::applies`]).
+    applies: Vec<u64>,
 }
 
 impl Staged {
@@ -52,6 +54,7 @@ impl Staged {
             durable_timer: state.and_then(|s| s.timer.clone()),
             durable_decision: state.and_then(|s| s.decision),
             durable_pending: state.is_some_and(|s| !s.pending.is_empty()),
+            applies: Vec::new(),
         }
     }
 
@@ -114,6 +117,12 @@ impl Staged {
         Ok(())
     }
 
+    /// Notes that the record just staged carries out queued action `id`:
+    /// the next append marks it applied.
+    pub(crate) fn applies(&mut self, id: u64) {
+        self.applies.push(id);
+    }
+
     /// Stages an already-encoded frame (the start record, applied by the caller).
     pub(crate) fn stage_frame(&mut self, frame: Vec<u8>) {
         if self.value.bytes.is_empty() {
@@ -170,6 +179,7 @@ impl Staged {
         append.value = value;
         append.added_from = added_from;
         append.index = index;
+        append.applies = std::mem::take(&mut self.applies);
         if timer_changed {
             append.timer_delete = self.durable_timer.as_ref().map(|t| self.key_of(t));
             if let Some(timer) = &state.timer {

@@ -102,6 +102,49 @@ fn a_graceful_leave_hands_sagas_over_before_the_lease_expires() {
     });
 }
 
+/// Starts key 1 on n0 (it fails once and sleeps on a backoff there),
+/// runs `meanwhile`, then has n1, which does not run it, cancel it; the
+/// model settles and checks. The figures and the saga's end.
+fn cancelled_through_another_node(meanwhile: &[Op]) -> (Figures, Option<sagalog::SagaStatus>) {
+    runtime().block_on(async {
+        let mut model = Model::new().await;
+        model.apply(Op::Start { node: 0, key: 1 }).await;
+        model.apply(Op::Advance { ms: 500 }).await;
+        for op in meanwhile {
+            model.apply(*op).await;
+        }
+        model.apply(Op::Cancel { node: 1, key: 1 }).await;
+        model.apply(Op::Advance { ms: 3_999 }).await;
+        model.apply(Op::Advance { ms: 3_999 }).await;
+        model
+            .settle()
+            .await
+            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        let figures = model
+            .check()
+            .await
+            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        (figures, model.status_of(1))
+    })
+}
+
+#[test]
+fn an_action_through_a_node_that_does_not_run_the_saga_is_carried_out_by_its_owner() {
+    let (figures, status) = cancelled_through_another_node(&[]);
+
+    assert_eq!(figures.queued_applied, 1, "{figures:?}");
+    assert_eq!(status, Some(sagalog::SagaStatus::Compensated));
+}
+
+#[test]
+fn an_action_queued_for_a_node_that_stalls_is_carried_out_once_by_its_adopter() {
+    let (figures, status) = cancelled_through_another_node(&[Op::Stall { node: 0, leases: 4 }]);
+
+    assert_eq!(figures.queued_applied, 1, "{figures:?}");
+    assert!(figures.fenced_writers >= 1, "n0 was fenced: {figures:?}");
+    assert_eq!(status, Some(sagalog::SagaStatus::Compensated));
+}
+
 #[test]
 fn random_kills_stalls_and_hand_overs_keep_every_invariant() {
     let seeds: u64 = std::env::var("SAGALOG_MODEL_SEEDS")
@@ -129,12 +172,13 @@ fn random_kills_stalls_and_hand_overs_keep_every_invariant() {
         "the seeds moved sagas, fenced writers and split sub-sagas from their parents: {total:?}"
     );
     println!(
-        "cluster model: {seeds} seeds on {} nodes, {} sagas, {} calls, {} sagas moved between nodes, {} fenced tokens had written, {} sub-sagas finished by another process than their parent; no violation",
+        "cluster model: {seeds} seeds on {} nodes, {} sagas, {} calls, {} sagas moved between nodes, {} fenced tokens had written, {} sub-sagas finished by another process than their parent, {} cancels queued for the owner and carried out by it; no violation",
         model::NODES,
         total.sagas,
         total.calls,
         total.moved,
         total.fenced_writers,
-        total.split
+        total.split,
+        total.queued_applied
     );
 }

@@ -8,7 +8,7 @@
 //! invariants. Shared by `tests/cluster_model` and the `cluster_model`
 //! fuzz target, which decodes the operations from bytes.
 
-use sagalog::store::KvLogStore;
+use sagalog::store::{KvLogStore, QueuedOutcome};
 use sagalog::testing::{MemCluster, MemNode};
 use sagalog::tools::{decode_record, frames_of};
 use sagalog::{
@@ -132,6 +132,9 @@ pub struct Figures {
     pub fenced_writers: usize,
     /// Sub-sagas last written by another process than their parent.
     pub split: usize,
+    /// Operator actions queued for the node that ran their saga, and
+    /// carried out by it (or by the node that adopted the saga).
+    pub queued_applied: usize,
 }
 
 impl std::ops::AddAssign for Figures {
@@ -141,6 +144,7 @@ impl std::ops::AddAssign for Figures {
         self.moved += other.moved;
         self.fenced_writers += other.fenced_writers;
         self.split += other.split;
+        self.queued_applied += other.queued_applied;
     }
 }
 
@@ -446,11 +450,13 @@ impl Model {
                 let Some((_, engine, _)) = self.slots[node].process.clone() else {
                     return;
                 };
+                // Each cancel has a reason of its own, so that the checks
+                // can tell that none was carried out twice.
+                let reason = format!("cancel #{}", self.clients.len());
                 self.clients.push(tokio::spawn(async move {
                     let key = sagalog::IdempotencyKey::from(format!("key-{key}").as_str());
                     if let Some(Ok(Some(saga))) = answer(engine.find_by_key(&key)).await {
-                        let _ =
-                            answer(engine.cancel(saga.saga_id, "model", "customer asked")).await;
+                        let _ = answer(engine.cancel(saga.saga_id, "model", &reason)).await;
                     }
                 }));
             }
@@ -461,6 +467,13 @@ impl Model {
     /// until no saga is left unfinished; then checks every invariant.
     /// Returns the run's figures, or every violation found.
     pub async fn settle_and_check(mut self) -> Result<Figures, Vec<String>> {
+        self.settle().await?;
+        self.check().await
+    }
+
+    /// Reconnects every node, restarts those that are down, and waits
+    /// until no saga is left unfinished, or fails after a while.
+    pub async fn settle(&mut self) -> Result<(), Vec<String>> {
         let began = tokio::time::Instant::now();
         for client in std::mem::take(&mut self.clients) {
             let _ = client.await;
@@ -490,7 +503,7 @@ impl Model {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.check().await
+        Ok(())
     }
 
     /// A saga that did not settle, for the failure message: its type,
@@ -520,7 +533,26 @@ impl Model {
         )
     }
 
-    async fn check(&self) -> Result<Figures, Vec<String>> {
+    /// The status saga `key` ended with, as its log says.
+    pub fn status_of(&self, key: u8) -> Option<SagaStatus> {
+        let key = format!("key-{key}");
+        self.cluster.sagas().into_iter().find_map(|saga| {
+            let records = records(&self.cluster, saga);
+            match records.first() {
+                Some(Record::SagaStarted(started))
+                    if started.idempotency_key.as_ref().map(|k| k.as_str())
+                        == Some(key.as_str()) =>
+                {
+                    status_in(&records)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Checks every invariant over the settled cluster; the run's figures,
+    /// or every violation found.
+    pub async fn check(&self) -> Result<Figures, Vec<String>> {
         let mut problems = Vec::new();
         let calls = self.calls.lock().unwrap().clone();
         for call in &calls {
@@ -539,6 +571,7 @@ impl Model {
         };
         let mut writers_fenced = HashSet::new();
         let mut by_key: HashMap<String, Vec<SagaId>> = HashMap::new();
+        let mut reasons: HashSet<String> = HashSet::new();
         for &saga in &sagas {
             let writers = self.cluster.writers(saga);
             let mut runs: Vec<u64> = Vec::new();
@@ -561,11 +594,30 @@ impl Model {
                 }
             }
             self.check_outcome(saga, &records, &calls, &mut problems);
+            for record in &records {
+                if let Record::OperatorAction(action) = record {
+                    if !reasons.insert(action.reason.clone()) {
+                        problems.push(format!(
+                            "saga {saga}: the operator's '{}' was carried out twice",
+                            action.reason
+                        ));
+                    }
+                }
+            }
             if self.check_child(saga, &records, &mut problems) {
                 figures.split += 1;
             }
         }
         figures.fenced_writers = writers_fenced.len();
+        for (saga, outcome) in self.cluster.queued() {
+            match outcome {
+                QueuedOutcome::Applied { .. } => figures.queued_applied += 1,
+                QueuedOutcome::Pending => problems.push(format!(
+                    "an action queued for saga {saga} was never carried out or refused"
+                )),
+                _ => {}
+            }
+        }
         for (key, sagas) in by_key {
             if sagas.len() > 1 {
                 problems.push(format!("key {key} has {} sagas: {sagas:?}", sagas.len()));

@@ -7,8 +7,8 @@
 //! between the write and its answer.
 
 use sagalog::store::{
-    Adopted, Committed, IndexQuery, KeyClaim, LogStore, Removal, Removed, SagaAppend, StoreFuture,
-    TimerScan,
+    Adopted, Committed, IndexQuery, KeyClaim, LogStore, QueuedAction, QueuedOutcome, Removal,
+    Removed, SagaAppend, StoreFuture, TimerScan,
 };
 use sagalog::tools::{frames_of, VerifyReport};
 use sagalog::{IdempotencyKey, Lease, SagaId, SagaType, StoreError};
@@ -211,6 +211,18 @@ impl LogStore for Faulty {
     }
     fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
         self.inner.owners(sagas)
+    }
+    fn queue_action<'a>(&'a self, saga: SagaId, action: &'a [u8]) -> StoreFuture<'a, Option<u64>> {
+        self.inner.queue_action(saga, action)
+    }
+    fn queued_actions(&self, limit: usize) -> StoreFuture<'_, Vec<QueuedAction>> {
+        self.inner.queued_actions(limit)
+    }
+    fn queued_outcome(&self, id: u64) -> StoreFuture<'_, QueuedOutcome> {
+        self.inner.queued_outcome(id)
+    }
+    fn refuse_queued<'a>(&'a self, id: u64, reason: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.refuse_queued(id, reason)
     }
     fn hold_singleton<'a>(
         &'a self,

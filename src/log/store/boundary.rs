@@ -60,6 +60,47 @@ pub struct Adopted {
     pub timer: Option<TimerKey>,
 }
 
+/// An operator's action queued for the node that owns its saga
+/// ([`LogStore::queue_action`]), as that node reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedAction {
+    /// The queue's id for it.
+    pub id: u64,
+    /// The saga it acts on.
+    pub saga: SagaId,
+    /// The encoded `OperatorAction`.
+    pub action: Vec<u8>,
+}
+
+impl QueuedAction {
+    /// Action `action` (encoded) on saga `saga`, queued as `id`.
+    pub fn new(id: u64, saga: SagaId, action: Vec<u8>) -> Self {
+        QueuedAction { id, saga, action }
+    }
+}
+
+/// What became of a queued action ([`LogStore::queued_outcome`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueuedOutcome {
+    /// Not carried out yet.
+    Pending,
+    /// Node `node` wrote its record (and carries it out).
+    Applied {
+        /// The node.
+        node: String,
+    },
+    /// Node `node` refused it, for `reason` (it made no sense in the
+    /// saga's state).
+    Refused {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// A listing's filter, for a store that applies it on its side
 /// ([`LogStore::scan_matching`]). Every condition that is `Some` must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -241,6 +282,39 @@ pub trait LogStore: Send + Sync + 'static {
     /// expire) and ends the lease. Nothing to do (the default) for a store
     /// one process writes.
     fn leave(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// On a log several nodes share: queues the encoded operator action
+    /// `action` on saga `saga` for the node that owns it, and returns the
+    /// queue's id for it. The owner carries it out at its next scan, in
+    /// the same write as its record ([`SagaAppend::applies`]), or refuses
+    /// it ([`LogStore::refuse_queued`]); a node that adopts the saga does
+    /// so in its place. `None` (the default) for a store without a queue.
+    fn queue_action<'a>(&'a self, saga: SagaId, action: &'a [u8]) -> StoreFuture<'a, Option<u64>> {
+        let _ = (saga, action);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// After [`LogStore::join`]: up to `limit` queued actions not yet
+    /// carried out on sagas this node owns, oldest first. Empty (the
+    /// default) for a store without a queue.
+    fn queued_actions(&self, limit: usize) -> StoreFuture<'_, Vec<QueuedAction>> {
+        let _ = limit;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// What became of queued action `id`.
+    fn queued_outcome(&self, id: u64) -> StoreFuture<'_, QueuedOutcome> {
+        let _ = id;
+        Box::pin(std::future::ready(Ok(QueuedOutcome::Pending)))
+    }
+
+    /// After [`LogStore::join`]: marks queued action `id` refused for
+    /// `reason`, unless it was carried out or refused already; refused
+    /// with [`StoreError::Fenced`] once this node is fenced.
+    fn refuse_queued<'a>(&'a self, id: u64, reason: &'a str) -> StoreFuture<'a, ()> {
+        let _ = (id, reason);
         Box::pin(std::future::ready(Ok(())))
     }
 

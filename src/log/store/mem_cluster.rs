@@ -14,7 +14,7 @@
 //! each token was fenced, so that a test can check that no saga's log
 //! interleaves two writers and that no fenced token wrote.
 
-use super::boundary::{Adopted, Committed, Refusal};
+use super::boundary::{Adopted, Committed, QueuedAction, QueuedOutcome, Refusal};
 use super::{
     IndexEntry, KeyClaim, KvLogStore, Lease, LogStore, MemStore, Removal, Removed, SagaAppend,
     StoreError, StoreFuture, TimerKey, TimerScan,
@@ -54,6 +54,8 @@ struct ClusterState {
     fenced: HashMap<u64, Instant>,
     /// Which node holds each singleton job, until when.
     singletons: HashMap<String, (String, Instant)>,
+    /// The queued operator actions, by id: saga, encoded action, outcome.
+    queue: std::collections::BTreeMap<u64, (SagaId, Vec<u8>, QueuedOutcome)>,
 }
 
 /// A node's row, as a database would keep it.
@@ -156,6 +158,15 @@ impl MemCluster {
     /// The node that owns saga `saga` now, if any.
     pub fn owner(&self, saga: SagaId) -> Option<String> {
         lock(&self.shared.state).owners.get(&saga).cloned()
+    }
+
+    /// What became of each queued operator action, in queue order.
+    pub fn queued(&self) -> Vec<(SagaId, QueuedOutcome)> {
+        lock(&self.shared.state)
+            .queue
+            .values()
+            .map(|(saga, _, outcome)| (*saga, outcome.clone()))
+            .collect()
     }
 
     /// The current token of node `node_id` and whether it is live.
@@ -283,6 +294,13 @@ impl MemNode {
             false => KvLogStore::append(log, &accepted, None)?,
         };
         for append in accepted {
+            for id in &append.applies {
+                if let Some((_, _, outcome @ QueuedOutcome::Pending)) = state.queue.get_mut(id) {
+                    *outcome = QueuedOutcome::Applied {
+                        node: self.id.clone(),
+                    };
+                }
+            }
             let records = codec::frames_of(append.added()).len();
             if append.first_seq == 0 && records > 0 {
                 state.owners.insert(append.saga, self.id.clone());
@@ -442,6 +460,44 @@ impl MemNode {
         Ok(free)
     }
 
+    async fn queue(&self, saga: SagaId, action: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.reach().await;
+        let mut state = self.state();
+        let id = state.queue.keys().next_back().map_or(1, |last| last + 1);
+        state
+            .queue
+            .insert(id, (saga, action.to_vec(), QueuedOutcome::Pending));
+        Ok(Some(id))
+    }
+
+    async fn queued(&self, limit: usize) -> Result<Vec<QueuedAction>, StoreError> {
+        self.reach().await;
+        let state = self.state();
+        Ok(state
+            .queue
+            .iter()
+            .filter(|(_, (saga, _, outcome))| {
+                *outcome == QueuedOutcome::Pending && state.owners.get(saga) == Some(&self.id)
+            })
+            .take(limit)
+            .map(|(id, (saga, action, _))| QueuedAction::new(*id, *saga, action.clone()))
+            .collect())
+    }
+
+    async fn refuse(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        self.reach().await;
+        let (lease, _) = self.joined()?;
+        let mut state = self.state();
+        state.check_live(&lease)?;
+        if let Some((_, _, outcome @ QueuedOutcome::Pending)) = state.queue.get_mut(&id) {
+            *outcome = QueuedOutcome::Refused {
+                node: self.id.clone(),
+                reason: reason.to_string(),
+            };
+        }
+        Ok(())
+    }
+
     /// Active sagas this node owns, in id order after `after`.
     async fn owned(
         &self,
@@ -587,6 +643,29 @@ impl LogStore for MemNode {
 
     fn hold_singleton<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
         Box::pin(self.singleton(name, ttl))
+    }
+
+    fn queue_action<'a>(&'a self, saga: SagaId, action: &'a [u8]) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(self.queue(saga, action))
+    }
+
+    fn queued_actions(&self, limit: usize) -> StoreFuture<'_, Vec<QueuedAction>> {
+        Box::pin(self.queued(limit))
+    }
+
+    fn queued_outcome(&self, id: u64) -> StoreFuture<'_, QueuedOutcome> {
+        Box::pin(async move {
+            self.reach().await;
+            self.state()
+                .queue
+                .get(&id)
+                .map(|(_, _, outcome)| outcome.clone())
+                .ok_or_else(|| StoreError::Backend(format!("no queued action {id}")))
+        })
+    }
+
+    fn refuse_queued<'a>(&'a self, id: u64, reason: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.refuse(id, reason))
     }
 
     fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {

@@ -41,7 +41,9 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
-pub use boundary::{Adopted, Committed, IndexQuery, LogStore, Refusal, StoreFuture};
+pub use boundary::{
+    Adopted, Committed, IndexQuery, LogStore, QueuedAction, QueuedOutcome, Refusal, StoreFuture,
+};
 pub(crate) use compact::sibling;
 pub use compact::{discard_torn_sled_snapshots, Compacted};
 pub use error::StoreError;
@@ -201,6 +203,10 @@ pub struct SagaAppend {
     pub timer_put: Option<(TimerKey, Vec<u8>)>,
     /// Timer to remove (the saga woke up).
     pub timer_delete: Option<TimerKey>,
+    /// Queued operator actions ([`LogStore::queue_action`]) whose records
+    /// this append writes: the store marks them applied in the same atomic
+    /// write, so that each is carried out once, whichever node does it.
+    pub applies: Vec<u64>,
 }
 
 impl SagaAppend {
@@ -219,6 +225,7 @@ impl SagaAppend {
             claim: None,
             timer_put: None,
             timer_delete: None,
+            applies: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@
 
 mod link;
 mod node;
+mod queue;
 mod read;
 mod schema;
 mod verify;
@@ -31,8 +32,8 @@ mod write;
 pub use read::NodeStatus;
 
 use super::{
-    Adopted, Committed, IndexQuery, KeyClaim, Lease, LogStore, Removal, Removed, SagaAppend,
-    StoreError, StoreFuture, TimerScan,
+    Adopted, Committed, IndexQuery, KeyClaim, Lease, LogStore, QueuedAction, QueuedOutcome,
+    Removal, Removed, SagaAppend, StoreError, StoreFuture, TimerScan,
 };
 use crate::ids::{IdempotencyKey, SagaId, SagaType};
 use crate::log::verify::VerifyReport;
@@ -281,6 +282,36 @@ impl LogStore for PgStore {
 
     fn owners<'a>(&'a self, sagas: &'a [SagaId]) -> StoreFuture<'a, Vec<(SagaId, String)>> {
         Box::pin(read::owners(&self.reader, sagas))
+    }
+
+    fn queue_action<'a>(&'a self, saga: SagaId, action: &'a [u8]) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let writer = self.writers.checkout().await?;
+            queue::queue(&writer, saga, action).await.map(Some)
+        })
+    }
+
+    fn queued_actions(&self, limit: usize) -> StoreFuture<'_, Vec<QueuedAction>> {
+        Box::pin(async move {
+            match self.lease() {
+                Some(lease) => queue::pending(&self.reader, lease.node_id(), limit).await,
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    fn queued_outcome(&self, id: u64) -> StoreFuture<'_, QueuedOutcome> {
+        Box::pin(queue::outcome(&self.reader, id))
+    }
+
+    fn refuse_queued<'a>(&'a self, id: u64, reason: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(lease) = self.lease() else {
+                return Ok(());
+            };
+            let writer = self.writers.checkout().await?;
+            queue::refuse(&writer, &lease, id, reason).await
+        })
     }
 
     fn scan_timers<'a>(

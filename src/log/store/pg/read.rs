@@ -67,10 +67,12 @@ pub(super) const STATEMENTS: &[&str] = &[
     NODES,
     OWNERS,
     UNOWNED,
+    super::queue::PENDING,
+    super::queue::OUTCOME,
 ];
 
 /// Runs prepared statement `sql` with `params` on the reading connection.
-async fn query(
+pub(super) async fn query(
     link: &Link,
     sql: &'static str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],

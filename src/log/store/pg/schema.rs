@@ -9,7 +9,7 @@ use crate::log::store::StoreError;
 use tokio_postgres::Client;
 
 /// The version of the tables this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Version 1: the saga rows, the log, the idempotency keys.
 const V1: &str = "
@@ -81,6 +81,22 @@ CREATE TABLE sagalog_singleton (
     node_id    text        NOT NULL,
     expires_at timestamptz NOT NULL
 );
+";
+
+/// Version 4: operator actions queued for the node that owns their saga;
+/// `done_at` is set in the transaction that writes the action's record
+/// (applied, by `done_by`) or that refuses it (`refusal`).
+const V4: &str = "
+CREATE TABLE sagalog_action_queue (
+    id        bigserial   PRIMARY KEY,
+    saga_id   uuid        NOT NULL,
+    action    bytea       NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    done_at   timestamptz,
+    done_by   text,
+    refusal   text
+);
+CREATE INDEX sagalog_action_queue_pending ON sagalog_action_queue (saga_id) WHERE done_at IS NULL;
 ";
 
 /// The key of the advisory lock that migrations hold: nodes that start
@@ -165,6 +181,12 @@ async fn upgrade(client: &Client) -> Result<(), StoreError> {
                 e,
             )
         })?;
+    }
+    if found < 4 {
+        client
+            .batch_execute(V4)
+            .await
+            .map_err(|e| super::db_error("adding the queue of operator actions", e))?;
     }
     if found < SCHEMA_VERSION {
         client

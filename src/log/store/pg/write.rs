@@ -7,7 +7,8 @@
 //!      RETURNING key); insert the log rows of the appends that claim no key
 //!      (.. ON CONFLICT DO NOTHING RETURNING saga_id, seq)
 //! RT2: insert the log rows of the starts whose claim stood; insert the new
-//!      saga rows; update the changed ones; clear and set timers; COMMIT
+//!      saga rows; update the changed ones; clear and set timers; mark the
+//!      queued operator actions the group carries out applied; COMMIT
 //! ```
 //!
 //! A start whose key is taken, and an append whose log row is there
@@ -55,9 +56,14 @@ const TIMERS_SET: &str = "UPDATE sagalog_saga t
     SET timer_due = u.due, timer_seq = u.seq, timer_purpose = u.purpose
     FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::bytea[]) AS u(saga_id, due, seq, purpose)
     WHERE t.saga_id = u.saga_id";
+/// Marks the queued operator actions an append carries out as applied by
+/// node `$2`, in the append's transaction.
+const QUEUE_APPLIED: &str = "UPDATE sagalog_action_queue SET done_at = now(), done_by = $2
+    WHERE id = ANY($1) AND done_at IS NULL";
 const REMOVE_SAGAS: &str = "DELETE FROM sagalog_saga WHERE saga_id = ANY($1) AND finished
     RETURNING saga_id, idem_key";
 const REMOVE_LOGS: &str = "DELETE FROM sagalog_log WHERE saga_id = ANY($1)";
+const REMOVE_QUEUED: &str = "DELETE FROM sagalog_action_queue WHERE saga_id = ANY($1)";
 const REMOVE_KEYS: &str = "DELETE FROM sagalog_key WHERE key = ANY($1) AND saga_id = ANY($2)";
 
 /// The statements the writing connection prepares.
@@ -81,8 +87,12 @@ pub(super) const STATEMENTS: &[&str] = &[
     SAGAS_CHANGED,
     TIMERS_CLEARED,
     TIMERS_SET,
+    QUEUE_APPLIED,
+    super::queue::QUEUE,
+    super::queue::REFUSE,
     REMOVE_SAGAS,
     REMOVE_LOGS,
+    REMOVE_QUEUED,
     REMOVE_KEYS,
 ];
 
@@ -373,10 +383,12 @@ impl<'a> Group<'a> {
         let mut changed = Changed::default();
         let (mut cleared_ids, mut cleared_seqs) = (vec![], vec![]);
         let mut set = TimersSet::default();
+        let mut applies: Vec<i64> = Vec::new();
         for (at, row) in self.rows.iter().enumerate() {
             if out.contains(&at) {
                 continue;
             }
+            applies.extend(row.append.applies.iter().map(|id| to_i64(*id)));
             let id = uuid(row.append.saga);
             if let (Some(index), Some(entry)) = (&row.append.index, &row.entry) {
                 let finished = index.to == IndexSet::Finished;
@@ -477,13 +489,24 @@ impl<'a> Group<'a> {
                 .await
                 .map_err(fail2("setting timers"))
         };
+        let applied = async {
+            if applies.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 2] = [&applies, &self.node];
+            client
+                .execute(statement(QUEUE_APPLIED)?, &params)
+                .await
+                .map_err(fail2("marking queued operator actions applied"))
+        };
         let commit = client.batch_execute("COMMIT");
-        let (a, b, c, d, e, committed) = tokio::join!(
+        let (a, b, c, d, e, f, committed) = tokio::join!(
             starts_logged,
             inserted,
             updated,
             timers_cleared,
             timers_set,
+            applied,
             commit
         );
         a?;
@@ -491,6 +514,7 @@ impl<'a> Group<'a> {
         c?;
         d?;
         e?;
+        f?;
         committed.map_err(|e| classify("committing", e, At::Commit))?;
         Ok(refused)
     }
@@ -593,12 +617,14 @@ async fn remove(
     }
     let logs_params: [&(dyn ToSql + Sync); 1] = [&gone];
     let keys_params: [&(dyn ToSql + Sync); 2] = [&keys, &gone];
-    let (logs, keys_removed, committed) = tokio::join!(
+    let (logs, queued, keys_removed, committed) = tokio::join!(
         client.execute(conn.statement(REMOVE_LOGS)?, &logs_params),
+        client.execute(conn.statement(REMOVE_QUEUED)?, &logs_params),
         client.execute(conn.statement(REMOVE_KEYS)?, &keys_params),
         client.batch_execute("COMMIT")
     );
     let logs = logs.map_err(|e| db_error(doing, e))?;
+    queued.map_err(|e| db_error(doing, e))?;
     let keys_removed = keys_removed.map_err(|e| db_error(doing, e))?;
     committed.map_err(|e| db_error(doing, e))?;
     Ok(Removed {
