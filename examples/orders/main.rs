@@ -76,6 +76,12 @@ struct Args {
     /// runs the scenarios).
     #[arg(long, requires = "bulk")]
     bulk_only: bool,
+    /// With --bulk, also start the order `bulk-manual`: its payment is
+    /// declined under the manual strategy, and the node waits until an
+    /// operator resolves it (`sagalog --db … compensate ID`), from any node
+    /// or tool: the action goes to the node that runs the saga.
+    #[arg(long, requires = "bulk")]
+    bulk_manual: bool,
     #[command(flatten)]
     crash: CrashFlags,
     /// Print one JSON object per saga, then the ledger, instead of a table.
@@ -198,6 +204,7 @@ async fn run_bulk(
     orders: &SagaRef<Order>,
     args: &Args,
 ) -> Result<(usize, usize), sagalog::Error> {
+    let (manual_engine, manual_orders) = (engine.clone(), orders.clone());
     let (engine, orders, delay) = (engine.clone(), orders.clone(), args.scheduled_delay_ms);
     // Nodes that share a log start the same orders from different places,
     // so that they share the work and some keys are started on two nodes.
@@ -213,13 +220,56 @@ async fn run_bulk(
             Ok(engine.outcome(id).await?.status)
         }
     };
-    bulk::run(
+    let manual = match args.bulk_manual {
+        true => Some(tokio::spawn(wait_for_the_operator(
+            manual_engine,
+            manual_orders,
+        ))),
+        false => None,
+    };
+    let counts = bulk::run(
         total,
         args.bulk_concurrency,
         SagaStatus::Compensated,
         run_one,
     )
-    .await
+    .await?;
+    if let Some(manual) = manual {
+        manual.await.map_err(|e| {
+            sagalog::Error::InvalidOptions(format!("the manual order's task failed: {e}"))
+        })??;
+    }
+    Ok(counts)
+}
+
+/// Starts the order `bulk-manual` (declined, under the manual strategy)
+/// and waits until an operator's action has brought it to its end, which
+/// may happen on another node.
+async fn wait_for_the_operator(
+    engine: Engine,
+    orders: SagaRef<Order>,
+) -> Result<(), sagalog::Error> {
+    let order = Order {
+        order_id: "bulk-manual".into(),
+        customer: "pauper".into(),
+        product: "bulk-item".into(),
+        quantity: 1,
+        unit_price: 10,
+        address: "1 Bulk Rd".into(),
+    };
+    let options = StartOptions::new()
+        .idempotency_key(order.order_id.clone())
+        .strategy(CompensationStrategy::Manual);
+    let id = engine.start(&orders, &order, options).await?.saga_id;
+    loop {
+        if engine.saga(id).await?.status.is_terminal() {
+            return Ok(());
+        }
+        if engine.lease().is_some_and(|lease| lease.is_lost()) {
+            return Err(sagalog::Error::ShuttingDown { saga: Some(id) });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Where node `node_id` starts in the `total` generated orders (FNV-1a of

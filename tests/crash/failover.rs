@@ -5,6 +5,8 @@
 //! (`pg_ctl stop -m immediate`). A last run on one node then reports every
 //! saga and the books, and the checks of the crash tests hold, plus:
 //! each key has one saga, no saga has log rows of two writers interleaved,
+//! the command line's compensate of the manual order (sent while the nodes
+//! run, to whichever node runs it) was carried out once,
 //! a node stopped past its lease writes nothing once it runs again, and a
 //! dead node's sagas are adopted within the lease and two scan periods.
 
@@ -147,7 +149,7 @@ fn wait_for<T>(label: &str, mut what: impl FnMut() -> Option<T>) -> T {
 
 fn node(place: &Place, id: &str, ttl: Duration) -> Child {
     orders_command(place, None, BULK)
-        .args(["--bulk-only", "--node-id", id])
+        .args(["--bulk-only", "--bulk-manual", "--node-id", id])
         .arg("--lease-ttl-ms")
         .arg(ttl.as_millis().to_string())
         .stdout(std::process::Stdio::null())
@@ -182,6 +184,47 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `sagalog --db URL --schema SCHEMA ARGS…`.
+fn cli(url: &str, schema: &str, args: &[&str]) -> std::process::Output {
+    Command::new(super::harness::cli_binary())
+        .args(["--db", url, "--schema", schema])
+        .args(args)
+        .output()
+        .expect("sagalog runs")
+}
+
+/// Waits until the order `bulk-manual` waits for an operator, then has the
+/// command line compensate it, as an operator would, while the nodes run;
+/// the saga's id. The tool queues the action for the node that runs the
+/// saga (or takes a saga no live node owns) and waits until it is carried
+/// out.
+fn compensate_the_manual_order(url: &str, schema: &str) -> SagaId {
+    let id = wait_for("the manual order waits for an operator", || {
+        let shown = cli(url, schema, &["show", "--key", "bulk-manual", "--json"]);
+        let detail: Value = serde_json::from_slice(&shown.stdout).ok()?;
+        (detail["saga"]["status"] == "SUSPENDED")
+            .then(|| SagaId::parse(detail["saga"]["saga_id"].as_str()?))
+            .flatten()
+    });
+    let acted = cli(
+        url,
+        schema,
+        &[
+            "compensate",
+            &id.to_string(),
+            "--reason",
+            "customer cancelled",
+        ],
+    );
+    assert!(
+        acted.status.success(),
+        "the command line's compensate: {}{}",
+        String::from_utf8_lossy(&acted.stdout),
+        String::from_utf8_lossy(&acted.stderr)
+    );
+    id
 }
 
 /// Runs the three nodes through `fault`, then the last run and the checks.
@@ -262,6 +305,13 @@ fn three_nodes_through(fault: Fault) {
         }
     }
 
+    let manual = compensate_the_manual_order(&url, &schema);
+    let queued_for = db
+        .rows(&format!(
+            "SELECT done_by FROM {{s}}.sagalog_action_queue WHERE saga_id = '{manual}' AND refusal IS NULL"
+        ))
+        .and_then(|rows| rows.first().and_then(|r| r.get::<_, Option<String>>(0)));
+
     let mut exits = Vec::new();
     for (id, child) in nodes {
         if fault == Fault::Kill && id == "n2" {
@@ -298,7 +348,20 @@ fn three_nodes_through(fault: Fault) {
     let sagas = db
         .count("SELECT count(*) FROM {s}.sagalog_saga")
         .expect("the sagas read");
-    assert_eq!(keys, (BULK + 5) as i64, "{label}: one key per order");
+    assert_eq!(keys, (BULK + 6) as i64, "{label}: one key per order");
+    let records = Log::open(&place).records(manual);
+    let actions = records
+        .iter()
+        .filter(|r| matches!(r, sagalog::Record::OperatorAction(_)))
+        .count();
+    assert_eq!(
+        actions, 1,
+        "{label}: the command line's action was carried out once"
+    );
+    assert!(
+        matches!(records.last(), Some(sagalog::Record::SagaFinished(f)) if f.status == sagalog::SagaStatus::Compensated),
+        "{label}: the manual order ended compensated"
+    );
     assert_eq!(sagas, keys, "{label}: each key has one saga");
     let interleaved = db.interleaved();
     assert!(
@@ -310,8 +373,12 @@ fn three_nodes_through(fault: Fault) {
     let moved = moved.map_or(String::new(), |(held, latency)| {
         format!(", {held} sagas of n2 adopted {latency:?} after the fault (lease {ttl:?})")
     });
+    let acted = match queued_for {
+        Some(node) => format!("queued for and carried out by {node}"),
+        None => "taken by the tool, no live node owning it".into(),
+    };
     println!(
-        "failover ({fault:?}): 3 nodes x {BULK} orders, {sagas} sagas, exits [{}]{moved}: every check passed",
+        "failover ({fault:?}): 3 nodes x {BULK} orders, {sagas} sagas, exits [{}]{moved}, the command line's compensate {acted} once: every check passed",
         exits.join(", ")
     );
 }

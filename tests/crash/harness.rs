@@ -34,6 +34,29 @@ pub(super) fn example_binary(name: &'static str) -> PathBuf {
     profile_dir.join("examples").join(name)
 }
 
+/// The command line tool (`sagalog`), built for the profile the tests
+/// run in.
+pub(super) fn cli_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "sagalog-cli", "--bin", "sagalog"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the command line tool failed");
+    });
+    profile_dir.join("sagalog")
+}
+
 /// Which example a crash test runs.
 #[derive(Clone, Copy)]
 pub(super) enum Workload {
