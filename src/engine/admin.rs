@@ -180,8 +180,8 @@ impl Engine {
 
     /// Queues `action` on saga `id` for `owner`, the live node that runs
     /// it, and waits until that node (or one that adopted the saga since)
-    /// has carried it out or refused it. On a store without a queue, the
-    /// action is refused naming the owner.
+    /// has carried it out or refused it, or this engine stops. On a store
+    /// without a queue, the action is refused naming the owner.
     async fn queue_for_owner(
         &self,
         id: SagaId,
@@ -198,9 +198,12 @@ impl Engine {
         tracing::info!(saga_id = %id, queued, node = %owner, "operator action queued for the node that runs the saga");
         loop {
             match self.inner.store.queued_outcome(queued).await? {
-                QueuedOutcome::Pending => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
-                }
+                // An engine that stops leaves the action queued: the owner
+                // still carries it out.
+                QueuedOutcome::Pending => tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    _ = self.inner.stopping.cancelled() => return Err(Error::shutting_down(id)),
+                },
                 QueuedOutcome::Applied { .. } => return Ok(()),
                 QueuedOutcome::Refused { node, reason } => {
                     return Err(Error::ActionRefused {

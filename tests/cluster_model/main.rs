@@ -12,6 +12,7 @@
 mod model;
 
 use model::{run, runtime, Figures, Model, Op, TTL};
+use std::time::Duration;
 
 /// Runs `ops` and fails with every violation found.
 fn checked(ops: &[Op]) -> Figures {
@@ -143,6 +144,37 @@ fn an_action_queued_for_a_node_that_stalls_is_carried_out_once_by_its_adopter() 
     assert_eq!(figures.queued_applied, 1, "{figures:?}");
     assert!(figures.fenced_writers >= 1, "n0 was fenced: {figures:?}");
     assert_eq!(status, Some(sagalog::SagaStatus::Compensated));
+}
+
+#[test]
+fn a_node_that_stops_while_its_queued_action_waits_stops_at_once_and_the_action_is_still_carried_out(
+) {
+    runtime().block_on(async {
+        let mut model = Model::new().await;
+        model.apply(Op::Start { node: 0, key: 1 }).await;
+        model.apply(Op::Advance { ms: 500 }).await;
+        // The owner cannot read the queue for a while.
+        model.apply(Op::Stall { node: 0, leases: 2 }).await;
+        model.apply(Op::Cancel { node: 1, key: 1 }).await;
+        model.apply(Op::Advance { ms: 100 }).await;
+
+        let stopped = model.shut_down_within(1, Duration::from_millis(500)).await;
+
+        assert!(
+            stopped,
+            "n1 stopped without waiting for n0 to carry out its action"
+        );
+        model
+            .settle()
+            .await
+            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        let figures = model
+            .check()
+            .await
+            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        assert_eq!(figures.queued_applied, 1, "{figures:?}");
+        assert_eq!(model.status_of(1), Some(sagalog::SagaStatus::Compensated));
+    });
 }
 
 #[test]

@@ -410,6 +410,17 @@ impl Model {
         }));
     }
 
+    /// Shuts node `node` down gracefully, as [`Op::Leave`] does, and
+    /// waits for the shutdown to end: whether it did within `limit`.
+    pub async fn shut_down_within(&mut self, node: usize, limit: Duration) -> bool {
+        let Some((_, engine, _)) = self.slots[node].process.take() else {
+            return true;
+        };
+        tokio::time::timeout(limit, engine.shutdown(Duration::ZERO))
+            .await
+            .is_ok()
+    }
+
     /// The cluster the model runs on.
     pub fn cluster(&self) -> &MemCluster {
         &self.cluster
