@@ -87,11 +87,13 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    // What version 2 had: no index of runnable sagas, no singleton jobs.
+    // What version 2 had: no index of runnable sagas, no singleton jobs,
+    // no queue of operator actions.
     client
         .batch_execute(&format!(
             "DROP INDEX {schema}.sagalog_saga_runnable;
              DROP TABLE {schema}.sagalog_singleton;
+             DROP TABLE {schema}.sagalog_action_queue;
              UPDATE {schema}.sagalog_meta SET value = '2' WHERE key = 'schema'"
         ))
         .await
@@ -127,6 +129,16 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         )
         .await;
     assert!(jobs.is_ok(), "the upgrade made the jobs' table: {jobs:?}");
+    let queue = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.sagalog_action_queue"),
+            &[],
+        )
+        .await;
+    assert!(
+        queue.is_ok(),
+        "the upgrade made the action queue: {queue:?}"
+    );
     let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
     let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
         .await

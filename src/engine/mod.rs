@@ -96,6 +96,9 @@ pub(crate) struct Inner {
     aborting: CancellationToken,
     /// Sagas some task owns, each with its mailbox of operator commands.
     running: Mutex<IdMap<SagaId, Vec<Command>>>,
+    /// The outcomes reported at a TCC decision (async confirm or cancel) of
+    /// sagas whose loops still run here, for callers who ask meanwhile.
+    decided: Mutex<IdMap<SagaId, Outcome>>,
     /// Queued actions ([`LogStore::queue_action`](crate::store::LogStore::queue_action))
     /// this node is carrying out.
     applying: Mutex<std::collections::HashSet<u64>>,

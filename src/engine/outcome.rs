@@ -80,6 +80,9 @@ impl Engine {
                 reason: reason.clone(),
             }));
         }
+        if let Some(outcome) = lock(&self.inner.decided).get(&id) {
+            return Some(Ok(outcome.clone()));
+        }
         if lock(&self.inner.running).contains_key(&id) {
             return None;
         }

@@ -135,6 +135,7 @@ impl Engine {
                     Ok(_permit) => Box::pin(inner.drive(run)).await,
                     Err(_) => Err(Error::shutting_down(id)),
                 };
+                lock(&inner.decided).remove(&id);
                 match result {
                     Ok(LoopEnd::Outcome(outcome)) => inner.notify_waiters(id, Ok(outcome)),
                     Ok(LoopEnd::Sleeping) => {}

@@ -130,6 +130,7 @@ impl Engine {
             aborting: CancellationToken::new(),
             running: Mutex::new(IdMap::default()),
             applying: Mutex::default(),
+            decided: Mutex::new(IdMap::default()),
             waiters: Mutex::new(IdMap::default()),
             parked: Mutex::new(IdMap::default()),
             delay_queue: DelayQueue::new(),

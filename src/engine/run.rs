@@ -56,7 +56,10 @@ impl Inner {
                     if undecided && reports_at_decision(state) {
                         // asyncConfirm / asyncCancel: the caller learns the
                         // outcome now; the loop goes on in the background.
-                        self.notify_waiters(staged.saga, Ok(Outcome::of(staged.saga, state)));
+                        // A caller who asks while it does gets it too.
+                        let outcome = Outcome::of(staged.saga, state);
+                        lock(&self.decided).insert(staged.saga, outcome.clone());
+                        self.notify_waiters(staged.saga, Ok(outcome));
                     }
                     Ok(())
                 }
