@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::faulty::Faulty;
 use common::{
-    engine_store, give_up_after_the_write, open_mem, outcome_of, outcome_or_hang, trip_registry,
+    give_up_after_the_write, open_faultless, open_mem, outcome_of, outcome_or_hang, trip_registry,
     Behaviour, Script,
 };
-use sagalog::{Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, StartOptions};
+use sagalog::{Error, InDoubtPolicy, MemStore, Phase, StartOptions};
 use std::sync::Arc;
 
 /// An engine that ran one trip for "ada" under key "order-42" to its end:
@@ -191,11 +190,7 @@ async fn concurrent_starts_with_one_key_create_one_saga() {
 async fn a_start_whose_caller_gives_up_after_it_was_written_still_runs() {
     let script = Script::default();
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let store = Arc::new(MemStore::new());
-    let faulty = Arc::new(Faulty::new(engine_store(&store).await, 1, 0));
-    let engine = Engine::open_with_store(faulty.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let (faulty, engine) = open_faultless(registry).await;
 
     give_up_after_the_write(&faulty, engine.start(&trip, &"ada".to_string(), key_42())).await;
 

@@ -8,15 +8,11 @@ mod common;
 
 use common::timed::{open, start, trip_at, T0};
 
-use common::faulty::Faulty;
 use common::{
-    engine_store, give_up_after_the_write, outcome_of, outcome_or_hang, status_of, trip_registry,
+    give_up_after_the_write, open_faultless, outcome_of, outcome_or_hang, status_of, trip_registry,
     Behaviour, Script,
 };
-use sagalog::{
-    CompensationStrategy, Engine, EngineConfig, Error, InDoubtPolicy, MemStore, Phase, SagaStatus,
-    StepError,
-};
+use sagalog::{CompensationStrategy, Error, InDoubtPolicy, MemStore, Phase, SagaStatus, StepError};
 use std::sync::Arc;
 
 #[tokio::test]
@@ -206,11 +202,7 @@ async fn cancel_stops_forward_progress_at_the_next_step_boundary() {
 async fn an_action_whose_caller_gives_up_after_it_was_written_is_still_carried_out() {
     let script = Script::failing("car", Phase::Action, StepError::permanent("sold out"));
     let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let store = Arc::new(MemStore::new());
-    let faulty = Arc::new(Faulty::new(engine_store(&store).await, 1, 0));
-    let engine = Engine::open_with_store(faulty.clone(), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let (faulty, engine) = open_faultless(registry).await;
     let id = start(&engine, &trip, CompensationStrategy::Manual).await;
     assert_eq!(status_of(&engine, id).await, SagaStatus::Suspended);
 

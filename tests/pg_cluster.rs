@@ -390,6 +390,16 @@ async fn suspended_trip(engine: &Engine, trip: &sagalog::SagaRef<String>) -> Sag
     id
 }
 
+/// Nodes `a` and `b` of the log in `schema`, with a trip that `a` runs
+/// suspended for an operator (its hotel is full).
+async fn a_saga_of_a_suspended_before_b(url: &str, schema: &str) -> (Engine, Engine, SagaId) {
+    let script = failing_hotel();
+    let (a, trip) = node(url, schema, "a", &script).await;
+    let (b, _) = node(url, schema, "b", &script).await;
+    let id = suspended_trip(&a, &trip).await;
+    (a, b, id)
+}
+
 fn failing_hotel() -> Script {
     Script::failing(
         "hotel",
@@ -403,10 +413,7 @@ fn an_operator_action_through_a_node_that_does_not_run_the_saga_is_carried_out_b
     let Some(url) = pg::url_or_skip() else { return };
     let schema = new_schema();
     runtime().block_on(async {
-        let script = failing_hotel();
-        let (a, trip) = node(&url, &schema, "a", &script).await;
-        let (b, _) = node(&url, &schema, "b", &script).await;
-        let id = suspended_trip(&a, &trip).await;
+        let (a, b, id) = a_saga_of_a_suspended_before_b(&url, &schema).await;
 
         b.compensate_now(id, "ops", "customer cancelled")
             .await
@@ -432,10 +439,7 @@ fn a_queued_action_that_makes_no_sense_is_refused_by_the_owner_with_its_reason()
     let Some(url) = pg::url_or_skip() else { return };
     let schema = new_schema();
     runtime().block_on(async {
-        let script = failing_hotel();
-        let (a, trip) = node(&url, &schema, "a", &script).await;
-        let (b, _) = node(&url, &schema, "b", &script).await;
-        let id = suspended_trip(&a, &trip).await;
+        let (a, b, id) = a_saga_of_a_suspended_before_b(&url, &schema).await;
 
         // The car was never booked: there is nothing to mark compensated.
         let refused = b.mark_compensated(id, "car", "ops", "refunded").await;

@@ -375,23 +375,19 @@ impl Output {
             );
         }
         let saga = &last.saga;
+        let now = format!(
+            "done: the saga is now {}{}",
+            saga.status.name(),
+            saga.waiting
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        );
         match carried {
-            Carried::Now => say!(
-                "done: the saga is now {}{}",
-                saga.status.name(),
-                saga.waiting
-                    .as_ref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
-            ),
+            Carried::Now => say!("{now}"),
             Carried::AtNextStart => say!("recorded; the service carries it out at its next start"),
             Carried::ByALiveNode => say!(
-                "done: the saga is now {}{}; the live node that runs it carries the action out, or the one that adopts it if none runs it (`sagalog list` shows its owner, `sagalog nodes` the nodes)",
-                saga.status.name(),
-                saga.waiting
-                    .as_ref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
+                "{now}; the live node that runs it carries the action out, or the one that adopts it if none runs it (`sagalog list` shows its owner, `sagalog nodes` the nodes)"
             ),
         }
     }

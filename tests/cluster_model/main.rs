@@ -21,6 +21,15 @@ fn checked(ops: &[Op]) -> Figures {
     })
 }
 
+/// Settles `model` and checks it, failing with every violation found.
+async fn settled(model: &mut Model) -> Figures {
+    let checked = match model.settle().await {
+        Ok(()) => model.check().await,
+        Err(problems) => Err(problems),
+    };
+    checked.unwrap_or_else(|problems| panic!("{}", problems.join("\n")))
+}
+
 fn starts(node: usize, keys: std::ops::Range<u8>) -> Vec<Op> {
     keys.map(|key| Op::Start { node, key }).collect()
 }
@@ -99,7 +108,7 @@ fn a_graceful_leave_hands_sagas_over_before_the_lease_expires() {
                 TTL.as_millis()
             );
         }
-        model.settle_and_check().await.unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        settled(&mut model).await;
     });
 }
 
@@ -117,14 +126,7 @@ fn cancelled_through_another_node(meanwhile: &[Op]) -> (Figures, Option<sagalog:
         model.apply(Op::Cancel { node: 1, key: 1 }).await;
         model.apply(Op::Advance { ms: 3_999 }).await;
         model.apply(Op::Advance { ms: 3_999 }).await;
-        model
-            .settle()
-            .await
-            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
-        let figures = model
-            .check()
-            .await
-            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        let figures = settled(&mut model).await;
         (figures, model.status_of(1))
     })
 }
@@ -164,14 +166,7 @@ fn a_node_that_stops_while_its_queued_action_waits_stops_at_once_and_the_action_
             stopped,
             "n1 stopped without waiting for n0 to carry out its action"
         );
-        model
-            .settle()
-            .await
-            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
-        let figures = model
-            .check()
-            .await
-            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        let figures = settled(&mut model).await;
         assert_eq!(figures.queued_applied, 1, "{figures:?}");
         assert_eq!(model.status_of(1), Some(sagalog::SagaStatus::Compensated));
     });

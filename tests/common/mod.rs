@@ -322,6 +322,18 @@ pub async fn run_to_end<I: Serialize>(
     (id, outcome_of(engine, id).await)
 }
 
+/// An engine with the default configuration over a fresh store behind
+/// [`faulty::Faulty`] with no faults, for [`give_up_after_the_write`]: the
+/// wrapper and the engine.
+pub async fn open_faultless(registry: Registry) -> (Arc<faulty::Faulty>, Engine) {
+    let store = engine_store(&Arc::new(MemStore::new())).await;
+    let faulty = Arc::new(faulty::Faulty::new(store, 1, 0));
+    let engine = Engine::open_with_store(faulty.clone(), registry, EngineConfig::default())
+        .await
+        .expect("engine opens");
+    (faulty, engine)
+}
+
 /// Runs `call` on an engine over `store` as a caller that gives up
 /// would: polls it (with a waker that does nothing) until its append is
 /// written, and drops it while the append's acknowledgement is held back;

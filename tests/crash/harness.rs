@@ -6,31 +6,10 @@ use super::place::Place;
 use super::seckill::{check_seckill, seckill_command};
 use super::*;
 
+/// Example `name`, built for the profile the tests run in.
 pub(super) fn example_binary(name: &'static str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "--example",
-            "orders",
-            "--example",
-            "seckill",
-        ]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building the examples failed");
-    });
+    let profile_dir = built_once(&BUILT, &["--example", "orders", "--example", "seckill"]);
     profile_dir.join("examples").join(name)
 }
 
@@ -38,23 +17,29 @@ pub(super) fn example_binary(name: &'static str) -> PathBuf {
 /// run in.
 pub(super) fn cli_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    built_once(&BUILT, &["-p", "sagalog-cli", "--bin", "sagalog"]).join("sagalog")
+}
+
+/// Runs `cargo build --quiet TARGETS` once per `built`, for the profile
+/// the tests run in; the profile's target directory.
+fn built_once(built: &std::sync::OnceLock<()>, targets: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf();
-    BUILT.get_or_init(|| {
+    built.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "sagalog-cli", "--bin", "sagalog"]);
+        build.args(["build", "--quiet"]).args(targets);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
         let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building the command line tool failed");
+        assert!(status.success(), "building {targets:?} failed");
     });
-    profile_dir.join("sagalog")
+    profile_dir
 }
 
 /// Which example a crash test runs.
