@@ -78,7 +78,7 @@ pub(crate) fn waiting_of(state: &SagaState) -> Option<String> {
     }
     if let Some(action) = state.pending.last() {
         return Some(format!(
-            "an operator's {} is recorded and is carried out next (by a stopped service, when it starts)",
+            "an operator's {} is recorded and is carried out next by the service that runs the saga (a stopped one when it starts, a node of a shared log when it adopts the saga)",
             action.command.name()
         ));
     }
