@@ -125,15 +125,11 @@ impl Engine {
         // own, so that a caller who stops waiting cannot leave the claim
         // behind with nothing driving the saga.
         let engine = self.background();
-        let act = self
-            .inner
-            .tracker
-            .spawn(async move { engine.act_as_owner(id, action, queued).await });
-        match act.await {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(Error::shutting_down(id)),
-        }
+        self.detached(
+            async move { engine.act_as_owner(id, action, queued).await },
+            || Error::shutting_down(id),
+        )
+        .await
     }
 
     /// Carries out `action` on saga `id`, which this engine has just

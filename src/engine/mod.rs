@@ -205,6 +205,22 @@ impl Engine {
         self.inner.stopping.clone()
     }
 
+    /// Runs `work` on a task of the engine's own and waits for it, so that
+    /// a caller who stops waiting (drops this future) does not stop the
+    /// work halfway. A panic in `work` is the caller's; `stopped` is the
+    /// error if the runtime drops the task.
+    pub(crate) async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        stopped: impl FnOnce() -> Error,
+    ) -> Result<T, Error> {
+        match self.inner.tracker.spawn(work).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(stopped()),
+        }
+    }
+
     /// A clone for the engine's own tasks: it does not keep the engine
     /// running once the caller has dropped every handle.
     pub(crate) fn background(&self) -> Engine {

@@ -162,15 +162,11 @@ impl Engine {
         // dropped request); otherwise a durable start would sit `Running`
         // with nothing driving it until the next open.
         let engine = self.background();
-        let start = self
-            .inner
-            .tracker
-            .spawn(async move { engine.start_encoded(new, Some(permit)).await });
-        match start.await {
-            Ok(started) => started,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(closed()),
-        }
+        self.detached(
+            async move { engine.start_encoded(new, Some(permit)).await },
+            closed,
+        )
+        .await
     }
 
     /// Writes the start record of saga `new`, whose input is encoded

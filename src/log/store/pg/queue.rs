@@ -6,6 +6,7 @@
 //! finds the pending ones in its place, so each is carried out once.
 
 use super::link::Link;
+use super::read::get;
 use super::{db_error, saga_id, to_i64, to_u64, uuid};
 use crate::ids::SagaId;
 use crate::log::store::{Lease, QueuedAction, QueuedOutcome, StoreError};
@@ -36,7 +37,7 @@ pub(super) async fn queue(link: &Link, saga: SagaId, action: &[u8]) -> Result<u6
         .query_one(statement, &[&uuid(saga), &action])
         .await
         .map_err(|e| db_error(doing, e))?;
-    let id: i64 = row.try_get(0).map_err(|e| db_error(doing, e))?;
+    let id: i64 = get(&row, 0, doing)?;
     Ok(to_u64(id))
 }
 
@@ -51,9 +52,9 @@ pub(super) async fn pending(
         .await?
         .iter()
         .map(|row| {
-            let id: i64 = row.try_get(0).map_err(|e| db_error(doing, e))?;
-            let saga: uuid::Uuid = row.try_get(1).map_err(|e| db_error(doing, e))?;
-            let action: Vec<u8> = row.try_get(2).map_err(|e| db_error(doing, e))?;
+            let id: i64 = get(row, 0, doing)?;
+            let saga: uuid::Uuid = get(row, 1, doing)?;
+            let action: Vec<u8> = get(row, 2, doing)?;
             Ok(QueuedAction::new(to_u64(id), saga_id(saga), action))
         })
         .collect()
@@ -68,9 +69,9 @@ pub(super) async fn outcome(reader: &Link, id: u64) -> Result<QueuedOutcome, Sto
             reason: format!("no queued action {id} (deleted with its saga?)"),
         });
     };
-    let done: bool = row.try_get(0).map_err(|e| db_error(doing, e))?;
-    let node: Option<String> = row.try_get(1).map_err(|e| db_error(doing, e))?;
-    let refusal: Option<String> = row.try_get(2).map_err(|e| db_error(doing, e))?;
+    let done: bool = get(row, 0, doing)?;
+    let node: Option<String> = get(row, 1, doing)?;
+    let refusal: Option<String> = get(row, 2, doing)?;
     Ok(match (done, refusal) {
         (false, _) => QueuedOutcome::Pending,
         (true, None) => QueuedOutcome::Applied {

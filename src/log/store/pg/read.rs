@@ -106,7 +106,7 @@ fn limit(n: usize) -> i64 {
 }
 
 /// Reads column `i` of `row`, with a typed error if it does not fit.
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+pub(super) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a tokio_postgres::Row,
     i: usize,
     doing: &str,
