@@ -3,7 +3,9 @@
 //! keeps them; a newer schema is refused and left as it
 //! was; while the server is down, writes wait,
 //! `writable()` says why, and they go through once it is back; a timer
-//! that falls due meanwhile fires once the saga can be read again.
+//! that falls due meanwhile fires once the saga can be read again; and a
+//! group's update finds saga rows by key however much the table grew
+//! under the connection's cached plans.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
@@ -70,11 +72,7 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
     let Some(store) = common::pg::store_in(&schema).await else {
         return;
     };
-    let script = Script::default();
-    let (registry, trip) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let (engine, trip) = trip_engine(store).await;
     let id = engine
         .start(&trip, &"guest".to_string(), StartOptions::new())
         .await
@@ -139,10 +137,7 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         queue.is_ok(),
         "the upgrade made the action queue: {queue:?}"
     );
-    let (registry, _) = trip_registry(&script, InDoubtPolicy::Rerun);
-    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
-        .await
-        .unwrap();
+    let (engine, _) = trip_engine(store).await;
     assert_eq!(engine.saga(id).await.unwrap().status, SagaStatus::Committed);
     engine.shutdown(Duration::ZERO).await;
 }
@@ -260,4 +255,87 @@ async fn a_timer_that_falls_due_while_the_server_is_down_fires_once_it_is_back()
     assert_eq!(outcome.status, SagaStatus::Committed);
     assert!(engine.parked().is_empty(), "not parked for the outage");
     assert_eq!(script.count("hotel:action"), 2);
+}
+
+/// An engine on `store` that runs trips whose steps all succeed.
+async fn trip_engine(store: PgStore) -> (Engine, sagalog::SagaRef<String>) {
+    let (registry, trip) = trip_registry(&Script::default(), InDoubtPolicy::Rerun);
+    let engine = Engine::open_with_store(Arc::new(store), registry, EngineConfig::default())
+        .await
+        .unwrap();
+    (engine, trip)
+}
+
+/// Runs `n` trips one after another on `engine`.
+async fn trips(engine: &Engine, trip: &sagalog::SagaRef<String>, n: usize) {
+    for _ in 0..n {
+        let id = engine
+            .start(trip, &"guest".to_string(), StartOptions::new())
+            .await
+            .unwrap()
+            .saga_id;
+        engine.outcome(id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_rows_are_updated_by_key_once_the_table_has_grown_under_open_connections() {
+    let schema = new_schema();
+    let Some(store) = common::pg::store_in(&schema).await else {
+        return;
+    };
+    let (engine, trip) = trip_engine(store).await;
+    // Enough updates while the table is small for a generic plan to be
+    // made and cached by the writing connections.
+    trips(&engine, &trip, 20).await;
+    let url = common::pg::url().unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    const FILLER: i64 = 50_000;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.sagalog_saga
+                     (saga_id, saga_type, status, finished, started_at, changed_at, entry)
+                 SELECT gen_random_uuid(), 'filler', 3, true, 0, 0, '\\x00'
+                 FROM generate_series(1, $1::bigint)"
+            ),
+            &[&FILLER],
+        )
+        .await
+        .unwrap();
+
+    trips(&engine, &trip, 20).await;
+    engine.shutdown(Duration::ZERO).await;
+    drop(engine);
+
+    // A backend reports its counters when it ends: once every update is
+    // counted, so are the writers' reads.
+    let mut waits = 0;
+    let (read, updated) = loop {
+        let row = client
+            .query_one(
+                "SELECT seq_tup_read, n_tup_upd FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'sagalog_saga'",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        let (read, updated): (i64, i64) = (row.get(0), row.get(1));
+        if updated >= 40 {
+            break (read, updated);
+        }
+        waits += 1;
+        assert!(
+            waits < 1000,
+            "the writers' counters never came: {updated} updates"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        read < FILLER,
+        "{updated} updates of saga rows read {read} rows by scanning the table of {FILLER}"
+    );
 }

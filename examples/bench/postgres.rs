@@ -56,10 +56,17 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
     let mean_value = (value_bytes / values) as usize;
     let per_group = appends as f64 / groups as f64;
     let group_ms = stats.apply_nanos.load(Ordering::Relaxed) as f64 / groups as f64 / 1e6;
+    let engine_cores = cpu / secs;
     let host_before = host_cpu_secs();
-    let (baseline, baseline_group_ms) =
-        raw_baseline(url, &schema, args, per_group, mean_value).await;
+    let (baseline, baseline_group_ms, baseline_cores) =
+        raw_baseline(url, &schema, args, per_group, mean_value, 0.0).await;
     let baseline_host_busy = host_cores_busy(host_before, host_cpu_secs());
+    // The baseline again, with this process as busy as the engine's was:
+    // what the database does with the CPU the engine leaves it.
+    let burn = (engine_cores - baseline_cores).max(0.0);
+    let (loaded, _, loaded_cores) =
+        raw_baseline(url, &schema, args, per_group, mean_value, burn).await;
+    drop_schema(url, &schema).await;
     let engine_rate = args.sagas as f64 / secs;
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     json!({
@@ -82,24 +89,31 @@ pub(crate) async fn pg_throughput(args: &Args, url: &str) -> serde_json::Value {
         "pg_baseline_sagas_per_sec": baseline.round(),
         "pg_baseline_group_ms": round3(baseline_group_ms),
         "pg_baseline_host_cores_busy": baseline_host_busy,
+        "pg_baseline_cpu_cores_busy": (baseline_cores * 100.0).round() / 100.0,
         "ratio": round3(engine_rate / baseline),
+        "pg_baseline_loaded_sagas_per_sec": loaded.round(),
+        "pg_baseline_loaded_cpu_cores_busy": (loaded_cores * 100.0).round() / 100.0,
+        "ratio_loaded": round3(engine_rate / loaded),
         "pg_test_fsync_per_sec": pg_test_fsync(),
     })
 }
 
-/// Sagas per second of raw tokio-postgres writing the engine's rows: as
-/// many transactions as it takes for `args.sagas` sagas at `per_group`
-/// appends each, on as many connections at once as the writer can have
-/// groups in flight (`--pg-writers`, but no more than the sagas in
-/// flight), each one transaction after another; and
-/// the mean time of one of its transactions, in ms.
+/// Raw tokio-postgres writing the engine's rows: as many transactions as
+/// it takes for `args.sagas` sagas at `per_group` appends each, on as many
+/// connections at once as the writer can have groups in flight
+/// (`--pg-writers`, but no more than the sagas in flight), each one
+/// transaction after another, while this process burns `load` cores of
+/// CPU besides (the share of the machine the engine's own work takes).
+/// Returns its sagas per second, the mean time of one of its
+/// transactions in ms, and the cores this process kept busy meanwhile.
 async fn raw_baseline(
     url: &str,
     schema: &str,
     args: &Args,
     per_group: f64,
     value_bytes: usize,
-) -> (f64, f64) {
+    load: f64,
+) -> (f64, f64, f64) {
     let url = format!(
         "{url}{}options=-csearch_path%3D{schema}",
         if url.contains('?') { "&" } else { "?" }
@@ -115,8 +129,9 @@ async fn raw_baseline(
     }
     links[0]
         .batch_execute(
-            "CREATE TABLE raw_log (LIKE sagalog_log INCLUDING ALL);
-             CREATE TABLE raw_saga (LIKE sagalog_saga INCLUDING ALL);",
+            "CREATE TABLE IF NOT EXISTS raw_log (LIKE sagalog_log INCLUDING ALL);
+             CREATE TABLE IF NOT EXISTS raw_saga (LIKE sagalog_saga INCLUDING ALL);
+             TRUNCATE raw_log, raw_saga;",
         )
         .await
         .expect("the baseline tables");
@@ -131,6 +146,8 @@ async fn raw_baseline(
         entry: vec![1u8; 40],
         next: std::sync::atomic::AtomicUsize::new(0),
     });
+    let burning = Burn::start(load);
+    let cpu_before = cpu_secs();
     let began = Instant::now();
     let mut running = tokio::task::JoinSet::new();
     for client in links {
@@ -140,19 +157,74 @@ async fn raw_baseline(
         done.expect("a baseline connection ran");
     }
     let secs = began.elapsed().as_secs_f64();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let cores = (cpu_secs() - cpu_before) / secs;
+    burning.stop();
+    let groups = work.total.div_ceil(work.group) as f64;
+    (
+        args.sagas as f64 / secs,
+        secs * connections as f64 / groups * 1e3,
+        cores,
+    )
+}
+
+/// Drops the bench's schema, with the engine's tables and the baseline's.
+async fn drop_schema(url: &str, schema: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .expect("the baseline connects");
+        .expect("the bench connects");
     tokio::spawn(connection);
     client
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .expect("the bench's schema is dropped");
-    let groups = work.total.div_ceil(work.group) as f64;
-    (
-        args.sagas as f64 / secs,
-        secs * connections as f64 / groups * 1e3,
-    )
+}
+
+/// Threads that keep `cores` of CPU busy until stopped: each spins while
+/// its busy time is below its share of the time since it began, and
+/// sleeps briefly otherwise.
+struct Burn {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burn {
+    fn start(cores: f64) -> Burn {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = cores.ceil() as usize;
+        let share = if count == 0 {
+            0.0
+        } else {
+            cores / count as f64
+        };
+        let threads = (0..count)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let began = Instant::now();
+                    let mut busy = Duration::ZERO;
+                    while !stop.load(Ordering::Relaxed) {
+                        if busy.as_secs_f64() < began.elapsed().as_secs_f64() * share {
+                            let spin = Instant::now();
+                            while spin.elapsed() < Duration::from_micros(50) {
+                                std::hint::spin_loop();
+                            }
+                            busy += spin.elapsed();
+                        } else {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Burn { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The baseline's appends, handed out one group at a time.
@@ -223,7 +295,11 @@ async fn raw_writer(client: tokio_postgres::Client, work: Arc<Work>) {
         let (nt, dt) = (vec![now; nid.len()], vec![now; did.len()]);
         let p2: [&(dyn ToSql + Sync); 4] = [&nid, &ns, &ne, &nt];
         let p3: [&(dyn ToSql + Sync); 4] = [&did, &ds, &de, &dt];
-        let (b, l) = tokio::join!(client.batch_execute("BEGIN"), client.query(&log, &p1));
+        // Planned as the engine's writes are (`BEGIN_KEYED` in its store).
+        let begin = "BEGIN; SET LOCAL enable_seqscan = off;
+            SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+        let begin = if did.is_empty() { "BEGIN" } else { begin };
+        let (b, l) = tokio::join!(client.batch_execute(begin), client.query(&log, &p1));
         b.unwrap();
         l.unwrap();
         let (n, d, c) = tokio::join!(
