@@ -5,7 +5,8 @@
 //! `writable()` says why, and they go through once it is back; a timer
 //! that falls due meanwhile fires once the saga can be read again; and a
 //! group's update finds saga rows by key however much the table grew
-//! under the connection's cached plans.
+//! under the connection's cached plans; the URL's own session settings
+//! apply.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or an example fails loudly
 
@@ -337,5 +338,21 @@ async fn saga_rows_are_updated_by_key_once_the_table_has_grown_under_open_connec
     assert!(
         read < FILLER,
         "{updated} updates of saga rows read {read} rows by scanning the table of {FILLER}"
+    );
+}
+
+#[tokio::test]
+async fn the_session_settings_of_the_url_apply_to_the_store() {
+    let Some(url) = common::pg::url_or_skip() else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let read_only = format!("{url}{separator}options=-c%20default_transaction_read_only%3Don");
+
+    let opened = PgStore::connect(&read_only, PgOptions::default().schema(new_schema())).await;
+
+    assert!(
+        matches!(&opened, Err(StoreError::Database { reason, .. }) if reason.contains("read-only")),
+        "a read-only session cannot create the tables: {opened:?}"
     );
 }

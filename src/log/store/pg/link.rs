@@ -39,7 +39,8 @@ pub(super) struct Link {
     writers_down: Option<Arc<AtomicUsize>>,
 }
 
-/// The connection configuration of `url`, with `options` applied.
+/// The connection configuration of `url`, with `options` applied after
+/// the URL's own `options` (session settings the user chose).
 pub(super) fn config(url: &str, options: &PgOptions) -> Result<Config, StoreError> {
     let mut config: Config = url.parse().map_err(|e| StoreError::Database {
         doing: "reading the database URL".into(),
@@ -48,7 +49,12 @@ pub(super) fn config(url: &str, options: &PgOptions) -> Result<Config, StoreErro
     // A node stopped inside a transaction would hold its lease row, and
     // the fence that waits for it, until the server ends the session.
     let idle = (options.lease_ttl / 2).as_millis().max(100);
-    let mut settings = format!("-c idle_in_transaction_session_timeout={idle}");
+    // The URL's own `options` come first, so that ours win where they meet.
+    let mut settings = config
+        .get_options()
+        .map(|own| format!("{own} "))
+        .unwrap_or_default();
+    settings.push_str(&format!("-c idle_in_transaction_session_timeout={idle}"));
     if let Some(schema) = &options.schema {
         check_identifier(schema)?;
         settings.push_str(&format!(" -c search_path={schema}"));

@@ -156,7 +156,11 @@ impl PgStore {
 
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or a key-value connection string), creates sagalog's tables on first
-    /// use and migrates older ones. Refuses a schema newer than this build
+    /// use and migrates older ones. Session settings in the URL's `options`
+    /// (`?options=-c%20statement_timeout%3D5000`) apply to every connection,
+    /// except where sagalog sets its own (`search_path` for
+    /// [`PgOptions::schema`], `idle_in_transaction_session_timeout`, and the
+    /// planner settings of a write). Refuses a schema newer than this build
     /// reads with [`StoreError::SchemaMismatch`], and a URL it cannot parse
     /// or a database it cannot reach, and `writers` of 0, with
     /// [`StoreError::Database`].
