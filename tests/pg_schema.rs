@@ -74,12 +74,7 @@ async fn a_version_2_database_with_sagas_is_upgraded_and_keeps_them() {
         return;
     };
     let (engine, trip) = trip_engine(store).await;
-    let id = engine
-        .start(&trip, &"guest".to_string(), StartOptions::new())
-        .await
-        .unwrap()
-        .saga_id;
-    engine.outcome(id).await.unwrap();
+    let id = trips(&engine, &trip, 1).await[0];
     engine.shutdown(Duration::ZERO).await;
     let url = common::pg::url().unwrap();
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -267,8 +262,10 @@ async fn trip_engine(store: PgStore) -> (Engine, sagalog::SagaRef<String>) {
     (engine, trip)
 }
 
-/// Runs `n` trips one after another on `engine`.
-async fn trips(engine: &Engine, trip: &sagalog::SagaRef<String>, n: usize) {
+/// Runs `n` trips one after another on `engine`, each to its end; their
+/// ids.
+async fn trips(engine: &Engine, trip: &sagalog::SagaRef<String>, n: usize) -> Vec<SagaId> {
+    let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let id = engine
             .start(trip, &"guest".to_string(), StartOptions::new())
@@ -276,7 +273,9 @@ async fn trips(engine: &Engine, trip: &sagalog::SagaRef<String>, n: usize) {
             .unwrap()
             .saga_id;
         engine.outcome(id).await.unwrap();
+        ids.push(id);
     }
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
